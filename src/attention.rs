@@ -1,0 +1,204 @@
+//! The `Attention` trait: the contract every backend implements.
+//!
+//! # Contract
+//! Given a validated [`Problem`] and Q (B,H,N_q,D), K and V (B,H_kv,N_k,D), all contiguous
+//! row-major in the problem's dtype, a backend computes
+//!
+//! ```text
+//! O[b,h,i,:] = Σ_{j ∈ band(i)} softmax_j(scale · q_i·k_j) · v_j       (f32, (B,H,N_q,D))
+//! LSE[b,h,i] = ln Σ_{j ∈ band(i)} exp(scale · q_i·k_j)                 (f32, (B,H,N_q))
+//! ```
+//!
+//! where `band(i)` is [`Problem::key_range`] (causal bottom-right, FlashAttention window) and the
+//! K/V head is [`Problem::kv_head_of`]. A row whose band is empty gets O = 0 and LSE = −∞.
+//! Approximate backends (`Exactness::Approximate`) compute their own estimator of O; their LSE,
+//! when they can return one, is documented per backend.
+//!
+//! An implementation **must not**
+//! - panic, abort or read out of bounds for any input that passed [`AttnArgs::new`];
+//! - allocate an N_q×N_k buffer unless it says so (`sdpa`), and then only after checking the
+//!   memory budget ([`crate::budget`]);
+//! - write outside `out` / `lse`, or leave any element of them unwritten;
+//! - keep state between calls that changes results (instances are shared across threads).
+//!
+//! NaN/Inf policy: non-finite inputs propagate only within the (batch, head, row) they reach
+//! through arithmetic; no backend sanitizes them, and none lets them leak into another head.
+
+use crate::error::{AttnError, Result};
+use crate::problem::Problem;
+use crate::tensor::TensorRef;
+use serde::Serialize;
+use std::fmt;
+
+/// Whether a backend computes softmax attention exactly (up to floating-point rounding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exactness {
+    Exact,
+    Approximate,
+}
+
+impl fmt::Display for Exactness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Exactness::Exact => "exact",
+            Exactness::Approximate => "approx",
+        })
+    }
+}
+
+/// Where a backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// Validated inputs for one call: the problem plus Q, K, V whose dtypes and lengths match it.
+/// The only way to build one is [`AttnArgs::new`], so a backend can index without re-checking.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnArgs<'a> {
+    problem: &'a Problem,
+    q: TensorRef<'a>,
+    k: TensorRef<'a>,
+    v: TensorRef<'a>,
+}
+
+impl<'a> AttnArgs<'a> {
+    /// Validates the problem and checks each tensor's dtype and length against it.
+    pub fn new(
+        problem: &'a Problem,
+        q: impl Into<TensorRef<'a>>,
+        k: impl Into<TensorRef<'a>>,
+        v: impl Into<TensorRef<'a>>,
+    ) -> Result<Self> {
+        problem.validate()?;
+        let (q, k, v) = (q.into(), k.into(), v.into());
+        for (name, t, want) in [
+            ("q", &q, problem.q_len()),
+            ("k", &k, problem.kv_len()),
+            ("v", &v, problem.kv_len()),
+        ] {
+            if t.dtype() != problem.dtype {
+                return Err(AttnError::invalid(format!(
+                    "{name} has dtype {} but the problem says {}",
+                    t.dtype(),
+                    problem.dtype
+                )));
+            }
+            if t.len() != want {
+                return Err(AttnError::shape(format!(
+                    "{name} has {} elements, expected {want} for {problem}",
+                    t.len()
+                )));
+            }
+        }
+        Ok(AttnArgs { problem, q, k, v })
+    }
+
+    pub fn problem(&self) -> &'a Problem {
+        self.problem
+    }
+    pub fn q(&self) -> TensorRef<'a> {
+        self.q
+    }
+    pub fn k(&self) -> TensorRef<'a> {
+        self.k
+    }
+    pub fn v(&self) -> TensorRef<'a> {
+        self.v
+    }
+}
+
+/// Output of [`Attention::forward`]: O in (B,H,N_q,D) and, if requested, LSE in (B,H,N_q).
+#[derive(Clone, Debug, Default)]
+pub struct AttnOutput {
+    pub out: Vec<f32>,
+    pub lse: Option<Vec<f32>>,
+}
+
+/// Object-safe attention backend. See the module docs for the full contract.
+pub trait Attention: Send + Sync {
+    /// Registry name, e.g. `"flash-cpu"`.
+    fn name(&self) -> &str;
+
+    /// Exact (up to rounding) or an approximation of softmax attention.
+    fn exactness(&self) -> Exactness;
+
+    /// Where it runs.
+    fn device(&self) -> Device;
+
+    /// `Err(reason)` when the backend cannot run on this machine at all (no CUDA driver, ...).
+    /// Must not panic, whatever the machine lacks.
+    fn availability(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// Every reason this backend cannot run `problem`; empty when it can. Cheap, never panics,
+    /// allocates nothing problem-sized. Machine availability is reported separately.
+    fn not_supported_reasons(&self, problem: &Problem) -> Vec<String>;
+
+    /// Does the math. Called by [`Attention::forward_into`] after validation, so implementations
+    /// may rely on: `args` validated, `args.problem()` supported, `out.len() == out_len()`,
+    /// `lse.len() == lse_len()` when present. Callers should use `forward_into`/`forward`.
+    fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()>;
+
+    /// True when [`Attention::not_supported_reasons`] is empty.
+    fn supports(&self, problem: &Problem) -> bool {
+        self.not_supported_reasons(problem).is_empty()
+    }
+
+    /// Validates everything, then computes into caller-provided buffers.
+    fn forward_into(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        let p = args.problem();
+        if out.len() != p.out_len() {
+            return Err(AttnError::shape(format!(
+                "out has {} elements, expected {} (B·H·N_q·D)",
+                out.len(),
+                p.out_len()
+            )));
+        }
+        if let Some(l) = lse.as_ref()
+            && l.len() != p.lse_len()
+        {
+            return Err(AttnError::shape(format!(
+                "lse has {} elements, expected {} (B·H·N_q)",
+                l.len(),
+                p.lse_len()
+            )));
+        }
+        if let Err(reason) = self.availability() {
+            return Err(AttnError::Unavailable { backend: self.name().to_string(), reason });
+        }
+        let reasons = self.not_supported_reasons(p);
+        if !reasons.is_empty() {
+            return Err(AttnError::Unsupported { backend: self.name().to_string(), reasons });
+        }
+        self.compute(args, out, lse)
+    }
+
+    /// Allocates and returns O (and LSE when `want_lse`).
+    fn forward(&self, args: &AttnArgs<'_>, want_lse: bool) -> Result<AttnOutput> {
+        let p = args.problem();
+        let mut out = vec![0.0f32; p.out_len()];
+        let mut lse = want_lse.then(|| vec![0.0f32; p.lse_len()]);
+        self.forward_into(args, &mut out, lse.as_deref_mut())?;
+        Ok(AttnOutput { out, lse })
+    }
+}
+
+impl fmt::Debug for dyn Attention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}, {})", self.name(), self.exactness(), self.device())
+    }
+}

@@ -1,0 +1,127 @@
+//! `reference`: the exact oracle.
+//!
+//! Algorithm: for every (batch, head, query row) compute all scores of the row's key band in
+//! f64, a max-subtracted softmax in f64, and Σ pⱼ·vⱼ in f64; round once to f32 at the end.
+//! Complexity O(B·H·N_q·N_k·D) time, O(N_k) extra memory per row. Rows run in parallel (rayon)
+//! only so the test suite stays quick; nothing here is tuned. Every other backend is checked
+//! against this one, so it is deliberately the most obvious code in the crate.
+//!
+//! Also here: [`naive_same_precision`], the textbook computation *in the input precision*
+//! that FlashAttention's tolerance rule compares against (see tests/cross_validation.rs).
+
+use crate::attention::{AttnArgs, Attention, Device, Exactness};
+use crate::error::Result;
+use crate::problem::{DType, Problem};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Reference;
+
+/// Exact attention in f64. Returns (O, LSE) in the contract's layouts, as f64.
+pub fn attention_f64(args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
+    let p = args.problem();
+    let d = p.head_dim;
+    let (q, k, v) = (args.q(), args.k(), args.v());
+    let mut out = vec![0.0f64; p.out_len()];
+    let mut lse = vec![f64::NEG_INFINITY; p.lse_len()];
+    out.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (o, l))| {
+        let (bh, i) = (row / p.seq_q, row % p.seq_q);
+        let (b, h) = (bh / p.heads, bh % p.heads);
+        let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * p.seq_k * d;
+        let q_base = row * d;
+        let (lo, hi) = p.key_range(i);
+        if lo == hi {
+            return;
+        }
+        let scores: Vec<f64> = (lo..hi)
+            .map(|j| {
+                let dot: f64 = (0..d).map(|t| q.get_f32(q_base + t) as f64 * k.get_f32(kv_base + j * d + t) as f64).sum();
+                dot * p.scale as f64
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        // A row whose max is ±∞ or NaN propagates that per the NaN/Inf policy; no special case.
+        let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let sum: f64 = weights.iter().sum();
+        for (w, j) in weights.iter().zip(lo..hi) {
+            let w = w / sum;
+            for (t, ot) in o.iter_mut().enumerate() {
+                *ot += w * v.get_f32(kv_base + j * d + t) as f64;
+            }
+        }
+        *l = m + sum.ln();
+    });
+    (out, lse)
+}
+
+/// The naive textbook computation in the input precision, FlashAttention-test style
+/// (`upcast=False`): S = scale·QKᵀ accumulated in f32 and rounded to the dtype, softmax in f32
+/// with P rounded to the dtype, O = PV accumulated in f32. For f32 inputs this is plain f32
+/// attention. Its error against [`attention_f64`] sets each backend's tolerance.
+pub fn naive_same_precision(args: &AttnArgs<'_>) -> Vec<f32> {
+    let p = args.problem();
+    let d = p.head_dim;
+    let round: fn(f32) -> f32 = match p.dtype {
+        DType::F32 => |x| x,
+        DType::F16 => |x| f16::from_f32(x).to_f32(),
+        DType::BF16 => |x| bf16::from_f32(x).to_f32(),
+    };
+    let (q, k, v) = (args.q(), args.k(), args.v());
+    let mut out = vec![0.0f32; p.out_len()];
+    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+        let (bh, i) = (row / p.seq_q, row % p.seq_q);
+        let (b, h) = (bh / p.heads, bh % p.heads);
+        let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * p.seq_k * d;
+        let (lo, hi) = p.key_range(i);
+        if lo == hi {
+            return;
+        }
+        let s: Vec<f32> = (lo..hi)
+            .map(|j| {
+                let dot: f32 = (0..d).map(|t| q.get_f32(row * d + t) * k.get_f32(kv_base + j * d + t)).sum();
+                round(dot * p.scale)
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        for (w, j) in e.iter().zip(lo..hi) {
+            let w = round(w / sum);
+            for (t, ot) in o.iter_mut().enumerate() {
+                *ot += w * v.get_f32(kv_base + j * d + t);
+            }
+        }
+        for x in o.iter_mut() {
+            *x = round(*x);
+        }
+    });
+    out
+}
+
+impl Attention for Reference {
+    fn name(&self) -> &str {
+        "reference"
+    }
+    fn exactness(&self) -> Exactness {
+        Exactness::Exact
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+    fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        let (o64, l64) = attention_f64(args);
+        for (dst, src) in out.iter_mut().zip(&o64) {
+            *dst = *src as f32;
+        }
+        if let Some(lse) = lse {
+            for (dst, src) in lse.iter_mut().zip(&l64) {
+                *dst = *src as f32;
+            }
+        }
+        Ok(())
+    }
+}

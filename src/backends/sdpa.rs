@@ -1,0 +1,115 @@
+//! `sdpa`: exact scaled dot-product attention exactly as the textbook writes it.
+//!
+//! Algorithm: per (batch, head), S = scale·Q·Kᵀ (one f32 GEMM), a row softmax over each row's
+//! key band (masked entries get weight 0), then O = P·V (a second GEMM). The N_q×N_k score
+//! matrix is materialized in f32: this is the "vanilla" baseline the tiled and approximate
+//! backends are measured against.
+//!
+//! Complexity: O(B·H·N_q·N_k·D) time, O(N_q·N_k) extra memory per (batch, head) in flight.
+//! Parallelism: (batch, head) pairs across rayon when there are at least as many as threads,
+//! otherwise heads in turn with each GEMM spread over the pool.
+//!
+//! Caveats: the masked GEMM still computes masked scores (the textbook way), so causal runs do
+//! full work; the problem is refused up front with `MemoryBudget` when the score matrices in
+//! flight would exceed [`crate::budget::mem_budget`]. f16/bf16 inputs are widened per head.
+
+use crate::attention::{AttnArgs, Attention, Device, Exactness};
+use crate::budget::check_budget;
+use crate::error::Result;
+use crate::linalg::{MatRef, Par, sgemm};
+use crate::problem::Problem;
+use rayon::prelude::*;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sdpa;
+
+impl Sdpa {
+    /// How many (batch, head) slices run at once, and so hold a score matrix at once.
+    fn heads_in_flight(p: &Problem) -> usize {
+        (p.batch * p.heads).min(rayon::current_num_threads()).max(1)
+    }
+
+    /// Bytes of working memory `compute` allocates: the score matrix plus widened Q/K/V slices,
+    /// per head in flight. `None` on overflow.
+    pub fn working_bytes(p: &Problem) -> Option<u64> {
+        let scores = (p.seq_q as u64).checked_mul(p.seq_k as u64)?;
+        let widened = (p.seq_q as u64 + 2 * p.seq_k as u64).checked_mul(p.head_dim as u64)?;
+        scores.checked_add(widened)?.checked_mul(4)?.checked_mul(Self::heads_in_flight(p) as u64)
+    }
+}
+
+/// One (batch, head): S = scale·QKᵀ, banded softmax in place, O = PV. Returns nothing; writes
+/// `o` (N_q×D) and `lse` (N_q).
+fn one_head(p: &Problem, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], o: &mut [f32], lse: &mut [f32], par: Par) -> Result<()> {
+    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    sgemm(MatRef::row_major(q, nq, d), MatRef::transposed(k, nk, d), scores, nk, p.scale, 0.0, par)?;
+    for (i, (row, l)) in scores.chunks_mut(nk).zip(lse.iter_mut()).enumerate() {
+        let (lo, hi) = p.key_range(i);
+        let band = &mut row[lo..hi];
+        let m = band.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in band.iter_mut() {
+            *s = (*s - m).exp();
+            sum += *s;
+        }
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        band.iter_mut().for_each(|s| *s *= inv);
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+        *l = if lo == hi { f32::NEG_INFINITY } else { m + sum.ln() };
+    }
+    sgemm(MatRef::row_major(scores, nq, nk), MatRef::row_major(v, nk, d), o, d, 1.0, 0.0, par)
+}
+
+impl Attention for Sdpa {
+    fn name(&self) -> &str {
+        "sdpa"
+    }
+    fn exactness(&self) -> Exactness {
+        Exactness::Exact
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        let p = args.problem();
+        check_budget(self.name(), "the materialized N_q×N_k score matrices", Self::working_bytes(p))?;
+        let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+        let mut lse_scratch;
+        let lse: &mut [f32] = match lse {
+            Some(l) => l,
+            None => {
+                lse_scratch = vec![0.0f32; p.lse_len()];
+                &mut lse_scratch
+            }
+        };
+        let run = |bh: usize, o: &mut [f32], l: &mut [f32], par: Par| -> Result<()> {
+            let (b, h) = (bh / p.heads, bh % p.heads);
+            let kvh = b * p.kv_heads + p.kv_head_of(h);
+            let mut qf = vec![0.0f32; nq * d];
+            let mut kf = vec![0.0f32; nk * d];
+            let mut vf = vec![0.0f32; nk * d];
+            args.q().read_f32(bh * nq * d, &mut qf);
+            args.k().read_f32(kvh * nk * d, &mut kf);
+            args.v().read_f32(kvh * nk * d, &mut vf);
+            let mut scores = vec![0.0f32; nq * nk];
+            one_head(p, &qf, &kf, &vf, &mut scores, o, l, par)
+        };
+        let heads = p.batch * p.heads;
+        if heads >= rayon::current_num_threads() {
+            out.par_chunks_mut(nq * d)
+                .zip(lse.par_chunks_mut(nq))
+                .enumerate()
+                .try_for_each(|(bh, (o, l))| run(bh, o, l, Par::Serial))
+        } else {
+            out.chunks_mut(nq * d)
+                .zip(lse.chunks_mut(nq))
+                .enumerate()
+                .try_for_each(|(bh, (o, l))| run(bh, o, l, Par::Rayon))
+        }
+    }
+}

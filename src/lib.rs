@@ -1,0 +1,27 @@
+//! attnkit: efficient long-sequence attention kernels behind one object-safe trait.
+//!
+//! ```
+//! use attnkit::{AttnArgs, Problem};
+//! let p = Problem::new(1, 2, 16, 8).with_causal(true);
+//! let (q, k, v) = (vec![0.1f32; p.q_len()], vec![0.2f32; p.kv_len()], vec![0.3f32; p.kv_len()]);
+//! let backend = attnkit::backend("sdpa").unwrap();
+//! let out = backend.forward(&AttnArgs::new(&p, &q, &k, &v).unwrap(), false).unwrap();
+//! assert_eq!(out.out.len(), p.out_len());
+//! ```
+
+pub mod attention;
+pub mod backends;
+pub mod budget;
+pub mod error;
+pub mod linalg;
+pub mod lse;
+pub mod problem;
+pub mod registry;
+pub mod tensor;
+
+pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};
+pub use error::{AttnError, Result};
+pub use lse::merge_partials;
+pub use problem::{DType, Problem, Window};
+pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
+pub use tensor::{Tensor, TensorRef};

@@ -1,0 +1,5 @@
+fn main() {
+    for b in attnkit::list_backends() {
+        println!("{}", b.name);
+    }
+}
