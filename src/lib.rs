@@ -17,6 +17,7 @@ pub mod linalg;
 pub mod lse;
 pub mod problem;
 pub mod registry;
+pub mod simd;
 pub mod tensor;
 
 pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};

@@ -24,6 +24,8 @@ fn registry() -> &'static [(&'static str, Factory)] {
     &[
         ("reference", |_| Ok(Box::new(backends::reference::Reference))),
         ("sdpa", |_| Ok(Box::new(backends::sdpa::Sdpa))),
+        ("flash-cpu", |_| Ok(Box::new(backends::flash_cpu::FlashCpu::new()))),
+        ("local", |_| Ok(Box::new(backends::local::Local::new()))),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
     ]
 }

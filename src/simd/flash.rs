@@ -1,0 +1,453 @@
+//! The shared, ISA-generic body of the tiled attention kernel used by `flash-cpu` and `local`,
+//! and the one home of the online-softmax step.
+//!
+//! Everything here is `#[inline(always)]` and generic over [`Simd`]; the per-ISA modules
+//! instantiate [`process_block`] inside a `#[target_feature]` wrapper with their register
+//! blocking (`MR` rows per strip, `KPV` vectors of keys per K panel, `NV` vectors of output
+//! columns per P·V chunk).
+//!
+//! # Data layout (built by the `pack_*` functions, f16/bf16 widened while packing)
+//! - Q block: `rows × D` row-major, pre-multiplied by `scale·log2(e)` so softmax runs in base 2.
+//! - K: panels of `KP = KPV·W` keys, each panel `D × KP` (Kᵀ): the QKᵀ microkernel broadcasts
+//!   one q element and loads `KPV` vectors of consecutive keys.
+//! - V: `keys × DP` row-major with `DP = round_up(D, 16)` zero-padded: the P·V microkernel
+//!   broadcasts one p and loads `NV` vectors of a V row.
+//!
+//! # Block loop
+//! For each key tile (a multiple of `KP` keys, sized by the caller to stay in L2), for each
+//! strip of `MR` query rows: the strip's key range is trimmed to whole panels inside the tile
+//! (tiles and panels wholly outside every row's band are skipped), S = Q·Kᵀ (MR×n) is
+//! computed by the `MR×KP` microkernel, boundary tiles get −∞ outside each row's band
+//! (interior tiles are not masked), the online-softmax step updates (m, l) and rescales, and
+//! the `MR×(NV·W)` microkernel accumulates O += P·V. Each row's reduction order depends only on
+//! the block/tile geometry, never on threads, so results are bitwise reproducible.
+//!
+//! # exp2 accuracy
+//! [`exp2`]: round-to-nearest split `x = n + f`, `f ∈ [-½, ½]`, degree-5 polynomial for 2ᶠ
+//! (relative-error minimax fit, Horner with FMA), 2ⁿ from exponent bits; inputs ≤ −127 give
+//! exactly 0. Measured max relative error vs f64 `exp2` over 2·10⁶ points in [−126, 0]:
+//! **2.1e-7** (≈1.8 f32 ulp) on every path (test `exp2_max_relative_error` in
+//! `tests/flash_cpu.rs`; bound asserted there: 3e-7).
+#![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
+
+use super::Simd;
+use crate::tensor::TensorRef;
+
+/// Padded row length of V and of the O accumulator: D rounded up to 16 floats.
+pub fn padded_dim(d: usize) -> usize {
+    d.div_ceil(16) * 16
+}
+
+/// Register geometry of one ISA's kernel: rows per strip and keys per packed K panel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelShape {
+    pub mr: usize,
+    pub kp: usize,
+}
+
+const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to the nearest integer.
+const C1: f32 = 0.693_147_0;
+const C2: f32 = 0.240_222_42;
+const C3: f32 = 0.055_507_336;
+const C4: f32 = 0.009_671_513;
+const C5: f32 = 0.001_326_472_7;
+
+/// 2ˣ for `x ≤ 0` (also valid up to 127); `x ≤ −127` and `−∞` give 0, NaN gives NaN.
+#[inline(always)]
+pub fn exp2<S: Simd>(s: S, x: S::V) -> S::V {
+    let x = s.max(s.splat(-127.0), x);
+    let t = s.add(x, s.splat(MAGIC));
+    let n = s.sub(t, s.splat(MAGIC));
+    let f = s.sub(x, n);
+    let mut p = s.fma(s.splat(C5), f, s.splat(C4));
+    p = s.fma(p, f, s.splat(C3));
+    p = s.fma(p, f, s.splat(C2));
+    p = s.fma(p, f, s.splat(C1));
+    p = s.fma(p, f, s.splat(1.0));
+    s.mul(p, s.pow2_from_magic(t))
+}
+
+/// [`exp2`] over a slice (tail done through a padded vector).
+#[inline(always)]
+pub fn exp2_slice<S: Simd>(s: S, xs: &mut [f32]) {
+    let w = S::W;
+    let mut tmp = [0.0f32; 64];
+    for c in xs.chunks_mut(w) {
+        tmp[..c.len()].copy_from_slice(c);
+        // SAFETY: tmp holds 64 ≥ W floats.
+        unsafe {
+            let v = exp2(s, s.load(tmp.as_ptr()));
+            s.store(tmp.as_mut_ptr(), v);
+        }
+        let n = c.len();
+        c.copy_from_slice(&tmp[..n]);
+    }
+}
+
+/// The online-softmax step for one row and one tile, in base 2.
+///
+/// `row` holds the tile's scores `s·log2(e)` (−∞ where masked; `len` a multiple of `W`); on
+/// return it holds `p = 2^(s − m_new)`. `(m, l)` are the running max and sum of the row; the
+/// returned factor `alpha = 2^(m_old − m_new)` is what the caller must multiply the row's O
+/// accumulator by before adding P·V. A row that has seen no allowed key keeps `m = −∞`,
+/// gets p = 0 and alpha = 1.
+#[inline(always)]
+pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
+    let w = S::W;
+    debug_assert_eq!(row.len() % w, 0);
+    let mut vmax = s.splat(f32::NEG_INFINITY);
+    for c in row.chunks_exact(w) {
+        // SAFETY: chunks_exact yields exactly W floats.
+        vmax = s.max(vmax, unsafe { s.load(c.as_ptr()) });
+    }
+    let tile_max = s.reduce_max(vmax);
+    let m_new = if *m > tile_max { *m } else { tile_max };
+    if m_new == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return 1.0;
+    }
+    let alpha = (*m - m_new).exp2();
+    let mv = s.splat(m_new);
+    let mut vsum = s.splat(0.0);
+    for c in row.chunks_exact_mut(w) {
+        // SAFETY: chunks_exact_mut yields exactly W floats.
+        unsafe {
+            let p = exp2(s, s.sub(s.load(c.as_ptr()), mv));
+            s.store(c.as_mut_ptr(), p);
+            vsum = s.add(vsum, p);
+        }
+    }
+    *l = *l * alpha + s.reduce_sum(vsum);
+    *m = m_new;
+    alpha
+}
+
+/// One query block's work: inputs packed as in the module docs, scratch, and accumulators.
+/// Built by the backends; [`process_block`] checks every length before touching memory.
+pub struct BlockJob<'a> {
+    /// Head dimension D.
+    pub d: usize,
+    /// `rows × D`, pre-scaled Q; `rows` a multiple of the ISA's `mr`.
+    pub q: &'a [f32],
+    /// Per row, its allowed keys `[lo, hi)` in packed coordinates (`lo == hi`: none).
+    pub ranges: &'a [(usize, usize)],
+    /// `nkeys / kp` panels of `D × kp`.
+    pub kpack: &'a [f32],
+    /// `nkeys × DP`.
+    pub vpack: &'a [f32],
+    /// Packed keys (a multiple of `kp`; pad keys are zero and never inside a range).
+    pub nkeys: usize,
+    /// Keys per L2 tile (a positive multiple of `kp`); tiles start at packed key 0.
+    pub tile: usize,
+    /// `rows × DP` O accumulator (unnormalized on return).
+    pub acc: &'a mut [f32],
+    /// `mr × tile` score scratch.
+    pub s: &'a mut [f32],
+    /// Running max (base 2) per row.
+    pub m: &'a mut [f32],
+    /// Running sum per row.
+    pub l: &'a mut [f32],
+}
+
+/// `S = Q·Kᵀ` for `MR` rows and one panel of `KPV·W` keys.
+///
+/// # Safety
+/// `q` readable for `MR·d`, `k` for `d·KPV·W`, `out` writable for rows `r·ld + [0, KPV·W)`.
+#[inline(always)]
+unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize>(
+    s: S,
+    q: *const f32,
+    d: usize,
+    k: *const f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    let w = S::W;
+    let kp = KPV * w;
+    let mut acc = [[s.splat(0.0); KPV]; MR];
+    // SAFETY (whole body): every offset stays within the extents the caller guarantees.
+    unsafe {
+        for t in 0..d {
+            let kt = k.add(t * kp);
+            let mut kv = [s.splat(0.0); KPV];
+            for v in 0..KPV {
+                kv[v] = s.load(kt.add(v * w));
+            }
+            for r in 0..MR {
+                let qb = s.splat(*q.add(r * d + t));
+                for v in 0..KPV {
+                    acc[r][v] = s.fma(qb, kv[v], acc[r][v]);
+                }
+            }
+        }
+        for r in 0..MR {
+            for v in 0..KPV {
+                s.store(out.add(r * ld + v * w), acc[r][v]);
+            }
+        }
+    }
+}
+
+/// `O[:, chunk] = alpha ⊙ O[:, chunk] + P·V[:, chunk]` for `MR` rows, `n` keys, `NV·W` columns.
+///
+/// # Safety
+/// `p` readable for rows `r·ldp + [0, n)`, `v` for rows `j·ldv + [0, NV·W)` (`j < n`),
+/// `o` readable and writable for rows `r·ldo + [0, NV·W)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    p: *const f32,
+    ldp: usize,
+    n: usize,
+    v: *const f32,
+    ldv: usize,
+    o: *mut f32,
+    ldo: usize,
+    alpha: &[f32; MR],
+) {
+    let w = S::W;
+    let mut acc = [[s.splat(0.0); NV]; MR];
+    // SAFETY (whole body): every offset stays within the extents the caller guarantees.
+    unsafe {
+        for r in 0..MR {
+            let a = s.splat(alpha[r]);
+            for c in 0..NV {
+                acc[r][c] = s.mul(s.load(o.add(r * ldo + c * w)), a);
+            }
+        }
+        for j in 0..n {
+            let vj = v.add(j * ldv);
+            let mut vv = [s.splat(0.0); NV];
+            for c in 0..NV {
+                vv[c] = s.load(vj.add(c * w));
+            }
+            for r in 0..MR {
+                let pb = s.splat(*p.add(r * ldp + j));
+                for c in 0..NV {
+                    acc[r][c] = s.fma(pb, vv[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..MR {
+            for c in 0..NV {
+                s.store(o.add(r * ldo + c * w), acc[r][c]);
+            }
+        }
+    }
+}
+
+/// Runs one query block (see the module docs). Panics only on an internal layout bug (a
+/// `BlockJob` whose buffers disagree with its sizes), never on user input.
+#[inline(always)]
+pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize>(
+    s: S,
+    job: &mut BlockJob<'_>,
+) {
+    let w = S::W;
+    let kp = KPV * w;
+    let d = job.d;
+    let dp = padded_dim(d);
+    let rows = job.ranges.len();
+    let tile = job.tile;
+    // Every raw-pointer access below is justified by these checks.
+    assert!(NV <= 4 && dp % w == 0 && rows % MR == 0 && job.nkeys % kp == 0);
+    assert!(tile > 0 && tile % kp == 0 && job.s.len() >= MR * tile);
+    assert!(
+        job.q.len() >= rows * d
+            && job.acc.len() >= rows * dp
+            && job.m.len() >= rows
+            && job.l.len() >= rows
+    );
+    assert!(job.kpack.len() >= job.nkeys * d && job.vpack.len() >= job.nkeys * dp);
+    assert!(
+        job.ranges
+            .iter()
+            .all(|&(lo, hi)| lo <= hi && hi <= job.nkeys)
+    );
+
+    job.acc[..rows * dp].fill(0.0);
+    job.m[..rows].fill(f32::NEG_INFINITY);
+    job.l[..rows].fill(0.0);
+    let nonempty = job.ranges.iter().filter(|r| r.0 < r.1);
+    let lo_all = nonempty.clone().map(|r| r.0).min();
+    let hi_all = nonempty.map(|r| r.1).max();
+    let (Some(lo_all), Some(hi_all)) = (lo_all, hi_all) else {
+        return;
+    };
+
+    let nvec = dp / w;
+    let mut t0 = lo_all / tile * tile;
+    while t0 < hi_all {
+        let t1 = (t0 + tile).min(job.nkeys);
+        for r0 in (0..rows).step_by(MR) {
+            let strip = &job.ranges[r0..r0 + MR];
+            let live = strip.iter().filter(|r| r.0 < r.1);
+            let (Some(slo), Some(shi)) = (live.clone().map(|r| r.0).min(), live.map(|r| r.1).max())
+            else {
+                continue;
+            };
+            let a = t0.max(slo) / kp * kp;
+            let b = t1.min(shi.div_ceil(kp) * kp);
+            if a >= b {
+                continue;
+            }
+            let n = b - a;
+            let sbuf = &mut *job.s;
+            for pnl in a / kp..b / kp {
+                // SAFETY: rows r0..r0+MR < rows so q spans MR·d; panel pnl < nkeys/kp so kpack
+                // spans d·kp from pnl·d·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp.
+                unsafe {
+                    qk_panel::<S, MR, KPV>(
+                        s,
+                        job.q.as_ptr().add(r0 * d),
+                        d,
+                        job.kpack.as_ptr().add(pnl * d * kp),
+                        sbuf.as_mut_ptr().add(pnl * kp - a),
+                        tile,
+                    );
+                }
+            }
+            if !strip.iter().all(|&(lo, hi)| lo <= a && b <= hi) {
+                for (i, &(lo, hi)) in strip.iter().enumerate() {
+                    let row = &mut sbuf[i * tile..i * tile + n];
+                    let (lo, hi) = (lo.clamp(a, b) - a, hi.clamp(a, b) - a);
+                    if lo >= hi {
+                        row.fill(f32::NEG_INFINITY);
+                    } else {
+                        row[..lo].fill(f32::NEG_INFINITY);
+                        row[hi..].fill(f32::NEG_INFINITY);
+                    }
+                }
+            }
+            let mut alpha = [1.0f32; MR];
+            for i in 0..MR {
+                let row = &mut sbuf[i * tile..i * tile + n];
+                alpha[i] = online_softmax_step(s, row, &mut job.m[r0 + i], &mut job.l[r0 + i]);
+            }
+            let mut c = 0;
+            while c < nvec {
+                let left = nvec - c;
+                // SAFETY: P is MR rows of ld = tile holding n keys; V rows a..b < nkeys of DP
+                // floats, columns c·W.. + chunk·W ≤ DP; O rows r0.. of DP floats, same columns.
+                unsafe {
+                    let p = sbuf.as_ptr();
+                    let v = job.vpack.as_ptr().add(a * dp + c * w);
+                    let o = job.acc.as_mut_ptr().add(r0 * dp + c * w);
+                    let step = if left >= NV {
+                        pv_chunk::<S, MR, NV>(s, p, tile, n, v, dp, o, dp, &alpha);
+                        NV
+                    } else if left >= 3 {
+                        pv_chunk::<S, MR, 3>(s, p, tile, n, v, dp, o, dp, &alpha);
+                        3
+                    } else if left >= 2 {
+                        pv_chunk::<S, MR, 2>(s, p, tile, n, v, dp, o, dp, &alpha);
+                        2
+                    } else {
+                        pv_chunk::<S, MR, 1>(s, p, tile, n, v, dp, o, dp, &alpha);
+                        1
+                    };
+                    c += step;
+                }
+            }
+        }
+        t0 += tile;
+    }
+}
+
+/// Normalizes `rows` accumulator rows into `out` (`rows × D`) and writes the natural-log LSE.
+/// A row with no allowed key (l = 0) gets zeros and LSE = −∞.
+pub fn finish_rows(
+    acc: &[f32],
+    m: &[f32],
+    l: &[f32],
+    d: usize,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) {
+    let dp = padded_dim(d);
+    let rows = out.len() / d;
+    for (r, o) in out.chunks_exact_mut(d).enumerate() {
+        if l[r] == 0.0 {
+            o.fill(0.0);
+        } else {
+            let inv = 1.0 / l[r];
+            for (x, a) in o.iter_mut().zip(&acc[r * dp..r * dp + d]) {
+                *x = a * inv;
+            }
+        }
+    }
+    if let Some(lse) = lse {
+        for r in 0..rows {
+            lse[r] = if l[r] == 0.0 {
+                f32::NEG_INFINITY
+            } else {
+                m[r] * std::f32::consts::LN_2 + l[r].ln()
+            };
+        }
+    }
+}
+
+/// Packs keys `k0..k1` of the head whose key 0 starts at element `base` into `D × kp` panels
+/// (Kᵀ), zero-padding the last panel. Returns the packed key count (a multiple of `kp`).
+pub fn pack_k(
+    src: TensorRef<'_>,
+    base: usize,
+    k0: usize,
+    k1: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+) -> usize {
+    let nkeys = (k1 - k0).div_ceil(kp) * kp;
+    dst.clear();
+    dst.resize(nkeys * d, 0.0);
+    let mut row = vec![0.0f32; d];
+    for j in 0..k1 - k0 {
+        src.read_f32(base + (k0 + j) * d, &mut row);
+        let panel = &mut dst[(j / kp) * d * kp..(j / kp + 1) * d * kp];
+        let jj = j % kp;
+        for (t, &x) in row.iter().enumerate() {
+            panel[t * kp + jj] = x;
+        }
+    }
+    nkeys
+}
+
+/// Packs value rows `k0..k1` (head key 0 at element `base`) as `nkeys × DP`, zero-padded.
+pub fn pack_v(
+    src: TensorRef<'_>,
+    base: usize,
+    k0: usize,
+    k1: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+) {
+    let dp = padded_dim(d);
+    let nkeys = (k1 - k0).div_ceil(kp) * kp;
+    dst.clear();
+    dst.resize(nkeys * dp, 0.0);
+    for j in 0..k1 - k0 {
+        src.read_f32(base + (k0 + j) * d, &mut dst[j * dp..j * dp + d]);
+    }
+}
+
+/// Loads `rows` query rows (row 0 at element `base`) into `dst` (`rows_pad × D`, zero pad rows),
+/// multiplied by `factor` (= scale·log2 e).
+pub fn pack_q(
+    src: TensorRef<'_>,
+    base: usize,
+    rows: usize,
+    rows_pad: usize,
+    d: usize,
+    factor: f32,
+    dst: &mut Vec<f32>,
+) {
+    dst.clear();
+    dst.resize(rows_pad * d, 0.0);
+    src.read_f32(base, &mut dst[..rows * d]);
+    for x in &mut dst[..rows * d] {
+        *x *= factor;
+    }
+}

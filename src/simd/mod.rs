@@ -1,0 +1,237 @@
+//! Explicit SIMD for the tiled CPU kernels (`flash-cpu`, `local`).
+//!
+//! Layout: one `#[cfg(target_arch)]` module per instruction set ([`x86_avx512`], [`x86_avx2`],
+//! [`aarch64_neon`]) plus the portable [`scalar`] module. Each implements the small vector
+//! vocabulary [`Simd`] and wraps the one shared `#[inline(always)]` body in [`flash`] in a
+//! `#[target_feature]` function, so the body is compiled once per ISA with that ISA's
+//! instructions. [`Isa::selected`] picks a path once per process (cached in a `OnceLock`):
+//! the best the CPU has, or the one forced by `ATTNKIT_SIMD=scalar|avx2|avx512|neon`.
+//!
+//! Safety model: an ISA's kernels can only be reached through a zero-sized token
+//! (`Avx512`, `Avx2Fma`, `Neon`) whose constructor runs the CPU-feature check, so forcing an
+//! ISA the CPU lacks yields a typed error ([`Isa::require`]) and never executes an illegal
+//! instruction.
+
+pub mod flash;
+pub mod scalar;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64_neon;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx512;
+
+use crate::error::{AttnError, Result};
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The vector vocabulary the shared kernel body is written in. Every method is
+/// `#[inline(always)]` in the implementations so it melts into the `#[target_feature]`
+/// wrapper that instantiates the body.
+///
+/// Pointer methods are `unsafe`: the caller guarantees `W` readable (writable) `f32`s.
+pub trait Simd: Copy + Send + Sync {
+    /// One vector of `W` f32 lanes.
+    type V: Copy;
+    /// Lanes per vector.
+    const W: usize;
+
+    fn splat(self, x: f32) -> Self::V;
+    /// # Safety
+    /// `p..p+W` must be readable.
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// # Safety
+    /// `p..p+W` must be writable.
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a·b + c` (fused where the ISA has FMA).
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise max; when a lane of `b` is NaN the result is NaN (x86 `maxps` order), so NaN
+    /// scores propagate into their own row instead of being silently dropped.
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn reduce_max(self, v: Self::V) -> f32;
+    fn reduce_sum(self, v: Self::V) -> f32;
+    /// Given `t = x + 1.5·2²³` for an integer-valued `x` in [-127, 127], returns 2ˣ built from
+    /// the exponent bits (`x = -127` gives exactly 0). Integer lane arithmetic, hence per ISA.
+    fn pow2_from_magic(self, t: Self::V) -> Self::V;
+}
+
+/// The instruction sets the kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, no intrinsics (4-lane arrays the compiler may vectorize).
+    Scalar,
+    /// x86-64 AVX2 + FMA (8 lanes).
+    Avx2,
+    /// x86-64 AVX-512F (16 lanes).
+    Avx512,
+    /// aarch64 NEON (4 lanes).
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parses an `ATTNKIT_SIMD` value.
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the path (run-time detection; cheap, std caches it).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86_avx2::Avx2Fma::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86_avx512::Avx512::new().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64_neon::Neon::new().is_some(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The fastest path this CPU has.
+    pub fn best() -> Isa {
+        [Isa::Avx512, Isa::Avx2, Isa::Neon]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// `Ok(self)` when the CPU has it, otherwise a typed `Unavailable` error naming what it has.
+    pub fn require(self, backend: &str) -> Result<Isa> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(AttnError::Unavailable {
+                backend: backend.to_string(),
+                reason: format!(
+                    "SIMD path `{self}` is not supported by this CPU (available: {})",
+                    Isa::available()
+                        .iter()
+                        .map(|i| i.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+
+    /// The process-wide choice, made once: `ATTNKIT_SIMD` if set, else [`Isa::best`]. An
+    /// override that is unknown or that the CPU lacks is an error (reported through the
+    /// backends' `availability`), never a silent fallback.
+    pub fn selected() -> std::result::Result<Isa, String> {
+        static CHOICE: OnceLock<std::result::Result<Isa, String>> = OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var("ATTNKIT_SIMD") {
+                Err(_) => Ok(Isa::best()),
+                Ok(s) if s.trim().is_empty() => Ok(Isa::best()),
+                Ok(s) => match Isa::parse(&s) {
+                    None => Err(format!(
+                        "ATTNKIT_SIMD=`{s}` is not one of scalar, avx2, avx512, neon"
+                    )),
+                    Some(isa) => isa.require("simd").map_err(|_| {
+                        format!(
+                            "ATTNKIT_SIMD={isa} but this CPU lacks it (available: {:?})",
+                            Isa::available()
+                        )
+                    }),
+                },
+            })
+            .clone()
+    }
+
+    /// The kernel geometry of this path (rows per microkernel strip, keys per packed K panel).
+    pub fn shape(self) -> flash::KernelShape {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86_avx512::SHAPE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86_avx2::SHAPE,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64_neon::SHAPE,
+            _ => scalar::SHAPE,
+        }
+    }
+
+    /// Runs the shared block kernel on this path. An ISA the CPU lacks falls back to the
+    /// scalar path here (callers resolve with [`Isa::require`] first, so that never happens
+    /// silently); the packed layout is checked against the path's shape.
+    pub(crate) fn run_block(self, job: &mut flash::BlockJob<'_>) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                if let Some(t) = x86_avx512::Avx512::new() {
+                    return x86_avx512::run_block(t, job);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                if let Some(t) = x86_avx2::Avx2Fma::new() {
+                    return x86_avx2::run_block(t, job);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                if let Some(t) = aarch64_neon::Neon::new() {
+                    return aarch64_neon::run_block(t, job);
+                }
+            }
+            _ => {}
+        }
+        scalar::run_block(job)
+    }
+
+    /// `exp2` of every element of `xs` in place on this path (exposed for the accuracy test).
+    pub fn exp2_slice(self, xs: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                if let Some(t) = x86_avx512::Avx512::new() {
+                    return x86_avx512::exp2_slice(t, xs);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                if let Some(t) = x86_avx2::Avx2Fma::new() {
+                    return x86_avx2::exp2_slice(t, xs);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                if let Some(t) = aarch64_neon::Neon::new() {
+                    return aarch64_neon::exp2_slice(t, xs);
+                }
+            }
+            _ => {}
+        }
+        scalar::exp2_slice(xs)
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

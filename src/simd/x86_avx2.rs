@@ -1,0 +1,105 @@
+//! x86-64 AVX2 + FMA path: 8 lanes, 16 ymm registers. Microkernels: QKᵀ 6 rows × 16 keys
+//! (12 accumulators), P·V 6 rows × 16 columns (12 accumulators + 2 V vectors + 1 broadcast).
+
+use super::Simd;
+use super::flash::{self, BlockJob, KernelShape};
+use std::arch::x86_64::*;
+
+/// Kernel geometry of the AVX2 path.
+pub const SHAPE: KernelShape = KernelShape { mr: 6, kp: 16 };
+
+/// Proof that the running CPU has AVX2 and FMA: only [`Avx2Fma::new`] makes one.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2Fma {
+    _detected: (),
+}
+
+impl Avx2Fma {
+    pub fn new() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Avx2Fma { _detected: () })
+    }
+}
+
+// SAFETY (every `unsafe` block in this impl): an `Avx2Fma` value exists only after AVX2 and FMA
+// were detected, so the intrinsics are supported; pointer methods forward the caller's
+// guarantee of 8 valid floats.
+impl Simd for Avx2Fma {
+    type V = __m256;
+    const W: usize = 8;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m256) {
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: __m256) -> f32 {
+        let mut a = [0.0f32; 8];
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        a.into_iter()
+            .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m256) -> f32 {
+        let mut a = [0.0f32; 8];
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+    }
+    #[inline(always)]
+    fn pow2_from_magic(self, t: __m256) -> __m256 {
+        unsafe {
+            let bits = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits))
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn block_avx2(t: Avx2Fma, job: &mut BlockJob<'_>) {
+    flash::process_block::<Avx2Fma, 6, 2, 2>(t, job)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn exp2_avx2(t: Avx2Fma, xs: &mut [f32]) {
+    flash::exp2_slice(t, xs)
+}
+
+/// The shared block kernel compiled for AVX2 + FMA.
+pub fn run_block(t: Avx2Fma, job: &mut BlockJob<'_>) {
+    // SAFETY: the token proves the CPU has AVX2 and FMA.
+    unsafe { block_avx2(t, job) }
+}
+
+/// `exp2` in place, AVX2 + FMA.
+pub fn exp2_slice(t: Avx2Fma, xs: &mut [f32]) {
+    // SAFETY: the token proves the CPU has AVX2 and FMA.
+    unsafe { exp2_avx2(t, xs) }
+}

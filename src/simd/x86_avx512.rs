@@ -1,0 +1,108 @@
+//! x86-64 AVX-512F path: 16 lanes, 32 zmm registers. Microkernels: QKᵀ 6 rows × 32 keys
+//! (12 accumulators), P·V 6 rows × 64 columns (24 accumulators + 4 V vectors).
+
+use super::Simd;
+use super::flash::{self, BlockJob, KernelShape};
+use std::arch::x86_64::*;
+
+/// Kernel geometry of the AVX-512 path.
+pub const SHAPE: KernelShape = KernelShape { mr: 6, kp: 32 };
+
+/// Proof that the running CPU has AVX-512F: only [`Avx512::new`] makes one, after detection.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512 {
+    _detected: (),
+}
+
+impl Avx512 {
+    pub fn new() -> Option<Self> {
+        std::arch::is_x86_feature_detected!("avx512f").then_some(Avx512 { _detected: () })
+    }
+}
+
+// SAFETY (every `unsafe` block in this impl): an `Avx512` value exists only after
+// `is_x86_feature_detected!("avx512f")` returned true, so the intrinsics are supported; pointer
+// methods forward the caller's guarantee of 16 valid floats.
+impl Simd for Avx512 {
+    type V = __m512;
+    const W: usize = 16;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: __m512) -> f32 {
+        let mut a = [0.0f32; 16];
+        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+        a.into_iter()
+            .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m512) -> f32 {
+        let mut a = [0.0f32; 16];
+        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+        let mut h = [0.0f32; 8];
+        for i in 0..8 {
+            h[i] = a[i] + a[i + 8];
+        }
+        ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
+    }
+    #[inline(always)]
+    fn pow2_from_magic(self, t: __m512) -> __m512 {
+        unsafe {
+            let bits = _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits))
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+fn block_avx512(t: Avx512, job: &mut BlockJob<'_>) {
+    flash::process_block::<Avx512, 6, 2, 4>(t, job)
+}
+
+#[target_feature(enable = "avx512f")]
+fn exp2_avx512(t: Avx512, xs: &mut [f32]) {
+    flash::exp2_slice(t, xs)
+}
+
+/// The shared block kernel compiled for AVX-512F.
+pub fn run_block(t: Avx512, job: &mut BlockJob<'_>) {
+    // SAFETY: the token proves the CPU has AVX-512F.
+    unsafe { block_avx512(t, job) }
+}
+
+/// `exp2` in place, AVX-512F.
+pub fn exp2_slice(t: Avx512, xs: &mut [f32]) {
+    // SAFETY: the token proves the CPU has AVX-512F.
+    unsafe { exp2_avx512(t, xs) }
+}
