@@ -241,13 +241,16 @@ impl Attention for FlashCpu {
         let nkv = p.batch * p.kv_heads;
         let threads = rayon::current_num_threads().max(1);
         let tasks_per_kv = g * nq.div_ceil(bq);
-        // Enough KV heads in flight to keep every thread busy; each one costs its packed K/V.
-        let inflight = threads
-            .max((8 * threads).div_ceil(tasks_per_kv))
-            .min(nkv)
-            .max(1);
         let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
         let per_head = (packed_keys * (d + padded_dim(d)) * 4) as u64;
+        // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
+        // packed panels so small heads do not pay one pool barrier each.
+        let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
+        let inflight = threads
+            .max((8 * threads).div_ceil(tasks_per_kv))
+            .max(by_mem)
+            .min(nkv)
+            .max(1);
         let need = (inflight as u64)
             .checked_mul(per_head)
             .and_then(|b| b.checked_add(threads as u64 * scratch_bytes(bq, d, shape.mr, tile)));

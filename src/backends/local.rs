@@ -60,7 +60,18 @@ impl Local {
     }
 }
 
-/// Widest band a block of `bq` rows can see (keys), or `None` when a side is unbounded.
+/// Query rows per task: about four window widths (so a segment's packed band is at most ~1.25×
+/// its own keys), between 256 and 2048, a multiple of `bq`. Depends only on the problem, never on
+/// the thread count, so the packed-panel alignment, hence every rounding, is reproducible.
+fn segment_rows(p: &Problem, bq: usize) -> usize {
+    let w = match p.effective_window() {
+        (Some(l), Some(r)) => l + r + 1,
+        _ => p.seq_k,
+    };
+    (4 * w).clamp(256, 2048).div_ceil(bq) * bq
+}
+
+/// Widest band a run of `bq` rows can see (keys); N_k when a side is unbounded.
 fn band_keys(p: &Problem, bq: usize) -> usize {
     match p.effective_window() {
         (Some(l), Some(r)) => (bq + l + r).min(p.seq_k),
@@ -102,7 +113,8 @@ impl Attention for Local {
         let shape = isa.shape();
         let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
         let bq = 8 * shape.mr;
-        let band = band_keys(p, bq).div_ceil(shape.kp) * shape.kp + shape.kp;
+        let seg = segment_rows(p, bq);
+        let band = band_keys(p, seg).div_ceil(shape.kp) * shape.kp + shape.kp;
         let threads = rayon::current_num_threads().max(1) as u64;
         let per_thread =
             scratch_bytes(bq, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
@@ -112,11 +124,11 @@ impl Attention for Local {
             per_thread.checked_mul(threads),
         )?;
 
-        let tasks = block_tasks(out, lse, nq, d, bq);
+        let tasks = block_tasks(out, lse, nq, d, seg);
         tasks
             .into_par_iter()
-            .for_each_init(Scratch::default, |scr, (bh, bi, o, l)| {
-                let i0 = bi * bq;
+            .for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {
+                let i0 = si * seg;
                 let rows = o.len() / d;
                 let (mut lo, mut hi) = (usize::MAX, 0);
                 for i in i0..i0 + rows {
@@ -131,22 +143,28 @@ impl Attention for Local {
                 }
                 let (b, h) = (bh / p.heads, bh % p.heads);
                 let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
+                // Pack the segment's band once; its blocks slide over it.
                 let mut kpack = std::mem::take(&mut scr.kpack);
                 let mut vpack = std::mem::take(&mut scr.vpack);
                 let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
                 pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
-                let spec = BlockSpec {
-                    isa,
-                    shape,
-                    problem: p,
-                    q: args.q(),
-                    bh,
-                    i0,
-                    kbase: lo,
-                    nkeys,
-                    tile: nkeys.max(shape.kp),
-                };
-                run_query_block(&spec, &kpack, &vpack, scr, o, l);
+                for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
+                    let lb = l
+                        .as_deref_mut()
+                        .map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
+                    let spec = BlockSpec {
+                        isa,
+                        shape,
+                        problem: p,
+                        q: args.q(),
+                        bh,
+                        i0: i0 + bi * bq,
+                        kbase: lo,
+                        nkeys,
+                        tile: nkeys.max(shape.kp),
+                    };
+                    run_query_block(&spec, &kpack, &vpack, scr, ob, lb);
+                }
                 scr.kpack = kpack;
                 scr.vpack = vpack;
             });
