@@ -13,10 +13,12 @@ pub mod attention;
 pub mod backends;
 pub mod budget;
 pub mod error;
+pub mod layer;
 pub mod linalg;
 pub mod lse;
 pub mod problem;
 pub mod registry;
+pub mod seeded;
 pub mod tensor;
 
 pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};
