@@ -49,7 +49,7 @@ pub struct MhaConfig {
 impl MhaConfig {
     /// MHA with D_h = d_model / heads (an error if it does not divide), d_kv = d_model.
     pub fn new(d_model: usize, heads: usize) -> Result<Self> {
-        if heads == 0 || d_model == 0 || d_model % heads != 0 {
+        if heads == 0 || d_model == 0 || !d_model.is_multiple_of(heads) {
             return Err(AttnError::shape(format!(
                 "d_model ({d_model}) must be a positive multiple of heads ({heads}); use with_head_dim for other sizes"
             )));

@@ -12,6 +12,7 @@ use attnkit::layer::{MhaConfig, MhaWeights, MultiHeadAttention};
 use attnkit::{AttnError, Window, backend};
 
 /// The layer in f64, written out from the formula with exact masked softmax.
+#[allow(clippy::needless_range_loop)] // index loops mirror the formula
 fn dense_f64(
     cfg: &MhaConfig,
     w: &MhaWeights,

@@ -22,6 +22,7 @@ fn inputs(p: &Problem, seed: u64) -> (Tensor, Tensor, Tensor) {
 }
 
 /// Linformer's formula in f64 with the backend's own E and F: (O, LSE).
+#[allow(clippy::needless_range_loop)] // index loops mirror the formula
 fn dense_f64(lin: &Linformer, args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
     let p = args.problem();
     let (nq, nk, d, k) = (p.seq_q, p.seq_k, p.head_dim, lin.proj_dim());

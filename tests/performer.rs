@@ -21,6 +21,7 @@ fn inputs(p: &Problem, seed: u64, std: f64) -> (Tensor, Tensor, Tensor) {
 }
 
 /// The FAVOR+ estimator in f64 with the backend's ω, the same shifts and δ: (O, LSE).
+#[allow(clippy::needless_range_loop)] // index loops mirror the formula
 fn dense_f64(perf: &Performer, args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
     let p = args.problem();
     let (nq, nk, d, m) = (p.seq_q, p.seq_k, p.head_dim, perf.features());

@@ -79,8 +79,20 @@ impl Sharing {
     }
 }
 
-/// One k×N_k projection, row-major.
+/// One projection, stored transposed (N_k×k row-major) so that the columns of E that one key
+/// block needs are one contiguous slice.
 type Mat = Arc<[f32]>;
+
+/// The transpose of a rows×cols row-major matrix.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; a.len()];
+    for (r, row) in a.chunks(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * rows + r] = x;
+        }
+    }
+    t
+}
 
 /// E and F for every slot: one slot per KV head, or a single slot shared by all heads.
 struct ProjSet {
@@ -189,7 +201,7 @@ impl Linformer {
                     if let Some(pos) = m.iter().position(|x| !x.is_finite()) {
                         return Err(AttnError::invalid(format!("linformer: {name}[{i}] has a non-finite entry at {pos}")));
                     }
-                    Ok(Arc::from(m.as_slice()))
+                    Ok(Arc::from(transpose(m, proj_dim, seq_k)))
                 })
                 .collect()
         };
@@ -248,11 +260,12 @@ impl Linformer {
             )));
         }
         let set = self.projections(seq_k, kv_heads)?;
-        let (e, f) = set.pair(kv_head);
-        Ok((e.to_vec(), f.to_vec()))
+        let (et, ft) = set.pair(kv_head);
+        Ok((transpose(et, seq_k, self.k), transpose(ft, seq_k, self.k)))
     }
 
-    /// The seeded matrix for (N_k, slot, role ∈ {0 = E, 1 = F}).
+    /// The seeded matrix for (N_k, slot, role ∈ {0 = E, 1 = F}), transposed (entry (r, j) of E
+    /// is drawn at position j·k + r).
     fn gaussian_matrix(&self, seed: u64, seq_k: usize, slot: usize, role: u64) -> Mat {
         let s = seeded::derive_seed(
             seed,
@@ -354,14 +367,8 @@ impl Linformer {
             for (src, proj, dst) in [(args.k(), e, &mut kp), (args.v(), f, &mut vp)] {
                 let x = &mut buf[..len * d];
                 src.read_f32(kv_base + j0 * d, x);
-                // Columns j0..j0+len of the k×N_k projection, read in place.
-                let cols = MatRef {
-                    data: &proj[j0..],
-                    rows: k,
-                    cols: len,
-                    row_stride: nk,
-                    col_stride: 1,
-                };
+                // Columns j0..j0+len of E: rows j0..j0+len of the stored Eᵀ, viewed transposed.
+                let cols = MatRef::transposed(&proj[j0 * k..(j0 + len) * k], len, k);
                 sgemm(
                     cols,
                     MatRef::row_major(x, len, d),
