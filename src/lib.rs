@@ -18,6 +18,7 @@ pub mod lse;
 pub mod problem;
 pub mod registry;
 pub mod tensor;
+pub mod validate;
 
 pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};
 pub use error::{AttnError, Result};
