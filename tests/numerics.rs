@@ -101,7 +101,8 @@ fn nan_in_k_stays_in_its_head_group() {
     let (qf, kf, vf) = (q.to_f32(), k.to_f32(), v.to_f32());
     let key = 10;
     let mut k_nan = kf.clone();
-    k_nan[((0 * 2 + 1) * p.seq_k + key) * 16 + 3] = f32::NAN;
+    let (batch0, kv_head1) = (0, 1);
+    k_nan[((batch0 * p.kv_heads + kv_head1) * p.seq_k + key) * 16 + 3] = f32::NAN;
     for b in available() {
         if !b.supports(&p) {
             continue;
