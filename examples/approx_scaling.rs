@@ -75,11 +75,7 @@ fn measure(f: impl FnOnce()) -> (f64, usize, isize) {
     f();
     let secs = t.elapsed().as_secs_f64();
     let after = LIVE.load(Ordering::Relaxed);
-    (
-        secs,
-        PEAK.load(Ordering::Relaxed) - before,
-        after as isize - before as isize,
-    )
+    (secs, PEAK.load(Ordering::Relaxed) - before, after as isize - before as isize)
 }
 
 fn randn(seed: u64, n: usize, std: f64) -> Vec<f32> {
@@ -138,28 +134,12 @@ fn speed(o: &Opts) {
     let mut n = o.min_n;
     while n <= o.max_n {
         let p = Problem::new(1, h, n, d);
-        let backends: Vec<(&str, Box<dyn Attention>)> = names
-            .iter()
-            .filter(|nm| **nm != "sdpa" || n <= o.sdpa_max_n)
-            .map(|nm| (*nm, make(nm)))
-            .collect();
+        let backends: Vec<(&str, Box<dyn Attention>)> =
+            names.iter().filter(|nm| **nm != "sdpa" || n <= o.sdpa_max_n).map(|nm| (*nm, make(nm))).collect();
         let times = vec![Vec::new(); backends.len()];
-        let (q, k, v) = (
-            randn(1, p.q_len(), 1.0),
-            randn(2, p.kv_len(), 1.0),
-            randn(3, p.kv_len(), 1.0),
-        );
+        let (q, k, v) = (randn(1, p.q_len(), 1.0), randn(2, p.kv_len(), 1.0), randn(3, p.kv_len(), 1.0));
         let out = vec![0.0f32; p.out_len()];
-        cases.push(Case {
-            n,
-            p,
-            q,
-            k,
-            v,
-            out,
-            backends,
-            times,
-        });
+        cases.push(Case { n, p, q, k, v, out, backends, times });
         n *= 2;
     }
     for round in 0..=o.reps {
@@ -180,10 +160,7 @@ fn speed(o: &Opts) {
                 } else {
                     c.times[bi].push(secs);
                     if round == 1 {
-                        println!(
-                            "N={n:6} {name:17} warm call peak extra heap {:8.2} MiB",
-                            mib(peak)
-                        );
+                        println!("N={n:6} {name:17} warm call peak extra heap {:8.2} MiB", mib(peak));
                     }
                 }
             }
@@ -193,12 +170,7 @@ fn speed(o: &Opts) {
     for c in &cases {
         let row: Vec<Option<f64>> = names
             .iter()
-            .map(|nm| {
-                c.backends
-                    .iter()
-                    .position(|(b, _)| b == nm)
-                    .map(|i| median(c.times[i].clone()))
-            })
+            .map(|nm| c.backends.iter().position(|(b, _)| b == nm).map(|i| median(c.times[i].clone())))
             .collect();
         let cells: Vec<String> = names
             .iter()
@@ -208,18 +180,10 @@ fn speed(o: &Opts) {
         println!("N={:6} median: {}", c.n, cells.join(", "));
         medians.push((c.n, row));
     }
-    let at = |n: usize, i: usize| {
-        medians
-            .iter()
-            .find(|(m, _)| *m == n)
-            .and_then(|(_, r)| r[i])
-    };
+    let at = |n: usize, i: usize| medians.iter().find(|(m, _)| *m == n).and_then(|(_, r)| r[i]);
     for (i, nm) in names.iter().enumerate().skip(1) {
         if let (Some(a), Some(b)) = (at(4096, i), at(32768, i)) {
-            println!(
-                "{nm}: log-log slope of time, N=4096→32768: {:.3}",
-                (b / a).ln() / 8f64.ln()
-            );
+            println!("{nm}: log-log slope of time, N=4096→32768: {:.3}", (b / a).ln() / 8f64.ln());
         }
         if let (Some(s), Some(t)) = (at(4096, 0), at(4096, i)) {
             println!("{nm}: speed-up over sdpa at N=4096: {:.1}×", s / t);
@@ -246,10 +210,7 @@ fn linformer_errors() {
             let mut total = 0.0;
             for (seed, (q, k, v, exact)) in exacts.iter().enumerate() {
                 let lin = Linformer::new(kk, seed as u64).unwrap();
-                let out = lin
-                    .forward(&AttnArgs::new(&p, q, k, v).unwrap(), false)
-                    .unwrap()
-                    .out;
+                let out = lin.forward(&AttnArgs::new(&p, q, k, v).unwrap(), false).unwrap().out;
                 total += rel_err(&out, exact);
             }
             cells.push(format!("k={kk}: {:.2}", total / 3.0));
@@ -260,9 +221,7 @@ fn linformer_errors() {
 
 fn performer_norms() {
     let (n, d, h, m) = (256usize, 64usize, 4usize, 256usize);
-    println!(
-        "## performer relative error vs input scale (N={n}, D={d}, H={h}, m={m}, mean of 4 seeds)"
-    );
+    println!("## performer relative error vs input scale (N={n}, D={d}, H={h}, m={m}, mean of 4 seeds)");
     println!("| σ | mean ‖q‖ | mean ‖q‖·D^(-1/4) | rel. error of O | mean abs. LSE error (nats) |");
     println!("|---|---|---|---|---|");
     let p = Problem::new(1, h, n, d);
@@ -276,25 +235,14 @@ fn performer_norms() {
                 randn(seed * 3 + 1, p.kv_len(), sigma),
                 randn(seed * 3 + 2, p.kv_len(), 1.0),
             );
-            norm += q
-                .chunks(d)
-                .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt() as f64)
-                .sum::<f64>()
-                / (h * n) as f64;
+            norm +=
+                q.chunks(d).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt() as f64).sum::<f64>() / (h * n) as f64;
             let args = AttnArgs::new(&p, &q, &k, &v).unwrap();
             let (exact, exact_lse) = attention_f64(&args);
-            let got = Performer::new(m, seed)
-                .unwrap()
-                .forward(&args, true)
-                .unwrap();
+            let got = Performer::new(m, seed).unwrap().forward(&args, true).unwrap();
             total += rel_err(&got.out, &exact);
             let lse = got.lse.unwrap();
-            lse_err += lse
-                .iter()
-                .zip(&exact_lse)
-                .map(|(&a, b)| (a as f64 - b).abs())
-                .sum::<f64>()
-                / lse.len() as f64;
+            lse_err += lse.iter().zip(&exact_lse).map(|(&a, b)| (a as f64 - b).abs()).sum::<f64>() / lse.len() as f64;
         }
         let norm = norm / 4.0;
         println!(
@@ -321,22 +269,13 @@ fn performer_features() {
             );
             let args = AttnArgs::new(&p, &q, &k, &v).unwrap();
             let exact = attention_f64(&args).0;
-            total += rel_err(
-                &Performer::new(m, seed)
-                    .unwrap()
-                    .forward(&args, false)
-                    .unwrap()
-                    .out,
-                &exact,
-            );
+            total += rel_err(&Performer::new(m, seed).unwrap().forward(&args, false).unwrap().out, &exact);
         }
         println!("m={m:5}: {:.4}", total / 4.0);
         pts.push(((m as f64).ln(), (total / 4.0).ln()));
     }
     let k = pts.len() as f64;
-    let (mx, my) = pts
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / k, b + y / k));
+    let (mx, my) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / k, b + y / k));
     let slope = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>()
         / pts.iter().map(|(x, _)| (x - mx).powi(2)).sum::<f64>();
     println!("fitted log-log slope: {slope:.3}");
@@ -357,11 +296,7 @@ fn main() {
         max_n: flag("--max-n", 65536),
         sdpa_max_n: flag("--sdpa-max-n", 4096),
     };
-    let what = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("all");
+    let what = args.first().filter(|a| !a.starts_with("--")).map(String::as_str).unwrap_or("all");
     if matches!(what, "errors" | "all") {
         linformer_errors();
     }

@@ -96,10 +96,7 @@ impl MhaConfig {
 
     fn validate(&self) -> Result<()> {
         if self.d_model == 0 || self.d_kv == 0 {
-            return Err(AttnError::shape(format!(
-                "d_model ({}) and d_kv ({}) must be ≥ 1",
-                self.d_model, self.d_kv
-            )));
+            return Err(AttnError::shape(format!("d_model ({}) and d_kv ({}) must be ≥ 1", self.d_model, self.d_kv)));
         }
         self.problem(1, 1, 1).validate()
     }
@@ -107,12 +104,7 @@ impl MhaConfig {
     /// (rows, cols) of W_Q, W_K, W_V, W_O.
     fn weight_shapes(&self) -> [(&'static str, usize, usize); 4] {
         let (hq, hkv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        [
-            ("w_q", self.d_model, hq),
-            ("w_k", self.d_kv, hkv),
-            ("w_v", self.d_kv, hkv),
-            ("w_o", hq, self.d_model),
-        ]
+        [("w_q", self.d_model, hq), ("w_k", self.d_kv, hkv), ("w_v", self.d_kv, hkv), ("w_o", hq, self.d_model)]
     }
 }
 
@@ -150,25 +142,12 @@ impl MultiHeadAttention {
             let mut rng = seeded::rng(seeded::derive_seed(seed, &[0x4d4841, role]));
             Ok((0..rows * cols).map(|_| dist.sample(&mut rng)).collect())
         };
-        let weights = MhaWeights {
-            w_q: init(0, q)?,
-            w_k: init(1, k)?,
-            w_v: init(2, v)?,
-            w_o: init(3, o)?,
-        };
-        Ok(MultiHeadAttention {
-            cfg,
-            weights,
-            backend,
-        })
+        let weights = MhaWeights { w_q: init(0, q)?, w_k: init(1, k)?, w_v: init(2, v)?, w_o: init(3, o)? };
+        Ok(MultiHeadAttention { cfg, weights, backend })
     }
 
     /// User weights; shapes must match `cfg` (`Shape` error otherwise) and be finite.
-    pub fn with_weights(
-        cfg: MhaConfig,
-        weights: MhaWeights,
-        backend: Box<dyn Attention>,
-    ) -> Result<Self> {
+    pub fn with_weights(cfg: MhaConfig, weights: MhaWeights, backend: Box<dyn Attention>) -> Result<Self> {
         cfg.validate()?;
         for ((name, rows, cols), w) in cfg.weight_shapes().into_iter().zip(weights.all()) {
             if w.len() != rows * cols {
@@ -179,16 +158,10 @@ impl MultiHeadAttention {
                 )));
             }
             if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-                return Err(AttnError::invalid(format!(
-                    "{name} has a non-finite entry at {i}"
-                )));
+                return Err(AttnError::invalid(format!("{name} has a non-finite entry at {i}")));
             }
         }
-        Ok(MultiHeadAttention {
-            cfg,
-            weights,
-            backend,
-        })
+        Ok(MultiHeadAttention { cfg, weights, backend })
     }
 
     pub fn config(&self) -> &MhaConfig {
@@ -224,10 +197,7 @@ impl MultiHeadAttention {
         let c = &self.cfg;
         let p = c.problem(batch, seq_q, seq_k);
         p.validate()?;
-        for (name, x, rows, width) in [
-            ("x_q", x_q, seq_q, c.d_model),
-            ("x_kv", x_kv, seq_k, c.d_kv),
-        ] {
+        for (name, x, rows, width) in [("x_q", x_q, seq_q, c.d_model), ("x_kv", x_kv, seq_k, c.d_kv)] {
             let want = batch.checked_mul(rows).and_then(|n| n.checked_mul(width));
             if want != Some(x.len()) {
                 return Err(AttnError::shape(format!(
@@ -236,57 +206,22 @@ impl MultiHeadAttention {
                 )));
             }
         }
-        let floats =
-            (p.q_len() as u64) * 3 + (p.kv_len() as u64) * 2 + (batch * seq_q * c.d_model) as u64;
-        check_budget(
-            "layer",
-            "the per-head Q/K/V, attention output and concatenated heads",
-            floats.checked_mul(4),
-        )?;
-        let q = project_heads(
-            x_q,
-            &self.weights.w_q,
-            batch,
-            seq_q,
-            c.d_model,
-            c.heads,
-            c.head_dim,
-        )?;
-        let k = project_heads(
-            x_kv,
-            &self.weights.w_k,
-            batch,
-            seq_k,
-            c.d_kv,
-            c.kv_heads,
-            c.head_dim,
-        )?;
-        let v = project_heads(
-            x_kv,
-            &self.weights.w_v,
-            batch,
-            seq_k,
-            c.d_kv,
-            c.kv_heads,
-            c.head_dim,
-        )?;
-        let attn = self
-            .backend
-            .forward(&AttnArgs::new(&p, &q, &k, &v)?, false)?
-            .out;
+        let floats = (p.q_len() as u64) * 3 + (p.kv_len() as u64) * 2 + (batch * seq_q * c.d_model) as u64;
+        check_budget("layer", "the per-head Q/K/V, attention output and concatenated heads", floats.checked_mul(4))?;
+        let q = project_heads(x_q, &self.weights.w_q, batch, seq_q, c.d_model, c.heads, c.head_dim)?;
+        let k = project_heads(x_kv, &self.weights.w_k, batch, seq_k, c.d_kv, c.kv_heads, c.head_dim)?;
+        let v = project_heads(x_kv, &self.weights.w_v, batch, seq_k, c.d_kv, c.kv_heads, c.head_dim)?;
+        let attn = self.backend.forward(&AttnArgs::new(&p, &q, &k, &v)?, false)?.out;
         // Concat(head_1 … head_H): (B, H, N_q, D_h) → (B, N_q, H·D_h).
         let (h, dh) = (c.heads, c.head_dim);
         let mut concat = vec![0.0f32; attn.len()];
-        concat
-            .par_chunks_mut(seq_q * h * dh)
-            .zip(attn.par_chunks(h * seq_q * dh))
-            .for_each(|(dst, src)| {
-                for (hi, head) in src.chunks(seq_q * dh).enumerate() {
-                    for (i, row) in head.chunks(dh).enumerate() {
-                        dst[i * h * dh + hi * dh..][..dh].copy_from_slice(row);
-                    }
+        concat.par_chunks_mut(seq_q * h * dh).zip(attn.par_chunks(h * seq_q * dh)).for_each(|(dst, src)| {
+            for (hi, head) in src.chunks(seq_q * dh).enumerate() {
+                for (i, row) in head.chunks(dh).enumerate() {
+                    dst[i * h * dh + hi * dh..][..dh].copy_from_slice(row);
                 }
-            });
+            }
+        });
         let mut y = vec![0.0f32; batch * seq_q * c.d_model];
         let (rows, hd) = (batch * seq_q, h * dh);
         sgemm(
@@ -314,19 +249,11 @@ fn project_heads(
     dh: usize,
 ) -> Result<Vec<f32>> {
     let mut out = vec![0.0f32; batch * heads * seq * dh];
-    out.par_chunks_mut(seq * dh)
-        .enumerate()
-        .try_for_each(|(bh, o)| {
-            let (b, hi) = (bh / heads, bh % heads);
-            let xb = MatRef::row_major(&x[b * seq * d_in..(b + 1) * seq * d_in], seq, d_in);
-            let wi = MatRef {
-                data: &w[hi * dh..],
-                rows: d_in,
-                cols: dh,
-                row_stride: heads * dh,
-                col_stride: 1,
-            };
-            sgemm(xb, wi, o, dh, 1.0, 0.0, Par::Serial)
-        })?;
+    out.par_chunks_mut(seq * dh).enumerate().try_for_each(|(bh, o)| {
+        let (b, hi) = (bh / heads, bh % heads);
+        let xb = MatRef::row_major(&x[b * seq * d_in..(b + 1) * seq * d_in], seq, d_in);
+        let wi = MatRef { data: &w[hi * dh..], rows: d_in, cols: dh, row_stride: heads * dh, col_stride: 1 };
+        sgemm(xb, wi, o, dh, 1.0, 0.0, Par::Serial)
+    })?;
     Ok(out)
 }

@@ -28,12 +28,7 @@ fn approximate_backends_and_layer_refuse_over_budget() {
             }
         }
     }
-    let layer = MultiHeadAttention::new(
-        MhaConfig::new(32, 2).unwrap(),
-        backend("performer").unwrap(),
-        0,
-    )
-    .unwrap();
+    let layer = MultiHeadAttention::new(MhaConfig::new(32, 2).unwrap(), backend("performer").unwrap(), 0).unwrap();
     let r = layer.forward(&vec![0.0; 64 * 32], 1, 64);
     if !matches!(r, Err(AttnError::MemoryBudget { .. })) {
         failures.push(format!("layer: {:?}", r.map(|_| ())));
@@ -41,10 +36,7 @@ fn approximate_backends_and_layer_refuse_over_budget() {
     set_mem_budget(0);
     // With the budget restored everything runs.
     for name in ["linformer", "performer"] {
-        assert!(
-            backend(name).unwrap().forward(&args, false).is_ok(),
-            "{name}"
-        );
+        assert!(backend(name).unwrap().forward(&args, false).is_ok(), "{name}");
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -109,10 +109,7 @@ impl ProjSet {
 
 enum Source {
     /// Seeded N(0, 1/k) matrices; the cache holds (N_k, slots, set) for the latest N_k.
-    Gaussian {
-        seed: u64,
-        cache: RwLock<Option<(usize, usize, Arc<ProjSet>)>>,
-    },
+    Gaussian { seed: u64, cache: RwLock<Option<(usize, usize, Arc<ProjSet>)>> },
     /// User matrices for one fixed N_k.
     Supplied { seq_k: usize, set: Arc<ProjSet> },
 }
@@ -128,17 +125,12 @@ impl Linformer {
     /// Seeded Gaussian projections of length `proj_dim`, separate E and F per KV head.
     pub fn new(proj_dim: usize, seed: u64) -> Result<Self> {
         if proj_dim == 0 {
-            return Err(AttnError::invalid(
-                "linformer: proj_dim k must be ≥ 1, got 0",
-            ));
+            return Err(AttnError::invalid("linformer: proj_dim k must be ≥ 1, got 0"));
         }
         Ok(Linformer {
             k: proj_dim,
             sharing: Sharing::Separate,
-            source: Source::Gaussian {
-                seed,
-                cache: RwLock::new(None),
-            },
+            source: Source::Gaussian { seed, cache: RwLock::new(None) },
         })
     }
 
@@ -157,10 +149,7 @@ impl Linformer {
         }
         self.sharing = sharing;
         self.source = match self.source {
-            Source::Gaussian { seed, .. } => Source::Gaussian {
-                seed,
-                cache: RwLock::new(None),
-            },
+            Source::Gaussian { seed, .. } => Source::Gaussian { seed, cache: RwLock::new(None) },
             s => s,
         };
         Ok(self)
@@ -169,25 +158,16 @@ impl Linformer {
     /// User projections for sequences of exactly `seq_k` keys. `e` holds one k×N_k row-major
     /// matrix shared by every head, or one per KV head; `f` the same for values, or `None` to
     /// project values with E as well.
-    pub fn with_projections(
-        e: Vec<Vec<f32>>,
-        f: Option<Vec<Vec<f32>>>,
-        proj_dim: usize,
-        seq_k: usize,
-    ) -> Result<Self> {
+    pub fn with_projections(e: Vec<Vec<f32>>, f: Option<Vec<Vec<f32>>>, proj_dim: usize, seq_k: usize) -> Result<Self> {
         if proj_dim == 0 || seq_k == 0 {
             return Err(AttnError::invalid(format!(
                 "linformer: proj_dim ({proj_dim}) and seq_k ({seq_k}) must be ≥ 1"
             )));
         }
         if e.is_empty() {
-            return Err(AttnError::invalid(
-                "linformer: at least one E matrix is required",
-            ));
+            return Err(AttnError::invalid("linformer: at least one E matrix is required"));
         }
-        let want = proj_dim
-            .checked_mul(seq_k)
-            .ok_or_else(|| AttnError::shape("linformer: k·N_k overflows"))?;
+        let want = proj_dim.checked_mul(seq_k).ok_or_else(|| AttnError::shape("linformer: k·N_k overflows"))?;
         let check = |name: &str, mats: &[Vec<f32>]| -> Result<Vec<Mat>> {
             mats.iter()
                 .enumerate()
@@ -199,7 +179,9 @@ impl Linformer {
                         )));
                     }
                     if let Some(pos) = m.iter().position(|x| !x.is_finite()) {
-                        return Err(AttnError::invalid(format!("linformer: {name}[{i}] has a non-finite entry at {pos}")));
+                        return Err(AttnError::invalid(format!(
+                            "linformer: {name}[{i}] has a non-finite entry at {pos}"
+                        )));
                     }
                     Ok(Arc::from(transpose(m, proj_dim, seq_k)))
                 })
@@ -226,13 +208,7 @@ impl Linformer {
         Ok(Linformer {
             k: proj_dim,
             sharing,
-            source: Source::Supplied {
-                seq_k,
-                set: Arc::new(ProjSet {
-                    e: e_mats,
-                    f: f_mats,
-                }),
-            },
+            source: Source::Supplied { seq_k, set: Arc::new(ProjSet { e: e_mats, f: f_mats }) },
         })
     }
 
@@ -248,16 +224,9 @@ impl Linformer {
 
     /// Copies of (E, F), each k×N_k row-major, that KV head `kv_head` of a problem with `seq_k`
     /// keys and `kv_heads` KV heads is projected with (for tests and inspection).
-    pub fn projection_pair(
-        &self,
-        seq_k: usize,
-        kv_heads: usize,
-        kv_head: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
+    pub fn projection_pair(&self, seq_k: usize, kv_heads: usize, kv_head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         if kv_head >= kv_heads {
-            return Err(AttnError::invalid(format!(
-                "kv_head {kv_head} ≥ kv_heads {kv_heads}"
-            )));
+            return Err(AttnError::invalid(format!("kv_head {kv_head} ≥ kv_heads {kv_heads}")));
         }
         let set = self.projections(seq_k, kv_heads)?;
         let (et, ft) = set.pair(kv_head);
@@ -267,15 +236,8 @@ impl Linformer {
     /// The seeded matrix for (N_k, slot, role ∈ {0 = E, 1 = F}), transposed (entry (r, j) of E
     /// is drawn at position j·k + r).
     fn gaussian_matrix(&self, seed: u64, seq_k: usize, slot: usize, role: u64) -> Mat {
-        let s = seeded::derive_seed(
-            seed,
-            &[0x4c494e46, seq_k as u64, self.k as u64, slot as u64, role],
-        );
-        Arc::from(seeded::gaussian(
-            s,
-            self.k * seq_k,
-            1.0 / (self.k as f64).sqrt(),
-        ))
+        let s = seeded::derive_seed(seed, &[0x4c494e46, seq_k as u64, self.k as u64, slot as u64, role]);
+        Arc::from(seeded::gaussian(s, self.k * seq_k, 1.0 / (self.k as f64).sqrt()))
     }
 
     fn projections(&self, seq_k: usize, kv_heads: usize) -> Result<Arc<ProjSet>> {
@@ -299,19 +261,13 @@ impl Linformer {
             return Ok(set.clone());
         }
         let distinct = slots * if self.sharing.kv_shared() { 1 } else { 2 };
-        let bytes = (distinct as u64)
-            .checked_mul(self.k as u64)
-            .and_then(|x| x.checked_mul(seq_k as u64)?.checked_mul(4));
+        let bytes =
+            (distinct as u64).checked_mul(self.k as u64).and_then(|x| x.checked_mul(seq_k as u64)?.checked_mul(4));
         check_budget("linformer", "the seeded k×N_k projection matrices", bytes)?;
-        let mats: Vec<Mat> = (0..distinct)
-            .into_par_iter()
-            .map(|i| self.gaussian_matrix(seed, seq_k, i / 2, (i % 2) as u64))
-            .collect();
+        let mats: Vec<Mat> =
+            (0..distinct).into_par_iter().map(|i| self.gaussian_matrix(seed, seq_k, i / 2, (i % 2) as u64)).collect();
         let set = if self.sharing.kv_shared() {
-            ProjSet {
-                e: mats.clone(),
-                f: mats,
-            }
+            ProjSet { e: mats.clone(), f: mats }
         } else {
             let (e, f) = mats.chunks(2).map(|p| (p[0].clone(), p[1].clone())).unzip();
             ProjSet { e, f }
@@ -325,9 +281,7 @@ impl Linformer {
         let mut reasons = Vec::new();
         if let Source::Supplied { seq_k: n, set } = &self.source {
             if *n != seq_k {
-                reasons.push(format!(
-                    "the supplied projections are for N_k = {n}, the problem has N_k = {seq_k}"
-                ));
+                reasons.push(format!("the supplied projections are for N_k = {n}, the problem has N_k = {seq_k}"));
             }
             if set.e.len() != 1 && set.e.len() != kv_heads {
                 reasons.push(format!(
@@ -369,15 +323,7 @@ impl Linformer {
                 src.read_f32(kv_base + j0 * d, x);
                 // Columns j0..j0+len of E: rows j0..j0+len of the stored Eᵀ, viewed transposed.
                 let cols = MatRef::transposed(&proj[j0 * k..(j0 + len) * k], len, k);
-                sgemm(
-                    cols,
-                    MatRef::row_major(x, len, d),
-                    dst,
-                    d,
-                    1.0,
-                    beta,
-                    Par::Serial,
-                )?;
+                sgemm(cols, MatRef::row_major(x, len, d), dst, d, 1.0, beta, Par::Serial)?;
             }
         }
         let mut qbuf = vec![0.0f32; QUERY_BLOCK.min(nq) * d];
@@ -391,15 +337,7 @@ impl Linformer {
                 let q = &mut qbuf[..c * d];
                 args.q().read_f32(q_base + i0 * d, q);
                 let sc = &mut s[..c * k];
-                sgemm(
-                    MatRef::row_major(q, c, d),
-                    MatRef::transposed(&kp, k, d),
-                    sc,
-                    k,
-                    p.scale,
-                    0.0,
-                    Par::Serial,
-                )?;
+                sgemm(MatRef::row_major(q, c, d), MatRef::transposed(&kp, k, d), sc, k, p.scale, 0.0, Par::Serial)?;
                 for (r, row) in sc.chunks_mut(k).enumerate() {
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0f32;
@@ -414,15 +352,7 @@ impl Linformer {
                     }
                 }
                 let od = &mut oh[i0 * d..(i0 + c) * d];
-                sgemm(
-                    MatRef::row_major(sc, c, k),
-                    MatRef::row_major(&vp, k, d),
-                    od,
-                    d,
-                    1.0,
-                    0.0,
-                    Par::Serial,
-                )?;
+                sgemm(MatRef::row_major(sc, c, k), MatRef::row_major(&vp, k, d), od, d, 1.0, 0.0, Par::Serial)?;
             }
         }
         Ok(())

@@ -72,9 +72,7 @@ pub fn orthogonal_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
     let chi = ChiSquared::new(d as f64).expect("d ≥ 1 degrees of freedom is a valid chi-squared");
     for b in 0..m.div_ceil(d) {
         let mut rng = seeded::rng(seeded::derive_seed(seed, &[0x4641564f, d as u64, b as u64]));
-        let mut g: Vec<f64> = (0..d * d)
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
+        let mut g: Vec<f64> = (0..d * d).map(|_| StandardNormal.sample(&mut rng)).collect();
         orthonormalize_rows(&mut g, d);
         for row in g.chunks(d).take(m - b * d) {
             let norm = chi.sample(&mut rng).sqrt();
@@ -86,11 +84,7 @@ pub fn orthogonal_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
 
 /// `m` i.i.d. N(0, I_d) features, m×d row-major (the unstructured baseline).
 pub fn iid_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
-    seeded::gaussian(
-        seeded::derive_seed(seed, &[0x49494446, d as u64]),
-        m * d,
-        1.0,
-    )
+    seeded::gaussian(seeded::derive_seed(seed, &[0x49494446, d as u64]), m * d, 1.0)
 }
 
 /// Modified Gram–Schmidt on the rows of a d×d matrix, twice per row ("twice is enough") so the
@@ -123,16 +117,9 @@ impl Performer {
     /// `features` orthogonal random features drawn from `seed`.
     pub fn new(features: usize, seed: u64) -> Result<Self> {
         if features == 0 {
-            return Err(AttnError::invalid(
-                "performer: the number of features m must be ≥ 1, got 0",
-            ));
+            return Err(AttnError::invalid("performer: the number of features m must be ≥ 1, got 0"));
         }
-        Ok(Performer {
-            m: features,
-            seed,
-            orthogonal: true,
-            cache: RwLock::new(None),
-        })
+        Ok(Performer { m: features, seed, orthogonal: true, cache: RwLock::new(None) })
     }
 
     /// From registry options: `features` (default 256) and `seed`.
@@ -154,18 +141,12 @@ impl Performer {
 
     /// ω, m×D row-major, for head dimension `d` (what `compute` uses).
     pub fn feature_matrix(&self, d: usize) -> Result<Arc<[f32]>> {
-        if let Some((cd, w)) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
+        if let Some((cd, w)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).as_ref()
             && *cd == d
         {
             return Ok(w.clone());
         }
-        let bytes = (self.m as u64)
-            .checked_mul(d as u64)
-            .and_then(|x| x.checked_mul(12));
+        let bytes = (self.m as u64).checked_mul(d as u64).and_then(|x| x.checked_mul(12));
         check_budget("performer", "the m×D random feature matrix", bytes)?;
         let w: Arc<[f32]> = if self.orthogonal {
             orthogonal_features(self.m, d, self.seed)
@@ -182,8 +163,7 @@ impl Performer {
         let m = self.m as u64;
         let (d, b) = (d as u64, BLOCK as u64);
         // state m·D + z; key block K, V, features; query block Q, features, row shifts; band scores.
-        let floats =
-            m.checked_mul(d)? + m + b * (2 * d) + b.checked_mul(m)? * 2 + b * (d + 1) + b * b;
+        let floats = m.checked_mul(d)? + m + b * (2 * d) + b.checked_mul(m)? * 2 + b * (d + 1) + b * b;
         floats.checked_mul(4)
     }
 }
@@ -203,15 +183,7 @@ impl FeatureMap<'_> {
     fn exponents(&self, x: &[f32], a: &mut [f32]) -> Result<()> {
         let rows = x.len() / self.d;
         let omega = MatRef::transposed(self.omega, self.m, self.d);
-        sgemm(
-            MatRef::row_major(x, rows, self.d),
-            omega,
-            a,
-            self.m,
-            self.scale.sqrt(),
-            0.0,
-            Par::Serial,
-        )?;
+        sgemm(MatRef::row_major(x, rows, self.d), omega, a, self.m, self.scale.sqrt(), 0.0, Par::Serial)?;
         for (ar, xr) in a.chunks_mut(self.m).zip(x.chunks(self.d)) {
             let half_sq = 0.5 * self.scale * xr.iter().map(|v| v * v).sum::<f32>();
             ar.iter_mut().for_each(|v| *v -= half_sq);
@@ -246,10 +218,7 @@ struct KvState {
 
 impl KvState {
     fn new(m: usize, d: usize) -> Self {
-        KvState {
-            kv: vec![0.0; m * d],
-            z: vec![0.0; m],
-        }
+        KvState { kv: vec![0.0; m * d], z: vec![0.0; m] }
     }
     /// Adds the key features `kf` (rows×m) with their values `v` (rows×D).
     fn absorb(&mut self, kf: &[f32], v: &[f32], m: usize, d: usize) -> Result<()> {
@@ -257,25 +226,14 @@ impl KvState {
         if rows == 0 {
             return Ok(());
         }
-        sgemm(
-            MatRef::transposed(kf, rows, m),
-            MatRef::row_major(v, rows, d),
-            &mut self.kv,
-            d,
-            1.0,
-            1.0,
-            Par::Serial,
-        )?;
+        sgemm(MatRef::transposed(kf, rows, m), MatRef::row_major(v, rows, d), &mut self.kv, d, 1.0, 1.0, Par::Serial)?;
         for row in kf.chunks(m) {
             self.z.iter_mut().zip(row).for_each(|(z, x)| *z += x);
         }
         Ok(())
     }
     fn rescale(&mut self, r: f32) {
-        self.kv
-            .iter_mut()
-            .chain(self.z.iter_mut())
-            .for_each(|x| *x *= r);
+        self.kv.iter_mut().chain(self.z.iter_mut()).for_each(|x| *x *= r);
     }
 }
 
@@ -327,9 +285,7 @@ impl Task<'_, '_> {
 
     fn load_values(&self, s: &mut Scratch, j0: usize, j1: usize) {
         let d = self.fm.d;
-        self.args
-            .v()
-            .read_f32(self.kv_base() + j0 * d, &mut s.vx[..(j1 - j0) * d]);
+        self.args.v().read_f32(self.kv_base() + j0 * d, &mut s.vx[..(j1 - j0) * d]);
     }
 
     /// Query features of rows [i0, i0 + c) of group member `gi` into `s.qf`, shifts into `s.qshift`.
@@ -339,19 +295,11 @@ impl Task<'_, '_> {
         let base = ((self.t * p.group_size() + gi) * p.seq_q + i0) * d;
         let qx = &mut s.qx[..c * d];
         self.args.q().read_f32(base, qx);
-        self.fm
-            .queries(qx, &mut s.qf[..c * self.fm.m], &mut s.qshift[..c])
+        self.fm.queries(qx, &mut s.qf[..c * self.fm.m], &mut s.qshift[..c])
     }
 
     /// Divides each output row by its denominator and writes the estimator's LSE.
-    fn normalize(
-        od: &mut [f32],
-        den: &[f32],
-        shift: &[f32],
-        key_shift: f32,
-        d: usize,
-        mut lse: Option<&mut [f32]>,
-    ) {
+    fn normalize(od: &mut [f32], den: &[f32], shift: &[f32], key_shift: f32, d: usize, mut lse: Option<&mut [f32]>) {
         for (r, row) in od.chunks_mut(d).enumerate() {
             let inv = 1.0 / (den[r] + DENOM_STABILIZER);
             row.iter_mut().for_each(|x| *x *= inv);
@@ -396,15 +344,7 @@ impl Task<'_, '_> {
                 self.query_features(&mut s, gi, i0, c)?;
                 let qf = &s.qf[..c * m];
                 let od = &mut oh[i0 * d..(i0 + c) * d];
-                sgemm(
-                    MatRef::row_major(qf, c, m),
-                    MatRef::row_major(&st.kv, m, d),
-                    od,
-                    d,
-                    1.0,
-                    0.0,
-                    Par::Serial,
-                )?;
+                sgemm(MatRef::row_major(qf, c, m), MatRef::row_major(&st.kv, m, d), od, d, 1.0, 0.0, Par::Serial)?;
                 Self::denominators(qf, &st.z, &mut den[..c]);
                 let lr = lh.as_deref_mut().map(|l| &mut l[i0..i0 + c]);
                 Self::normalize(od, &den[..c], &s.qshift[..c], key_shift, d, lr);
@@ -423,10 +363,7 @@ impl Task<'_, '_> {
         for j0 in (0..nk).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(nk);
             self.key_exponents(&mut s, j0, j1)?;
-            key_shift = s.kf[..(j1 - j0) * m]
-                .iter()
-                .cloned()
-                .fold(key_shift, f32::max);
+            key_shift = s.kf[..(j1 - j0) * m].iter().cloned().fold(key_shift, f32::max);
         }
         let hi = |i: usize| p.key_range(i).1;
         let mut st = KvState::new(m, d);
@@ -448,11 +385,7 @@ impl Task<'_, '_> {
             // The block's own band: keys [lo_blk, hi_blk), at most BLOCK of them since hi(i)
             // grows by at most one per row; it reaches the next block's start so the state can
             // absorb it afterwards.
-            let hi_blk = if i0 + c < nq {
-                hi(i0 + c)
-            } else {
-                hi(i0 + c - 1)
-            };
+            let hi_blk = if i0 + c < nq { hi(i0 + c) } else { hi(i0 + c - 1) };
             let nb = hi_blk - lo_blk;
             if nb > 0 {
                 self.key_exponents(&mut s, lo_blk, hi_blk)?;
@@ -463,28 +396,12 @@ impl Task<'_, '_> {
                 self.query_features(&mut s, gi, i0, c)?;
                 let qf = &s.qf[..c * m];
                 let od = &mut oh[i0 * d..(i0 + c) * d];
-                sgemm(
-                    MatRef::row_major(qf, c, m),
-                    MatRef::row_major(&st.kv, m, d),
-                    od,
-                    d,
-                    1.0,
-                    0.0,
-                    Par::Serial,
-                )?;
+                sgemm(MatRef::row_major(qf, c, m), MatRef::row_major(&st.kv, m, d), od, d, 1.0, 0.0, Par::Serial)?;
                 Self::denominators(qf, &st.z, &mut den[..c]);
                 if nb > 0 {
                     let band = &mut s.band[..c * nb];
                     let kf = MatRef::transposed(&s.kf[..nb * m], nb, m);
-                    sgemm(
-                        MatRef::row_major(qf, c, m),
-                        kf,
-                        band,
-                        nb,
-                        1.0,
-                        0.0,
-                        Par::Serial,
-                    )?;
+                    sgemm(MatRef::row_major(qf, c, m), kf, band, nb, 1.0, 0.0, Par::Serial)?;
                     for (r, row) in band.chunks_mut(nb).enumerate() {
                         let allowed = hi(i0 + r).saturating_sub(lo_blk).min(nb);
                         row[allowed..].fill(0.0);
@@ -500,17 +417,8 @@ impl Task<'_, '_> {
                         Par::Serial,
                     )?;
                 }
-                let mut lr = l
-                    .as_deref_mut()
-                    .map(|l| &mut l[gi * nq + i0..gi * nq + i0 + c]);
-                Self::normalize(
-                    od,
-                    &den[..c],
-                    &s.qshift[..c],
-                    key_shift,
-                    d,
-                    lr.as_deref_mut(),
-                );
+                let mut lr = l.as_deref_mut().map(|l| &mut l[gi * nq + i0..gi * nq + i0 + c]);
+                Self::normalize(od, &den[..c], &s.qshift[..c], key_shift, d, lr.as_deref_mut());
                 // Rows that see no key at all: zeros and −∞ by contract, not 0/δ.
                 for r in (0..c).filter(|&r| hi(i0 + r) == 0) {
                     od[r * d..(r + 1) * d].fill(0.0);
@@ -555,27 +463,17 @@ impl Attention for Performer {
         let p = args.problem();
         let tasks = p.batch * p.kv_heads;
         let in_flight = tasks.min(rayon::current_num_threads()).max(1) as u64;
-        let what = if p.causal {
-            "the causal prefix state and block buffers"
-        } else {
-            "the K′ᵀV state and block buffers"
-        };
-        check_budget(
-            "performer",
-            what,
-            self.task_bytes(p.head_dim)
-                .and_then(|b| b.checked_mul(in_flight)),
-        )?;
+        let what =
+            if p.causal { "the causal prefix state and block buffers" } else { "the K′ᵀV state and block buffers" };
+        check_budget("performer", what, self.task_bytes(p.head_dim).and_then(|b| b.checked_mul(in_flight)))?;
         let omega = self.feature_matrix(p.head_dim)?;
         let per_task = p.group_size() * p.seq_q;
         let lse_parts: Vec<Option<&mut [f32]>> = match lse {
             Some(l) => l.chunks_mut(per_task).map(Some).collect(),
             None => (0..tasks).map(|_| None).collect(),
         };
-        out.par_chunks_mut(per_task * p.head_dim)
-            .zip(lse_parts.into_par_iter())
-            .enumerate()
-            .try_for_each(|(t, (o, l))| {
+        out.par_chunks_mut(per_task * p.head_dim).zip(lse_parts.into_par_iter()).enumerate().try_for_each(
+            |(t, (o, l))| {
                 let fm = FeatureMap {
                     omega: &omega,
                     m: self.m,
@@ -584,11 +482,8 @@ impl Attention for Performer {
                     half_ln_m: 0.5 * (self.m as f32).ln(),
                 };
                 let task = Task { args, fm, t };
-                if p.causal {
-                    task.causal(o, l)
-                } else {
-                    task.non_causal(o, l)
-                }
-            })
+                if p.causal { task.causal(o, l) } else { task.non_causal(o, l) }
+            },
+        )
     }
 }
