@@ -206,6 +206,15 @@ fn registry_honours_proj_dim_and_seed() {
 }
 
 #[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let p = Problem::new(1, 1, 8, 8);
+    let x = vec![0.5f32; p.q_len()];
+    let args = AttnArgs::new(&p, &x, &x, &x).unwrap();
+    let r = Linformer::new(1 << 40, 0).unwrap().forward(&args, false);
+    assert!(matches!(r, Err(AttnError::MemoryBudget { .. })), "{:?}", r.map(|_| ()));
+}
+
+#[test]
 fn bitwise_identical_across_thread_counts() {
     let p = Problem::new(2, 4, 300, 16).with_kv_heads(2).with_seq_k(700);
     let (q, k, v) = inputs(&p, 5);

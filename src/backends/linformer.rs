@@ -294,8 +294,10 @@ impl Linformer {
     }
 
     /// Bytes one (batch, KV head) task allocates.
-    fn task_bytes(&self, d: usize) -> u64 {
-        ((2 * self.k * d + KEY_BLOCK * d + QUERY_BLOCK * (d + self.k)) * 4) as u64
+    fn task_bytes(&self, d: usize) -> Option<u64> {
+        let (k, d) = (self.k as u64, d as u64);
+        let floats = (2 * d + QUERY_BLOCK as u64).checked_mul(k)? + (KEY_BLOCK + QUERY_BLOCK) as u64 * d;
+        floats.checked_mul(4)
     }
 
     /// One (batch, KV head): project K and V, then attend every query head of the group.
@@ -399,7 +401,7 @@ impl Attention for Linformer {
         check_budget(
             "linformer",
             "the projected keys/values and block buffers",
-            self.task_bytes(p.head_dim).checked_mul(in_flight),
+            self.task_bytes(p.head_dim).and_then(|b| b.checked_mul(in_flight)),
         )?;
         let set = self.projections(p.seq_k, p.kv_heads)?;
         let per_task = p.group_size() * p.seq_q;
