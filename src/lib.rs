@@ -9,12 +9,15 @@
 //! assert_eq!(out.out.len(), p.out_len());
 //! ```
 
+pub mod alloc_counter;
 pub mod attention;
 pub mod backends;
+pub mod bench;
 pub mod budget;
 pub mod error;
 pub mod linalg;
 pub mod lse;
+pub mod npy;
 pub mod problem;
 pub mod registry;
 pub mod tensor;
