@@ -165,11 +165,26 @@ pub fn measure(
     reps: usize,
     max_total_s: f64,
 ) -> Result<Measurement> {
+    let mut out = vec![0.0f32; args.problem().out_len()];
+    measure_into(backend, args, reps, max_total_s, &mut out)
+}
+
+/// [`measure`] writing into a caller-provided output (which then holds the backend's result,
+/// for error checks). `out.len()` must be `problem.out_len()`. With device timing, `out` is
+/// filled by one extra host call after timing.
+pub fn measure_into(
+    backend: &dyn Attention,
+    args: &AttnArgs<'_>,
+    reps: usize,
+    max_total_s: f64,
+    out: &mut [f32],
+) -> Result<Measurement> {
     let p = args.problem();
     let reps = reps.max(1);
     if backend.device() == Device::Cuda
         && let Ok(times) = device_timing(backend, p, reps)
     {
+        backend.forward_into(args, out, None)?;
         return Ok(Measurement {
             median_s: median(&times),
             times_s: times,
@@ -177,10 +192,9 @@ pub fn measure(
             timing: Timing::Device,
         });
     }
-    let mut out = vec![0.0f32; p.out_len()];
     let scope = PeakScope::start();
     let start = Instant::now();
-    backend.forward_into(args, &mut out, None)?;
+    backend.forward_into(args, out, None)?;
     let warm = start.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(reps);
     if warm > max_total_s {
@@ -189,7 +203,7 @@ pub fn measure(
         let begin = Instant::now();
         for _ in 0..reps {
             let t = Instant::now();
-            backend.forward_into(args, &mut out, None)?;
+            backend.forward_into(args, out, None)?;
             times.push(t.elapsed().as_secs_f64());
             if begin.elapsed().as_secs_f64() > max_total_s {
                 break;
@@ -209,6 +223,8 @@ pub fn measure(
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRecord {
     pub backend: String,
+    /// "cpu" or "cuda" ("" when the backend could not be built).
+    pub device: String,
     /// Parameters that distinguish variants of one backend (`k=128`, `m=64`, `w=256`), or "".
     pub variant: String,
     pub seq: usize,
@@ -248,6 +264,7 @@ impl BenchRecord {
     ) -> Self {
         BenchRecord {
             backend: backend.to_string(),
+            device: String::new(),
             variant: variant.to_string(),
             seq: p.seq_q,
             seq_kv: p.seq_k,
@@ -269,6 +286,12 @@ impl BenchRecord {
             gemm_gflops,
             gemm_fraction: None,
         }
+    }
+
+    /// Records where the backend runs.
+    pub fn on_device(mut self, device: Device) -> Self {
+        self.device = device.to_string();
+        self
     }
 
     /// Fills in a measurement (status "ok").
@@ -310,6 +333,24 @@ pub fn skip_reason(backend: &dyn Attention, p: &Problem) -> Option<String> {
     }
     let reasons = backend.not_supported_reasons(p);
     (!reasons.is_empty()).then(|| format!("unsupported ({})", reasons.join("; ")))
+}
+
+/// The exponent of N that `backend`'s time is expected to grow with on `p`'s family of
+/// problems: 2 for exact attention over an unbounded band, 1 for a bounded window or an
+/// approximation (linear-time by design).
+pub fn expected_exponent(backend: &dyn Attention, p: &Problem) -> f64 {
+    let (l, r) = p.effective_window();
+    let banded = l.is_some() && r.is_some();
+    if backend.exactness() == crate::attention::Exactness::Exact && !banded {
+        2.0
+    } else {
+        1.0
+    }
+}
+
+/// Time predicted at `n` from a measurement `secs` at `n0`, growing as N^`exponent`.
+pub fn extrapolate(n0: usize, secs: f64, n: usize, exponent: f64) -> f64 {
+    secs * (n as f64 / n0 as f64).powf(exponent)
 }
 
 #[cfg(test)]
