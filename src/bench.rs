@@ -39,11 +39,7 @@ pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        0.5 * (v[m - 1] + v[m])
-    }
+    if v.len() % 2 == 1 { v[m] } else { 0.5 * (v[m - 1] + v[m]) }
 }
 
 /// `Problem::flops()` per second, in GFLOP/s.
@@ -82,16 +78,10 @@ pub struct GemmCeiling {
 /// current rayon pool, so call it inside the same pool the backends will run in.
 pub fn gemm_ceiling(size: usize, reps: usize) -> Result<GemmCeiling> {
     if size == 0 || reps == 0 {
-        return Err(AttnError::invalid(
-            "gemm ceiling: size and reps must be ≥ 1",
-        ));
+        return Err(AttnError::invalid("gemm ceiling: size and reps must be ≥ 1"));
     }
-    let a: Vec<f32> = (0..size * size)
-        .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-        .collect();
-    let b: Vec<f32> = (0..size * size)
-        .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
-        .collect();
+    let a: Vec<f32> = (0..size * size).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let b: Vec<f32> = (0..size * size).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
     let mut c = vec![0.0f32; size * size];
     let mut run = || {
         let a = MatRef::row_major(&a, size, size);
@@ -159,12 +149,7 @@ pub fn device_timing(backend: &dyn Attention, problem: &Problem, reps: usize) ->
 /// once `max_total_s` seconds have been spent. If the warm-up alone exceeds `max_total_s`, its
 /// time is the only sample (so a slow run costs one call, not reps + 1). Errors from the backend
 /// (unsupported, memory budget, ...) are returned before anything is timed.
-pub fn measure(
-    backend: &dyn Attention,
-    args: &AttnArgs<'_>,
-    reps: usize,
-    max_total_s: f64,
-) -> Result<Measurement> {
+pub fn measure(backend: &dyn Attention, args: &AttnArgs<'_>, reps: usize, max_total_s: f64) -> Result<Measurement> {
     let mut out = vec![0.0f32; args.problem().out_len()];
     measure_into(backend, args, reps, max_total_s, &mut out)
 }
@@ -185,12 +170,7 @@ pub fn measure_into(
         && let Ok(times) = device_timing(backend, p, reps)
     {
         backend.forward_into(args, out, None)?;
-        return Ok(Measurement {
-            median_s: median(&times),
-            times_s: times,
-            peak_bytes: None,
-            timing: Timing::Device,
-        });
+        return Ok(Measurement { median_s: median(&times), times_s: times, peak_bytes: None, timing: Timing::Device });
     }
     let scope = PeakScope::start();
     let start = Instant::now();
@@ -211,12 +191,7 @@ pub fn measure_into(
         }
     }
     std::hint::black_box(&out);
-    Ok(Measurement {
-        median_s: median(&times),
-        times_s: times,
-        peak_bytes: scope.peak_extra(),
-        timing: Timing::Host,
-    })
+    Ok(Measurement { median_s: median(&times), times_s: times, peak_bytes: scope.peak_extra(), timing: Timing::Host })
 }
 
 /// One line of `attnkit bench --json` (and one row of the report's raw results).
@@ -255,13 +230,7 @@ pub struct BenchRecord {
 
 impl BenchRecord {
     /// A record for `backend` on `p` with no measurement yet (status "skipped", empty reason).
-    pub fn new(
-        backend: &str,
-        variant: &str,
-        p: &Problem,
-        threads: usize,
-        gemm_gflops: f64,
-    ) -> Self {
+    pub fn new(backend: &str, variant: &str, p: &Problem, threads: usize, gemm_gflops: f64) -> Self {
         BenchRecord {
             backend: backend.to_string(),
             device: String::new(),
@@ -318,12 +287,7 @@ impl BenchRecord {
 /// True for errors that mean "this backend cannot run this problem here" rather than a bug:
 /// unsupported problem, unavailable backend, memory budget.
 pub fn is_skip(e: &AttnError) -> bool {
-    matches!(
-        e,
-        AttnError::Unsupported { .. }
-            | AttnError::Unavailable { .. }
-            | AttnError::MemoryBudget { .. }
-    )
+    matches!(e, AttnError::Unsupported { .. } | AttnError::Unavailable { .. } | AttnError::MemoryBudget { .. })
 }
 
 /// Why `backend` cannot run `p` here, if it cannot: availability first, then support.
@@ -341,11 +305,7 @@ pub fn skip_reason(backend: &dyn Attention, p: &Problem) -> Option<String> {
 pub fn expected_exponent(backend: &dyn Attention, p: &Problem) -> f64 {
     let (l, r) = p.effective_window();
     let banded = l.is_some() && r.is_some();
-    if backend.exactness() == crate::attention::Exactness::Exact && !banded {
-        2.0
-    } else {
-        1.0
-    }
+    if backend.exactness() == crate::attention::Exactness::Exact && !banded { 2.0 } else { 1.0 }
 }
 
 /// Time predicted at `n` from a measurement `secs` at `n0`, growing as N^`exponent`.
@@ -370,19 +330,14 @@ mod tests {
         let (q, k, v) = random_inputs(&p, 7);
         let (q2, _, _) = random_inputs(&p, 7);
         let (q3, _, _) = random_inputs(&p, 8);
-        assert_eq!(
-            (q.to_f32().len(), k.to_f32().len(), v.to_f32().len()),
-            (64, 20, 20)
-        );
+        assert_eq!((q.to_f32().len(), k.to_f32().len(), v.to_f32().len()), (64, 20, 20));
         assert_eq!(q.to_f32(), q2.to_f32());
         assert_ne!(q.to_f32(), q3.to_f32());
     }
 
     #[test]
     fn gemm_ceiling_reports_positive_rate_and_pool_size() {
-        let g = with_threads(Some(1), || gemm_ceiling(64, 2))
-            .unwrap()
-            .unwrap();
+        let g = with_threads(Some(1), || gemm_ceiling(64, 2)).unwrap().unwrap();
         assert!(g.gflops > 0.0 && g.gflops.is_finite());
         assert_eq!(g.threads, 1);
         assert!(with_threads(Some(0), || ()).is_err());

@@ -24,48 +24,32 @@ pub const MAX_HEADER_BYTES: usize = 65_536;
 const MAX_ELEMENTS: u64 = 1 << 40;
 
 fn npy_err(origin: &str, reason: impl Into<String>) -> AttnError {
-    AttnError::Npy {
-        path: origin.to_string(),
-        reason: reason.into(),
-    }
+    AttnError::Npy { path: origin.to_string(), reason: reason.into() }
 }
 
 fn fmt_shape(shape: &[usize]) -> String {
     let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    if parts.len() == 1 {
-        format!("({},)", parts[0])
-    } else {
-        format!("({})", parts.join(", "))
-    }
+    if parts.len() == 1 { format!("({},)", parts[0]) } else { format!("({})", parts.join(", ")) }
 }
 
 /// Checks the magic string and that the header the length prefix announces fits in the file.
 fn check_preamble(bytes: &[u8], origin: &str) -> Result<()> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(npy_err(
-            origin,
-            "not a .npy file (the \\x93NUMPY magic string is missing)",
-        ));
+        return Err(npy_err(origin, "not a .npy file (the \\x93NUMPY magic string is missing)"));
     }
     let (len_bytes, prefix) = match bytes.get(6) {
         Some(1) => (2usize, 10usize),
         Some(2) | Some(3) => (4, 12),
         Some(v) => {
-            return Err(npy_err(
-                origin,
-                format!("unsupported .npy format version {v}"),
-            ));
+            return Err(npy_err(origin, format!("unsupported .npy format version {v}")));
         }
         None => return Err(npy_err(origin, "truncated file: ends inside the preamble")),
     };
     let Some(len_field) = bytes.get(8..8 + len_bytes) else {
         return Err(npy_err(origin, "truncated file: ends inside the preamble"));
     };
-    let header_len = len_field
-        .iter()
-        .rev()
-        .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+    let header_len = len_field.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
     if header_len > MAX_HEADER_BYTES {
         return Err(npy_err(
             origin,
@@ -75,10 +59,7 @@ fn check_preamble(bytes: &[u8], origin: &str) -> Result<()> {
     if prefix + header_len > bytes.len() {
         return Err(npy_err(
             origin,
-            format!(
-                "truncated file: the header claims {header_len} bytes but the file has only {} bytes",
-                bytes.len()
-            ),
+            format!("truncated file: the header claims {header_len} bytes but the file has only {} bytes", bytes.len()),
         ));
     }
     Ok(())
@@ -91,8 +72,7 @@ pub fn parse_tensor_bytes(bytes: &[u8]) -> Result<(Tensor, Vec<usize>)> {
 
 fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
     check_preamble(bytes, origin)?;
-    let file =
-        NpyFile::new(bytes).map_err(|e| npy_err(origin, format!("malformed header: {e}")))?;
+    let file = NpyFile::new(bytes).map_err(|e| npy_err(origin, format!("malformed header: {e}")))?;
     let header = file.header().clone();
     let dtype = header.dtype();
     let descr = dtype.descr();
@@ -127,12 +107,7 @@ fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
         count = count
             .checked_mul(d)
             .filter(|&c| c <= MAX_ELEMENTS)
-            .ok_or_else(|| {
-                npy_err(
-                    origin,
-                    format!("shape {:?} has too many elements", header.shape()),
-                )
-            })?;
+            .ok_or_else(|| npy_err(origin, format!("shape {:?} has too many elements", header.shape())))?;
     }
     let shape: Vec<usize> = header.shape().iter().map(|&d| d as usize).collect();
     let data = file.into_inner();
@@ -150,26 +125,14 @@ fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
     if data.len() as u64 > need {
         return Err(npy_err(
             origin,
-            format!(
-                "{} trailing bytes after the data of shape {}",
-                data.len() as u64 - need,
-                fmt_shape(&shape)
-            ),
+            format!("{} trailing bytes after the data of shape {}", data.len() as u64 - need, fmt_shape(&shape)),
         ));
     }
     let read_err = |e: std::io::Error| npy_err(origin, format!("reading data: {e}"));
     let tensor = if elem_bytes == 4 {
-        Tensor::F32(
-            NpyFile::with_header(header, data)
-                .into_vec::<f32>()
-                .map_err(read_err)?,
-        )
+        Tensor::F32(NpyFile::with_header(header, data).into_vec::<f32>().map_err(read_err)?)
     } else {
-        Tensor::F16(
-            NpyFile::with_header(header, data)
-                .into_vec::<f16>()
-                .map_err(read_err)?,
-        )
+        Tensor::F16(NpyFile::with_header(header, data).into_vec::<f16>().map_err(read_err)?)
     };
     Ok((tensor, shape))
 }
@@ -190,11 +153,7 @@ pub fn read_tensor4(path: impl AsRef<Path>) -> Result<(Tensor, [usize; 4])> {
     let s4 = shape4(&shape).ok_or_else(|| {
         npy_err(
             &path.display().to_string(),
-            format!(
-                "rank {} (shape {}); expected (B, H, N, D) or (H, N, D)",
-                shape.len(),
-                fmt_shape(&shape)
-            ),
+            format!("rank {} (shape {}); expected (B, H, N, D) or (H, N, D)", shape.len(), fmt_shape(&shape)),
         )
     })?;
     Ok((t, s4))
@@ -217,40 +176,26 @@ fn element_count(shape: &[usize]) -> Option<usize> {
 pub fn tensor_to_bytes(shape: &[usize], data: &Tensor) -> Result<Vec<u8>> {
     let len = data.as_ref().len();
     if element_count(shape) != Some(len) {
-        return Err(AttnError::shape(format!(
-            "npy write: shape {} does not hold {len} elements",
-            fmt_shape(shape)
-        )));
+        return Err(AttnError::shape(format!("npy write: shape {} does not hold {len} elements", fmt_shape(shape))));
     }
     let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let mut buf = Vec::with_capacity(len * 4 + 128);
     let io = |e: std::io::Error| npy_err("<write>", e.to_string());
     match data {
         Tensor::F32(v) => {
-            let mut w = npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&shape64)
-                .writer(&mut buf)
-                .begin_nd()
-                .map_err(io)?;
+            let mut w =
+                npyz::WriteOptions::new().default_dtype().shape(&shape64).writer(&mut buf).begin_nd().map_err(io)?;
             w.extend(v.iter().copied()).map_err(io)?;
             w.finish().map_err(io)?;
         }
         Tensor::F16(v) => {
-            let mut w = npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&shape64)
-                .writer(&mut buf)
-                .begin_nd()
-                .map_err(io)?;
+            let mut w =
+                npyz::WriteOptions::new().default_dtype().shape(&shape64).writer(&mut buf).begin_nd().map_err(io)?;
             w.extend(v.iter().copied()).map_err(io)?;
             w.finish().map_err(io)?;
         }
         Tensor::BF16(_) => {
-            return Err(npy_err(
-                "<write>",
-                "bfloat16 cannot be written: NumPy has no bfloat16 dtype",
-            ));
+            return Err(npy_err("<write>", "bfloat16 cannot be written: NumPy has no bfloat16 dtype"));
         }
     }
     Ok(buf)
@@ -265,8 +210,7 @@ pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Resul
 pub fn write_tensor(path: impl AsRef<Path>, shape: &[usize], data: &Tensor) -> Result<()> {
     let path = path.as_ref();
     let bytes = tensor_to_bytes(shape, data)?;
-    std::fs::write(path, bytes)
-        .map_err(|e| npy_err(&path.display().to_string(), format!("cannot write: {e}")))
+    std::fs::write(path, bytes).map_err(|e| npy_err(&path.display().to_string(), format!("cannot write: {e}")))
 }
 
 #[cfg(test)]
@@ -311,11 +255,7 @@ mod tests {
     fn malformed_inputs_give_named_errors() {
         let good = f32_bytes(&[2, 2]);
         assert!(
-            parse_tensor_bytes(&raw_npy(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
-                16
-            ))
-            .is_ok()
+            parse_tensor_bytes(&raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", 16)).is_ok()
         );
         let mut huge_header = good.clone();
         huge_header[6] = 2;
@@ -326,70 +266,20 @@ mod tests {
             ("empty", vec![], "magic"),
             ("not npy", b"hello world, not numpy".to_vec(), "magic"),
             ("truncated preamble", good[..8].to_vec(), "truncated"),
-            (
-                "truncated data",
-                good[..good.len() - 3].to_vec(),
-                "truncated",
-            ),
-            (
-                "trailing",
-                [good.clone(), vec![0u8; 4]].concat(),
-                "trailing",
-            ),
+            ("truncated data", good[..good.len() - 3].to_vec(), "truncated"),
+            ("trailing", [good.clone(), vec![0u8; 4]].concat(), "trailing"),
             ("header too long", huge_header, "header length"),
             ("header past the end", long_header, "truncated"),
-            (
-                "fortran",
-                raw_npy(
-                    "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }",
-                    16,
-                ),
-                "Fortran",
-            ),
-            (
-                "float64",
-                raw_npy(
-                    "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
-                    16,
-                ),
-                "<f8",
-            ),
-            (
-                "int32",
-                raw_npy(
-                    "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }",
-                    8,
-                ),
-                "<i4",
-            ),
-            (
-                "bfloat16",
-                raw_npy(
-                    "{'descr': '|V2', 'fortran_order': False, 'shape': (2,), }",
-                    4,
-                ),
-                "bfloat16",
-            ),
+            ("fortran", raw_npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16), "Fortran"),
+            ("float64", raw_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16), "<f8"),
+            ("int32", raw_npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", 8), "<i4"),
+            ("bfloat16", raw_npy("{'descr': '|V2', 'fortran_order': False, 'shape': (2,), }", 4), "bfloat16"),
             ("not a dict", raw_npy("[1, 2]", 0), "header"),
-            (
-                "missing shape",
-                raw_npy("{'descr': '<f4', 'fortran_order': False, }", 0),
-                "shape",
-            ),
-            (
-                "negative dim",
-                raw_npy(
-                    "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }",
-                    0,
-                ),
-                "negative",
-            ),
+            ("missing shape", raw_npy("{'descr': '<f4', 'fortran_order': False, }", 0), "shape"),
+            ("negative dim", raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }", 0), "negative"),
             (
                 "overflowing shape",
-                raw_npy(
-                    "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }",
-                    0,
-                ),
+                raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }", 0),
                 "too many elements",
             ),
             ("deep nesting", raw_npy(&"(".repeat(20_000), 0), "header"),

@@ -2,8 +2,8 @@
 
 use super::{ShapeArgs, fmt_mib, fmt_secs, resolve_backends};
 use attnkit::bench::{
-    BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, random_inputs,
-    skip_reason, with_threads,
+    BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, random_inputs, skip_reason,
+    with_threads,
 };
 use attnkit::{AttnArgs, AttnError};
 use clap::Args;
@@ -43,10 +43,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
         return Err(AttnError::invalid("--reps must be ≥ 1"));
     }
     if !(a.max_time > 0.0) {
-        return Err(AttnError::invalid(format!(
-            "--max-time must be > 0, got {}",
-            a.max_time
-        )));
+        return Err(AttnError::invalid(format!("--max-time must be > 0, got {}", a.max_time)));
     }
     if a.seq.is_empty() {
         return Err(AttnError::invalid("--seq needs at least one length"));
@@ -76,11 +73,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
     with_threads(a.threads, || bench_in_pool(a, &names, &problems))?
 }
 
-fn bench_in_pool(
-    a: &BenchArgs,
-    names: &[String],
-    problems: &[attnkit::Problem],
-) -> Result<ExitCode, AttnError> {
+fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem]) -> Result<ExitCode, AttnError> {
     let threads = rayon::current_num_threads();
     let gemm = gemm_ceiling(1024, 5)?;
     if !a.json {
@@ -92,9 +85,7 @@ fn bench_in_pool(
             gemm.gflops,
             fmt_secs(gemm.median_s)
         );
-        println!(
-            "GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time"
-        );
+        println!("GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time");
         println!(
             "{:<12} {:>7} {:>7} {:>11} {:>9} {:>7} {:>10} {:>5}",
             "backend", "N", "N_kv", "median", "GFLOP/s", "%GEMM", "peak MiB", "reps"
@@ -113,21 +104,12 @@ fn bench_in_pool(
                 Err(e) => rec.with_status("error", e.to_string()),
                 Ok(b) => {
                     let rec = rec.on_device(b.device());
-                    let predicted = last[bi].map(|(n0, t0)| {
-                        extrapolate(
-                            n0,
-                            t0,
-                            p.seq_q.max(p.seq_k),
-                            expected_exponent(b.as_ref(), p),
-                        )
-                    });
+                    let predicted = last[bi]
+                        .map(|(n0, t0)| extrapolate(n0, t0, p.seq_q.max(p.seq_k), expected_exponent(b.as_ref(), p)));
                     if let Some(reason) = skip_reason(b.as_ref(), p) {
                         rec.with_status("skipped", reason)
                     } else if let Some(t) = predicted.filter(|&t| t > a.max_time) {
-                        rec.with_status(
-                            "skipped",
-                            format!("predicted {t:.1} s > --max-time {} s", a.max_time),
-                        )
+                        rec.with_status("skipped", format!("predicted {t:.1} s > --max-time {} s", a.max_time))
                     } else {
                         match measure(b.as_ref(), &args, a.reps, a.max_time) {
                             Ok(m) => {
@@ -155,8 +137,7 @@ fn bench_in_pool(
 
 fn print_record(r: &BenchRecord, json: bool) -> Result<(), AttnError> {
     if json {
-        let line =
-            serde_json::to_string(r).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
+        let line = serde_json::to_string(r).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
         println!("{line}");
         return Ok(());
     }
@@ -177,10 +158,7 @@ fn print_record(r: &BenchRecord, json: bool) -> Result<(), AttnError> {
                 ""
             }
         ),
-        _ => println!(
-            "{:<12} {:>7} {:>7}  {}: {}",
-            r.backend, r.seq, r.seq_kv, r.status, r.reason
-        ),
+        _ => println!("{:<12} {:>7} {:>7}  {}: {}", r.backend, r.seq, r.seq_kv, r.status, r.reason),
     }
     Ok(())
 }

@@ -36,33 +36,21 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let mut tolerances: Vec<(DType, Tolerance)> = Vec::new();
 
     println!("problem: {p}  seed={}", a.shape.seed);
-    println!(
-        "{:<12} {:<6} {:>11} {:>11} {:>11}  result",
-        "backend", "kind", "max_abs", "max_rel", "tolerance"
-    );
+    println!("{:<12} {:<6} {:>11} {:>11} {:>11}  result", "backend", "kind", "max_abs", "max_rel", "tolerance");
     let (mut failed, mut skipped_named) = (Vec::new(), Vec::new());
     for name in &names {
         let row = |kind: &str, rest: &str| println!("{name:<12} {kind:<6} {rest}");
         let backend = match attnkit::backend_with(name, &opts) {
             Ok(b) => b,
             Err(e) => {
-                row(
-                    "-",
-                    &format!(
-                        "{:>11} {:>11} {:>11}  FAIL (cannot build: {e})",
-                        "-", "-", "-"
-                    ),
-                );
+                row("-", &format!("{:>11} {:>11} {:>11}  FAIL (cannot build: {e})", "-", "-", "-"));
                 failed.push(name.clone());
                 continue;
             }
         };
         let kind = backend.exactness().to_string();
         let skip = |reason: String, skipped_named: &mut Vec<String>| {
-            row(
-                &kind,
-                &format!("{:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-"),
-            );
+            row(&kind, &format!("{:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-"));
             if explicit {
                 skipped_named.push(name.clone());
             }
@@ -78,28 +66,19 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 continue;
             }
             Err(e) => {
-                row(
-                    &kind,
-                    &format!("{:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-"),
-                );
+                row(&kind, &format!("{:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-"));
                 failed.push(name.clone());
                 continue;
             }
         };
         let stats = compare(&got, &want);
-        let nonfinite = if stats.non_finite > 0 {
-            format!(" ({} non-finite values)", stats.non_finite)
-        } else {
-            String::new()
-        };
+        let nonfinite =
+            if stats.non_finite > 0 { format!(" ({} non-finite values)", stats.non_finite) } else { String::new() };
         match backend.exactness() {
             Exactness::Exact => {
                 // A CUDA backend rounds f32 inputs to f16 internally: judge it at f16.
-                let precision = if backend.device() == Device::Cuda && p.dtype == DType::F32 {
-                    DType::F16
-                } else {
-                    p.dtype
-                };
+                let precision =
+                    if backend.device() == Device::Cuda && p.dtype == DType::F32 { DType::F16 } else { p.dtype };
                 let tol = match tolerances.iter().find(|(d, _)| *d == precision) {
                     Some((_, t)) => *t,
                     None => {
@@ -109,11 +88,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                     }
                 };
                 let pass = stats.non_finite == 0 && stats.max_abs <= tol.bound;
-                let at = if precision != p.dtype {
-                    format!(" (judged at {precision})")
-                } else {
-                    String::new()
-                };
+                let at = if precision != p.dtype { format!(" (judged at {precision})") } else { String::new() };
                 row(
                     &kind,
                     &format!(
@@ -129,17 +104,10 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 }
             }
             Exactness::Approximate => {
-                let verdict = if stats.non_finite > 0 {
-                    "FAIL"
-                } else {
-                    "approx (error reported, not judged)"
-                };
+                let verdict = if stats.non_finite > 0 { "FAIL" } else { "approx (error reported, not judged)" };
                 row(
                     &kind,
-                    &format!(
-                        "{:>11.3e} {:>11.3e} {:>11}  {verdict}{nonfinite}",
-                        stats.max_abs, stats.max_rel, "-"
-                    ),
+                    &format!("{:>11.3e} {:>11.3e} {:>11}  {verdict}{nonfinite}", stats.max_abs, stats.max_rel, "-"),
                 );
                 if stats.non_finite > 0 {
                     failed.push(name.clone());
@@ -152,10 +120,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
         return Ok(ExitCode::FAILURE);
     }
     if !skipped_named.is_empty() {
-        eprintln!(
-            "error: explicitly requested backend(s) skipped: {}",
-            skipped_named.join(", ")
-        );
+        eprintln!("error: explicitly requested backend(s) skipped: {}", skipped_named.join(", "));
         return Ok(ExitCode::from(EXIT_NAMED_SKIPPED));
     }
     Ok(ExitCode::SUCCESS)

@@ -11,12 +11,7 @@ pub fn run() -> Result<ExitCode, AttnError> {
             None => "available".to_string(),
             Some(r) => format!("unavailable ({r})"),
         };
-        println!(
-            "{:<width$}  {:<6}  {:<4}  {status}",
-            b.name,
-            b.exactness.to_string(),
-            b.device.to_string()
-        );
+        println!("{:<width$}  {:<6}  {:<4}  {status}", b.name, b.exactness.to_string(), b.device.to_string());
     }
     Ok(ExitCode::SUCCESS)
 }

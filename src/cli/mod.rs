@@ -89,12 +89,7 @@ pub struct ShapeArgs {
 }
 
 impl ShapeArgs {
-    pub fn problem(
-        &self,
-        default_heads: usize,
-        seq: usize,
-        seq_kv: usize,
-    ) -> Result<Problem, AttnError> {
+    pub fn problem(&self, default_heads: usize, seq: usize, seq_kv: usize) -> Result<Problem, AttnError> {
         let heads = self.heads.unwrap_or(default_heads);
         let p = Problem::new(self.batch, heads, seq, self.dim)
             .with_seq_k(seq_kv)
@@ -107,11 +102,7 @@ impl ShapeArgs {
     }
 
     pub fn options(&self) -> BackendOptions {
-        BackendOptions {
-            proj_dim: self.proj_dim,
-            features: self.features,
-            seed: self.seed,
-        }
+        BackendOptions { proj_dim: self.proj_dim, features: self.features, seed: self.seed }
     }
 }
 
@@ -126,17 +117,10 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
 /// `--backends` resolution: `all` (or nothing) means every registered backend except those in
 /// `exclude_from_all`; explicit names are checked against the registry (typo → error).
 /// Returns the names and whether they were named explicitly.
-pub fn resolve_backends(
-    requested: &[String],
-    exclude_from_all: &[&str],
-) -> Result<(Vec<String>, bool), AttnError> {
+pub fn resolve_backends(requested: &[String], exclude_from_all: &[&str]) -> Result<(Vec<String>, bool), AttnError> {
     let known = attnkit::backend_names();
     if requested.is_empty() || requested.iter().any(|s| s == "all") {
-        let names = known
-            .iter()
-            .filter(|n| !exclude_from_all.contains(n))
-            .map(|s| s.to_string())
-            .collect();
+        let names = known.iter().filter(|n| !exclude_from_all.contains(n)).map(|s| s.to_string()).collect();
         return Ok((names, false));
     }
     let mut out = Vec::new();

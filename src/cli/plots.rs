@@ -96,12 +96,8 @@ pub fn loglog_panels(
                 .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
                 .map_err(err)?
                 .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
-            chart
-                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
-                .map_err(err)?;
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
         }
         if !series.is_empty() {
             chart
@@ -123,10 +119,7 @@ pub fn frontier(path: &Path, panels: &[(String, Vec<(String, f64, f64)>)]) -> Pl
     let root = SVGBackend::new(path, (1280, 480 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
-        .titled(
-            "accuracy–speed frontier: max abs error (head 0) vs median time",
-            ("sans-serif", 22),
-        )
+        .titled("accuracy–speed frontier: max abs error (head 0) vs median time", ("sans-serif", 22))
         .map_err(err)?;
     let areas = root.split_evenly((rows, cols));
     for ((name, pts), area) in panels.iter().zip(areas.iter()) {
@@ -172,14 +165,10 @@ pub fn frontier(path: &Path, panels: &[(String, Vec<(String, f64, f64)>)]) -> Pl
 pub fn heatmaps(path: &Path, n: usize, panels: &[(String, Vec<f32>)]) -> PlotResult {
     let cell = 5u32;
     let side = n as u32 * cell + 60;
-    let root =
-        SVGBackend::new(path, (side * panels.len().max(1) as u32, side + 40)).into_drawing_area();
+    let root = SVGBackend::new(path, (side * panels.len().max(1) as u32, side + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
-        .titled(
-            "effective attention weights (row i = query i, column j = key j)",
-            ("sans-serif", 18),
-        )
+        .titled("effective attention weights (row i = query i, column j = key j)", ("sans-serif", 18))
         .map_err(err)?;
     let areas = root.split_evenly((1, panels.len().max(1)));
     for ((name, w), area) in panels.iter().zip(areas.iter()) {
@@ -188,44 +177,24 @@ pub fn heatmaps(path: &Path, n: usize, panels: &[(String, Vec<f32>)]) -> PlotRes
             .margin(8)
             .build_cartesian_2d(0..n as i32, n as i32..0)
             .map_err(err)?;
+        chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(err)?;
+        let max = w.iter().filter(|x| x.is_finite()).fold(0.0f32, |m, &x| m.max(x.abs())).max(1e-12);
         chart
-            .configure_mesh()
-            .disable_mesh()
-            .disable_axes()
-            .draw()
-            .map_err(err)?;
-        let max = w
-            .iter()
-            .filter(|x| x.is_finite())
-            .fold(0.0f32, |m, &x| m.max(x.abs()))
-            .max(1e-12);
-        chart
-            .draw_series(
-                (0..n)
-                    .flat_map(|i| (0..n).map(move |j| (i, j)))
-                    .map(|(i, j)| {
-                        let x = w.get(i * n + j).copied().unwrap_or(0.0);
-                        let t = if x.is_finite() {
-                            (x.abs() / max).clamp(0.0, 1.0)
-                        } else {
-                            1.0
-                        };
-                        // Negative effective weights (possible for linformer/performer) in red.
-                        let c = if x < 0.0 {
-                            RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
-                        } else {
-                            RGBColor(
-                                (255.0 * (1.0 - t)) as u8,
-                                (255.0 * (1.0 - 0.6 * t)) as u8,
-                                (255.0 * (1.0 - 0.3 * t)) as u8,
-                            )
-                        };
-                        Rectangle::new(
-                            [(j as i32, i as i32), (j as i32 + 1, i as i32 + 1)],
-                            c.filled(),
-                        )
-                    }),
-            )
+            .draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| {
+                let x = w.get(i * n + j).copied().unwrap_or(0.0);
+                let t = if x.is_finite() { (x.abs() / max).clamp(0.0, 1.0) } else { 1.0 };
+                // Negative effective weights (possible for linformer/performer) in red.
+                let c = if x < 0.0 {
+                    RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
+                } else {
+                    RGBColor(
+                        (255.0 * (1.0 - t)) as u8,
+                        (255.0 * (1.0 - 0.6 * t)) as u8,
+                        (255.0 * (1.0 - 0.3 * t)) as u8,
+                    )
+                };
+                Rectangle::new([(j as i32, i as i32), (j as i32 + 1, i as i32 + 1)], c.filled())
+            }))
             .map_err(err)?;
     }
     root.present().map_err(err)

@@ -24,8 +24,8 @@ use super::plots::{self, Series};
 use super::{fmt_mib, fmt_secs};
 use attnkit::backends::reference::attention_f64;
 use attnkit::bench::{
-    BenchRecord, GemmCeiling, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure_into,
-    random_inputs, skip_reason, with_threads,
+    BenchRecord, GemmCeiling, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure_into, random_inputs,
+    skip_reason, with_threads,
 };
 use attnkit::validate::compare;
 use attnkit::{Attention, AttnArgs, AttnError, BackendOptions, Exactness, Problem, Tensor, Window};
@@ -96,12 +96,7 @@ pub struct Row {
 fn variants(available: &[(String, Exactness)]) -> Vec<Variant> {
     let mut v = Vec::new();
     let has = |n: &str| available.iter().any(|(a, _)| a == n);
-    let base = |backend: &str,
-                label: String,
-                param: String,
-                opts: BackendOptions,
-                window,
-                frontier_only| Variant {
+    let base = |backend: &str, label: String, param: String, opts: BackendOptions, window, frontier_only| Variant {
         backend: backend.to_string(),
         label,
         param,
@@ -109,16 +104,9 @@ fn variants(available: &[(String, Exactness)]) -> Vec<Variant> {
         window,
         frontier_only,
     };
-    let seeded = BackendOptions {
-        seed: SEED,
-        ..Default::default()
-    };
+    let seeded = BackendOptions { seed: SEED, ..Default::default() };
     // Comparators first, so their output exists when later variants of the same cell need it.
-    let mut names: Vec<&String> = available
-        .iter()
-        .map(|(n, _)| n)
-        .filter(|n| n.as_str() != "auto")
-        .collect();
+    let mut names: Vec<&String> = available.iter().map(|(n, _)| n).filter(|n| n.as_str() != "auto").collect();
     names.sort_by_key(|n| match n.as_str() {
         "flash-cpu" => 0,
         "sdpa" => 1,
@@ -127,91 +115,35 @@ fn variants(available: &[(String, Exactness)]) -> Vec<Variant> {
     for name in names {
         if name == "local" {
             let w = LOCAL_W;
-            v.push(base(
-                name,
-                format!("local(w={w})"),
-                format!("w={w}"),
-                seeded.clone(),
-                Some(w),
-                false,
-            ));
+            v.push(base(name, format!("local(w={w})"), format!("w={w}"), seeded.clone(), Some(w), false));
         } else {
-            v.push(base(
-                name,
-                name.clone(),
-                String::new(),
-                seeded.clone(),
-                None,
-                false,
-            ));
+            v.push(base(name, name.clone(), String::new(), seeded.clone(), None, false));
         }
     }
     if has("linformer") {
         for k in [64, 128, 256] {
-            let o = BackendOptions {
-                proj_dim: Some(k),
-                ..seeded.clone()
-            };
-            v.push(base(
-                "linformer",
-                format!("linformer(k={k})"),
-                format!("k={k}"),
-                o,
-                None,
-                true,
-            ));
+            let o = BackendOptions { proj_dim: Some(k), ..seeded.clone() };
+            v.push(base("linformer", format!("linformer(k={k})"), format!("k={k}"), o, None, true));
         }
     }
     if has("performer") {
         for m in [64, 128, 256] {
-            let o = BackendOptions {
-                features: Some(m),
-                ..seeded.clone()
-            };
-            v.push(base(
-                "performer",
-                format!("performer(m={m})"),
-                format!("m={m}"),
-                o,
-                None,
-                true,
-            ));
+            let o = BackendOptions { features: Some(m), ..seeded.clone() };
+            v.push(base("performer", format!("performer(m={m})"), format!("m={m}"), o, None, true));
         }
     }
     if has("local") {
         for w in [64i64, 256] {
-            v.push(base(
-                "local",
-                format!("local(w={w})"),
-                format!("w={w}"),
-                seeded.clone(),
-                Some(w),
-                true,
-            ));
+            v.push(base("local", format!("local(w={w})"), format!("w={w}"), seeded.clone(), Some(w), true));
         }
     }
     v
 }
 
 /// Head 0 of batch 0 as a one-head problem: (problem, q, k, v) slices.
-fn head0<'a>(
-    p: &Problem,
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-) -> (Problem, &'a [f32], &'a [f32], &'a [f32]) {
-    let p1 = Problem {
-        batch: 1,
-        heads: 1,
-        kv_heads: 1,
-        ..p.clone()
-    };
-    (
-        p1,
-        &q[..p.seq_q * p.head_dim],
-        &k[..p.seq_k * p.head_dim],
-        &v[..p.seq_k * p.head_dim],
-    )
+fn head0<'a>(p: &Problem, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> (Problem, &'a [f32], &'a [f32], &'a [f32]) {
+    let p1 = Problem { batch: 1, heads: 1, kv_heads: 1, ..p.clone() };
+    (p1, &q[..p.seq_q * p.head_dim], &k[..p.seq_k * p.head_dim], &v[..p.seq_k * p.head_dim])
 }
 
 pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
@@ -256,15 +188,10 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
 fn temp_sibling(target: &Path, tag: &str) -> Result<PathBuf, AttnError> {
     let name = target
         .file_name()
-        .ok_or_else(|| {
-            AttnError::invalid(format!("--out `{}` has no folder name", target.display()))
-        })?
+        .ok_or_else(|| AttnError::invalid(format!("--out `{}` has no folder name", target.display())))?
         .to_string_lossy()
         .into_owned();
-    let parent = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     Ok(parent.join(format!(".{name}.{tag}-{}", std::process::id())))
 }
 
@@ -289,37 +216,16 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
     let threads = rayon::current_num_threads();
     let gemm = gemm_ceiling(1024, 5)?;
     let infos = attnkit::list_backends();
-    let available: Vec<(String, Exactness)> = infos
-        .iter()
-        .filter(|b| b.unavailable_reason.is_none())
-        .map(|b| (b.name.clone(), b.exactness))
-        .collect();
-    let unavailable: Vec<String> = infos
-        .iter()
-        .filter_map(|b| {
-            b.unavailable_reason
-                .as_ref()
-                .map(|r| format!("`{}`: {r}", b.name))
-        })
-        .collect();
+    let available: Vec<(String, Exactness)> =
+        infos.iter().filter(|b| b.unavailable_reason.is_none()).map(|b| (b.name.clone(), b.exactness)).collect();
+    let unavailable: Vec<String> =
+        infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let vars = variants(&available);
-    let cells: Vec<(usize, bool)> = cfg
-        .ns
-        .iter()
-        .flat_map(|&n| [(n, false), (n, true)])
-        .collect();
-    let planned: usize = cells
-        .iter()
-        .map(|(n, _)| {
-            vars.iter()
-                .filter(|v| !v.frontier_only || FRONTIER_NS.contains(n))
-                .count()
-        })
-        .sum();
+    let cells: Vec<(usize, bool)> = cfg.ns.iter().flat_map(|&n| [(n, false), (n, true)]).collect();
+    let planned: usize =
+        cells.iter().map(|(n, _)| vars.iter().filter(|v| !v.frontier_only || FRONTIER_NS.contains(n)).count()).sum();
     let pb = ProgressBar::new(planned as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}") {
         pb.set_style(style.progress_chars("=> "));
     }
     let mut rows: Vec<Row> = Vec::new();
@@ -336,19 +242,10 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
             })
             .transpose()?;
         let mut comparator: Option<(String, Vec<f32>)> = None;
-        for var in vars
-            .iter()
-            .filter(|v| !v.frontier_only || FRONTIER_NS.contains(&n))
-        {
-            pb.set_message(format!(
-                "{} N={n}{}",
-                var.label,
-                if causal { " causal" } else { "" }
-            ));
+        for var in vars.iter().filter(|v| !v.frontier_only || FRONTIER_NS.contains(&n)) {
+            pb.set_message(format!("{} N={n}{}", var.label, if causal { " causal" } else { "" }));
             let p = match var.window {
-                Some(w) => base
-                    .clone()
-                    .with_window(Window::new(w, if causal { 0 } else { w })),
+                Some(w) => base.clone().with_window(Window::new(w, if causal { 0 } else { w })),
                 None => base.clone(),
             };
             let row = run_one(cfg, var, &p, (&q, &k, &v), threads, &gemm, &last, n);
@@ -357,12 +254,7 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
                     if let Some(out) = out {
                         if row.rec.status == "ok" {
                             last.retain(|(l, c, _, _)| !(l == &var.label && *c == causal));
-                            last.push((
-                                var.label.clone(),
-                                causal,
-                                n,
-                                row.rec.median_s.unwrap_or(0.0),
-                            ));
+                            last.push((var.label.clone(), causal, n, row.rec.median_s.unwrap_or(0.0)));
                         }
                         let mut row = row;
                         let head = &out[..n * DIM];
@@ -377,9 +269,7 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
                             row.err_max_abs = Some(s.max_abs);
                             row.err_max_rel = Some(s.max_rel);
                             row.err_vs = format!("{cname} (head 0)");
-                        } else if !var.frontier_only
-                            && (var.backend == "flash-cpu" || var.backend == "sdpa")
-                        {
+                        } else if !var.frontier_only && (var.backend == "flash-cpu" || var.backend == "sdpa") {
                             row.err_vs = "(is the comparator)".into();
                             comparator = Some((var.label.clone(), head.to_vec()));
                         }
@@ -406,9 +296,7 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
         command: cmd,
         date_utc: utc_date(),
         cpu: cpu_model(),
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads,
         quick,
         gemm,
@@ -474,19 +362,13 @@ fn run_one(
         return Ok((row, None));
     }
     if var.backend == "reference" && n > cfg.reference_max_n {
-        row.rec = row.rec.clone().with_status(
-            "skipped",
-            format!(
-                "reference (f64 oracle) is timed only up to N = {}",
-                cfg.reference_max_n
-            ),
-        );
+        row.rec = row
+            .rec
+            .clone()
+            .with_status("skipped", format!("reference (f64 oracle) is timed only up to N = {}", cfg.reference_max_n));
         return Ok((row, None));
     }
-    if let Some((_, _, n0, t0)) = last
-        .iter()
-        .find(|(l, c, _, _)| *l == var.label && *c == p.causal)
-    {
+    if let Some((_, _, n0, t0)) = last.iter().find(|(l, c, _, _)| *l == var.label && *c == p.causal) {
         let e = expected_exponent(backend.as_ref(), p);
         let t = extrapolate(*n0, *t0, n, e);
         if t > cfg.run_budget_s {
@@ -504,13 +386,7 @@ fn run_one(
     }
     let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref())?;
     let mut out = vec![0.0f32; p.out_len()];
-    match measure_into(
-        backend.as_ref(),
-        &args,
-        cfg.reps,
-        cfg.run_budget_s / 2.0,
-        &mut out,
-    ) {
+    match measure_into(backend.as_ref(), &args, cfg.reps, cfg.run_budget_s / 2.0, &mut out) {
         Ok(m) => {
             row.rec = row.rec.clone().with_measurement(p, &m);
             if out.iter().any(|x| !x.is_finite()) {
@@ -565,10 +441,8 @@ fn cpu_model() -> String {
 
 /// Today's UTC date and time from the system clock (civil-from-days, no date crate needed).
 fn utc_date() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -579,17 +453,12 @@ fn utc_date() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
 
 fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnError> {
     let json = serde_json::json!({ "meta": meta, "results": rows });
-    let text = serde_json::to_string_pretty(&json)
-        .map_err(|e| AttnError::invalid(format!("json: {e}")))?;
+    let text = serde_json::to_string_pretty(&json).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
     std::fs::write(dir.join("results.json"), text)?;
     let mut csv = String::from(
         "label,backend,variant,exactness,device,seq,seq_kv,dim,heads,batch,causal,window,dtype,threads,status,reps,timing,median_s,gflops,gemm_gflops,gemm_fraction,peak_bytes,err_max_abs,err_max_rel,err_vs,frontier,reason\n",
@@ -617,9 +486,7 @@ fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnError>
             c.threads,
             c.status,
             c.reps,
-            c.timing
-                .map(|t| format!("{t:?}").to_lowercase())
-                .unwrap_or_default(),
+            c.timing.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default(),
             opt(c.median_s),
             opt(c.gflops),
             format_args!("{:e}", c.gemm_gflops),
@@ -638,19 +505,13 @@ fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnError>
 
 /// Least-squares slope of log y against log x over points with x ≥ `min_x` and y > 0.
 fn loglog_slope(points: &[(f64, f64)], min_x: f64) -> Option<f64> {
-    let pts: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(x, y)| *x >= min_x && *y > 0.0)
-        .map(|(x, y)| (x.ln(), y.ln()))
-        .collect();
+    let pts: Vec<(f64, f64)> =
+        points.iter().filter(|(x, y)| *x >= min_x && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
     if pts.len() < 2 {
         return None;
     }
     let n = pts.len() as f64;
-    let (mx, my) = (
-        pts.iter().map(|p| p.0).sum::<f64>() / n,
-        pts.iter().map(|p| p.1).sum::<f64>() / n,
-    );
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     (sxx > 0.0).then(|| sxy / sxx)
@@ -658,11 +519,7 @@ fn loglog_slope(points: &[(f64, f64)], min_x: f64) -> Option<f64> {
 
 /// Sweep rows (not frontier-only) for one label and causal flag, measured ones only, by N.
 fn series<'a>(rows: &'a [Row], label: &str, causal: bool) -> Vec<&'a Row> {
-    rows.iter()
-        .filter(|r| {
-            !r.frontier && r.label == label && r.rec.causal == causal && r.rec.status == "ok"
-        })
-        .collect()
+    rows.iter().filter(|r| !r.frontier && r.label == label && r.rec.causal == causal && r.rec.status == "ok").collect()
 }
 
 fn sweep_labels(rows: &[Row]) -> Vec<String> {
@@ -683,41 +540,20 @@ fn write_plots(dir: &Path, rows: &[Row], heat: &Heatmaps) -> Result<Vec<String>,
             .iter()
             .map(|l| Series {
                 label: l.clone(),
-                points: series(rows, l, causal)
-                    .iter()
-                    .filter_map(|r| f(r).map(|y| (r.rec.seq as f64, y)))
-                    .collect(),
+                points: series(rows, l, causal).iter().filter_map(|r| f(r).map(|y| (r.rec.seq as f64, y))).collect(),
             })
             .filter(|s| !s.points.is_empty())
             .collect()
     };
     let time = |r: &Row| r.rec.median_s;
-    let mem = |r: &Row| {
-        r.rec
-            .peak_bytes
-            .map(|b| b as f64 / (1u64 << 20) as f64)
-            .filter(|m| *m > 0.0)
-    };
+    let mem = |r: &Row| r.rec.peak_bytes.map(|b| b as f64 / (1u64 << 20) as f64).filter(|m| *m > 0.0);
     let err = |r: &Row| r.err_max_abs.filter(|e| *e > 0.0);
     for (file, title, ylabel, f) in [
-        (
-            "time_vs_n.svg",
-            "median time vs N (D=64, H=8)",
-            "seconds",
-            &time as &dyn Fn(&Row) -> Option<f64>,
-        ),
+        ("time_vs_n.svg", "median time vs N (D=64, H=8)", "seconds", &time as &dyn Fn(&Row) -> Option<f64>),
         ("memory_vs_n.svg", "peak extra heap vs N", "MiB", &mem),
-        (
-            "error_vs_n.svg",
-            "max abs error vs N (head 0; see README for the comparator)",
-            "max abs error",
-            &err,
-        ),
+        ("error_vs_n.svg", "max abs error vs N (head 0; see README for the comparator)", "max abs error", &err),
     ] {
-        let panels = vec![
-            ("non-causal".to_string(), panel(false, f)),
-            ("causal".to_string(), panel(true, f)),
-        ];
+        let panels = vec![("non-causal".to_string(), panel(false, f)), ("causal".to_string(), panel(true, f))];
         match plots::loglog_panels(&dir.join(file), title, "N", ylabel, &panels) {
             Ok(()) => notes.push(file.to_string()),
             Err(e) => notes.push(format!("{file}: not drawn ({e})")),
@@ -736,18 +572,9 @@ fn write_plots(dir: &Path, rows: &[Row], heat: &Heatmaps) -> Result<Vec<String>,
                         && (r.frontier || r.exactness == "exact")
                         && r.label != "reference"
                 })
-                .filter_map(|r| {
-                    Some((
-                        r.label.clone(),
-                        r.err_max_abs.filter(|e| *e > 0.0)?,
-                        r.rec.median_s?,
-                    ))
-                })
+                .filter_map(|r| Some((r.label.clone(), r.err_max_abs.filter(|e| *e > 0.0)?, r.rec.median_s?)))
                 .collect();
-            (
-                format!("N={n}{}", if causal { ", causal" } else { "" }),
-                pts,
-            )
+            (format!("N={n}{}", if causal { ", causal" } else { "" }), pts)
         })
         .collect();
     match plots::frontier(&dir.join("error_vs_speed.svg"), &frontier_panels) {
@@ -803,65 +630,33 @@ fn heatmaps(available: &[(String, Exactness)]) -> Heatmaps {
     let has = |n: &str| available.iter().any(|(a, _)| a == n);
     let cases: Vec<(&str, String, BackendOptions, Option<Window>)> = vec![
         ("reference", "exact".into(), BackendOptions::default(), None),
-        (
-            "local",
-            "local (w=8)".into(),
-            BackendOptions::default(),
-            Some(Window::new(8, 8)),
-        ),
-        (
-            "linformer",
-            "linformer (k=16)".into(),
-            BackendOptions {
-                proj_dim: Some(16),
-                ..Default::default()
-            },
-            None,
-        ),
-        (
-            "performer",
-            "performer (m=64)".into(),
-            BackendOptions {
-                features: Some(64),
-                ..Default::default()
-            },
-            None,
-        ),
+        ("local", "local (w=8)".into(), BackendOptions::default(), Some(Window::new(8, 8))),
+        ("linformer", "linformer (k=16)".into(), BackendOptions { proj_dim: Some(16), ..Default::default() }, None),
+        ("performer", "performer (m=64)".into(), BackendOptions { features: Some(64), ..Default::default() }, None),
     ];
     for (name, title, opts, window) in cases {
         if !has(name) {
-            notes.push(format!(
-                "{title}: backend `{name}` not available in this build"
-            ));
+            notes.push(format!("{title}: backend `{name}` not available in this build"));
             continue;
         }
         let pw = match window {
             Some(w) => p.clone().with_window(w),
             None => p.clone(),
         };
-        let res = AttnArgs::new(&pw, &q, &k, &v).and_then(|args| {
-            attnkit::backend_with(name, &opts).and_then(|b| b.forward(&args, false))
-        });
+        let res = AttnArgs::new(&pw, &q, &k, &v)
+            .and_then(|args| attnkit::backend_with(name, &opts).and_then(|b| b.forward(&args, false)));
         match res {
             Ok(o) => panels.push((title, o.out)),
             Err(e) => notes.push(format!("{title}: {e}")),
         }
     }
-    Heatmaps {
-        n: N,
-        panels,
-        notes,
-    }
+    Heatmaps { n: N, panels, notes }
 }
 
 fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# attnkit report\n");
-    let _ = writeln!(
-        s,
-        "- Machine: {} ({} logical cores), {} thread(s) used",
-        meta.cpu, meta.cores, meta.threads
-    );
+    let _ = writeln!(s, "- Machine: {} ({} logical cores), {} thread(s) used", meta.cpu, meta.cores, meta.threads);
     let _ = writeln!(s, "- Date: {}", meta.date_utc);
     let _ = writeln!(s, "- Command: `{}`", meta.command);
     let _ = writeln!(s, "- Took: {}", fmt_secs(meta.elapsed_s));
@@ -906,10 +701,7 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
     if !meta.unavailable.is_empty() {
         let _ = writeln!(s, "- Unavailable here: {}", meta.unavailable.join("; "));
     }
-    let _ = writeln!(
-        s,
-        "- `auto` is not swept separately (it forwards to one of the exact backends).\n"
-    );
+    let _ = writeln!(s, "- `auto` is not swept separately (it forwards to one of the exact backends).\n");
 
     let _ = writeln!(s, "## Reading\n");
     for line in reading(rows) {
@@ -934,26 +726,15 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
          with a sink at key 0, V = I so output row i is weight row i), computed through the public trait.\n"
     );
 
-    let _ = writeln!(
-        s,
-        "## Scaling (least-squares log-log slopes over N ≥ 1024)\n"
-    );
-    let _ = writeln!(
-        s,
-        "| backend | causal | time slope | memory slope | points |"
-    );
+    let _ = writeln!(s, "## Scaling (least-squares log-log slopes over N ≥ 1024)\n");
+    let _ = writeln!(s, "| backend | causal | time slope | memory slope | points |");
     let _ = writeln!(s, "|---|---|---|---|---|");
     for l in sweep_labels(rows) {
         for causal in [false, true] {
             let sr = series(rows, &l, causal);
-            let t: Vec<(f64, f64)> = sr
-                .iter()
-                .filter_map(|r| Some((r.rec.seq as f64, r.rec.median_s?)))
-                .collect();
-            let m: Vec<(f64, f64)> = sr
-                .iter()
-                .filter_map(|r| Some((r.rec.seq as f64, r.rec.peak_bytes? as f64)))
-                .collect();
+            let t: Vec<(f64, f64)> = sr.iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.median_s?))).collect();
+            let m: Vec<(f64, f64)> =
+                sr.iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.peak_bytes? as f64))).collect();
             let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
             let npts = t.iter().filter(|(x, _)| *x >= 1024.0).count();
             let _ = writeln!(
@@ -977,16 +758,10 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
     let _ = writeln!(s);
 
     let _ = writeln!(s, "## Accuracy–speed frontier (N ∈ {{1024, 4096}})\n");
-    let _ = writeln!(
-        s,
-        "| N | causal | variant | median | max abs error | error vs | status |"
-    );
+    let _ = writeln!(s, "| N | causal | variant | median | max abs error | error vs | status |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for r in rows.iter().filter(|r| {
-        r.frontier
-            || (FRONTIER_NS.contains(&r.rec.seq)
-                && r.exactness == "exact"
-                && r.label != "reference")
+        r.frontier || (FRONTIER_NS.contains(&r.rec.seq) && r.exactness == "exact" && r.label != "reference")
     }) {
         if !FRONTIER_NS.contains(&r.rec.seq) {
             continue;
@@ -998,9 +773,7 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
             if r.rec.causal { "yes" } else { "no" },
             r.label,
             r.rec.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
-            r.err_max_abs
-                .map(|e| format!("{e:.2e}"))
-                .unwrap_or_else(|| "–".into()),
+            r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
             r.err_vs,
             status_text(r)
         );
@@ -1010,10 +783,8 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
     let _ = writeln!(s, "## Results per backend\n");
     for l in sweep_labels(rows) {
         let _ = writeln!(s, "### {l}\n");
-        let _ = writeln!(
-            s,
-            "| N | causal | median | GFLOP/s | % GEMM | peak MiB | max abs error | error vs | status |"
-        );
+        let _ =
+            writeln!(s, "| N | causal | median | GFLOP/s | % GEMM | peak MiB | max abs error | error vs | status |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for r in rows.iter().filter(|r| !r.frontier && r.label == l) {
             let c = &r.rec;
@@ -1023,34 +794,17 @@ fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> 
                 c.seq,
                 if c.causal { "yes" } else { "no" },
                 c.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
-                c.gflops
-                    .map(|g| format!("{g:.1}"))
-                    .unwrap_or_else(|| "–".into()),
-                c.gemm_fraction
-                    .map(|f| format!("{:.1}%", 100.0 * f))
-                    .unwrap_or_else(|| "–".into()),
-                if c.status == "ok" {
-                    fmt_mib(c.peak_bytes)
-                } else {
-                    "–".into()
-                },
-                r.err_max_abs
-                    .map(|e| format!("{e:.2e}"))
-                    .unwrap_or_else(|| "–".into()),
-                if r.err_vs.is_empty() {
-                    "–"
-                } else {
-                    &r.err_vs
-                },
+                c.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "–".into()),
+                c.gemm_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "–".into()),
+                if c.status == "ok" { fmt_mib(c.peak_bytes) } else { "–".into() },
+                r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
+                if r.err_vs.is_empty() { "–" } else { &r.err_vs },
                 status_text(r)
             );
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(
-        s,
-        "Raw data: [results.json](results.json), [results.csv](results.csv)."
-    );
+    let _ = writeln!(s, "Raw data: [results.json](results.json), [results.csv](results.csv).");
     s
 }
 
@@ -1065,16 +819,10 @@ fn status_text(r: &Row) -> String {
 /// Approximations vs exact backends: from which N the approximation is faster.
 fn crossovers(rows: &[Row]) -> Vec<String> {
     let labels = sweep_labels(rows);
-    let exacts: Vec<&String> = labels
-        .iter()
-        .filter(|l| *l == "flash-cpu" || *l == "sdpa")
-        .collect();
+    let exacts: Vec<&String> = labels.iter().filter(|l| *l == "flash-cpu" || *l == "sdpa").collect();
     let approx: Vec<&String> = labels
         .iter()
-        .filter(|l| {
-            rows.iter()
-                .any(|r| &r.label == *l && (r.exactness == "approx" || r.rec.backend == "local"))
-        })
+        .filter(|l| rows.iter().any(|r| &r.label == *l && (r.exactness == "approx" || r.rec.backend == "local")))
         .collect();
     let mut out = Vec::new();
     for a in &approx {
@@ -1091,9 +839,7 @@ fn crossovers(rows: &[Row]) -> Vec<String> {
                     .collect();
                 let mode = if causal { "causal" } else { "non-causal" };
                 if common.is_empty() {
-                    out.push(format!(
-                        "{a} vs {e} ({mode}): no N where both were measured"
-                    ));
+                    out.push(format!("{a} vs {e} ({mode}): no N where both were measured"));
                     continue;
                 }
                 // Smallest N from which the approximation is faster at every larger common N.
@@ -1106,12 +852,8 @@ fn crossovers(rows: &[Row]) -> Vec<String> {
                 }
                 let (lo, hi) = (common[0].0, common[common.len() - 1].0);
                 let line = match from {
-                    Some(n) if n == lo => format!(
-                        "{a} vs {e} ({mode}): {a} is faster at every measured N ({lo}–{hi})"
-                    ),
-                    Some(n) => format!(
-                        "{a} vs {e} ({mode}): {a} overtakes {e} at N = {n} (measured {lo}–{hi})"
-                    ),
+                    Some(n) if n == lo => format!("{a} vs {e} ({mode}): {a} is faster at every measured N ({lo}–{hi})"),
+                    Some(n) => format!("{a} vs {e} ({mode}): {a} overtakes {e} at N = {n} (measured {lo}–{hi})"),
                     None => format!("{a} vs {e} ({mode}): {e} stays faster or ties up to N = {hi}"),
                 };
                 out.push(line);
@@ -1127,10 +869,7 @@ fn crossovers(rows: &[Row]) -> Vec<String> {
 /// Plain-language observations generated from the numbers.
 fn reading(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    let ok: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.rec.status == "ok" && !r.frontier)
-        .collect();
+    let ok: Vec<&Row> = rows.iter().filter(|r| r.rec.status == "ok" && !r.frontier).collect();
     // Fastest exact at the largest N where ≥ 2 exact backends were measured (non-causal).
     let mut ns: Vec<usize> = ok.iter().map(|r| r.rec.seq).collect();
     ns.sort_unstable();
@@ -1138,20 +877,10 @@ fn reading(rows: &[Row]) -> Vec<String> {
     for &n in ns.iter().rev() {
         let mut ex: Vec<&&Row> = ok
             .iter()
-            .filter(|r| {
-                r.rec.seq == n
-                    && !r.rec.causal
-                    && r.exactness == "exact"
-                    && r.rec.backend != "local"
-            })
+            .filter(|r| r.rec.seq == n && !r.rec.causal && r.exactness == "exact" && r.rec.backend != "local")
             .collect();
         if ex.len() >= 2 {
-            ex.sort_by(|a, b| {
-                a.rec
-                    .median_s
-                    .unwrap_or(f64::MAX)
-                    .total_cmp(&b.rec.median_s.unwrap_or(f64::MAX))
-            });
+            ex.sort_by(|a, b| a.rec.median_s.unwrap_or(f64::MAX).total_cmp(&b.rec.median_s.unwrap_or(f64::MAX)));
             let (f, s) = (ex[0], ex[1]);
             out.push(format!(
                 "At N = {n} (largest N with two exact backends measured, non-causal), `{}` took {} vs `{}` {} ({:.1}× faster).",
@@ -1164,12 +893,11 @@ fn reading(rows: &[Row]) -> Vec<String> {
             break;
         }
     }
-    if let Some(best) = ok.iter().filter(|r| r.exactness == "exact").max_by(|a, b| {
-        a.rec
-            .gemm_fraction
-            .unwrap_or(0.0)
-            .total_cmp(&b.rec.gemm_fraction.unwrap_or(0.0))
-    }) {
+    if let Some(best) = ok
+        .iter()
+        .filter(|r| r.exactness == "exact")
+        .max_by(|a, b| a.rec.gemm_fraction.unwrap_or(0.0).total_cmp(&b.rec.gemm_fraction.unwrap_or(0.0)))
+    {
         out.push(format!(
             "The highest fraction of the GEMM ceiling among exact backends is {:.0}% (`{}`, N = {}{}).",
             100.0 * best.rec.gemm_fraction.unwrap_or(0.0),
@@ -1179,14 +907,10 @@ fn reading(rows: &[Row]) -> Vec<String> {
         ));
     }
     for l in sweep_labels(rows) {
-        let t: Vec<(f64, f64)> = series(rows, &l, false)
-            .iter()
-            .filter_map(|r| Some((r.rec.seq as f64, r.rec.median_s?)))
-            .collect();
-        let m: Vec<(f64, f64)> = series(rows, &l, false)
-            .iter()
-            .filter_map(|r| Some((r.rec.seq as f64, r.rec.peak_bytes? as f64)))
-            .collect();
+        let t: Vec<(f64, f64)> =
+            series(rows, &l, false).iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.median_s?))).collect();
+        let m: Vec<(f64, f64)> =
+            series(rows, &l, false).iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.peak_bytes? as f64))).collect();
         if let Some(st) = loglog_slope(&t, 1024.0) {
             let kind = if st > 1.6 {
                 "close to quadratic"
@@ -1195,12 +919,8 @@ fn reading(rows: &[Row]) -> Vec<String> {
             } else {
                 "between linear and quadratic"
             };
-            let mem = loglog_slope(&m, 1024.0)
-                .map(|sm| format!(", memory ∝ N^{sm:.2}"))
-                .unwrap_or_default();
-            out.push(format!(
-                "`{l}` (non-causal): time ∝ N^{st:.2} over N ≥ 1024 ({kind}){mem}."
-            ));
+            let mem = loglog_slope(&m, 1024.0).map(|sm| format!(", memory ∝ N^{sm:.2}")).unwrap_or_default();
+            out.push(format!("`{l}` (non-causal): time ∝ N^{st:.2} over N ≥ 1024 ({kind}){mem}."));
         }
     }
     let skipped: Vec<String> = rows
@@ -1209,30 +929,18 @@ fn reading(rows: &[Row]) -> Vec<String> {
         .map(|r| format!("`{}` at N = {}", r.label, r.rec.seq))
         .collect();
     if !skipped.is_empty() {
-        out.push(format!(
-            "Refused by the memory budget: {}.",
-            skipped.join(", ")
-        ));
+        out.push(format!("Refused by the memory budget: {}.", skipped.join(", ")));
     }
     for n in FRONTIER_NS {
-        let fr: Vec<&Row> = rows
-            .iter()
-            .filter(|r| r.frontier && r.rec.seq == n && !r.rec.causal && r.err_max_abs.is_some())
-            .collect();
+        let fr: Vec<&Row> =
+            rows.iter().filter(|r| r.frontier && r.rec.seq == n && !r.rec.causal && r.err_max_abs.is_some()).collect();
         if fr.is_empty() {
             continue;
         }
-        let best = fr.iter().min_by(|a, b| {
-            a.err_max_abs
-                .unwrap_or(f64::MAX)
-                .total_cmp(&b.err_max_abs.unwrap_or(f64::MAX))
-        });
-        let fastest = fr.iter().min_by(|a, b| {
-            a.rec
-                .median_s
-                .unwrap_or(f64::MAX)
-                .total_cmp(&b.rec.median_s.unwrap_or(f64::MAX))
-        });
+        let best =
+            fr.iter().min_by(|a, b| a.err_max_abs.unwrap_or(f64::MAX).total_cmp(&b.err_max_abs.unwrap_or(f64::MAX)));
+        let fastest =
+            fr.iter().min_by(|a, b| a.rec.median_s.unwrap_or(f64::MAX).total_cmp(&b.rec.median_s.unwrap_or(f64::MAX)));
         if let (Some(b), Some(f)) = (best, fastest) {
             out.push(format!(
                 "At N = {n} (non-causal), the most accurate approximation is `{}` (max abs error {:.2e}, {}); the fastest is `{}` ({}, error {:.2e}).",
@@ -1257,10 +965,7 @@ mod tests {
 
     #[test]
     fn slope_of_power_law_is_its_exponent() {
-        let pts: Vec<(f64, f64)> = [512.0, 1024.0, 2048.0, 4096.0]
-            .iter()
-            .map(|&n: &f64| (n, 3.0 * n * n))
-            .collect();
+        let pts: Vec<(f64, f64)> = [512.0, 1024.0, 2048.0, 4096.0].iter().map(|&n: &f64| (n, 3.0 * n * n)).collect();
         assert!((loglog_slope(&pts, 1024.0).unwrap() - 2.0).abs() < 1e-9);
         assert!(loglog_slope(&pts[..2], 1024.0).is_none());
     }
@@ -1268,9 +973,6 @@ mod tests {
     #[test]
     fn utc_date_is_well_formed() {
         let d = utc_date();
-        assert!(
-            d.len() == 20 && d.ends_with("UTC") && d.starts_with("20"),
-            "{d}"
-        );
+        assert!(d.len() == 20 && d.ends_with("UTC") && d.starts_with("20"), "{d}");
     }
 }

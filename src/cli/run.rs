@@ -56,39 +56,27 @@ pub struct RunArgs {
 }
 
 fn rank_error(name: &str, shape: &[usize]) -> AttnError {
-    AttnError::shape(format!(
-        "{name} has shape {shape:?}; expected (B, H, N, D) or (H, N, D)"
-    ))
+    AttnError::shape(format!("{name} has shape {shape:?}; expected (B, H, N, D) or (H, N, D)"))
 }
 
 /// The problem the three shapes describe; errors name the disagreeing values.
 pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Problem, AttnError> {
     if !(q.len() == k.len() && k.len() == v.len()) {
-        return Err(AttnError::shape(format!(
-            "q, k, v must have the same rank; got shapes {q:?}, {k:?}, {v:?}"
-        )));
+        return Err(AttnError::shape(format!("q, k, v must have the same rank; got shapes {q:?}, {k:?}, {v:?}")));
     }
     let [b, h, nq, d] = shape4(q).ok_or_else(|| rank_error("q", q))?;
     let [bk, hk, nk, dk] = shape4(k).ok_or_else(|| rank_error("k", k))?;
     if k != v {
-        return Err(AttnError::shape(format!(
-            "k has shape {k:?} but v has shape {v:?}; they must match"
-        )));
+        return Err(AttnError::shape(format!("k has shape {k:?} but v has shape {v:?}; they must match")));
     }
     if bk != b {
-        return Err(AttnError::shape(format!(
-            "batch differs: q has B={b}, k/v have B={bk}"
-        )));
+        return Err(AttnError::shape(format!("batch differs: q has B={b}, k/v have B={bk}")));
     }
     if dk != d {
-        return Err(AttnError::shape(format!(
-            "head dim differs: q has D={d}, k/v have D={dk}"
-        )));
+        return Err(AttnError::shape(format!("head dim differs: q has D={d}, k/v have D={dk}")));
     }
     if hk == 0 || h % hk != 0 {
-        return Err(AttnError::shape(format!(
-            "q has H={h} heads, k/v have H_kv={hk}; H must be a multiple of H_kv"
-        )));
+        return Err(AttnError::shape(format!("q has H={h} heads, k/v have H_kv={hk}; H must be a multiple of H_kv")));
     }
     let p = Problem::new(b, h, nq, d).with_kv_heads(hk).with_seq_k(nk);
     p.validate()?;
@@ -96,11 +84,7 @@ pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Prob
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
-    let opts = BackendOptions {
-        proj_dim: a.proj_dim,
-        features: a.features,
-        seed: a.seed,
-    };
+    let opts = BackendOptions { proj_dim: a.proj_dim, features: a.features, seed: a.seed };
     let backend = attnkit::backend_with(&a.backend, &opts)?;
     let (q, qs) = read_tensor(&a.q)?;
     let (k, ks) = read_tensor(&a.k)?;
@@ -113,10 +97,7 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
             dtypes[0], dtypes[1], dtypes[2]
         )));
     }
-    p = p
-        .with_dtype(dtypes[0])
-        .with_causal(a.causal)
-        .with_window(a.window.unwrap_or_default());
+    p = p.with_dtype(dtypes[0]).with_causal(a.causal).with_window(a.window.unwrap_or_default());
     if let Some(s) = a.scale {
         p = p.with_scale(s);
     }
