@@ -58,31 +58,17 @@ fn time_backend(b: &dyn Attention, p: &Problem, reps: usize) -> (f64, f64) {
     let (q, k, v) = (data(p.q_len(), 1), data(p.kv_len(), 2), data(p.kv_len(), 3));
     let args = AttnArgs::new(p, &q, &k, &v).expect("valid problem");
     let mut out = vec![0.0f32; p.out_len()];
-    median_secs(reps, || {
-        b.forward_into(&args, &mut out, None).expect("runs")
-    })
+    median_secs(reps, || b.forward_into(&args, &mut out, None).expect("runs"))
 }
 
 fn gemm_gflops(m: usize, n: usize, k: usize, reps: usize) -> (f64, f64) {
     let (a, b) = (data(m * k, 4), data(k * n, 5));
     let mut c = vec![0.0f32; m * n];
     let (t, cpu) = median_secs(reps, || {
-        sgemm(
-            MatRef::row_major(&a, m, k),
-            MatRef::row_major(&b, k, n),
-            &mut c,
-            n,
-            1.0,
-            0.0,
-            Par::Rayon,
-        )
-        .expect("gemm")
+        sgemm(MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n), &mut c, n, 1.0, 0.0, Par::Rayon).expect("gemm")
     });
     let fl = 2.0 * (m * n * k) as f64;
-    (
-        fl / t / 1e9,
-        fl / cpu * rayon::current_num_threads() as f64 / 1e9,
-    )
+    (fl / t / 1e9, fl / cpu * rayon::current_num_threads() as f64 / 1e9)
 }
 
 fn main() {
@@ -96,9 +82,7 @@ fn main() {
         let (n, d, h, reps) = (get(0, 16384), get(1, 64), get(2, 4), get(3, 5));
         let local = attnkit::backend("local").expect("registered");
         for w in [32i64, 64, 128, 256] {
-            let p = Problem::new(1, h, n, d)
-                .with_causal(true)
-                .with_window(Window::new(w, 0));
+            let p = Problem::new(1, h, n, d).with_causal(true).with_window(Window::new(w, 0));
             // Interleave the two backends rep by rep so machine noise hits both alike.
             let (q, k, v) = (data(p.q_len(), 1), data(p.kv_len(), 2), data(p.kv_len(), 3));
             let args = AttnArgs::new(&p, &q, &k, &v).expect("valid problem");
@@ -141,7 +125,5 @@ fn main() {
         );
     }
     let (g, gc) = gemm_gflops(2048, 2048, 2048, reps);
-    println!(
-        "{{\"mode\":\"sgemm-ceiling\",\"m_n_k\":[2048,2048,2048],\"gflops\":{g:.1},\"cpu_gflops\":{gc:.1}}}"
-    );
+    println!("{{\"mode\":\"sgemm-ceiling\",\"m_n_k\":[2048,2048,2048],\"gflops\":{g:.1},\"cpu_gflops\":{gc:.1}}}");
 }

@@ -9,18 +9,24 @@
 //! assert_eq!(out.out.len(), p.out_len());
 //! ```
 
+pub mod alloc_counter;
 pub mod attention;
 pub mod backends;
+pub mod bench;
 pub mod budget;
 pub mod error;
+pub mod layer;
 pub mod linalg;
 pub mod lse;
+pub mod npy;
 pub mod problem;
 pub mod registry;
+pub mod seeded;
 pub mod simd;
 pub mod tensor;
+pub mod validate;
 
-pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};
+pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
 pub use error::{AttnError, Result};
 pub use lse::merge_partials;
 pub use problem::{DType, Problem, Window};

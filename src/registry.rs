@@ -27,6 +27,8 @@ fn registry() -> &'static [(&'static str, Factory)] {
         ("flash-cpu", |_| Ok(Box::new(backends::flash_cpu::FlashCpu::new()))),
         ("local", |_| Ok(Box::new(backends::local::Local::new()))),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
+        ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
+        ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),
     ]
 }
 

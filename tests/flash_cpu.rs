@@ -36,19 +36,8 @@ struct Case {
     p: Problem,
 }
 
-fn case(
-    name: &'static str,
-    b: usize,
-    h: usize,
-    hkv: usize,
-    nq: usize,
-    nk: usize,
-    d: usize,
-) -> Case {
-    Case {
-        name,
-        p: Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk),
-    }
+fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
+    Case { name, p: Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk) }
 }
 
 fn flash_cases() -> Vec<Case> {
@@ -65,85 +54,31 @@ fn flash_cases() -> Vec<Case> {
     ];
     let mut extra = Vec::new();
     for c in &v {
-        extra.push(Case {
-            name: c.name,
-            p: c.p.clone().with_causal(true),
-        });
+        extra.push(Case { name: c.name, p: c.p.clone().with_causal(true) });
     }
     v.extend(extra);
     v.push(Case {
         name: "n1000_causal_window",
-        p: case("", 1, 1, 1, 1000, 1000, 64)
-            .p
-            .with_causal(true)
-            .with_window(Window::new(100, -1)),
+        p: case("", 1, 1, 1, 1000, 1000, 64).p.with_causal(true).with_window(Window::new(100, -1)),
     });
-    v.push(Case {
-        name: "window_two_sided",
-        p: case("", 1, 2, 2, 300, 300, 40)
-            .p
-            .with_window(Window::new(20, 37)),
-    });
-    v.push(Case {
-        name: "window_empty_rows",
-        p: case("", 1, 1, 1, 40, 20, 32)
-            .p
-            .with_window(Window::new(2, 0)),
-    });
-    v.push(Case {
-        name: "window_right_only",
-        p: case("", 1, 1, 1, 64, 200, 64)
-            .p
-            .with_window(Window::new(-1, 3)),
-    });
+    v.push(Case { name: "window_two_sided", p: case("", 1, 2, 2, 300, 300, 40).p.with_window(Window::new(20, 37)) });
+    v.push(Case { name: "window_empty_rows", p: case("", 1, 1, 1, 40, 20, 32).p.with_window(Window::new(2, 0)) });
+    v.push(Case { name: "window_right_only", p: case("", 1, 1, 1, 64, 200, 64).p.with_window(Window::new(-1, 3)) });
     v
 }
 
 fn local_cases() -> Vec<Case> {
-    let w = |name, p: Problem, l, r, causal| Case {
-        name,
-        p: p.with_window(Window::new(l, r)).with_causal(causal),
-    };
+    let w = |name, p: Problem, l, r, causal| Case { name, p: p.with_window(Window::new(l, r)).with_causal(causal) };
     vec![
         w("l_n1", case("", 1, 1, 1, 1, 1, 32).p, 4, 0, true),
         w("l_n17_d40", case("", 1, 2, 2, 17, 17, 40).p, 3, 2, false),
-        w(
-            "l_n1000_causal",
-            case("", 1, 1, 1, 1000, 1000, 64).p,
-            63,
-            0,
-            true,
-        ),
-        w(
-            "l_n1000_sym",
-            case("", 1, 1, 1, 1000, 1000, 64).p,
-            50,
-            50,
-            false,
-        ),
-        w(
-            "l_gqa_nq<nk_d80",
-            case("", 2, 4, 2, 50, 170, 80).p,
-            20,
-            5,
-            true,
-        ),
-        w(
-            "l_mqa_nq>nk_d128",
-            case("", 1, 4, 1, 130, 40, 128).p,
-            10,
-            10,
-            false,
-        ),
+        w("l_n1000_causal", case("", 1, 1, 1, 1000, 1000, 64).p, 63, 0, true),
+        w("l_n1000_sym", case("", 1, 1, 1, 1000, 1000, 64).p, 50, 50, false),
+        w("l_gqa_nq<nk_d80", case("", 2, 4, 2, 50, 170, 80).p, 20, 5, true),
+        w("l_mqa_nq>nk_d128", case("", 1, 4, 1, 130, 40, 128).p, 10, 10, false),
         w("l_d256", case("", 1, 1, 1, 90, 90, 256).p, 16, 16, false),
         w("l_empty_rows", case("", 1, 1, 1, 40, 20, 32).p, 2, 0, false),
-        w(
-            "l_one_sided",
-            case("", 1, 1, 1, 100, 100, 32).p,
-            -1,
-            0,
-            true,
-        ),
+        w("l_one_sided", case("", 1, 1, 1, 100, 100, 32).p, -1, 0, true),
         w("l_odd_d", case("", 1, 1, 1, 77, 77, 5).p, 9, 1, false),
     ]
 }
@@ -158,31 +93,17 @@ fn check(backend: &dyn Attention, label: &str, p: &Problem, dtype: DType, seed: 
     let got = backend.forward(&args, true).unwrap();
     let (o64, l64) = attention_f64(&args);
     let naive = naive_same_precision(&args);
-    let max_err = |xs: &[f32]| {
-        xs.iter()
-            .zip(&o64)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max)
-    };
+    let max_err = |xs: &[f32]| xs.iter().zip(&o64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
     let scale = o64.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     let tol = 2.0 * max_err(&naive) + 1e-5 * scale;
     let err = max_err(&got.out);
-    assert!(
-        err <= tol,
-        "{label} {dtype}: max error {err:e} > tolerance {tol:e} ({p})"
-    );
+    assert!(err <= tol, "{label} {dtype}: max error {err:e} > tolerance {tol:e} ({p})");
     for (i, (a, b)) in got.lse.unwrap().iter().zip(&l64).enumerate() {
         if b.is_infinite() {
-            assert!(
-                *a == f32::NEG_INFINITY,
-                "{label} {dtype}: row {i} is empty but LSE = {a}"
-            );
+            assert!(*a == f32::NEG_INFINITY, "{label} {dtype}: row {i} is empty but LSE = {a}");
         } else {
             let e = (*a as f64 - b).abs();
-            assert!(
-                e <= 2e-5 * (1.0 + b.abs()),
-                "{label} {dtype}: LSE row {i}: {a} vs {b}"
-            );
+            assert!(e <= 2e-5 * (1.0 + b.abs()), "{label} {dtype}: LSE row {i}: {a} vs {b}");
         }
     }
     (err, tol)
@@ -214,19 +135,13 @@ fn run_suite(make: impl Fn(Isa) -> Box<dyn Attention>, cases: &[Case]) -> usize 
 
 #[test]
 fn flash_cpu_matches_oracle_on_every_isa() {
-    let n = run_suite(
-        |isa| Box::new(FlashCpu::with_isa(isa).unwrap()),
-        &flash_cases(),
-    );
+    let n = run_suite(|isa| Box::new(FlashCpu::with_isa(isa).unwrap()), &flash_cases());
     assert!(n >= flash_cases().len() * 3);
 }
 
 #[test]
 fn local_matches_oracle_on_every_isa() {
-    let n = run_suite(
-        |isa| Box::new(Local::with_isa(isa).unwrap()),
-        &local_cases(),
-    );
+    let n = run_suite(|isa| Box::new(Local::with_isa(isa).unwrap()), &local_cases());
     assert!(n >= local_cases().len() * 3);
 }
 
@@ -238,14 +153,8 @@ fn forcing_a_missing_isa_is_a_typed_error() {
         return;
     }
     for isa in missing {
-        assert!(
-            matches!(FlashCpu::with_isa(isa), Err(AttnError::Unavailable { .. })),
-            "{isa}"
-        );
-        assert!(
-            matches!(Local::with_isa(isa), Err(AttnError::Unavailable { .. })),
-            "{isa}"
-        );
+        assert!(matches!(FlashCpu::with_isa(isa), Err(AttnError::Unavailable { .. })), "{isa}");
+        assert!(matches!(Local::with_isa(isa), Err(AttnError::Unavailable { .. })), "{isa}");
     }
 }
 
@@ -258,10 +167,7 @@ fn unsupported_problems_say_why() {
     let r = Local::new().not_supported_reasons(&full);
     assert!(r.len() == 1 && r[0].contains("flash-cpu"), "{r:?}");
     assert!(Local::new().supports(&full.clone().with_window(Window::new(4, 0))));
-    assert!(
-        Local::new().supports(&full.with_causal(true)),
-        "one-sided windows are accepted"
-    );
+    assert!(Local::new().supports(&full.with_causal(true)), "one-sided windows are accepted");
 }
 
 #[test]
@@ -289,9 +195,7 @@ fn exp2_max_relative_error() {
 
 #[test]
 fn bitwise_deterministic_across_thread_counts() {
-    let p = Problem::new(1, 3, 333, 64)
-        .with_kv_heads(1)
-        .with_causal(true);
+    let p = Problem::new(1, 3, 333, 64).with_kv_heads(1).with_causal(true);
     let q = data(p.q_len(), 1, 1.0);
     let k = data(p.kv_len(), 2, 1.0);
     let v = data(p.kv_len(), 3, 1.0);
@@ -299,10 +203,7 @@ fn bitwise_deterministic_across_thread_counts() {
     let lp = p.clone().with_window(Window::new(40, 3));
     let largs = AttnArgs::new(&lp, &q, &k, &v).unwrap();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let f = FlashCpu::new().forward(&args, true).unwrap();
             let l = Local::new().forward(&largs, true).unwrap();
@@ -311,26 +212,10 @@ fn bitwise_deterministic_across_thread_counts() {
     };
     let (a, b) = (run(1), run(2));
     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&a.0),
-        bits(&b.0),
-        "flash-cpu O differs between 1 and 2 threads"
-    );
-    assert_eq!(
-        bits(&a.1),
-        bits(&b.1),
-        "flash-cpu LSE differs between 1 and 2 threads"
-    );
-    assert_eq!(
-        bits(&a.2),
-        bits(&b.2),
-        "local O differs between 1 and 2 threads"
-    );
-    assert_eq!(
-        bits(&a.3),
-        bits(&b.3),
-        "local LSE differs between 1 and 2 threads"
-    );
+    assert_eq!(bits(&a.0), bits(&b.0), "flash-cpu O differs between 1 and 2 threads");
+    assert_eq!(bits(&a.1), bits(&b.1), "flash-cpu LSE differs between 1 and 2 threads");
+    assert_eq!(bits(&a.2), bits(&b.2), "local O differs between 1 and 2 threads");
+    assert_eq!(bits(&a.3), bits(&b.3), "local LSE differs between 1 and 2 threads");
 }
 
 #[test]

@@ -71,10 +71,7 @@ pub(crate) fn resolve_isa(forced: Option<Isa>) -> std::result::Result<Isa, Strin
 /// Reasons shared by flash-cpu and local.
 pub(crate) fn head_dim_reasons(p: &Problem) -> Vec<String> {
     if p.head_dim > MAX_HEAD_DIM {
-        vec![format!(
-            "head_dim {} > {MAX_HEAD_DIM} (kernel tiles are sized for D ≤ {MAX_HEAD_DIM})",
-            p.head_dim
-        )]
+        vec![format!("head_dim {} > {MAX_HEAD_DIM} (kernel tiles are sized for D ≤ {MAX_HEAD_DIM})", p.head_dim)]
     } else {
         Vec::new()
     }
@@ -135,22 +132,11 @@ pub(crate) fn run_query_block(
     let rows = out.len() / d;
     let rows_pad = rows.div_ceil(spec.shape.mr) * spec.shape.mr;
     let factor = p.scale * std::f32::consts::LOG2_E;
-    pack_q(
-        spec.q,
-        (spec.bh * p.seq_q + spec.i0) * d,
-        rows,
-        rows_pad,
-        d,
-        factor,
-        &mut scr.q,
-    );
+    pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, factor, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
         let (lo, hi) = p.key_range(i);
-        let (lo, hi) = (
-            lo.max(spec.kbase) - spec.kbase,
-            hi.max(spec.kbase) - spec.kbase,
-        );
+        let (lo, hi) = (lo.max(spec.kbase) - spec.kbase, hi.max(spec.kbase) - spec.kbase);
         scr.ranges.push(if lo < hi { (lo, hi) } else { (0, 0) });
     }
     // Pad rows copy the last real row's band so they never force masking; their output is dropped.
@@ -192,17 +178,11 @@ pub(crate) fn block_tasks<'a>(
     let nblocks = nq.div_ceil(bq);
     let outs = out.chunks_mut(nq * d).flat_map(|oh| oh.chunks_mut(bq * d));
     let lses: Vec<Option<&mut [f32]>> = match lse {
-        Some(l) => l
-            .chunks_mut(nq)
-            .flat_map(|lh| lh.chunks_mut(bq))
-            .map(Some)
-            .collect(),
+        Some(l) => l.chunks_mut(nq).flat_map(|lh| lh.chunks_mut(bq)).map(Some).collect(),
         None => Vec::new(),
     };
     let mut lses = lses.into_iter();
-    outs.enumerate()
-        .map(|(idx, o)| (idx / nblocks, idx % nblocks, o, lses.next().flatten()))
-        .collect()
+    outs.enumerate().map(|(idx, o)| (idx / nblocks, idx % nblocks, o, lses.next().flatten())).collect()
 }
 
 impl Attention for FlashCpu {
@@ -222,17 +202,9 @@ impl Attention for FlashCpu {
         head_dim_reasons(problem)
     }
 
-    fn compute(
-        &self,
-        args: &AttnArgs<'_>,
-        out: &mut [f32],
-        mut lse: Option<&mut [f32]>,
-    ) -> Result<()> {
+    fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], mut lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
-        let isa = self.isa().map_err(|reason| crate::AttnError::Unavailable {
-            backend: self.name().into(),
-            reason,
-        })?;
+        let isa = self.isa().map_err(|reason| crate::AttnError::Unavailable { backend: self.name().into(), reason })?;
         let shape = isa.shape();
         let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
         let g = p.group_size();
@@ -246,19 +218,11 @@ impl Attention for FlashCpu {
         // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
         // packed panels so small heads do not pay one pool barrier each.
         let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
-        let inflight = threads
-            .max((8 * threads).div_ceil(tasks_per_kv))
-            .max(by_mem)
-            .min(nkv)
-            .max(1);
+        let inflight = threads.max((8 * threads).div_ceil(tasks_per_kv)).max(by_mem).min(nkv).max(1);
         let need = (inflight as u64)
             .checked_mul(per_head)
             .and_then(|b| b.checked_add(threads as u64 * scratch_bytes(bq, d, shape.mr, tile)));
-        check_budget(
-            self.name(),
-            "packed K/V panels of the KV heads in flight",
-            need,
-        )?;
+        check_budget(self.name(), "packed K/V panels of the KV heads in flight", need)?;
 
         for w0 in (0..nkv).step_by(inflight) {
             let w1 = (w0 + inflight).min(nkv);
@@ -274,23 +238,21 @@ impl Attention for FlashCpu {
             let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
             let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
             let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
-            tasks
-                .into_par_iter()
-                .for_each_init(Scratch::default, |scr, (hi, bi, o, l)| {
-                    let (kb, vb) = &packed[hi / g];
-                    let spec = BlockSpec {
-                        isa,
-                        shape,
-                        problem: p,
-                        q: args.q(),
-                        bh: w0 * g + hi,
-                        i0: bi * bq,
-                        kbase: 0,
-                        nkeys: packed_keys,
-                        tile,
-                    };
-                    run_query_block(&spec, kb, vb, scr, o, l);
-                });
+            tasks.into_par_iter().for_each_init(Scratch::default, |scr, (hi, bi, o, l)| {
+                let (kb, vb) = &packed[hi / g];
+                let spec = BlockSpec {
+                    isa,
+                    shape,
+                    problem: p,
+                    q: args.q(),
+                    bh: w0 * g + hi,
+                    i0: bi * bq,
+                    kbase: 0,
+                    nkeys: packed_keys,
+                    tile,
+                };
+                run_query_block(&spec, kb, vb, scr, o, l);
+            });
         }
         Ok(())
     }

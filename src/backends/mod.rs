@@ -2,6 +2,8 @@
 
 pub mod auto;
 pub mod flash_cpu;
+pub mod linformer;
 pub mod local;
+pub mod performer;
 pub mod reference;
 pub mod sdpa;

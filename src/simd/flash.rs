@@ -241,10 +241,7 @@ unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
 /// Runs one query block (see the module docs). Panics only on an internal layout bug (a
 /// `BlockJob` whose buffers disagree with its sizes), never on user input.
 #[inline(always)]
-pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize>(
-    s: S,
-    job: &mut BlockJob<'_>,
-) {
+pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize>(s: S, job: &mut BlockJob<'_>) {
     let w = S::W;
     let kp = KPV * w;
     let d = job.d;
@@ -252,22 +249,11 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
     let rows = job.ranges.len();
     let tile = job.tile;
     // Every raw-pointer access below is justified by these checks.
-    assert!(
-        NV <= 4 && dp.is_multiple_of(w) && rows.is_multiple_of(MR) && job.nkeys.is_multiple_of(kp)
-    );
+    assert!(NV <= 4 && dp.is_multiple_of(w) && rows.is_multiple_of(MR) && job.nkeys.is_multiple_of(kp));
     assert!(tile > 0 && tile.is_multiple_of(kp) && job.s.len() >= MR * tile);
-    assert!(
-        job.q.len() >= rows * d
-            && job.acc.len() >= rows * dp
-            && job.m.len() >= rows
-            && job.l.len() >= rows
-    );
+    assert!(job.q.len() >= rows * d && job.acc.len() >= rows * dp && job.m.len() >= rows && job.l.len() >= rows);
     assert!(job.kpack.len() >= job.nkeys * d && job.vpack.len() >= job.nkeys * dp);
-    assert!(
-        job.ranges
-            .iter()
-            .all(|&(lo, hi)| lo <= hi && hi <= job.nkeys)
-    );
+    assert!(job.ranges.iter().all(|&(lo, hi)| lo <= hi && hi <= job.nkeys));
 
     job.acc[..rows * dp].fill(0.0);
     job.m[..rows].fill(f32::NEG_INFINITY);
@@ -286,8 +272,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
         for r0 in (0..rows).step_by(MR) {
             let strip = &job.ranges[r0..r0 + MR];
             let live = strip.iter().filter(|r| r.0 < r.1);
-            let (Some(slo), Some(shi)) = (live.clone().map(|r| r.0).min(), live.map(|r| r.1).max())
-            else {
+            let (Some(slo), Some(shi)) = (live.clone().map(|r| r.0).min(), live.map(|r| r.1).max()) else {
                 continue;
             };
             let a = t0.max(slo) / kp * kp;
@@ -360,14 +345,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
 
 /// Normalizes `rows` accumulator rows into `out` (`rows × D`) and writes the natural-log LSE.
 /// A row with no allowed key (l = 0) gets zeros and LSE = −∞.
-pub fn finish_rows(
-    acc: &[f32],
-    m: &[f32],
-    l: &[f32],
-    d: usize,
-    out: &mut [f32],
-    lse: Option<&mut [f32]>,
-) {
+pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32], lse: Option<&mut [f32]>) {
     let dp = padded_dim(d);
     let rows = out.len() / d;
     for (r, o) in out.chunks_exact_mut(d).enumerate() {
@@ -382,26 +360,14 @@ pub fn finish_rows(
     }
     if let Some(lse) = lse {
         for r in 0..rows {
-            lse[r] = if l[r] == 0.0 {
-                f32::NEG_INFINITY
-            } else {
-                m[r] * std::f32::consts::LN_2 + l[r].ln()
-            };
+            lse[r] = if l[r] == 0.0 { f32::NEG_INFINITY } else { m[r] * std::f32::consts::LN_2 + l[r].ln() };
         }
     }
 }
 
 /// Packs keys `k0..k1` of the head whose key 0 starts at element `base` into `D × kp` panels
 /// (Kᵀ), zero-padding the last panel. Returns the packed key count (a multiple of `kp`).
-pub fn pack_k(
-    src: TensorRef<'_>,
-    base: usize,
-    k0: usize,
-    k1: usize,
-    d: usize,
-    kp: usize,
-    dst: &mut Vec<f32>,
-) -> usize {
+pub fn pack_k(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> usize {
     let nkeys = (k1 - k0).div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * d, 0.0);
@@ -418,15 +384,7 @@ pub fn pack_k(
 }
 
 /// Packs value rows `k0..k1` (head key 0 at element `base`) as `nkeys × DP`, zero-padded.
-pub fn pack_v(
-    src: TensorRef<'_>,
-    base: usize,
-    k0: usize,
-    k1: usize,
-    d: usize,
-    kp: usize,
-    dst: &mut Vec<f32>,
-) {
+pub fn pack_v(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) {
     let dp = padded_dim(d);
     let nkeys = (k1 - k0).div_ceil(kp) * kp;
     dst.clear();

@@ -86,9 +86,7 @@ impl Isa {
 
     /// Parses an `ATTNKIT_SIMD` value.
     pub fn parse(s: &str) -> Option<Isa> {
-        Isa::ALL
-            .into_iter()
-            .find(|i| i.as_str().eq_ignore_ascii_case(s.trim()))
+        Isa::ALL.into_iter().find(|i| i.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
     /// Whether this CPU can run the path (run-time detection; cheap, std caches it).
@@ -113,10 +111,7 @@ impl Isa {
 
     /// The fastest path this CPU has.
     pub fn best() -> Isa {
-        [Isa::Avx512, Isa::Avx2, Isa::Neon]
-            .into_iter()
-            .find(|i| i.is_available())
-            .unwrap_or(Isa::Scalar)
+        [Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Scalar)
     }
 
     /// `Ok(self)` when the CPU has it, otherwise a typed `Unavailable` error naming what it has.
@@ -128,11 +123,7 @@ impl Isa {
                 backend: backend.to_string(),
                 reason: format!(
                     "SIMD path `{self}` is not supported by this CPU (available: {})",
-                    Isa::available()
-                        .iter()
-                        .map(|i| i.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    Isa::available().iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             })
         }
@@ -148,14 +139,9 @@ impl Isa {
                 Err(_) => Ok(Isa::best()),
                 Ok(s) if s.trim().is_empty() => Ok(Isa::best()),
                 Ok(s) => match Isa::parse(&s) {
-                    None => Err(format!(
-                        "ATTNKIT_SIMD=`{s}` is not one of scalar, avx2, avx512, neon"
-                    )),
+                    None => Err(format!("ATTNKIT_SIMD=`{s}` is not one of scalar, avx2, avx512, neon")),
                     Some(isa) => isa.require("simd").map_err(|_| {
-                        format!(
-                            "ATTNKIT_SIMD={isa} but this CPU lacks it (available: {:?})",
-                            Isa::available()
-                        )
+                        format!("ATTNKIT_SIMD={isa} but this CPU lacks it (available: {:?})", Isa::available())
                     }),
                 },
             })

@@ -64,8 +64,7 @@ impl Simd for Avx2Fma {
     fn reduce_max(self, v: __m256) -> f32 {
         let mut a = [0.0f32; 8];
         unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
-        a.into_iter()
-            .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
+        a.into_iter().fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m256) -> f32 {

@@ -63,8 +63,7 @@ impl Simd for Avx512 {
     fn reduce_max(self, v: __m512) -> f32 {
         let mut a = [0.0f32; 16];
         unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-        a.into_iter()
-            .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
+        a.into_iter().fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x })
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m512) -> f32 {

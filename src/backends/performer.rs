@@ -1,0 +1,489 @@
+//! `performer`: FAVOR+ linear attention with positive orthogonal random features
+//! (Choromanski et al. 2020, "Rethinking Attention with Performers", arXiv 2009.14794).
+//!
+//! Estimator. With s = `Problem::scale`, data are scaled by √s on each side (q̃ = √s·q,
+//! k̃ = √s·k, so q̃·k̃ = s·q·k; for the default s = 1/√D this is the paper's D^(−1/4)), and
+//! exp(q̃·k̃) ≈ φ(q̃)·φ(k̃) with the positive features φ(x)_r = exp(ω_rᵀx − ‖x‖²/2)/√m, r < m.
+//! Then O_i = Σ_j φ(q̃_i)·φ(k̃_j) v_j / (Σ_j φ(q̃_i)·φ(k̃_j) + δ).
+//!
+//! Features ([`orthogonal_features`]): ⌈m/D⌉ blocks of D Gaussian rows, orthonormalized by
+//! modified Gram–Schmidt (two passes) in f64, each row rescaled to an independent
+//! chi(D)-distributed norm so every ω_r is marginally N(0, I_D). Block b depends only on
+//! (seed, D, b), so the features for m are a prefix of those for any m′ > m. One ω matrix
+//! (m×D) serves every head, as in the reference implementation; it is generated on first use
+//! for a head dimension and cached. [`Performer::with_iid_features`] switches to i.i.d. rows.
+//!
+//! Stabilization, as in the reference implementation (google-research/performer, fast_attention):
+//! - queries: each row's exponents ω_rᵀq̃ − ‖q̃‖²/2 are shifted by that row's max over r (a
+//!   per-row constant, cancels in the ratio);
+//! - keys: one shift for the whole (batch, KV head): the max over all positions and features.
+//!   A per-key shift would reweight keys against each other and bias the estimator.
+//!   Non-causal runs keep a running max over key blocks and rescale the accumulated state when
+//!   it grows (single pass, same result as the global max); causal runs make a first pass for it;
+//! - δ = [`DENOM_STABILIZER`] = 1e-6 is added to the (shifted) denominator.
+//!
+//! Non-causal: K′ᵀV (m×D) and Σ_j K′_j (m) are accumulated over key blocks, then each query
+//! block is one GEMM with K′ᵀV. Causal (bottom-right aligned, N_q ≠ N_k allowed): query blocks
+//! of 128 rows walk the keys in order with a running prefix state S = Σ K′_jᵀ v_j (m×D) and
+//! z = Σ K′_j (m); the keys inside a block's own diagonal band are handled by a masked
+//! (128×≤128) GEMM. Running state is O(m·D) per KV head in flight, never O(N·m·D).
+//! Sliding windows are refused: a band needs a prefix-state difference, which cancels
+//! catastrophically for these positive sums.
+//!
+//! Complexity: O(B·H·N·m·D) time; extra memory O(m·D + 128·(m + D)) per KV head in flight,
+//! independent of N. Parallel over (batch, KV head) pairs; every reduction runs in a fixed
+//! order inside one task, so outputs are bitwise identical for any thread count.
+//!
+//! LSE: we return ln(Σ_j φ(q̃_i)·φ(k̃_j)) + shifts, the estimator's log-normalizer, i.e. the log of
+//! the FAVOR+ estimate of Σ_j exp(s·q_i·k_j). It is an estimate of the exact LSE, not the LSE.
+//!
+//! Accuracy (measured with `examples/approx_scaling.rs`): the estimator is unbiased for each
+//! exp(q̃·k̃) but its variance grows like exp(‖q̃ + k̃‖²), so the error grows exponentially with
+//! the input norms. Relative Frobenius error of O against `reference`, N = 256, D = 64, H = 4,
+//! m = 256, Q, K, V ~ N(0, σ²) (so ‖q‖ ≈ 8σ), mean of 4 seeds:
+//! MEASURED_PERFORMER_NORM_TABLE
+//! On small-norm inputs the error falls like m^(−1/2) (tests/performer.rs fits the slope;
+//! MEASURED_PERFORMER_SLOPE).
+//!
+//! Speed (examples/approx_scaling.rs, 2 shared cores, H = 8, D = 64, m = 256, f32):
+//! MEASURED_PERFORMER_SPEED
+
+use crate::attention::{Attention, AttnArgs, Device, Exactness};
+use crate::budget::check_budget;
+use crate::error::{AttnError, Result};
+use crate::linalg::{MatRef, Par, sgemm};
+use crate::problem::Problem;
+use crate::registry::BackendOptions;
+use crate::seeded;
+use rand_distr::{ChiSquared, Distribution, StandardNormal};
+use rayon::prelude::*;
+use std::sync::{Arc, RwLock};
+
+/// Default number of random features m.
+pub const DEFAULT_FEATURES: usize = 256;
+/// δ added to the shifted denominator.
+pub const DENOM_STABILIZER: f32 = 1e-6;
+/// Rows per block, for keys and queries alike.
+const BLOCK: usize = 128;
+
+/// `m` orthogonal random features for head dimension `d`, m×d row-major (see module docs).
+pub fn orthogonal_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * d);
+    let chi = ChiSquared::new(d as f64).expect("d ≥ 1 degrees of freedom is a valid chi-squared");
+    for b in 0..m.div_ceil(d) {
+        let mut rng = seeded::rng(seeded::derive_seed(seed, &[0x4641564f, d as u64, b as u64]));
+        let mut g: Vec<f64> = (0..d * d).map(|_| StandardNormal.sample(&mut rng)).collect();
+        orthonormalize_rows(&mut g, d);
+        for row in g.chunks(d).take(m - b * d) {
+            let norm = chi.sample(&mut rng).sqrt();
+            out.extend(row.iter().map(|&x| (x * norm) as f32));
+        }
+    }
+    out
+}
+
+/// `m` i.i.d. N(0, I_d) features, m×d row-major (the unstructured baseline).
+pub fn iid_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
+    seeded::gaussian(seeded::derive_seed(seed, &[0x49494446, d as u64]), m * d, 1.0)
+}
+
+/// Modified Gram–Schmidt on the rows of a d×d matrix, twice per row ("twice is enough") so the
+/// rows are orthonormal to f64 rounding even when the Gaussian draw is ill-conditioned.
+fn orthonormalize_rows(a: &mut [f64], d: usize) {
+    for i in 0..d {
+        let (done, rest) = a.split_at_mut(i * d);
+        let row = &mut rest[..d];
+        for _ in 0..2 {
+            for prev in done.chunks(d) {
+                let dot: f64 = row.iter().zip(prev).map(|(x, y)| x * y).sum();
+                row.iter_mut().zip(prev).for_each(|(x, y)| *x -= dot * y);
+            }
+        }
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// The Performer backend. See the module docs.
+pub struct Performer {
+    m: usize,
+    seed: u64,
+    orthogonal: bool,
+    /// (D, ω) for the most recent head dimension.
+    cache: RwLock<Option<(usize, Arc<[f32]>)>>,
+}
+
+impl Performer {
+    /// `features` orthogonal random features drawn from `seed`.
+    pub fn new(features: usize, seed: u64) -> Result<Self> {
+        if features == 0 {
+            return Err(AttnError::invalid("performer: the number of features m must be ≥ 1, got 0"));
+        }
+        Ok(Performer { m: features, seed, orthogonal: true, cache: RwLock::new(None) })
+    }
+
+    /// From registry options: `features` (default 256) and `seed`.
+    pub fn from_options(opts: &BackendOptions) -> Result<Self> {
+        Self::new(opts.features.unwrap_or(DEFAULT_FEATURES), opts.seed)
+    }
+
+    /// Uses i.i.d. Gaussian features instead of orthogonal ones.
+    pub fn with_iid_features(mut self) -> Self {
+        self.orthogonal = false;
+        self.cache = RwLock::new(None);
+        self
+    }
+
+    /// The number of features m.
+    pub fn features(&self) -> usize {
+        self.m
+    }
+
+    /// ω, m×D row-major, for head dimension `d` (what `compute` uses).
+    pub fn feature_matrix(&self, d: usize) -> Result<Arc<[f32]>> {
+        if let Some((cd, w)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && *cd == d
+        {
+            return Ok(w.clone());
+        }
+        let bytes = (self.m as u64).checked_mul(d as u64).and_then(|x| x.checked_mul(12));
+        check_budget("performer", "the m×D random feature matrix", bytes)?;
+        let w: Arc<[f32]> = if self.orthogonal {
+            orthogonal_features(self.m, d, self.seed)
+        } else {
+            iid_features(self.m, d, self.seed)
+        }
+        .into();
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = Some((d, w.clone()));
+        Ok(w)
+    }
+
+    /// Bytes one (batch, KV head) task allocates.
+    fn task_bytes(&self, d: usize) -> Option<u64> {
+        let m = self.m as u64;
+        let (d, b) = (d as u64, BLOCK as u64);
+        // state m·D + z; key block K, V, features; query block Q, features, row shifts; band scores.
+        let floats = m.checked_mul(d)? + m + b * (2 * d) + b.checked_mul(m)? * 2 + b * (d + 1) + b * b;
+        floats.checked_mul(4)
+    }
+}
+
+/// Per-call constants of the feature map.
+struct FeatureMap<'a> {
+    omega: &'a [f32],
+    m: usize,
+    d: usize,
+    scale: f32,
+    /// ½·ln m: folds the 1/√m of φ into the exponent.
+    half_ln_m: f32,
+}
+
+impl FeatureMap<'_> {
+    /// a = √s·X·ωᵀ − s·‖x‖²/2 for the rows of x (rows×D) into a (rows×m).
+    fn exponents(&self, x: &[f32], a: &mut [f32]) -> Result<()> {
+        let rows = x.len() / self.d;
+        let omega = MatRef::transposed(self.omega, self.m, self.d);
+        sgemm(MatRef::row_major(x, rows, self.d), omega, a, self.m, self.scale.sqrt(), 0.0, Par::Serial)?;
+        for (ar, xr) in a.chunks_mut(self.m).zip(x.chunks(self.d)) {
+            let half_sq = 0.5 * self.scale * xr.iter().map(|v| v * v).sum::<f32>();
+            ar.iter_mut().for_each(|v| *v -= half_sq);
+        }
+        Ok(())
+    }
+
+    /// Query features in place, each row shifted by its own max; returns nothing but writes
+    /// the shifts to `shift`.
+    fn queries(&self, x: &[f32], a: &mut [f32], shift: &mut [f32]) -> Result<()> {
+        self.exponents(x, a)?;
+        for (row, sh) in a.chunks_mut(self.m).zip(shift.iter_mut()) {
+            *sh = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let c = *sh + self.half_ln_m;
+            row.iter_mut().for_each(|v| *v = (*v - c).exp());
+        }
+        Ok(())
+    }
+
+    /// exp(a − key_shift − ½ ln m) in place.
+    fn finish_keys(&self, a: &mut [f32], key_shift: f32) {
+        let c = key_shift + self.half_ln_m;
+        a.iter_mut().for_each(|v| *v = (*v - c).exp());
+    }
+}
+
+/// Running K′ᵀV (m×D) and Σ K′ (m) of one KV head.
+struct KvState {
+    kv: Vec<f32>,
+    z: Vec<f32>,
+}
+
+impl KvState {
+    fn new(m: usize, d: usize) -> Self {
+        KvState { kv: vec![0.0; m * d], z: vec![0.0; m] }
+    }
+    /// Adds the key features `kf` (rows×m) with their values `v` (rows×D).
+    fn absorb(&mut self, kf: &[f32], v: &[f32], m: usize, d: usize) -> Result<()> {
+        let rows = kf.len() / m;
+        if rows == 0 {
+            return Ok(());
+        }
+        sgemm(MatRef::transposed(kf, rows, m), MatRef::row_major(v, rows, d), &mut self.kv, d, 1.0, 1.0, Par::Serial)?;
+        for row in kf.chunks(m) {
+            self.z.iter_mut().zip(row).for_each(|(z, x)| *z += x);
+        }
+        Ok(())
+    }
+    fn rescale(&mut self, r: f32) {
+        self.kv.iter_mut().chain(self.z.iter_mut()).for_each(|x| *x *= r);
+    }
+}
+
+/// Buffers of one task, allocated once.
+struct Scratch {
+    kx: Vec<f32>,
+    vx: Vec<f32>,
+    kf: Vec<f32>,
+    qx: Vec<f32>,
+    qf: Vec<f32>,
+    qshift: Vec<f32>,
+    band: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(m: usize, d: usize) -> Self {
+        Scratch {
+            kx: vec![0.0; BLOCK * d],
+            vx: vec![0.0; BLOCK * d],
+            kf: vec![0.0; BLOCK * m],
+            qx: vec![0.0; BLOCK * d],
+            qf: vec![0.0; BLOCK * m],
+            qshift: vec![0.0; BLOCK],
+            band: vec![0.0; BLOCK * BLOCK],
+        }
+    }
+}
+
+/// One task's view of the call.
+struct Task<'a, 'b> {
+    args: &'a AttnArgs<'b>,
+    fm: FeatureMap<'a>,
+    /// Index of (batch, KV head).
+    t: usize,
+}
+
+impl Task<'_, '_> {
+    fn kv_base(&self) -> usize {
+        self.t * self.args.problem().seq_k * self.fm.d
+    }
+
+    /// Loads keys [j0, j1) and their exponents into the scratch (`len·m` of `kf`).
+    fn key_exponents(&self, s: &mut Scratch, j0: usize, j1: usize) -> Result<()> {
+        let d = self.fm.d;
+        let kx = &mut s.kx[..(j1 - j0) * d];
+        self.args.k().read_f32(self.kv_base() + j0 * d, kx);
+        self.fm.exponents(kx, &mut s.kf[..(j1 - j0) * self.fm.m])
+    }
+
+    fn load_values(&self, s: &mut Scratch, j0: usize, j1: usize) {
+        let d = self.fm.d;
+        self.args.v().read_f32(self.kv_base() + j0 * d, &mut s.vx[..(j1 - j0) * d]);
+    }
+
+    /// Query features of rows [i0, i0 + c) of group member `gi` into `s.qf`, shifts into `s.qshift`.
+    fn query_features(&self, s: &mut Scratch, gi: usize, i0: usize, c: usize) -> Result<()> {
+        let p = self.args.problem();
+        let d = self.fm.d;
+        let base = ((self.t * p.group_size() + gi) * p.seq_q + i0) * d;
+        let qx = &mut s.qx[..c * d];
+        self.args.q().read_f32(base, qx);
+        self.fm.queries(qx, &mut s.qf[..c * self.fm.m], &mut s.qshift[..c])
+    }
+
+    /// Divides each output row by its denominator and writes the estimator's LSE.
+    fn normalize(od: &mut [f32], den: &[f32], shift: &[f32], key_shift: f32, d: usize, mut lse: Option<&mut [f32]>) {
+        for (r, row) in od.chunks_mut(d).enumerate() {
+            let inv = 1.0 / (den[r] + DENOM_STABILIZER);
+            row.iter_mut().for_each(|x| *x *= inv);
+            if let Some(l) = lse.as_deref_mut() {
+                l[r] = den[r].ln() + shift[r] + key_shift;
+            }
+        }
+    }
+
+    /// Σ_r qf_r·z for each query row.
+    fn denominators(qf: &[f32], z: &[f32], den: &mut [f32]) {
+        for (dn, row) in den.iter_mut().zip(qf.chunks(z.len())) {
+            *dn = row.iter().zip(z).map(|(a, b)| a * b).sum();
+        }
+    }
+
+    fn non_causal(&self, o: &mut [f32], mut l: Option<&mut [f32]>) -> Result<()> {
+        let p = self.args.problem();
+        let (nq, nk, m, d) = (p.seq_q, p.seq_k, self.fm.m, self.fm.d);
+        let mut s = Scratch::new(m, d);
+        let mut st = KvState::new(m, d);
+        let mut key_shift = f32::NEG_INFINITY;
+        for j0 in (0..nk).step_by(BLOCK) {
+            let j1 = (j0 + BLOCK).min(nk);
+            self.key_exponents(&mut s, j0, j1)?;
+            self.load_values(&mut s, j0, j1);
+            let kf = &mut s.kf[..(j1 - j0) * m];
+            let block_max = kf.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            if block_max > key_shift {
+                // Rescale what was accumulated under the old shift; exp(−∞) = 0 on the first block.
+                st.rescale((key_shift - block_max).exp());
+                key_shift = block_max;
+            }
+            self.fm.finish_keys(kf, key_shift);
+            st.absorb(kf, &s.vx[..(j1 - j0) * d], m, d)?;
+        }
+        let mut den = [0.0f32; BLOCK];
+        for (gi, oh) in o.chunks_mut(nq * d).enumerate() {
+            let mut lh = l.as_deref_mut().map(|l| &mut l[gi * nq..(gi + 1) * nq]);
+            for i0 in (0..nq).step_by(BLOCK) {
+                let c = BLOCK.min(nq - i0);
+                self.query_features(&mut s, gi, i0, c)?;
+                let qf = &s.qf[..c * m];
+                let od = &mut oh[i0 * d..(i0 + c) * d];
+                sgemm(MatRef::row_major(qf, c, m), MatRef::row_major(&st.kv, m, d), od, d, 1.0, 0.0, Par::Serial)?;
+                Self::denominators(qf, &st.z, &mut den[..c]);
+                let lr = lh.as_deref_mut().map(|l| &mut l[i0..i0 + c]);
+                Self::normalize(od, &den[..c], &s.qshift[..c], key_shift, d, lr);
+            }
+        }
+        Ok(())
+    }
+
+    fn causal(&self, o: &mut [f32], mut l: Option<&mut [f32]>) -> Result<()> {
+        let p = self.args.problem();
+        let (nq, nk, m, d) = (p.seq_q, p.seq_k, self.fm.m, self.fm.d);
+        let mut s = Scratch::new(m, d);
+        // Pass 1: the single key shift, over all keys of this head (a causal row's ratio does not
+        // depend on it, but δ and the LSE do, and they must not depend on the block walk).
+        let mut key_shift = f32::NEG_INFINITY;
+        for j0 in (0..nk).step_by(BLOCK) {
+            let j1 = (j0 + BLOCK).min(nk);
+            self.key_exponents(&mut s, j0, j1)?;
+            key_shift = s.kf[..(j1 - j0) * m].iter().cloned().fold(key_shift, f32::max);
+        }
+        let hi = |i: usize| p.key_range(i).1;
+        let mut st = KvState::new(m, d);
+        let mut absorbed = 0usize;
+        let mut den = [0.0f32; BLOCK];
+        for i0 in (0..nq).step_by(BLOCK) {
+            let c = BLOCK.min(nq - i0);
+            let lo_blk = hi(i0);
+            // Keys every row of this block sees (only before the first block when N_k > N_q).
+            while absorbed < lo_blk {
+                let j1 = (absorbed + BLOCK).min(lo_blk);
+                self.key_exponents(&mut s, absorbed, j1)?;
+                self.load_values(&mut s, absorbed, j1);
+                let kf = &mut s.kf[..(j1 - absorbed) * m];
+                self.fm.finish_keys(kf, key_shift);
+                st.absorb(kf, &s.vx[..(j1 - absorbed) * d], m, d)?;
+                absorbed = j1;
+            }
+            // The block's own band: keys [lo_blk, hi_blk), at most BLOCK of them since hi(i)
+            // grows by at most one per row; it reaches the next block's start so the state can
+            // absorb it afterwards.
+            let hi_blk = if i0 + c < nq { hi(i0 + c) } else { hi(i0 + c - 1) };
+            let nb = hi_blk - lo_blk;
+            if nb > 0 {
+                self.key_exponents(&mut s, lo_blk, hi_blk)?;
+                self.load_values(&mut s, lo_blk, hi_blk);
+                self.fm.finish_keys(&mut s.kf[..nb * m], key_shift);
+            }
+            for (gi, oh) in o.chunks_mut(nq * d).enumerate() {
+                self.query_features(&mut s, gi, i0, c)?;
+                let qf = &s.qf[..c * m];
+                let od = &mut oh[i0 * d..(i0 + c) * d];
+                sgemm(MatRef::row_major(qf, c, m), MatRef::row_major(&st.kv, m, d), od, d, 1.0, 0.0, Par::Serial)?;
+                Self::denominators(qf, &st.z, &mut den[..c]);
+                if nb > 0 {
+                    let band = &mut s.band[..c * nb];
+                    let kf = MatRef::transposed(&s.kf[..nb * m], nb, m);
+                    sgemm(MatRef::row_major(qf, c, m), kf, band, nb, 1.0, 0.0, Par::Serial)?;
+                    for (r, row) in band.chunks_mut(nb).enumerate() {
+                        let allowed = hi(i0 + r).saturating_sub(lo_blk).min(nb);
+                        row[allowed..].fill(0.0);
+                        den[r] += row[..allowed].iter().sum::<f32>();
+                    }
+                    sgemm(
+                        MatRef::row_major(band, c, nb),
+                        MatRef::row_major(&s.vx[..nb * d], nb, d),
+                        od,
+                        d,
+                        1.0,
+                        1.0,
+                        Par::Serial,
+                    )?;
+                }
+                let mut lr = l.as_deref_mut().map(|l| &mut l[gi * nq + i0..gi * nq + i0 + c]);
+                Self::normalize(od, &den[..c], &s.qshift[..c], key_shift, d, lr.as_deref_mut());
+                // Rows that see no key at all: zeros and −∞ by contract, not 0/δ.
+                for r in (0..c).filter(|&r| hi(i0 + r) == 0) {
+                    od[r * d..(r + 1) * d].fill(0.0);
+                    if let Some(lr) = lr.as_deref_mut() {
+                        lr[r] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if nb > 0 {
+                st.absorb(&s.kf[..nb * m], &s.vx[..nb * d], m, d)?;
+            }
+            absorbed = absorbed.max(hi_blk);
+        }
+        Ok(())
+    }
+}
+
+impl Attention for Performer {
+    fn name(&self) -> &str {
+        "performer"
+    }
+    fn exactness(&self) -> Exactness {
+        Exactness::Approximate
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
+        if problem.window.is_unbounded() {
+            return Vec::new();
+        }
+        vec![format!(
+            "a sliding window ({}) is not supported: FAVOR+ would need differences of prefix sums of \
+             positive features, which cancel catastrophically; use causal=true without a window, or an exact backend",
+            problem.window
+        )]
+    }
+
+    /// LSE: the log of the FAVOR+ estimate of Σ_j exp(scale·q·k_j) (see module docs).
+    fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        let p = args.problem();
+        let tasks = p.batch * p.kv_heads;
+        let in_flight = tasks.min(rayon::current_num_threads()).max(1) as u64;
+        let what =
+            if p.causal { "the causal prefix state and block buffers" } else { "the K′ᵀV state and block buffers" };
+        check_budget("performer", what, self.task_bytes(p.head_dim).and_then(|b| b.checked_mul(in_flight)))?;
+        let omega = self.feature_matrix(p.head_dim)?;
+        let per_task = p.group_size() * p.seq_q;
+        let lse_parts: Vec<Option<&mut [f32]>> = match lse {
+            Some(l) => l.chunks_mut(per_task).map(Some).collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        out.par_chunks_mut(per_task * p.head_dim).zip(lse_parts.into_par_iter()).enumerate().try_for_each(
+            |(t, (o, l))| {
+                let fm = FeatureMap {
+                    omega: &omega,
+                    m: self.m,
+                    d: p.head_dim,
+                    scale: p.scale,
+                    half_ln_m: 0.5 * (self.m as f32).ln(),
+                };
+                let task = Task { args, fm, t };
+                if p.causal { task.causal(o, l) } else { task.non_causal(o, l) }
+            },
+        )
+    }
+}
