@@ -226,3 +226,25 @@ fn registered_by_name() {
         assert!(b.availability().is_ok());
     }
 }
+
+#[test]
+fn nan_in_q_stays_in_its_row_on_every_isa() {
+    // nk = 40 leaves pad keys in the last panel: the NaN must survive meeting −∞ in the row max.
+    let p = Problem::new(1, 2, 40, 32).with_window(Window::new(8, 8));
+    let (k, v) = (data(p.kv_len(), 2, 1.0), data(p.kv_len(), 3, 1.0));
+    let mut q = data(p.q_len(), 1, 1.0);
+    let row = 40 + 13;
+    q[row * 32 + 5] = f32::NAN;
+    let args = AttnArgs::new(&p, &q, &k, &v).unwrap();
+    for isa in Isa::available() {
+        let backends: [Box<dyn Attention>; 2] =
+            [Box::new(FlashCpu::with_isa(isa).unwrap()), Box::new(Local::with_isa(isa).unwrap())];
+        for b in backends {
+            let out = b.forward(&args, true).unwrap();
+            for (r, o) in out.out.chunks(32).enumerate() {
+                assert_eq!(o.iter().any(|x| x.is_nan()), r == row, "{}[{isa}] row {r}", b.name());
+            }
+            assert!(out.lse.unwrap()[row].is_nan(), "{}[{isa}]: LSE of the NaN row", b.name());
+        }
+    }
+}

@@ -104,6 +104,13 @@ pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut 
     let tile_max = s.reduce_max(vmax);
     let m_new = if *m > tile_max { *m } else { tile_max };
     if m_new == f32::NEG_INFINITY {
+        // x86 `max` drops a NaN met against −∞, so a NaN score can hide here: keep it in its row
+        // (NaN policy) by poisoning l and O instead of reading the row as empty.
+        if row.iter().any(|x| x.is_nan()) {
+            *l = f32::NAN;
+            row.fill(f32::NAN);
+            return f32::NAN;
+        }
         row.fill(0.0);
         return 1.0;
     }
