@@ -2,11 +2,15 @@
 //!
 //! Tolerance (FlashAttention's rule): max |O − O_f64| ≤ 2·max |O_naive − O_f64| + FLOOR, where
 //! O_naive is `reference::naive_same_precision` (the textbook computation in the input dtype)
-//! and FLOOR = 1e-5 · max(1, max |O_f64|) absorbs the case where naive happens to be almost
-//! exact (tiny N). LSE: |LSE − LSE_f64| ≤ 2e-5 · (1 + |LSE_f64|), and −∞ exactly where the
-//! row is empty. Measured worst ratios on this suite (AVX-512 EPYC): see `report` output with
-//! `--nocapture`; typical f32 error 1e-7..6e-7 against tolerances of 1e-5, f16/bf16 errors well
-//! under half of naive's.
+//! and FLOOR = 2e-6 · max(1, max |O_f64|) absorbs cases where naive is almost exact (tiny N).
+//! LSE: |LSE − LSE_f64| ≤ 2e-5 · (1 + |LSE_f64|), and exactly −∞ where the row is empty.
+//!
+//! Measured on the AVX-512 EPYC dev machine (scalar, avx2, avx512 paths; `--nocapture` prints it):
+//! flash-cpu, 198 checks — worst error/tolerance f32 0.06 (error 1.4e-7 vs 2.3e-6), f16 0.001 (8.3e-8 vs
+//! 6.5e-5), bf16 < 0.001 (1.0e-7 vs 5.6e-4); local, 90 checks — f32 0.07 (2.2e-7 vs 2.9e-6), f16 0.001
+//! (1.2e-7 vs 2.3e-4), bf16 < 0.001 (1.2e-7 vs 1.7e-3). Inputs are exact in f32 after widening,
+//! so the kernels' error is f32 rounding plus the exp2 polynomial (≤ 1.9e-7 relative), far
+//! inside the half-precision naive baselines.
 
 use attnkit::backends::flash_cpu::FlashCpu;
 use attnkit::backends::local::Local;
@@ -95,7 +99,7 @@ fn check(backend: &dyn Attention, label: &str, p: &Problem, dtype: DType, seed: 
     let naive = naive_same_precision(&args);
     let max_err = |xs: &[f32]| xs.iter().zip(&o64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
     let scale = o64.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    let tol = 2.0 * max_err(&naive) + 1e-5 * scale;
+    let tol = 2.0 * max_err(&naive) + 2e-6 * scale;
     let err = max_err(&got.out);
     assert!(err <= tol, "{label} {dtype}: max error {err:e} > tolerance {tol:e} ({p})");
     for (i, (a, b)) in got.lse.unwrap().iter().zip(&l64).enumerate() {
@@ -117,19 +121,25 @@ fn isas() -> Vec<Isa> {
 
 fn run_suite(make: impl Fn(Isa) -> Box<dyn Attention>, cases: &[Case]) -> usize {
     let mut n = 0;
-    let mut worst = 0.0f64;
+    // Per dtype: worst error/tolerance ratio, with that case's error and tolerance.
+    let mut worst = [(0.0f64, 0.0f64, 0.0f64); 3];
     for isa in isas() {
         let backend = make(isa);
         for (ci, c) in cases.iter().enumerate() {
-            for dtype in DType::ALL {
+            for (di, dtype) in DType::ALL.into_iter().enumerate() {
                 let label = format!("{}[{isa}] {}", backend.name(), c.name);
                 let (e, t) = check(backend.as_ref(), &label, &c.p, dtype, 17 * ci as u64 + 3);
-                worst = worst.max(e / t);
+                if e / t > worst[di].0 {
+                    worst[di] = (e / t, e, t);
+                }
                 n += 1;
             }
         }
     }
-    println!("{n} checks, worst error/tolerance = {worst:.3}");
+    for (dtype, (r, e, t)) in DType::ALL.into_iter().zip(worst) {
+        println!("{dtype}: worst error/tolerance {r:.3} (error {e:.2e}, tolerance {t:.2e})");
+    }
+    println!("{n} checks");
     n
 }
 

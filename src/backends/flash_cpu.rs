@@ -17,7 +17,7 @@
 //!
 //! SIMD: AVX-512F, AVX2+FMA, NEON, portable fallback, chosen at run time
 //! ([`crate::simd::Isa::selected`], `ATTNKIT_SIMD` override) or forced with
-//! [`FlashCpu::with_isa`]. exp2 max relative error 2.1e-7 (see `src/simd/flash.rs`).
+//! [`FlashCpu::with_isa`]. exp2 max relative error 1.6e-7 (FMA paths), 1.9e-7 portable (see `src/simd/flash.rs`).
 //!
 //! Caveats: head_dim is capped at 256 (registers/L1 sizing; larger D is refused in
 //! `not_supported_reasons`). D not a multiple of 16 pads V/O rows to the next multiple of 16.
@@ -28,7 +28,7 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
-use crate::error::Result;
+use crate::error::{AttnError, Result};
 use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::simd::flash::{BlockJob, KernelShape, finish_rows, pack_k, pack_q, pack_v, padded_dim};
@@ -38,33 +38,46 @@ use rayon::prelude::*;
 /// Largest head dimension `flash-cpu` and `local` accept.
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Which SIMD path a CPU backend runs: the process-wide choice ([`Isa::selected`]) or a forced one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IsaChoice(Option<Isa>);
+
+impl IsaChoice {
+    /// Forces `isa`; `Unavailable` (naming `backend`) if this CPU lacks it.
+    pub fn forced(isa: Isa, backend: &str) -> Result<Self> {
+        isa.require(backend)?;
+        Ok(IsaChoice(Some(isa)))
+    }
+
+    /// The path that will run, or why none can (a bad `ATTNKIT_SIMD`).
+    pub fn resolve(self) -> std::result::Result<Isa, String> {
+        self.0.map_or_else(Isa::selected, Ok)
+    }
+
+    pub(crate) fn resolve_for(self, backend: &str) -> Result<Isa> {
+        self.resolve().map_err(|reason| AttnError::Unavailable { backend: backend.into(), reason })
+    }
+}
+
 /// The flash-cpu backend. `new()` uses the process-wide SIMD choice; `with_isa` forces a path.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FlashCpu {
-    forced: Option<Isa>,
+    isa: IsaChoice,
 }
 
 impl FlashCpu {
     pub fn new() -> Self {
-        FlashCpu { forced: None }
+        FlashCpu::default()
     }
 
     /// Forces one SIMD path; `Unavailable` if this CPU lacks it.
     pub fn with_isa(isa: Isa) -> Result<Self> {
-        isa.require("flash-cpu")?;
-        Ok(FlashCpu { forced: Some(isa) })
+        Ok(FlashCpu { isa: IsaChoice::forced(isa, "flash-cpu")? })
     }
 
     /// The path `compute` will run.
     pub fn isa(&self) -> std::result::Result<Isa, String> {
-        resolve_isa(self.forced)
-    }
-}
-
-pub(crate) fn resolve_isa(forced: Option<Isa>) -> std::result::Result<Isa, String> {
-    match forced {
-        Some(isa) => Ok(isa),
-        None => Isa::selected(),
+        self.isa.resolve()
     }
 }
 
@@ -204,7 +217,7 @@ impl Attention for FlashCpu {
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], mut lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
-        let isa = self.isa().map_err(|reason| crate::AttnError::Unavailable { backend: self.name().into(), reason })?;
+        let isa = self.isa.resolve_for(self.name())?;
         let shape = isa.shape();
         let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
         let g = p.group_size();

@@ -29,10 +29,10 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::backends::flash_cpu::{
-    BlockSpec, Scratch, block_tasks, head_dim_reasons, resolve_isa, run_query_block, scratch_bytes,
+    BlockSpec, IsaChoice, Scratch, block_tasks, head_dim_reasons, run_query_block, scratch_bytes,
 };
 use crate::budget::check_budget;
-use crate::error::{AttnError, Result};
+use crate::error::Result;
 use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::simd::flash::{pack_k, pack_v, padded_dim};
@@ -41,22 +41,22 @@ use rayon::prelude::*;
 /// The local (sliding-window) backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Local {
-    forced: Option<Isa>,
+    isa: IsaChoice,
 }
 
 impl Local {
     pub fn new() -> Self {
-        Local { forced: None }
+        Local::default()
     }
 
     /// Forces one SIMD path; `Unavailable` if this CPU lacks it.
     pub fn with_isa(isa: Isa) -> Result<Self> {
-        isa.require("local")?;
-        Ok(Local { forced: Some(isa) })
+        Ok(Local { isa: IsaChoice::forced(isa, "local")? })
     }
 
+    /// The path `compute` will run.
     pub fn isa(&self) -> std::result::Result<Isa, String> {
-        resolve_isa(self.forced)
+        self.isa.resolve()
     }
 }
 
@@ -106,7 +106,7 @@ impl Attention for Local {
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
-        let isa = self.isa().map_err(|reason| AttnError::Unavailable { backend: self.name().into(), reason })?;
+        let isa = self.isa.resolve_for(self.name())?;
         let shape = isa.shape();
         let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
         let bq = 8 * shape.mr;

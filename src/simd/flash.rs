@@ -26,8 +26,9 @@
 //! [`exp2`]: round-to-nearest split `x = n + f`, `f ∈ [-½, ½]`, degree-5 polynomial for 2ᶠ
 //! (relative-error minimax fit, Horner with FMA), 2ⁿ from exponent bits; inputs ≤ −127 give
 //! exactly 0. Measured max relative error vs f64 `exp2` over 2·10⁶ points in [−126, 0]:
-//! **2.1e-7** (≈1.8 f32 ulp) on every path (test `exp2_max_relative_error` in
-//! `tests/flash_cpu.rs`; bound asserted there: 3e-7).
+//! **1.64e-7** (≈1.4 f32 ulp) on the AVX2 and AVX-512 paths (FMA), **1.88e-7** on the portable
+//! path (separate multiply and add); test `exp2_max_relative_error` in `tests/flash_cpu.rs`
+//! asserts < 3e-7 on every path the CPU has.
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;

@@ -59,6 +59,35 @@ pub trait Simd: Copy + Send + Sync {
     fn pow2_from_magic(self, t: Self::V) -> Self::V;
 }
 
+/// Calls `module::$f(token, args)` for the ISA's module when the CPU has it (the token proves
+/// it), else `scalar::$f(args)`. Used as a whole function body.
+macro_rules! on_isa {
+    ($isa:expr, $f:ident($($arg:expr),*)) => {{
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                if let Some(t) = x86_avx512::Avx512::new() {
+                    return x86_avx512::$f(t, $($arg),*);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                if let Some(t) = x86_avx2::Avx2Fma::new() {
+                    return x86_avx2::$f(t, $($arg),*);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                if let Some(t) = aarch64_neon::Neon::new() {
+                    return aarch64_neon::$f(t, $($arg),*);
+                }
+            }
+            _ => {}
+        }
+        scalar::$f($($arg),*)
+    }};
+}
+
 /// The instruction sets the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -165,54 +194,12 @@ impl Isa {
     /// scalar path here (callers resolve with [`Isa::require`] first, so that never happens
     /// silently); the packed layout is checked against the path's shape.
     pub(crate) fn run_block(self, job: &mut flash::BlockJob<'_>) {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                if let Some(t) = x86_avx512::Avx512::new() {
-                    return x86_avx512::run_block(t, job);
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                if let Some(t) = x86_avx2::Avx2Fma::new() {
-                    return x86_avx2::run_block(t, job);
-                }
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => {
-                if let Some(t) = aarch64_neon::Neon::new() {
-                    return aarch64_neon::run_block(t, job);
-                }
-            }
-            _ => {}
-        }
-        scalar::run_block(job)
+        on_isa!(self, run_block(job))
     }
 
     /// `exp2` of every element of `xs` in place on this path (exposed for the accuracy test).
     pub fn exp2_slice(self, xs: &mut [f32]) {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                if let Some(t) = x86_avx512::Avx512::new() {
-                    return x86_avx512::exp2_slice(t, xs);
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                if let Some(t) = x86_avx2::Avx2Fma::new() {
-                    return x86_avx2::exp2_slice(t, xs);
-                }
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => {
-                if let Some(t) = aarch64_neon::Neon::new() {
-                    return aarch64_neon::exp2_slice(t, xs);
-                }
-            }
-            _ => {}
-        }
-        scalar::exp2_slice(xs)
+        on_isa!(self, exp2_slice(xs))
     }
 }
 
