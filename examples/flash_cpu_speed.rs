@@ -8,8 +8,10 @@
 //! `flash` times non-causal and causal; `local` times `local` vs `flash-cpu` with the same
 //! causal window (w, 0) for w in 32, 64, 128, 256. Each figure is the median of REPS runs after
 //! one warm-up. Compare with PyTorch by alternating with
-//! `$PY /work/shared/peers/torch_sdpa.py N D H [--causal] --reps 5` (see the backends' docs
-//! for the measured ratios).
+//! `$PY /work/shared/peers/torch_sdpa.py N D H [--causal] --reps 5`. Measured ratios are in
+//! the `//!` headers of `src/backends/flash_cpu.rs` and `src/backends/local.rs`. `cpu_gflops`
+//! divides by process CPU time (× threads) instead of wall time: steadier on a shared machine,
+//! but only to the 10 ms tick.
 
 use attnkit::linalg::{MatRef, Par, sgemm};
 use attnkit::{Attention, AttnArgs, Problem, Window};

@@ -22,9 +22,13 @@
 //! Caveats: head_dim is capped at 256 (registers/L1 sizing; larger D is refused in
 //! `not_supported_reasons`). D not a multiple of 16 pads V/O rows to the next multiple of 16.
 //!
-//! Speed (2-core AVX-512 EPYC, f32, B=1 H=8 N=4096 D=64, `examples/flash_cpu_speed.rs`,
-//! alternating with PyTorch 2.15 CPU SDPA in one session): see the numbers in the header of
-//! that example; summary: non-causal ≈ 1.3–1.4× torch, ~75% of the measured GEMM ceiling.
+//! Speed (2-core AVX-512 EPYC, shared with other jobs; f32, B=1, H=8, N=4096, D=64; median of
+//! 5 reps, `examples/flash_cpu_speed.rs` alternated with PyTorch 2.15's CPU SDPA
+//! (`/work/shared/peers/torch_sdpa.py`), 9 pairs): non-causal median 1.22× torch (range
+//! 0.60–1.36, the 0.60 a pair where only our run was hit by load; quietest pair 197 vs 162
+//! GFLOP/s), median 0.93 of the `gemm` crate's f32 GEMM (2048³) timed in the same process;
+//! causal takes a median 0.49 of the non-causal time and is a median 1.38× torch's causal.
+//! Narrow windows are better served by `local`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
