@@ -15,8 +15,8 @@
 //! its key range to whole panels, so per row about `w + MR + KP` keys are computed. Rayon runs
 //! all (batch, head, segment) tasks in one pool pass (no per-head packing waves, no barriers).
 //!
-//! Complexity: O(B·H·N_q·(w + MR + KP)·D) time, O((segment + w)·D) memory per thread: nothing
-//! is ever N_k-sized. Bitwise deterministic for any thread count (segment and block sizes depend
+//! Complexity: O(B·H·N_q·(w + MR + KP)·D) time, O((segment + w)·D) memory per thread: with
+//! both sides bounded nothing is N_k-sized. Bitwise deterministic for any thread count (segment and block sizes depend
 //! on the problem only).
 //!
 //! One-sided windows: if exactly one side is unbounded (e.g. plain causal, `(-1, 0)`), `local`
