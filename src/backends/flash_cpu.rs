@@ -235,10 +235,12 @@ impl Attention for FlashCpu {
         // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
         // packed panels so small heads do not pay one pool barrier each.
         let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
-        let inflight = threads.max((8 * threads).div_ceil(tasks_per_kv)).max(by_mem).min(nkv).max(1);
-        let need = (inflight as u64)
-            .checked_mul(per_head)
-            .and_then(|b| b.checked_add(threads as u64 * scratch_bytes(bq, d, shape.mr, tile)));
+        let wanted = threads.max((8 * threads).div_ceil(tasks_per_kv)).max(by_mem).min(nkv).max(1);
+        // Fewer heads in flight (down to one) rather than refusing when the budget is tight.
+        let scratch = threads as u64 * scratch_bytes(bq, d, shape.mr, tile);
+        let fits = (crate::budget::mem_budget().saturating_sub(scratch) / per_head.max(1)) as usize;
+        let inflight = wanted.min(fits).max(1);
+        let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));
         check_budget(self.name(), "packed K/V panels of the KV heads in flight", need)?;
 
         for w0 in (0..nkv).step_by(inflight) {
