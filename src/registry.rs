@@ -26,6 +26,9 @@ fn registry() -> &'static [(&'static str, Factory)] {
         ("sdpa", |_| Ok(Box::new(backends::sdpa::Sdpa))),
         ("flash-cpu", |_| Ok(Box::new(backends::flash_cpu::FlashCpu::new()))),
         ("local", |_| Ok(Box::new(backends::local::Local::new()))),
+        ("local-block", |_| {
+            Ok(Box::new(backends::local_block::LocalBlock::new(backends::local_block::DEFAULT_BLOCK)?))
+        }),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
         ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),

@@ -14,6 +14,7 @@
 
 use attnkit::backends::flash_cpu::FlashCpu;
 use attnkit::backends::local::Local;
+use attnkit::backends::local_block::LocalBlock;
 use attnkit::backends::reference::{attention_f64, naive_same_precision};
 use attnkit::simd::Isa;
 use attnkit::{Attention, AttnArgs, AttnError, DType, Problem, Tensor, Window};
@@ -257,4 +258,74 @@ fn nan_in_q_stays_in_its_row_on_every_isa() {
             assert!(out.lse.unwrap()[row].is_nan(), "{}[{isa}]: LSE of the NaN row", b.name());
         }
     }
+}
+
+/// f64 oracle of the block-local pattern: per row, the keys `LocalBlock::key_range` names.
+fn block_oracle(lb: &LocalBlock, p: &Problem, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let d = p.head_dim;
+    let mut out = vec![0.0f64; p.out_len()];
+    let mut lse = vec![f64::NEG_INFINITY; p.lse_len()];
+    for row in 0..p.lse_len() {
+        let (bh, i) = (row / p.seq_q, row % p.seq_q);
+        let kv = (bh / p.heads * p.kv_heads + p.kv_head_of(bh % p.heads)) * p.seq_k * d;
+        let (lo, hi) = lb.key_range(p, i);
+        if lo == hi {
+            continue;
+        }
+        let s: Vec<f64> = (lo..hi)
+            .map(|j| (0..d).map(|t| q[row * d + t] as f64 * k[kv + j * d + t] as f64).sum::<f64>() * p.scale as f64)
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        for (x, j) in s.iter().zip(lo..hi) {
+            let w = (x - m).exp() / sum;
+            for t in 0..d {
+                out[row * d + t] += w * v[kv + j * d + t] as f64;
+            }
+        }
+        lse[row] = m + sum.ln();
+    }
+    (out, lse)
+}
+
+#[test]
+fn local_block_matches_its_f64_oracle_on_every_isa() {
+    // Inputs are exact after widening, so every dtype is held to the f32 rule: 1e-5 relative to
+    // the output scale for O, 2e-5·(1 + |LSE|) for LSE.
+    let cases = [
+        ("bs64", Problem::new(1, 2, 300, 64), 64),
+        ("bs50_causal", Problem::new(1, 1, 200, 32).with_causal(true), 50),
+        ("bs32_nq>nk_empty_rows", Problem::new(1, 2, 90, 40).with_seq_k(60), 32),
+        ("bs100_gqa_nq<nk", Problem::new(2, 4, 70, 80).with_kv_heads(2).with_seq_k(250), 100),
+        ("bs64_with_window", Problem::new(1, 1, 200, 64).with_window(Window::new(10, 5)), 64),
+        ("bs_larger_than_n", Problem::new(1, 1, 50, 16), 512),
+    ];
+    let mut n = 0;
+    for isa in Isa::available() {
+        for (ci, (name, p, bs)) in cases.iter().enumerate() {
+            for dtype in [DType::F32, DType::BF16] {
+                let p = p.clone().with_dtype(dtype);
+                let lb = LocalBlock::new(*bs).unwrap().with_isa(isa).unwrap();
+                let t = |n, s| Tensor::from_f32(&data(n, s, 1.0), dtype);
+                let (q, k, v) = (t(p.q_len(), ci as u64), t(p.kv_len(), 50 + ci as u64), t(p.kv_len(), 90 + ci as u64));
+                let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+                let got = lb.forward(&args, true).unwrap();
+                let (o64, l64) = block_oracle(&lb, &p, &q.to_f32(), &k.to_f32(), &v.to_f32());
+                let scale = o64.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+                let err = got.out.iter().zip(&o64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(err <= 1e-5 * scale, "local-block[{isa}] {name} {dtype}: error {err:e}");
+                for (r, (a, b)) in got.lse.unwrap().iter().zip(&l64).enumerate() {
+                    let ok = if b.is_infinite() {
+                        *a == f32::NEG_INFINITY
+                    } else {
+                        (*a as f64 - b).abs() <= 2e-5 * (1.0 + b.abs())
+                    };
+                    assert!(ok, "local-block[{isa}] {name} {dtype}: LSE row {r}: {a} vs {b}");
+                }
+                n += 1;
+            }
+        }
+    }
+    println!("{n} local-block checks");
+    assert!(LocalBlock::new(0).is_err(), "block size 0 is refused");
 }

@@ -130,6 +130,9 @@ pub(crate) struct BlockSpec<'a> {
     pub i0: usize,
     /// Packed key 0 is absolute key `kbase`.
     pub kbase: usize,
+    /// Row `i`'s allowed keys `[lo, hi)` in absolute key indices (`Problem::key_range` or a
+    /// narrower pattern such as `local-block`'s).
+    pub range: &'a (dyn Fn(usize) -> (usize, usize) + Sync),
     pub nkeys: usize,
     pub tile: usize,
 }
@@ -152,7 +155,7 @@ pub(crate) fn run_query_block(
     pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, factor, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
-        let (lo, hi) = p.key_range(i);
+        let (lo, hi) = (spec.range)(i);
         let (lo, hi) = (lo.max(spec.kbase) - spec.kbase, hi.max(spec.kbase) - spec.kbase);
         scr.ranges.push(if lo < hi { (lo, hi) } else { (0, 0) });
     }
@@ -267,6 +270,7 @@ impl Attention for FlashCpu {
                     bh: w0 * g + hi,
                     i0: bi * bq,
                     kbase: 0,
+                    range: &|i| p.key_range(i),
                     nkeys: packed_keys,
                     tile,
                 };

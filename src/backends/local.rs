@@ -124,55 +124,76 @@ impl Attention for Local {
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let isa = self.isa.resolve_for(self.name())?;
-        let shape = isa.shape();
-        let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
-        let bq = 8 * shape.mr;
+        let bq = 8 * isa.shape().mr;
         let seg = segment_rows(p, bq);
-        let band = band_keys(p, seg).div_ceil(shape.kp) * shape.kp + shape.kp;
-        let threads = rayon::current_num_threads().max(1) as u64;
-        let per_thread = scratch_bytes(bq, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
-        check_budget(self.name(), "per-thread band panels", per_thread.checked_mul(threads))?;
-
-        let tasks = block_tasks(out, lse, nq, d, seg);
-        tasks.into_par_iter().for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {
-            let i0 = si * seg;
-            let rows = o.len() / d;
-            let (mut lo, mut hi) = (usize::MAX, 0);
-            for i in i0..i0 + rows {
-                let (a, b) = p.key_range(i);
-                if a < b {
-                    lo = lo.min(a);
-                    hi = hi.max(b);
-                }
-            }
-            if lo >= hi {
-                (lo, hi) = (0, 0);
-            }
-            let (b, h) = (bh / p.heads, bh % p.heads);
-            let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
-            // Pack the segment's band once; its blocks slide over it.
-            let mut kpack = std::mem::take(&mut scr.kpack);
-            let mut vpack = std::mem::take(&mut scr.vpack);
-            let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
-            pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
-            for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
-                let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
-                let spec = BlockSpec {
-                    isa,
-                    shape,
-                    problem: p,
-                    q: args.q(),
-                    bh,
-                    i0: i0 + bi * bq,
-                    kbase: lo,
-                    nkeys,
-                    tile: nkeys.max(shape.kp),
-                };
-                run_query_block(&spec, &kpack, &vpack, scr, ob, lb);
-            }
-            scr.kpack = kpack;
-            scr.vpack = vpack;
-        });
-        Ok(())
+        let band = band_keys(p, seg);
+        run_segments(self.name(), isa, args, out, lse, seg, band, &|i| p.key_range(i))
     }
+}
+
+/// Runs query segments of `seg` rows as `local` does: per (batch, head, segment) task, pack the
+/// keys the segment's rows may see under `range` (at most `band` keys) once, then run its
+/// `8·MR`-row blocks over them. Shared with `local-block`, which only changes `range`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_segments(
+    name: &str,
+    isa: Isa,
+    args: &AttnArgs<'_>,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    seg: usize,
+    band: usize,
+    range: &(dyn Fn(usize) -> (usize, usize) + Sync),
+) -> Result<()> {
+    let p = args.problem();
+    let shape = isa.shape();
+    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    let bq = 8 * shape.mr;
+    let band = band.min(nk).div_ceil(shape.kp) * shape.kp + shape.kp;
+    let threads = rayon::current_num_threads().max(1) as u64;
+    let per_thread = scratch_bytes(bq, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
+    check_budget(name, "per-thread band panels", per_thread.checked_mul(threads))?;
+
+    let tasks = block_tasks(out, lse, nq, d, seg);
+    tasks.into_par_iter().for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {
+        let i0 = si * seg;
+        let rows = o.len() / d;
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for i in i0..i0 + rows {
+            let (a, b) = range(i);
+            if a < b {
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+        }
+        if lo >= hi {
+            (lo, hi) = (0, 0);
+        }
+        let (b, h) = (bh / p.heads, bh % p.heads);
+        let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
+        // Pack the segment's band once; its blocks slide over it.
+        let mut kpack = std::mem::take(&mut scr.kpack);
+        let mut vpack = std::mem::take(&mut scr.vpack);
+        let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
+        pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
+        for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
+            let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
+            let spec = BlockSpec {
+                isa,
+                shape,
+                problem: p,
+                q: args.q(),
+                bh,
+                i0: i0 + bi * bq,
+                kbase: lo,
+                range,
+                nkeys,
+                tile: nkeys.max(shape.kp),
+            };
+            run_query_block(&spec, &kpack, &vpack, scr, ob, lb);
+        }
+        scr.kpack = kpack;
+        scr.vpack = vpack;
+    });
+    Ok(())
 }

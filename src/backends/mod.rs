@@ -4,6 +4,7 @@ pub mod auto;
 pub mod flash_cpu;
 pub mod linformer;
 pub mod local;
+pub mod local_block;
 pub mod performer;
 pub mod reference;
 pub mod sdpa;
