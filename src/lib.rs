@@ -21,6 +21,7 @@ pub mod registry;
 pub mod seeded;
 pub mod tensor;
 pub mod validate;
+pub mod vexp;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
 pub use error::{AttnError, Result};

@@ -46,6 +46,7 @@ use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
 use crate::registry::BackendOptions;
 use crate::seeded;
+use crate::vexp;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -342,11 +343,8 @@ impl Linformer {
                 sgemm(MatRef::row_major(q, c, d), MatRef::transposed(&kp, k, d), sc, k, p.scale, 0.0, Par::Serial)?;
                 for (r, row) in sc.chunks_mut(k).enumerate() {
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
+                    vexp::exp_shifted(row, m);
+                    let sum: f32 = row.iter().sum();
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                     if let Some(lh) = lh.as_deref_mut() {

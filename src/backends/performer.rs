@@ -55,6 +55,7 @@ use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
 use crate::registry::BackendOptions;
 use crate::seeded;
+use crate::vexp;
 use rand_distr::{ChiSquared, Distribution, StandardNormal};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -198,7 +199,7 @@ impl FeatureMap<'_> {
         for (row, sh) in a.chunks_mut(self.m).zip(shift.iter_mut()) {
             *sh = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let c = *sh + self.half_ln_m;
-            row.iter_mut().for_each(|v| *v = (*v - c).exp());
+            vexp::exp_shifted(row, c);
         }
         Ok(())
     }
@@ -206,7 +207,7 @@ impl FeatureMap<'_> {
     /// exp(a − key_shift − ½ ln m) in place.
     fn finish_keys(&self, a: &mut [f32], key_shift: f32) {
         let c = key_shift + self.half_ln_m;
-        a.iter_mut().for_each(|v| *v = (*v - c).exp());
+        vexp::exp_shifted(a, c);
     }
 }
 
