@@ -51,6 +51,9 @@ pub struct ReportArgs {
     /// Per-run time budget in seconds (default 6 with --quick, 120 otherwise).
     #[arg(long)]
     pub max_run_time: Option<f64>,
+    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256.
+    #[arg(long)]
+    pub max_n: Option<usize>,
 }
 
 const DIM: usize = 64;
@@ -232,6 +235,15 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
             reference_max_n: 2048,
         }
     };
+    let mut cfg = cfg;
+    if let Some(m) = a.max_n {
+        if m < 256 {
+            return Err(AttnError::invalid(format!(
+                "--max-n must be ≥ 256, got {m}"
+            )));
+        }
+        cfg.ns.retain(|&n| n <= m);
+    }
     if !(cfg.run_budget_s > 0.0) {
         return Err(AttnError::invalid("--max-run-time must be > 0"));
     }
