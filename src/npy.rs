@@ -295,7 +295,7 @@ mod tests {
     /// A version-1 `.npy` file with a hand-written header, for malformed-input cases.
     fn raw_npy(dict: &str, data_len: usize) -> Vec<u8> {
         let mut text = dict.to_string();
-        while (10 + text.len() + 1) % 64 != 0 {
+        while !(10 + text.len() + 1).is_multiple_of(64) {
             text.push(' ');
         }
         text.push('\n');

@@ -244,7 +244,7 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
         }
         cfg.ns.retain(|&n| n <= m);
     }
-    if !(cfg.run_budget_s > 0.0) {
+    if cfg.run_budget_s.is_nan() || cfg.run_budget_s <= 0.0 {
         return Err(AttnError::invalid("--max-run-time must be > 0"));
     }
     let out_dir = a.out.clone();
@@ -735,7 +735,7 @@ fn write_plots(dir: &Path, rows: &[Row], heat: &Heatmaps) -> Result<Vec<String>,
             Err(e) => notes.push(format!("{file}: not drawn ({e})")),
         }
     }
-    let frontier_panels: Vec<(String, Vec<(String, f64, f64)>)> = FRONTIER_NS
+    let frontier_panels: Vec<plots::FrontierPanel> = FRONTIER_NS
         .iter()
         .flat_map(|&n| [(n, false), (n, true)])
         .map(|(n, causal)| {
@@ -803,9 +803,7 @@ fn heatmaps(available: &[(String, Exactness)]) -> Heatmaps {
             q[i * N + t] = 0.6;
         }
     }
-    for t in 2 * pairs..N {
-        k[t] = 0.6;
-    }
+    k[2 * pairs..N].fill(0.6);
     let mut v = vec![0.0f32; N * N];
     for i in 0..N {
         v[i * N + i] = 1.0;
