@@ -11,6 +11,9 @@ pub struct Series {
 
 type PlotResult = Result<(), String>;
 
+/// A panel title and its (label, error, seconds) points.
+pub type FrontierPanel = (String, Vec<(String, f64, f64)>);
+
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
@@ -113,7 +116,7 @@ pub fn loglog_panels(
 }
 
 /// Error (x) vs time (y) scatter per panel, each point labelled.
-pub fn frontier(path: &Path, panels: &[(String, Vec<(String, f64, f64)>)]) -> PlotResult {
+pub fn frontier(path: &Path, panels: &[FrontierPanel]) -> PlotResult {
     let cols = 2;
     let rows = panels.len().div_ceil(cols).max(1);
     let root = SVGBackend::new(path, (1280, 480 * rows as u32)).into_drawing_area();
