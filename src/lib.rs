@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod backends;
 pub mod budget;
+pub mod cuda;
 pub mod error;
 pub mod linalg;
 pub mod lse;

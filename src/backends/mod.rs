@@ -1,5 +1,6 @@
 //! One file per backend, named for its algorithm.
 
 pub mod auto;
+pub mod flash_cuda;
 pub mod reference;
 pub mod sdpa;
