@@ -126,13 +126,13 @@ struct FlashCfg;
 // clang-format off
 template <> struct FlashCfg<32>  { enum { BC = 64, MT = 2, QREG = 1 }; };
 template <> struct FlashCfg<48>  { enum { BC = 64, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<64>  { enum { BC = 64, MT = 2, QREG = 1 }; };
+template <> struct FlashCfg<64>  { enum { BC = 32, MT = 2, QREG = 1 }; };
 template <> struct FlashCfg<80>  { enum { BC = 64, MT = 1, QREG = 1 }; };
 template <> struct FlashCfg<96>  { enum { BC = 64, MT = 1, QREG = 1 }; };
-template <> struct FlashCfg<128> { enum { BC = 64, MT = 1, QREG = 1 }; };
+template <> struct FlashCfg<128> { enum { BC = 32, MT = 1, QREG = 1 }; };
 template <> struct FlashCfg<160> { enum { BC = 32, MT = 1, QREG = 0 }; };
 template <> struct FlashCfg<192> { enum { BC = 32, MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<256> { enum { BC = 32, MT = 1, QREG = 0 }; };
+template <> struct FlashCfg<256> { enum { BC = 16, MT = 1, QREG = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128

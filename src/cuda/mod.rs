@@ -79,10 +79,10 @@ pub fn theoretical_occupancy(arch: &str, registers: u32, shared_bytes: u32, thre
 /// Errors (instead of panicking) when libnvrtc is absent or an arch string is malformed. A
 /// variant that fails to compile is reported with `compiled: false` and NVRTC's log.
 pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
-    nvrtc_available().map_err(AttnError::Cuda)?;
     for a in archs {
         validate_arch(a)?;
     }
+    nvrtc_available().map_err(AttnError::Cuda)?;
     let ptxas = ptxas_path();
     let mut reports = Vec::new();
     for arch in archs {

@@ -15,13 +15,13 @@ pub const HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
 const CFG: [(usize, usize, usize, bool); 9] = [
     (32, 64, 2, true),
     (48, 64, 2, true),
-    (64, 64, 2, true),
+    (64, 32, 2, true),
     (80, 64, 1, true),
     (96, 64, 1, true),
-    (128, 64, 1, true),
+    (128, 32, 1, true),
     (160, 32, 1, false),
     (192, 32, 1, false),
-    (256, 32, 1, false),
+    (256, 16, 1, false),
 ];
 
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
