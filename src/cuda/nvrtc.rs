@@ -25,7 +25,12 @@ pub fn nvrtc_available() -> std::result::Result<(), String> {
 /// header, so these are only passed through (for local experiments that add some).
 pub fn include_paths() -> Vec<String> {
     std::env::var("ATTNKIT_CUDA_INCLUDE")
-        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split(':')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -39,31 +44,58 @@ pub struct Compiled {
 
 /// Checks an arch string of the form `sm_80`, `sm_90a`.
 pub fn validate_arch(arch: &str) -> Result<()> {
-    let ok = arch
-        .strip_prefix("sm_")
-        .is_some_and(|r| r.len() >= 2 && r.chars().take_while(|c| c.is_ascii_digit()).count() >= 2 && r.chars().all(|c| c.is_ascii_alphanumeric()));
-    if ok { Ok(()) } else { Err(AttnError::invalid(format!("arch `{arch}` must look like sm_80 or sm_90a"))) }
+    let ok = arch.strip_prefix("sm_").is_some_and(|r| {
+        r.len() >= 2
+            && r.chars().take_while(|c| c.is_ascii_digit()).count() >= 2
+            && r.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(AttnError::invalid(format!(
+            "arch `{arch}` must look like sm_80 or sm_90a"
+        )))
+    }
 }
 
 /// Compiles `src` for `arch` with extra `-D` options; the error carries NVRTC's log.
 pub fn compile(src: &str, arch: &str, defines: &[String]) -> Result<Compiled> {
     nvrtc_available().map_err(AttnError::Cuda)?;
     validate_arch(arch)?;
-    let c_src = CString::new(src).map_err(|_| AttnError::Cuda("kernel source contains a NUL byte".into()))?;
-    let mut opts = vec![format!("--gpu-architecture={arch}"), "-std=c++17".to_string()];
-    opts.extend(include_paths().into_iter().map(|p| format!("--include-path={p}")));
+    let c_src = CString::new(src)
+        .map_err(|_| AttnError::Cuda("kernel source contains a NUL byte".into()))?;
+    let mut opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".to_string(),
+    ];
+    opts.extend(
+        include_paths()
+            .into_iter()
+            .map(|p| format!("--include-path={p}")),
+    );
     opts.extend(defines.iter().cloned());
-    let prog = Program(cudarc::nvrtc::result::create_program(&c_src, Some(c"flash_fwd.cu")).map_err(|e| AttnError::Cuda(format!("nvrtcCreateProgram: {e:?}")))?);
+    let prog = Program(
+        cudarc::nvrtc::result::create_program(&c_src, Some(c"flash_fwd.cu"))
+            .map_err(|e| AttnError::Cuda(format!("nvrtcCreateProgram: {e:?}")))?,
+    );
     // SAFETY: prog.0 was created above and is destroyed only by Program's Drop.
     if let Err(e) = unsafe { cudarc::nvrtc::result::compile_program(prog.0, &opts) } {
         // SAFETY: as above.
-        let log = unsafe { cudarc::nvrtc::result::get_program_log(prog.0) }.map(|l| c_chars_to_string(&l)).unwrap_or_default();
-        return Err(AttnError::Cuda(format!("NVRTC failed for {arch} ({e:?}), options {opts:?}:\n{log}")));
+        let log = unsafe { cudarc::nvrtc::result::get_program_log(prog.0) }
+            .map(|l| c_chars_to_string(&l))
+            .unwrap_or_default();
+        return Err(AttnError::Cuda(format!(
+            "NVRTC failed for {arch} ({e:?}), options {opts:?}:\n{log}"
+        )));
     }
     // SAFETY: as above; the program compiled successfully.
-    let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog.0) }.map_err(|e| AttnError::Cuda(format!("nvrtcGetPTX: {e:?}")))?;
+    let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog.0) }
+        .map_err(|e| AttnError::Cuda(format!("nvrtcGetPTX: {e:?}")))?;
     let cubin = get_cubin(&prog);
-    Ok(Compiled { ptx: c_chars_to_string(&ptx), cubin })
+    Ok(Compiled {
+        ptx: c_chars_to_string(&ptx),
+        cubin,
+    })
 }
 
 struct Program(cudarc::nvrtc::sys::nvrtcProgram);
@@ -107,7 +139,9 @@ pub struct PtxasInfo {
 /// `ptxas` found on PATH, if any.
 pub fn ptxas_path() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("ptxas"))
+        .find(|p| p.is_file())
 }
 
 /// Assembles `ptx` for `arch` and parses `-v` output per entry point.
@@ -117,12 +151,24 @@ pub fn run_ptxas(ptxas: &PathBuf, ptx: &str, arch: &str) -> Result<Vec<(String, 
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!("attnkit-{}-{n}-{arch}.ptx", std::process::id()));
     std::fs::write(&file, ptx)?;
-    let out = Command::new(ptxas).arg(format!("-arch={arch}")).arg("-v").arg(&file).arg("-o").arg("/dev/null").output();
+    let out = Command::new(ptxas)
+        .arg(format!("-arch={arch}"))
+        .arg("-v")
+        .arg(&file)
+        .arg("-o")
+        .arg("/dev/null")
+        .output();
     let _ = std::fs::remove_file(&file);
     let out = out?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     if !out.status.success() {
-        return Err(AttnError::Cuda(format!("ptxas -arch={arch} failed:\n{text}")));
+        return Err(AttnError::Cuda(format!(
+            "ptxas -arch={arch} failed:\n{text}"
+        )));
     }
     Ok(parse_ptxas(&text))
 }
@@ -141,7 +187,9 @@ pub fn parse_ptxas(text: &str) -> Vec<(String, PtxasInfo)> {
             out.push((name, PtxasInfo::default()));
             continue;
         }
-        let Some((_, info)) = out.last_mut() else { continue };
+        let Some((_, info)) = out.last_mut() else {
+            continue;
+        };
         if line.contains("spill stores") {
             info.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
             info.spill_stores = number_before(line, "bytes spill stores").unwrap_or(0);
@@ -173,8 +221,23 @@ ptxas info    : Used 40 registers, 424 bytes cmem[0]\n";
         let got = parse_ptxas(text);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0, "flash_fwd_f16_d64");
-        assert_eq!(got[0].1, PtxasInfo { registers: 251, spill_stores: 4, spill_loads: 12, stack_bytes: 8, static_smem: 1024 });
-        assert_eq!(got[1].1, PtxasInfo { registers: 40, ..Default::default() });
+        assert_eq!(
+            got[0].1,
+            PtxasInfo {
+                registers: 251,
+                spill_stores: 4,
+                spill_loads: 12,
+                stack_bytes: 8,
+                static_smem: 1024
+            }
+        );
+        assert_eq!(
+            got[1].1,
+            PtxasInfo {
+                registers: 40,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

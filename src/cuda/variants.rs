@@ -58,7 +58,10 @@ impl Variant {
     pub fn only_defines(&self) -> Vec<String> {
         vec![
             format!("-DFLASH_ONLY_DT={}", self.dtype_name()),
-            format!("-DFLASH_ONLY_BF16={}", if self.bf16 { "true" } else { "false" }),
+            format!(
+                "-DFLASH_ONLY_BF16={}",
+                if self.bf16 { "true" } else { "false" }
+            ),
             format!("-DFLASH_ONLY_DP={}", self.dp),
         ]
     }
@@ -68,7 +71,15 @@ impl Variant {
 pub fn variants() -> Vec<Variant> {
     [false, true]
         .into_iter()
-        .flat_map(|bf16| CFG.iter().map(move |&(dp, bc, mt, q_in_regs)| Variant { bf16, dp, bc, mt, q_in_regs }))
+        .flat_map(|bf16| {
+            CFG.iter().map(move |&(dp, bc, mt, q_in_regs)| Variant {
+                bf16,
+                dp,
+                bc,
+                mt,
+                q_in_regs,
+            })
+        })
         .collect()
 }
 
@@ -82,7 +93,9 @@ pub fn variant_for(kernel_dtype: DType, head_dim: usize) -> Option<Variant> {
     if head_dim == 0 || !head_dim.is_multiple_of(8) {
         return None;
     }
-    variants().into_iter().find(|v| v.bf16 == bf16 && v.dp >= head_dim)
+    variants()
+        .into_iter()
+        .find(|v| v.bf16 == bf16 && v.dp >= head_dim)
 }
 
 /// Every reason the kernel cannot run `p` (dtype aside: f32 is converted before launch).
@@ -102,7 +115,10 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
         ));
     }
     if p.heads > 65_535 || p.batch > 65_535 {
-        r.push(format!("heads ({}) and batch ({}) must be ≤ 65535 (grid y/z limits)", p.heads, p.batch));
+        r.push(format!(
+            "heads ({}) and batch ({}) must be ≤ 65535 (grid y/z limits)",
+            p.heads, p.batch
+        ));
     }
     r
 }
@@ -132,7 +148,10 @@ impl FlashLaunch {
         let mut reasons = unsupported_reasons(p);
         let variant = variant_for(kernel_dtype, p.head_dim);
         if variant.is_none() && reasons.is_empty() {
-            reasons.push(format!("no kernel variant for dtype {kernel_dtype} and head_dim {}", p.head_dim));
+            reasons.push(format!(
+                "no kernel variant for dtype {kernel_dtype} and head_dim {}",
+                p.head_dim
+            ));
         }
         let (Some(variant), true) = (variant, reasons.is_empty()) else {
             return Err(reasons);
@@ -166,7 +185,18 @@ mod tests {
 
     #[test]
     fn picks_smallest_padded_variant() {
-        let cases = [(8, Some(32)), (32, Some(32)), (40, Some(48)), (64, Some(64)), (72, Some(80)), (128, Some(128)), (136, Some(160)), (256, Some(256)), (264, None), (60, None)];
+        let cases = [
+            (8, Some(32)),
+            (32, Some(32)),
+            (40, Some(48)),
+            (64, Some(64)),
+            (72, Some(80)),
+            (128, Some(128)),
+            (136, Some(160)),
+            (256, Some(256)),
+            (264, None),
+            (60, None),
+        ];
         for (d, want) in cases {
             assert_eq!(variant_for(DType::F16, d).map(|v| v.dp), want, "d={d}");
         }
@@ -176,7 +206,11 @@ mod tests {
 
     #[test]
     fn plan_clamps_windows_and_folds_causal() {
-        let p = Problem::new(2, 4, 100, 64).with_kv_heads(2).with_seq_k(300).with_window(Window::new(1 << 40, 1 << 40)).with_dtype(DType::F16);
+        let p = Problem::new(2, 4, 100, 64)
+            .with_kv_heads(2)
+            .with_seq_k(300)
+            .with_window(Window::new(1 << 40, 1 << 40))
+            .with_dtype(DType::F16);
         let l = FlashLaunch::plan(&p, DType::F16).unwrap();
         assert_eq!((l.win_left, l.win_right), (300, 100));
         assert_eq!(l.grid, (100u32.div_ceil(128), 4, 2));
