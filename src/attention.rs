@@ -84,11 +84,7 @@ impl<'a> AttnArgs<'a> {
     ) -> Result<Self> {
         problem.validate()?;
         let (q, k, v) = (q.into(), k.into(), v.into());
-        for (name, t, want) in [
-            ("q", &q, problem.q_len()),
-            ("k", &k, problem.kv_len()),
-            ("v", &v, problem.kv_len()),
-        ] {
+        for (name, t, want) in [("q", &q, problem.q_len()), ("k", &k, problem.kv_len()), ("v", &v, problem.kv_len())] {
             if t.dtype() != problem.dtype {
                 return Err(AttnError::invalid(format!(
                     "{name} has dtype {} but the problem says {}",
@@ -171,11 +167,7 @@ pub trait Attention: Send + Sync {
         if let Some(l) = lse.as_ref()
             && l.len() != p.lse_len()
         {
-            return Err(AttnError::shape(format!(
-                "lse has {} elements, expected {} (B·H·N_q)",
-                l.len(),
-                p.lse_len()
-            )));
+            return Err(AttnError::shape(format!("lse has {} elements, expected {} (B·H·N_q)", l.len(), p.lse_len())));
         }
         if let Err(reason) = self.availability() {
             return Err(AttnError::Unavailable { backend: self.name().to_string(), reason });

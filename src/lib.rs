@@ -19,8 +19,9 @@ pub mod lse;
 pub mod problem;
 pub mod registry;
 pub mod tensor;
+pub mod validate;
 
-pub use attention::{AttnArgs, AttnOutput, Attention, Device, Exactness};
+pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
 pub use error::{AttnError, Result};
 pub use lse::merge_partials;
 pub use problem::{DType, Problem, Window};

@@ -111,6 +111,8 @@ mod tests {
                 assert!((c[i * 4 + j] - want).abs() < 1e-5);
             }
         }
-        assert!(sgemm(MatRef::row_major(&a, 2, 3), MatRef::row_major(&b, 4, 3), &mut c, 4, 1.0, 0.0, Par::Serial).is_err());
+        assert!(
+            sgemm(MatRef::row_major(&a, 2, 3), MatRef::row_major(&b, 4, 3), &mut c, 4, 1.0, 0.0, Par::Serial).is_err()
+        );
     }
 }

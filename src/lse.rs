@@ -22,11 +22,7 @@ pub fn merge_partials(
     head_dim: usize,
 ) -> Result<()> {
     let rows = a_lse.len();
-    if head_dim == 0
-        || b_lse.len() != rows
-        || a_out.len() != rows * head_dim
-        || b_out.len() != rows * head_dim
-    {
+    if head_dim == 0 || b_lse.len() != rows || a_out.len() != rows * head_dim || b_out.len() != rows * head_dim {
         return Err(AttnError::shape(format!(
             "merge_partials: a_out={}, a_lse={}, b_out={}, b_lse={}, head_dim={head_dim} are inconsistent",
             a_out.len(),
@@ -49,7 +45,13 @@ pub fn merge_partials(
         let (wa, wb) = (ea / sum, eb / sum);
         for (x, &y) in row_a.iter_mut().zip(row_b) {
             // A weight of 0 must not turn a non-finite partner row into NaN (0·∞).
-            *x = if wb == 0.0 { *x } else if wa == 0.0 { y } else { wa * *x + wb * y };
+            *x = if wb == 0.0 {
+                *x
+            } else if wa == 0.0 {
+                y
+            } else {
+                wa * *x + wb * y
+            };
         }
         a_lse[r] = m + sum.ln();
     }

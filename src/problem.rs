@@ -197,7 +197,7 @@ impl Problem {
                 return Err(AttnError::shape(format!("{name} must be ≥ 1, got 0")));
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(AttnError::shape(format!(
                 "heads ({}) must be a multiple of kv_heads ({})",
                 self.heads, self.kv_heads
@@ -218,10 +218,7 @@ impl Problem {
             }
         }
         if !self.scale.is_finite() || self.scale <= 0.0 {
-            return Err(AttnError::invalid(format!(
-                "scale must be finite and > 0, got {}",
-                self.scale
-            )));
+            return Err(AttnError::invalid(format!("scale must be finite and > 0, got {}", self.scale)));
         }
         if self.window.left < -1 || self.window.right < -1 {
             return Err(AttnError::invalid(format!(
@@ -300,10 +297,12 @@ impl Problem {
         if !self.is_masked() {
             return self.seq_q as u64 * self.seq_k as u64;
         }
-        (0..self.seq_q).map(|i| {
-            let (lo, hi) = self.key_range(i);
-            (hi - lo) as u64
-        }).sum()
+        (0..self.seq_q)
+            .map(|i| {
+                let (lo, hi) = self.key_range(i);
+                (hi - lo) as u64
+            })
+            .sum()
     }
 
     /// FLOPs of exact attention over the allowed pairs: 4·D per pair (2·D for QKᵀ, 2·D for PV),

@@ -5,7 +5,7 @@
 //! not exact for f32), then `flash-cpu`, then `sdpa`, then `reference`. The order comes from
 //! the bench (flash-cpu beats sdpa at every N we measured and needs O(N·D) memory).
 
-use crate::attention::{AttnArgs, Attention, Device, Exactness};
+use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::{AttnError, Result};
 use crate::problem::{DType, Problem};
 use crate::registry::{BackendOptions, backend_with};

@@ -9,7 +9,7 @@
 //! Also here: [`naive_same_precision`], the textbook computation *in the input precision*
 //! that FlashAttention's tolerance rule compares against (see tests/cross_validation.rs).
 
-use crate::attention::{AttnArgs, Attention, Device, Exactness};
+use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;
 use crate::problem::{DType, Problem};
 use half::{bf16, f16};
@@ -36,7 +36,8 @@ pub fn attention_f64(args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
         }
         let scores: Vec<f64> = (lo..hi)
             .map(|j| {
-                let dot: f64 = (0..d).map(|t| q.get_f32(q_base + t) as f64 * k.get_f32(kv_base + j * d + t) as f64).sum();
+                let dot: f64 =
+                    (0..d).map(|t| q.get_f32(q_base + t) as f64 * k.get_f32(kv_base + j * d + t) as f64).sum();
                 dot * p.scale as f64
             })
             .collect();

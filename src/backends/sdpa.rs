@@ -13,7 +13,7 @@
 //! full work; the problem is refused up front with `MemoryBudget` when the score matrices in
 //! flight would exceed [`crate::budget::mem_budget`]. f16/bf16 inputs are widened per head.
 
-use crate::attention::{AttnArgs, Attention, Device, Exactness};
+use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::Result;
 use crate::linalg::{MatRef, Par, sgemm};
@@ -40,7 +40,14 @@ impl Sdpa {
 
 /// One (batch, head): S = scale·QKᵀ, banded softmax in place, O = PV. Returns nothing; writes
 /// `o` (N_q×D) and `lse` (N_q).
-fn one_head(p: &Problem, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], o: &mut [f32], lse: &mut [f32], par: Par) -> Result<()> {
+fn one_head(
+    p: &Problem,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    scores: &mut [f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+    par: Par,
+) -> Result<()> {
     let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
     sgemm(MatRef::row_major(q, nq, d), MatRef::transposed(k, nk, d), scores, nk, p.scale, 0.0, par)?;
     for (i, (row, l)) in scores.chunks_mut(nk).zip(lse.iter_mut()).enumerate() {
@@ -97,7 +104,7 @@ impl Attention for Sdpa {
             args.k().read_f32(kvh * nk * d, &mut kf);
             args.v().read_f32(kvh * nk * d, &mut vf);
             let mut scores = vec![0.0f32; nq * nk];
-            one_head(p, &qf, &kf, &vf, &mut scores, o, l, par)
+            one_head(p, (&qf, &kf, &vf), &mut scores, o, l, par)
         };
         let heads = p.batch * p.heads;
         if heads >= rayon::current_num_threads() {

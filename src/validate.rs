@@ -1,0 +1,107 @@
+//! Cross-validation against the f64 oracle: error statistics and the exact-backend tolerance.
+//!
+//! # Tolerance rule (FlashAttention's)
+//! An exact backend passes when its max abs error against [`attention_f64`] is at most
+//! `2 × (max abs error of the naive same-precision computation) + floor`, where the naive
+//! computation is [`naive_same_precision`] (S, P and O rounded to the input dtype) and
+//! `floor = 4 · u(dtype) · max(1, max |O_ref|)` with `u` the dtype's unit roundoff
+//! (f32 2⁻²⁴, f16 2⁻¹¹, bf16 2⁻⁸). The floor only matters when the naive error happens to be
+//! tiny (N = 1, all-equal scores) and keeps the rule from demanding better than one rounding.
+//! `attnkit check` and the test suites both use [`exact_tolerance`], so they agree.
+
+use crate::attention::AttnArgs;
+use crate::backends::reference::{attention_f64, naive_same_precision};
+use crate::problem::DType;
+use serde::Serialize;
+
+/// How far `got` is from the oracle.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ErrorStats {
+    /// max |got − ref|
+    pub max_abs: f64,
+    /// max |got − ref| / max |ref| (normwise, so near-zero outputs do not blow it up)
+    pub max_rel: f64,
+    /// mean |got − ref|
+    pub mean_abs: f64,
+    /// count of non-finite values in `got` where the oracle is finite
+    pub non_finite: usize,
+}
+
+/// Compares f32 output with the f64 oracle. NaN in both at the same place counts as agreement.
+pub fn compare(got: &[f32], want: &[f64]) -> ErrorStats {
+    let mut s = ErrorStats::default();
+    let mut scale = 0.0f64;
+    let mut sum = 0.0f64;
+    let n = got.len().min(want.len());
+    for (&g, &w) in got.iter().zip(want) {
+        if !w.is_finite() {
+            continue;
+        }
+        scale = scale.max(w.abs());
+        if !g.is_finite() {
+            s.non_finite += 1;
+            continue;
+        }
+        let e = (g as f64 - w).abs();
+        s.max_abs = s.max_abs.max(e);
+        sum += e;
+    }
+    s.mean_abs = if n > 0 { sum / n as f64 } else { 0.0 };
+    s.max_rel = if scale > 0.0 { s.max_abs / scale } else { s.max_abs };
+    if got.len() != want.len() {
+        s.non_finite += got.len().abs_diff(want.len());
+    }
+    s
+}
+
+/// The tolerance an exact backend is held to for one input, with the figures behind it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Tolerance {
+    /// Max abs error of the naive same-precision computation against the oracle.
+    pub naive_err: f64,
+    /// The absolute floor (see module docs).
+    pub floor: f64,
+    /// `2 · naive_err + floor`
+    pub bound: f64,
+}
+
+/// Oracle output plus the tolerance for `args`, computed at `precision` (normally the input
+/// dtype; a backend that rounds f32 inputs to f16 internally is judged at f16).
+pub fn exact_tolerance(args: &AttnArgs<'_>, oracle: &[f64], precision: DType) -> Tolerance {
+    let naive = if precision == args.problem().dtype {
+        naive_same_precision(args)
+    } else {
+        let p = args.problem().clone().with_dtype(precision);
+        let (q, k, v) = (
+            crate::Tensor::from_f32(&args.q().to_f32_cow(), precision),
+            crate::Tensor::from_f32(&args.k().to_f32_cow(), precision),
+            crate::Tensor::from_f32(&args.v().to_f32_cow(), precision),
+        );
+        match AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()) {
+            Ok(a) => naive_same_precision(&a),
+            Err(_) => vec![f32::NAN; oracle.len()],
+        }
+    };
+    let naive_err = compare(&naive, oracle).max_abs;
+    let max_ref = oracle.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+    let floor = 4.0 * precision.unit_roundoff() * max_ref.max(1.0);
+    Tolerance { naive_err, floor, bound: 2.0 * naive_err + floor }
+}
+
+/// Convenience: the f64 oracle for `args` (output only).
+pub fn oracle(args: &AttnArgs<'_>) -> Vec<f64> {
+    attention_f64(args).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_counts_non_finite_and_rel() {
+        let s = compare(&[1.0, f32::NAN, 3.5], &[1.0, 2.0, 4.0]);
+        assert_eq!(s.non_finite, 1);
+        assert!((s.max_abs - 0.5).abs() < 1e-12);
+        assert!((s.max_rel - 0.125).abs() < 1e-12);
+    }
+}
