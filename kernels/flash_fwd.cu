@@ -29,14 +29,23 @@
 //   by ldmatrix every KV tile to stay under 255 registers without spilling.
 // - No N×N buffer anywhere: global traffic is Q, K, V once per (q tile, kv tile) pair, O and LSE.
 //
-// Expected bottlenecks: for D ≤ 64 the kernel is bound by shared-memory bandwidth of the K/V
-// ldmatrix reads (each B fragment feeds MT mma's), hence MT = 2 there; for D = 128 the fp32 O
-// accumulator (64 regs/thread) plus S (32) bounds occupancy to 2 blocks (8 warps) per SM, so the
-// exp2/max/shuffle softmax work between the two GEMMs is not fully hidden (FA2 has the same limit);
-// for D ≥ 160 the extra Q ldmatrix per tile and BC = 32 cost ~10–20% versus FA2's hand-tuned
-// configurations. Output is written directly from the accumulator fragments as float2 (32-byte
-// sectors fully used), not staged through smem. No split-KV: for very few (batch·head·q-tile)
-// blocks the GPU is under-filled (decode-like shapes).
+// Tile configuration per padded head dim (FlashCfg below): BC keys per KV tile, MT m16 row
+// tiles per warp (BR = 64·MT query rows per block), Q in registers or re-read from smem. They were
+// chosen so ptxas reports zero spills for both sm_80 and sm_90 under 255 registers:
+//   DP 32/48: BC 64, MT 2, Q in regs | DP 64: BC 32, MT 2, Q in regs | DP 80/96: BC 64, MT 1
+//   DP 128: BC 32, MT 1, Q in regs   | DP 160/192: BC 32, MT 1, Q from smem | DP 256: BC 16, MT 1
+//
+// Expected bottlenecks: (1) registers: every variant uses 167–255 registers, so 2 blocks (8 warps,
+// 12.5% occupancy) are resident per SM (3 on sm_80 for DP 32/80/128) — FA2 has the same
+// register-bound regime; latency is hidden by the cp.async overlap and ILP inside each warp's
+// 16·MT rows, not by occupancy. (2) shared-memory bandwidth of the K/V ldmatrix reads: each B
+// fragment feeds MT mma's, so MT = 1 variants (DP ≥ 80) read twice the smem per FLOP of FA2's
+// 128-row tiles. (3) The exp2/max/shuffle softmax between the two GEMMs is not overlapped with
+// tensor-core work (no warp specialization; FA2 on sm_80 has the same limit, FA3 removes it on
+// sm_90 with wgmma/TMA, which this kernel does not use). (4) Two __syncthreads per KV tile, which
+// matters most for BC = 16/32. Output is written directly from the accumulator fragments as
+// float2 (32-byte sectors fully used), not staged through smem. No split-KV: with few
+// (batch·head·q-tile) blocks — decode-like shapes — the GPU is under-filled.
 //
 // The same source compiles for the CPU as C++20 with kernels/cuda_host_emu.hpp (ATTNKIT_EMU),
 // which supplies the primitives below with their documented PTX semantics.

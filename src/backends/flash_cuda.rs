@@ -28,9 +28,7 @@ use crate::cuda::{self, FlashLaunch, Variant};
 use crate::error::{AttnError, Result};
 use crate::problem::{DType, Problem};
 use crate::tensor::TensorRef;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::borrow::Cow;
@@ -66,8 +64,7 @@ impl std::fmt::Debug for FlashCuda {
 
 /// Runs cudarc code, turning a panic inside cudarc (missing library symbol) into an error.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(AttnError::Cuda(format!("cudarc panicked during {what}"))))
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(AttnError::Cuda(format!("cudarc panicked during {what}"))))
 }
 
 fn init_gpu() -> std::result::Result<Gpu, String> {
@@ -88,10 +85,17 @@ fn init_gpu() -> std::result::Result<Gpu, String> {
                 "device 0 has compute capability {major}.{minor}; flash-cuda needs 8.0+ (cp.async, bf16 mma)"
             )));
         }
-        let max_smem_optin =
-            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as usize;
+        let max_smem_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+            .max(0) as usize;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, arch: format!("sm_{major}{minor}"), max_smem_optin, functions: Mutex::new(HashMap::new()) })
+        Ok(Gpu {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            max_smem_optin,
+            functions: Mutex::new(HashMap::new()),
+        })
     })
     .map_err(|e| e.to_string())
 }
@@ -99,10 +103,7 @@ fn init_gpu() -> std::result::Result<Gpu, String> {
 impl Gpu {
     /// The variant's kernel, compiled and loaded on first use.
     fn function(&self, v: Variant) -> Result<CudaFunction> {
-        let mut map = self
-            .functions
-            .lock()
-            .map_err(|_| AttnError::Cuda("kernel cache poisoned".into()))?;
+        let mut map = self.functions.lock().map_err(|_| AttnError::Cuda("kernel cache poisoned".into()))?;
         if let Some(f) = map.get(&v) {
             return Ok(f.clone());
         }
@@ -170,20 +171,14 @@ impl DeviceBuffers {
 
 /// Device bytes for one call: 16-bit Q, K, V and f32 O, LSE.
 fn device_bytes(p: &Problem) -> Option<u64> {
-    let halves = (p.q_len() as u64)
-        .checked_add((p.kv_len() as u64).checked_mul(2)?)?
-        .checked_mul(2)?;
-    let floats = (p.out_len() as u64)
-        .checked_add(p.lse_len() as u64)?
-        .checked_mul(4)?;
+    let halves = (p.q_len() as u64).checked_add((p.kv_len() as u64).checked_mul(2)?)?.checked_mul(2)?;
+    let floats = (p.out_len() as u64).checked_add(p.lse_len() as u64)?.checked_mul(4)?;
     halves.checked_add(floats)
 }
 
 /// The 16-bit dtype f32 data is rounded to: f16 when every finite value fits its range.
 pub fn f32_kernel_dtype(tensors: &[&[f32]]) -> DType {
-    let fits = tensors
-        .iter()
-        .all(|t| t.iter().all(|x| !x.is_finite() || x.abs() <= 65504.0));
+    let fits = tensors.iter().all(|t| t.iter().all(|x| !x.is_finite() || x.abs() <= 65504.0));
     if fits { DType::F16 } else { DType::BF16 }
 }
 
@@ -208,17 +203,11 @@ impl FlashCuda {
         self.gpu
             .get_or_init(init_gpu)
             .as_ref()
-            .map_err(|reason| AttnError::Unavailable {
-                backend: NAME.into(),
-                reason: reason.clone(),
-            })
+            .map_err(|reason| AttnError::Unavailable { backend: NAME.into(), reason: reason.clone() })
     }
 
     fn plan(p: &Problem, kernel_dtype: DType) -> Result<FlashLaunch> {
-        FlashLaunch::plan(p, kernel_dtype).map_err(|reasons| AttnError::Unsupported {
-            backend: NAME.into(),
-            reasons,
-        })
+        FlashLaunch::plan(p, kernel_dtype).map_err(|reasons| AttnError::Unsupported { backend: NAME.into(), reasons })
     }
 
     /// Copies validated inputs to the device (f32 rounded per [`f32_kernel_dtype`]) and allocates
@@ -228,22 +217,15 @@ impl FlashCuda {
         let p = args.problem();
         let kernel_dtype = match p.dtype {
             DType::F32 => {
-                let (q, k, v) = (
-                    args.q().to_f32_cow(),
-                    args.k().to_f32_cow(),
-                    args.v().to_f32_cow(),
-                );
+                let (q, k, v) = (args.q().to_f32_cow(), args.k().to_f32_cow(), args.v().to_f32_cow());
                 f32_kernel_dtype(&[&q, &k, &v])
             }
             d => d,
         };
         let launch = Self::plan(p, kernel_dtype)?;
         gpu.check_memory(device_bytes(p).unwrap_or(u64::MAX))?;
-        let (q, k, v) = (
-            to_bits(args.q(), kernel_dtype),
-            to_bits(args.k(), kernel_dtype),
-            to_bits(args.v(), kernel_dtype),
-        );
+        let (q, k, v) =
+            (to_bits(args.q(), kernel_dtype), to_bits(args.k(), kernel_dtype), to_bits(args.v(), kernel_dtype));
         guarded("upload", || {
             let s = &gpu.stream;
             Ok(DeviceBuffers {
@@ -262,23 +244,11 @@ impl FlashCuda {
         let gpu = self.gpu()?;
         let f = gpu.function(bufs.launch.variant)?;
         let l = bufs.launch;
-        let cfg = LaunchConfig {
-            grid_dim: l.grid,
-            block_dim: (cuda::THREADS, 1, 1),
-            shared_mem_bytes: l.smem_bytes,
-        };
+        let cfg = LaunchConfig { grid_dim: l.grid, block_dim: (cuda::THREADS, 1, 1), shared_mem_bytes: l.smem_bytes };
         guarded("kernel launch", || {
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&bufs.q)
-                .arg(&bufs.k)
-                .arg(&bufs.v)
-                .arg(&mut bufs.o)
-                .arg(&mut bufs.lse);
-            b.arg(&l.heads)
-                .arg(&l.kv_heads)
-                .arg(&l.nq)
-                .arg(&l.nk)
-                .arg(&l.d);
+            b.arg(&bufs.q).arg(&bufs.k).arg(&bufs.v).arg(&mut bufs.o).arg(&mut bufs.lse);
+            b.arg(&l.heads).arg(&l.kv_heads).arg(&l.nq).arg(&l.nk).arg(&l.d);
             b.arg(&l.scale_log2).arg(&l.win_left).arg(&l.win_right);
             // SAFETY: the arguments match flash_fwd_*'s signature in order and type (3 × const
             // u16*, 2 × float*, 5 × int, float, 2 × int). q/k/v/o/lse were allocated for exactly
@@ -292,17 +262,10 @@ impl FlashCuda {
     }
 
     /// Copies O (and LSE) back; waits for the stream.
-    pub fn download(
-        &self,
-        bufs: &DeviceBuffers,
-        out: &mut [f32],
-        lse: Option<&mut [f32]>,
-    ) -> Result<()> {
+    pub fn download(&self, bufs: &DeviceBuffers, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let gpu = self.gpu()?;
         if out.len() != bufs.o.len() || lse.as_ref().is_some_and(|l| l.len() != bufs.lse.len()) {
-            return Err(AttnError::shape(
-                "download buffers do not match the uploaded problem",
-            ));
+            return Err(AttnError::shape("download buffers do not match the uploaded problem"));
         }
         guarded("download", || {
             gpu.stream.memcpy_dtoh(&bufs.o, out)?;
@@ -389,10 +352,7 @@ mod tests {
 
     #[test]
     fn f32_rounds_to_f16_unless_out_of_range() {
-        assert_eq!(
-            f32_kernel_dtype(&[&[1.0, -65504.0, f32::INFINITY]]),
-            DType::F16
-        );
+        assert_eq!(f32_kernel_dtype(&[&[1.0, -65504.0, f32::INFINITY]]), DType::F16);
         assert_eq!(f32_kernel_dtype(&[&[1.0], &[70000.0]]), DType::BF16);
     }
 

@@ -9,12 +9,9 @@ mod nvrtc;
 mod variants;
 
 pub use nvrtc::{
-    Compiled, PtxasInfo, compile, include_paths, nvrtc_available, parse_ptxas, ptxas_path,
-    run_ptxas, validate_arch,
+    Compiled, PtxasInfo, compile, include_paths, nvrtc_available, parse_ptxas, ptxas_path, run_ptxas, validate_arch,
 };
-pub use variants::{
-    FlashLaunch, HEAD_DIMS, THREADS, Variant, unsupported_reasons, variant_for, variants,
-};
+pub use variants::{FlashLaunch, HEAD_DIMS, THREADS, Variant, unsupported_reasons, variant_for, variants};
 
 use crate::error::{AttnError, Result};
 use serde::Serialize;
@@ -55,51 +52,24 @@ struct SmLimits {
 }
 
 fn sm_limits(arch: &str) -> SmLimits {
-    let digits: String = arch
-        .trim_start_matches("sm_")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = arch.trim_start_matches("sm_").chars().take_while(char::is_ascii_digit).collect();
     let cc: u32 = digits.parse().unwrap_or(80);
     match cc {
-        86 | 87 | 89 => SmLimits {
-            regs: 65_536,
-            max_warps: 48,
-            max_blocks: 16,
-            smem: 102_400,
-            smem_per_block_reserved: 1024,
-        },
-        90 | 100 | 103 => SmLimits {
-            regs: 65_536,
-            max_warps: 64,
-            max_blocks: 32,
-            smem: 233_472,
-            smem_per_block_reserved: 1024,
-        },
-        120 | 121 => SmLimits {
-            regs: 65_536,
-            max_warps: 48,
-            max_blocks: 32,
-            smem: 102_400,
-            smem_per_block_reserved: 1024,
-        },
-        _ => SmLimits {
-            regs: 65_536,
-            max_warps: 64,
-            max_blocks: 32,
-            smem: 167_936,
-            smem_per_block_reserved: 1024,
-        },
+        86 | 87 | 89 => {
+            SmLimits { regs: 65_536, max_warps: 48, max_blocks: 16, smem: 102_400, smem_per_block_reserved: 1024 }
+        }
+        90 | 100 | 103 => {
+            SmLimits { regs: 65_536, max_warps: 64, max_blocks: 32, smem: 233_472, smem_per_block_reserved: 1024 }
+        }
+        120 | 121 => {
+            SmLimits { regs: 65_536, max_warps: 48, max_blocks: 32, smem: 102_400, smem_per_block_reserved: 1024 }
+        }
+        _ => SmLimits { regs: 65_536, max_warps: 64, max_blocks: 32, smem: 167_936, smem_per_block_reserved: 1024 },
     }
 }
 
 /// (blocks per SM, occupancy) from registers per thread and shared bytes per block.
-pub fn theoretical_occupancy(
-    arch: &str,
-    registers: u32,
-    shared_bytes: u32,
-    threads: u32,
-) -> (u32, f64) {
+pub fn theoretical_occupancy(arch: &str, registers: u32, shared_bytes: u32, threads: u32) -> (u32, f64) {
     let lim = sm_limits(arch);
     let warps_per_block = threads.div_ceil(32);
     // Registers are allocated per warp in units of 256.
@@ -108,10 +78,7 @@ pub fn theoretical_occupancy(
     let by_smem = lim.smem / (shared_bytes + lim.smem_per_block_reserved);
     let by_warps = lim.max_warps / warps_per_block;
     let blocks = by_regs.min(by_smem).min(by_warps).min(lim.max_blocks);
-    (
-        blocks,
-        (blocks * warps_per_block) as f64 / lim.max_warps as f64,
-    )
+    (blocks, (blocks * warps_per_block) as f64 / lim.max_warps as f64)
 }
 
 /// Compiles every kernel variant for every arch in `archs` through NVRTC and, when `ptxas` is on
@@ -141,19 +108,12 @@ pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
             let name = v.kernel_name();
             let error = match &whole {
                 Ok(_) => ptxas_err.clone(),
-                Err(_) => compile(FLASH_FWD_SRC, arch, &v.only_defines())
-                    .err()
-                    .map(|e| e.to_string()),
+                Err(_) => compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
             };
             let compiled = whole.is_ok() || error.is_none();
-            let info = per_entry
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, i)| i.clone());
+            let info = per_entry.iter().find(|(n, _)| *n == name).map(|(_, i)| i.clone());
             let shared = v.smem_bytes() as u32 + info.as_ref().map_or(0, |i| i.static_smem);
-            let occ = info
-                .as_ref()
-                .map(|i| theoretical_occupancy(arch, i.registers, shared, THREADS));
+            let occ = info.as_ref().map(|i| theoretical_occupancy(arch, i.registers, shared, THREADS));
             reports.push(KernelCompileReport {
                 kernel: name,
                 arch: arch.clone(),

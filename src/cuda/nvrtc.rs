@@ -25,12 +25,7 @@ pub fn nvrtc_available() -> std::result::Result<(), String> {
 /// header, so these are only passed through (for local experiments that add some).
 pub fn include_paths() -> Vec<String> {
     std::env::var("ATTNKIT_CUDA_INCLUDE")
-        .map(|s| {
-            s.split(':')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -49,30 +44,16 @@ pub fn validate_arch(arch: &str) -> Result<()> {
             && r.chars().take_while(|c| c.is_ascii_digit()).count() >= 2
             && r.chars().all(|c| c.is_ascii_alphanumeric())
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(AttnError::invalid(format!(
-            "arch `{arch}` must look like sm_80 or sm_90a"
-        )))
-    }
+    if ok { Ok(()) } else { Err(AttnError::invalid(format!("arch `{arch}` must look like sm_80 or sm_90a"))) }
 }
 
 /// Compiles `src` for `arch` with extra `-D` options; the error carries NVRTC's log.
 pub fn compile(src: &str, arch: &str, defines: &[String]) -> Result<Compiled> {
     nvrtc_available().map_err(AttnError::Cuda)?;
     validate_arch(arch)?;
-    let c_src = CString::new(src)
-        .map_err(|_| AttnError::Cuda("kernel source contains a NUL byte".into()))?;
-    let mut opts = vec![
-        format!("--gpu-architecture={arch}"),
-        "-std=c++17".to_string(),
-    ];
-    opts.extend(
-        include_paths()
-            .into_iter()
-            .map(|p| format!("--include-path={p}")),
-    );
+    let c_src = CString::new(src).map_err(|_| AttnError::Cuda("kernel source contains a NUL byte".into()))?;
+    let mut opts = vec![format!("--gpu-architecture={arch}"), "-std=c++17".to_string()];
+    opts.extend(include_paths().into_iter().map(|p| format!("--include-path={p}")));
     opts.extend(defines.iter().cloned());
     let prog = Program(
         cudarc::nvrtc::result::create_program(&c_src, Some(c"flash_fwd.cu"))
@@ -84,18 +65,13 @@ pub fn compile(src: &str, arch: &str, defines: &[String]) -> Result<Compiled> {
         let log = unsafe { cudarc::nvrtc::result::get_program_log(prog.0) }
             .map(|l| c_chars_to_string(&l))
             .unwrap_or_default();
-        return Err(AttnError::Cuda(format!(
-            "NVRTC failed for {arch} ({e:?}), options {opts:?}:\n{log}"
-        )));
+        return Err(AttnError::Cuda(format!("NVRTC failed for {arch} ({e:?}), options {opts:?}:\n{log}")));
     }
     // SAFETY: as above; the program compiled successfully.
     let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog.0) }
         .map_err(|e| AttnError::Cuda(format!("nvrtcGetPTX: {e:?}")))?;
     let cubin = get_cubin(&prog);
-    Ok(Compiled {
-        ptx: c_chars_to_string(&ptx),
-        cubin,
-    })
+    Ok(Compiled { ptx: c_chars_to_string(&ptx), cubin })
 }
 
 struct Program(cudarc::nvrtc::sys::nvrtcProgram);
@@ -139,9 +115,7 @@ pub struct PtxasInfo {
 /// `ptxas` found on PATH, if any.
 pub fn ptxas_path() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("ptxas"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
 }
 
 /// Assembles `ptx` for `arch` and parses `-v` output per entry point.
@@ -151,24 +125,12 @@ pub fn run_ptxas(ptxas: &PathBuf, ptx: &str, arch: &str) -> Result<Vec<(String, 
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!("attnkit-{}-{n}-{arch}.ptx", std::process::id()));
     std::fs::write(&file, ptx)?;
-    let out = Command::new(ptxas)
-        .arg(format!("-arch={arch}"))
-        .arg("-v")
-        .arg(&file)
-        .arg("-o")
-        .arg("/dev/null")
-        .output();
+    let out = Command::new(ptxas).arg(format!("-arch={arch}")).arg("-v").arg(&file).arg("-o").arg("/dev/null").output();
     let _ = std::fs::remove_file(&file);
     let out = out?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        return Err(AttnError::Cuda(format!(
-            "ptxas -arch={arch} failed:\n{text}"
-        )));
+        return Err(AttnError::Cuda(format!("ptxas -arch={arch} failed:\n{text}")));
     }
     Ok(parse_ptxas(&text))
 }
@@ -223,21 +185,9 @@ ptxas info    : Used 40 registers, 424 bytes cmem[0]\n";
         assert_eq!(got[0].0, "flash_fwd_f16_d64");
         assert_eq!(
             got[0].1,
-            PtxasInfo {
-                registers: 251,
-                spill_stores: 4,
-                spill_loads: 12,
-                stack_bytes: 8,
-                static_smem: 1024
-            }
+            PtxasInfo { registers: 251, spill_stores: 4, spill_loads: 12, stack_bytes: 8, static_smem: 1024 }
         );
-        assert_eq!(
-            got[1].1,
-            PtxasInfo {
-                registers: 40,
-                ..Default::default()
-            }
-        );
+        assert_eq!(got[1].1, PtxasInfo { registers: 40, ..Default::default() });
     }
 
     #[test]

@@ -58,10 +58,7 @@ impl Variant {
     pub fn only_defines(&self) -> Vec<String> {
         vec![
             format!("-DFLASH_ONLY_DT={}", self.dtype_name()),
-            format!(
-                "-DFLASH_ONLY_BF16={}",
-                if self.bf16 { "true" } else { "false" }
-            ),
+            format!("-DFLASH_ONLY_BF16={}", if self.bf16 { "true" } else { "false" }),
             format!("-DFLASH_ONLY_DP={}", self.dp),
         ]
     }
@@ -71,15 +68,7 @@ impl Variant {
 pub fn variants() -> Vec<Variant> {
     [false, true]
         .into_iter()
-        .flat_map(|bf16| {
-            CFG.iter().map(move |&(dp, bc, mt, q_in_regs)| Variant {
-                bf16,
-                dp,
-                bc,
-                mt,
-                q_in_regs,
-            })
-        })
+        .flat_map(|bf16| CFG.iter().map(move |&(dp, bc, mt, q_in_regs)| Variant { bf16, dp, bc, mt, q_in_regs }))
         .collect()
 }
 
@@ -93,9 +82,7 @@ pub fn variant_for(kernel_dtype: DType, head_dim: usize) -> Option<Variant> {
     if head_dim == 0 || !head_dim.is_multiple_of(8) {
         return None;
     }
-    variants()
-        .into_iter()
-        .find(|v| v.bf16 == bf16 && v.dp >= head_dim)
+    variants().into_iter().find(|v| v.bf16 == bf16 && v.dp >= head_dim)
 }
 
 /// Every reason the kernel cannot run `p` (dtype aside: f32 is converted before launch).
@@ -103,10 +90,7 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
     let mut r = Vec::new();
     let max_d = *HEAD_DIMS.last().unwrap_or(&0);
     if !p.head_dim.is_multiple_of(8) || p.head_dim > max_d {
-        r.push(format!(
-            "head_dim {} must be a multiple of 8 and ≤ {max_d} (16-byte cp.async rows)",
-            p.head_dim
-        ));
+        r.push(format!("head_dim {} must be a multiple of 8 and ≤ {max_d} (16-byte cp.async rows)", p.head_dim));
     }
     if p.seq_q as u64 + p.seq_k as u64 >= 1 << 30 {
         r.push(format!(
@@ -115,10 +99,7 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
         ));
     }
     if p.heads > 65_535 || p.batch > 65_535 {
-        r.push(format!(
-            "heads ({}) and batch ({}) must be ≤ 65535 (grid y/z limits)",
-            p.heads, p.batch
-        ));
+        r.push(format!("heads ({}) and batch ({}) must be ≤ 65535 (grid y/z limits)", p.heads, p.batch));
     }
     r
 }
@@ -148,10 +129,7 @@ impl FlashLaunch {
         let mut reasons = unsupported_reasons(p);
         let variant = variant_for(kernel_dtype, p.head_dim);
         if variant.is_none() && reasons.is_empty() {
-            reasons.push(format!(
-                "no kernel variant for dtype {kernel_dtype} and head_dim {}",
-                p.head_dim
-            ));
+            reasons.push(format!("no kernel variant for dtype {kernel_dtype} and head_dim {}", p.head_dim));
         }
         let (Some(variant), true) = (variant, reasons.is_empty()) else {
             return Err(reasons);
