@@ -319,6 +319,10 @@ impl Attention for FlashCuda {
         NAME
     }
 
+    fn time_on_device(&self, problem: &Problem, reps: usize) -> Option<Result<Vec<f64>>> {
+        Some(self.bench_device(problem, reps))
+    }
+
     fn exactness(&self) -> Exactness {
         Exactness::Exact
     }
