@@ -9,13 +9,17 @@
 //! assert_eq!(out.out.len(), p.out_len());
 //! ```
 
+pub mod alloc_counter;
 pub mod attention;
 pub mod backends;
+pub mod bench;
 pub mod budget;
+pub mod cuda;
 pub mod error;
 pub mod layer;
 pub mod linalg;
 pub mod lse;
+pub mod npy;
 pub mod problem;
 pub mod registry;
 pub mod seeded;

@@ -24,6 +24,7 @@ fn registry() -> &'static [(&'static str, Factory)] {
     &[
         ("reference", |_| Ok(Box::new(backends::reference::Reference))),
         ("sdpa", |_| Ok(Box::new(backends::sdpa::Sdpa))),
+        ("flash-cuda", |_| Ok(Box::new(backends::flash_cuda::FlashCuda::new()))),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
         ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),

@@ -1,6 +1,7 @@
 //! One file per backend, named for its algorithm.
 
 pub mod auto;
+pub mod flash_cuda;
 pub mod linformer;
 pub mod performer;
 pub mod reference;

@@ -1,0 +1,187 @@
+//! Argument parsing (clap derive) and dispatch for the `attnkit` binary.
+
+mod bench;
+mod check;
+mod kernels;
+mod list;
+mod plots;
+mod report;
+mod run;
+
+use attnkit::{AttnError, BackendOptions, DType, Problem, Window};
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "attnkit",
+    version,
+    about = "Efficient long-sequence attention: exact, tiled and approximate backends"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every registered backend: name, exact|approx, device, availability.
+    List,
+    /// Run seeded random inputs through backends and compare with `reference` (f64 oracle).
+    ///
+    /// Exact backends must stay within FlashAttention's tolerance rule
+    /// (2 × the naive same-precision error + a small floor; flash-cuda with f32 input is judged
+    /// at f16 because it rounds to f16 internally). Approximate backends print their error and
+    /// fail only on non-finite output. A backend that is unavailable or does not support the
+    /// problem is reported as SKIP: with `--backends all` that is never a failure; when the
+    /// backend was named explicitly, the command exits with status 3 so scripts notice it was
+    /// not checked. Exit status: 0 all good, 1 a backend failed or errored, 3 a named backend
+    /// was skipped.
+    Check(check::CheckArgs),
+    /// Time backends over a sweep of sequence lengths.
+    ///
+    /// Reports the median time, GFLOP/s and peak extra heap bytes. GFLOP/s is the FLOP count
+    /// of exact attention over the allowed (unmasked) query–key pairs, 4·D per pair times B·H
+    /// (Problem::flops), divided by the median time — for every backend, approximations
+    /// included, so the numbers are comparable effective throughputs. The f32 GEMM ceiling
+    /// (a 1024³ sgemm, median of 5, same thread count) is measured in the same run and each
+    /// backend's fraction of it is printed. Peak bytes: heap allocated above what was live
+    /// before the first call (inputs and output excluded), counted by the binary's allocator.
+    Bench(bench::BenchArgs),
+    /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
+    Run(run::RunArgs),
+    /// Compile every CUDA kernel variant through NVRTC (no GPU needed) and, when `ptxas` is on
+    /// PATH, report registers, spill bytes and shared memory per variant and arch.
+    ///
+    /// NVRTC comes from libnvrtc on the library path (the PyPI wheel nvidia-cuda-nvrtc-cu12
+    /// works); extra include dirs from ATTNKIT_CUDA_INCLUDE (colon-separated). Exit status 1 if
+    /// any variant fails to compile or spills.
+    Kernels(kernels::KernelsArgs),
+    /// Sweep every available backend over N and write reports/ (README.md, results, SVG plots).
+    Report(report::ReportArgs),
+}
+
+/// Problem flags shared by `check` and `bench` (sequence lengths are per command).
+#[derive(Args, Debug, Clone)]
+pub struct ShapeArgs {
+    /// Head dimension D.
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    /// Query heads H.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Key/value heads H_kv (GQA/MQA); default H.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// Batch size B.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Bottom-right aligned causal mask.
+    #[arg(long)]
+    pub causal: bool,
+    /// Sliding window `L,R` (inclusive, -1 = unbounded), FlashAttention semantics.
+    #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+    pub window: Option<Window>,
+    /// Input dtype.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: DType,
+    /// Seed for inputs and for random projections/features.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Linformer's projected length k.
+    #[arg(long)]
+    pub proj_dim: Option<usize>,
+    /// Performer's random-feature count m.
+    #[arg(long)]
+    pub features: Option<usize>,
+}
+
+impl ShapeArgs {
+    pub fn problem(&self, default_heads: usize, seq: usize, seq_kv: usize) -> Result<Problem, AttnError> {
+        let heads = self.heads.unwrap_or(default_heads);
+        let p = Problem::new(self.batch, heads, seq, self.dim)
+            .with_seq_k(seq_kv)
+            .with_kv_heads(self.kv_heads.unwrap_or(heads))
+            .with_causal(self.causal)
+            .with_window(self.window.unwrap_or_default())
+            .with_dtype(self.dtype);
+        p.validate()?;
+        Ok(p)
+    }
+
+    pub fn options(&self) -> BackendOptions {
+        BackendOptions { proj_dim: self.proj_dim, features: self.features, seed: self.seed }
+    }
+}
+
+pub fn parse_window(s: &str) -> Result<Window, String> {
+    s.parse::<Window>().map_err(|e| e.to_string())
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    s.parse::<DType>().map_err(|e| e.to_string())
+}
+
+/// `--backends` resolution: `all` (or nothing) means every registered backend except those in
+/// `exclude_from_all`; explicit names are checked against the registry (typo → error).
+/// Returns the names and whether they were named explicitly.
+pub fn resolve_backends(requested: &[String], exclude_from_all: &[&str]) -> Result<(Vec<String>, bool), AttnError> {
+    let known = attnkit::backend_names();
+    if requested.is_empty() || requested.iter().any(|s| s == "all") {
+        let names = known.iter().filter(|n| !exclude_from_all.contains(n)).map(|s| s.to_string()).collect();
+        return Ok((names, false));
+    }
+    let mut out = Vec::new();
+    for name in requested {
+        let name = name.trim();
+        if !known.contains(&name) {
+            return Err(AttnError::UnknownBackend {
+                name: name.to_string(),
+                known: known.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        if !out.iter().any(|n: &String| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok((out, true))
+}
+
+/// Seconds → a short human string.
+pub fn fmt_secs(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// Bytes → MiB string, or "n/a".
+pub fn fmt_mib(b: Option<u64>) -> String {
+    match b {
+        Some(b) => format!("{:.2}", b as f64 / (1u64 << 20) as f64),
+        None => "n/a".to_string(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List => list::run(),
+        Command::Check(a) => check::run(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Run(a) => run::run(&a),
+        Command::Report(a) => report::run(&a),
+        Command::Kernels(a) => kernels::run(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
