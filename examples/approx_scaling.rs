@@ -180,13 +180,31 @@ fn speed(o: &Opts) {
         println!("N={:6} median: {}", c.n, cells.join(", "));
         medians.push((c.n, row));
     }
+    // Two estimates each: from the medians, and the median over rounds of the same-round ratio
+    // (both N, or both backends, timed seconds apart, so a load change mostly cancels).
     let at = |n: usize, i: usize| medians.iter().find(|(m, _)| *m == n).and_then(|(_, r)| r[i]);
+    let times_of = |n: usize, nm: &str| {
+        cases.iter().find(|c| c.n == n).and_then(|c| c.backends.iter().position(|(b, _)| *b == nm).map(|i| &c.times[i]))
+    };
+    let paired = |a: &Vec<f64>, b: &Vec<f64>| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
     for (i, nm) in names.iter().enumerate().skip(1) {
-        if let (Some(a), Some(b)) = (at(4096, i), at(32768, i)) {
-            println!("{nm}: log-log slope of time, N=4096→32768: {:.3}", (b / a).ln() / 8f64.ln());
+        if let (Some(a), Some(b), Some(ta), Some(tb)) =
+            (at(4096, i), at(32768, i), times_of(4096, nm), times_of(32768, nm))
+        {
+            println!(
+                "{nm}: log-log slope of time, N=4096→32768: {:.3} (medians), {:.3} (median of same-round ratios)",
+                (b / a).ln() / 8f64.ln(),
+                paired(tb, ta).ln() / 8f64.ln()
+            );
         }
-        if let (Some(s), Some(t)) = (at(4096, 0), at(4096, i)) {
-            println!("{nm}: speed-up over sdpa at N=4096: {:.1}×", s / t);
+        if let (Some(s), Some(t), Some(ts), Some(tt)) =
+            (at(4096, 0), at(4096, i), times_of(4096, "sdpa"), times_of(4096, nm))
+        {
+            println!(
+                "{nm}: speed-up over sdpa at N=4096: {:.1}× (medians), {:.1}× (median of same-round ratios)",
+                s / t,
+                paired(ts, tt)
+            );
         }
     }
 }

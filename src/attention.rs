@@ -149,6 +149,13 @@ pub trait Attention: Send + Sync {
     /// `lse.len() == lse_len()` when present. Callers should use `forward_into`/`forward`.
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()>;
 
+    /// Device-resident timing for accelerator backends: `Some(seconds per pass)` over `reps`
+    /// passes on inputs already on the device (no host transfers), timed with device events.
+    /// CPU backends return `None` and are timed on the host by the caller.
+    fn time_on_device(&self, _problem: &Problem, _reps: usize) -> Option<Result<Vec<f64>>> {
+        None
+    }
+
     /// True when [`Attention::not_supported_reasons`] is empty.
     fn supports(&self, problem: &Problem) -> bool {
         self.not_supported_reasons(problem).is_empty()

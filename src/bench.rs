@@ -129,18 +129,15 @@ pub struct Measurement {
 }
 
 /// Device-resident timing for a GPU backend: per-rep seconds with the inputs already on the
-/// device. The hook the CUDA backend plugs into; until it is wired every call answers
-/// `Unavailable`, and [`measure`] falls back to host timing.
+/// device ([`Attention::time_on_device`], CUDA events for flash-cuda). [`measure`] falls back
+/// to host timing (marked as including transfers) when this errors.
 pub fn device_timing(backend: &dyn Attention, problem: &Problem, reps: usize) -> Result<Vec<f64>> {
-    let _ = (problem, reps);
-    match backend.device() {
-        Device::Cuda => Err(AttnError::Unavailable {
-            backend: backend.name().to_string(),
-            reason: "device-resident timing is not wired into attnkit::bench yet".to_string(),
-        }),
-        Device::Cpu => Err(AttnError::invalid(format!(
-            "`{}` runs on the CPU; device timing applies to CUDA backends",
-            backend.name()
+    match backend.time_on_device(problem, reps) {
+        Some(times) => times,
+        None => Err(AttnError::invalid(format!(
+            "`{}` runs on the {}; device timing applies to CUDA backends",
+            backend.name(),
+            backend.device()
         ))),
     }
 }

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod backends;
 pub mod bench;
 pub mod budget;
+pub mod cuda;
 pub mod error;
 pub mod layer;
 pub mod linalg;
@@ -25,6 +26,7 @@ pub mod seeded;
 pub mod simd;
 pub mod tensor;
 pub mod validate;
+pub mod vexp;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
 pub use error::{AttnError, Result};

@@ -29,6 +29,7 @@ fn registry() -> &'static [(&'static str, Factory)] {
         ("local-block", |_| {
             Ok(Box::new(backends::local_block::LocalBlock::new(backends::local_block::DEFAULT_BLOCK)?))
         }),
+        ("flash-cuda", |_| Ok(Box::new(backends::flash_cuda::FlashCuda::new()))),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
         ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),

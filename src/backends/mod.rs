@@ -2,6 +2,7 @@
 
 pub mod auto;
 pub mod flash_cpu;
+pub mod flash_cuda;
 pub mod linformer;
 pub mod local;
 pub mod local_block;

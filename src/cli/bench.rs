@@ -42,7 +42,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
     if a.reps == 0 {
         return Err(AttnError::invalid("--reps must be ≥ 1"));
     }
-    if !(a.max_time > 0.0) {
+    if a.max_time.is_nan() || a.max_time <= 0.0 {
         return Err(AttnError::invalid(format!("--max-time must be > 0, got {}", a.max_time)));
     }
     if a.seq.is_empty() {

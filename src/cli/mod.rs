@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod kernels;
 mod list;
 mod plots;
 mod report;
@@ -49,6 +50,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
     Run(run::RunArgs),
+    /// Compile every CUDA kernel variant through NVRTC (no GPU needed) and, when `ptxas` is on
+    /// PATH, report registers, spill bytes and shared memory per variant and arch.
+    ///
+    /// NVRTC comes from libnvrtc on the library path (the PyPI wheel nvidia-cuda-nvrtc-cu12
+    /// works); extra include dirs from ATTNKIT_CUDA_INCLUDE (colon-separated). Exit status 1 if
+    /// any variant fails to compile or spills.
+    Kernels(kernels::KernelsArgs),
     /// Sweep every available backend over N and write reports/ (README.md, results, SVG plots).
     Report(report::ReportArgs),
 }
@@ -166,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Report(a) => report::run(&a),
+        Command::Kernels(a) => kernels::run(&a),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,9 @@ pub struct Series {
 
 type PlotResult = Result<(), String>;
 
+/// A panel title and its (label, error, seconds) points.
+pub type FrontierPanel = (String, Vec<(String, f64, f64)>);
+
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
@@ -74,12 +77,15 @@ pub fn loglog_panels(
     for ((name, series), area) in panels.iter().zip(areas.iter()) {
         let (x0, x1) = log_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
         let (y0, y1) = log_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+        // N is swept in powers of two: label exactly those instead of plotters' decimal ticks.
+        let pow2_ticks: Vec<f64> =
+            (0..40).map(|e| 2f64.powi(e)).filter(|t| *t >= x0 * 0.999 && *t <= x1 * 1.001).collect();
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .build_cartesian_2d((x0..x1).log_scale().with_key_points(pow2_ticks), (y0..y1).log_scale())
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -113,7 +119,7 @@ pub fn loglog_panels(
 }
 
 /// Error (x) vs time (y) scatter per panel, each point labelled.
-pub fn frontier(path: &Path, panels: &[(String, Vec<(String, f64, f64)>)]) -> PlotResult {
+pub fn frontier(path: &Path, panels: &[FrontierPanel]) -> PlotResult {
     let cols = 2;
     let rows = panels.len().div_ceil(cols).max(1);
     let root = SVGBackend::new(path, (1280, 480 * rows as u32)).into_drawing_area();

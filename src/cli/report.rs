@@ -51,6 +51,9 @@ pub struct ReportArgs {
     /// Per-run time budget in seconds (default 6 with --quick, 120 otherwise).
     #[arg(long)]
     pub max_run_time: Option<f64>,
+    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256.
+    #[arg(long)]
+    pub max_n: Option<usize>,
 }
 
 const DIM: usize = 64;
@@ -164,7 +167,14 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
             reference_max_n: 2048,
         }
     };
-    if !(cfg.run_budget_s > 0.0) {
+    let mut cfg = cfg;
+    if let Some(m) = a.max_n {
+        if m < 256 {
+            return Err(AttnError::invalid(format!("--max-n must be ≥ 256, got {m}")));
+        }
+        cfg.ns.retain(|&n| n <= m);
+    }
+    if cfg.run_budget_s.is_nan() || cfg.run_budget_s <= 0.0 {
         return Err(AttnError::invalid("--max-run-time must be > 0"));
     }
     let out_dir = a.out.clone();
@@ -559,7 +569,7 @@ fn write_plots(dir: &Path, rows: &[Row], heat: &Heatmaps) -> Result<Vec<String>,
             Err(e) => notes.push(format!("{file}: not drawn ({e})")),
         }
     }
-    let frontier_panels: Vec<(String, Vec<(String, f64, f64)>)> = FRONTIER_NS
+    let frontier_panels: Vec<plots::FrontierPanel> = FRONTIER_NS
         .iter()
         .flat_map(|&n| [(n, false), (n, true)])
         .map(|(n, causal)| {
@@ -618,9 +628,7 @@ fn heatmaps(available: &[(String, Exactness)]) -> Heatmaps {
             q[i * N + t] = 0.6;
         }
     }
-    for t in 2 * pairs..N {
-        k[t] = 0.6;
-    }
+    k[2 * pairs..N].fill(0.6);
     let mut v = vec![0.0f32; N * N];
     for i in 0..N {
         v[i * N + i] = 1.0;

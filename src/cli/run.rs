@@ -33,7 +33,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
     pub window: Option<Window>,
     /// Softmax scale (default 1/√D).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub scale: Option<f32>,
     /// Threads in the rayon pool (default all cores).
     #[arg(long)]
@@ -66,9 +66,6 @@ pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Prob
     }
     let [b, h, nq, d] = shape4(q).ok_or_else(|| rank_error("q", q))?;
     let [bk, hk, nk, dk] = shape4(k).ok_or_else(|| rank_error("k", k))?;
-    if k != v {
-        return Err(AttnError::shape(format!("k has shape {k:?} but v has shape {v:?}; they must match")));
-    }
     if bk != b {
         return Err(AttnError::shape(format!("batch differs: q has B={b}, k/v have B={bk}")));
     }
@@ -77,6 +74,9 @@ pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Prob
     }
     if hk == 0 || h % hk != 0 {
         return Err(AttnError::shape(format!("q has H={h} heads, k/v have H_kv={hk}; H must be a multiple of H_kv")));
+    }
+    if k != v {
+        return Err(AttnError::shape(format!("k has shape {k:?} but v has shape {v:?}; they must match")));
     }
     let p = Problem::new(b, h, nq, d).with_kv_heads(hk).with_seq_k(nk);
     p.validate()?;

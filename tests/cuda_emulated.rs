@@ -1,0 +1,272 @@
+//! The flash-cuda kernel source (kernels/flash_fwd.cu) run on the CPU through the CUDA
+//! emulation header (kernels/cuda_host_emu.hpp), compared with the f64 reference.
+//!
+//! The test compiles kernels/emu/driver.cpp (which includes the emulator and the unmodified
+//! kernel source) into a shared library with g++ -std=c++20 -pthread, loads it, and runs every
+//! kernel variant over the cross-validation shapes: ragged lengths, causal, sliding window,
+//! cross-attention, empty rows, GQA, MQA, f16 and bf16, every compiled head dim.
+//!
+//! Shapes: the shared cross-validation table (tests/common) × {f16, bf16}, plus a few extra rows
+//! so every compiled head-dim variant runs. Tolerance: `attnkit::validate::exact_tolerance`
+//! (FlashAttention's rule, the same as tests/cross_validation.rs); LSE within 1e-4·max(1, |LSE|),
+//! −∞ exactly where the band is empty. O is pre-filled with NaN, so an unwritten element fails.
+//!
+//! What this proves: indexing, fragment layouts, masking, ragged tails, tile skipping, the online
+//! softmax, GQA mapping and the host-side launch plan. What it cannot: GPU-only races, speed.
+
+mod common;
+
+use attnkit::backends::reference::attention_f64;
+use attnkit::cuda::{FlashLaunch, variants};
+use attnkit::validate::{compare, exact_tolerance};
+use attnkit::{AttnArgs, DType, Problem, Tensor, Window};
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+type RunFn = unsafe extern "C" fn(
+    i32,
+    i32,
+    *const u16,
+    *const u16,
+    *const u16,
+    *mut f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    i32,
+    i32,
+    *mut c_char,
+    usize,
+) -> i32;
+type ConfigFn = unsafe extern "C" fn(i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
+
+const SOURCES: [&str; 3] = [
+    include_str!("../kernels/flash_fwd.cu"),
+    include_str!("../kernels/cuda_host_emu.hpp"),
+    include_str!("../kernels/emu/driver.cpp"),
+];
+
+/// Compiles the emulated kernel once per source version; `Err` says why it cannot (skip).
+fn emu_library() -> Result<&'static libloading::Library, String> {
+    static LIB: OnceLock<Result<libloading::Library, String>> = OnceLock::new();
+    LIB.get_or_init(build_and_load).as_ref().map_err(Clone::clone)
+}
+
+fn build_and_load() -> Result<libloading::Library, String> {
+    if !cfg!(target_os = "linux") {
+        return Err("the emulation harness is built for Linux only".into());
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    SOURCES.hash(&mut h);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let lib_path = dir.join(format!("libattnkit_cuda_emu_{:016x}.so", h.finish()));
+    if !lib_path.exists() {
+        let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+        let compiler = cc::Build::new()
+            .cpp(true)
+            .target(&target)
+            .host(&target)
+            .opt_level(2)
+            .cargo_metadata(false)
+            .cargo_warnings(false)
+            .try_get_compiler()
+            .map_err(|e| format!("no C++ compiler: {e}"))?;
+        let tmp = lib_path.with_extension(format!("tmp{}", std::process::id()));
+        let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels/emu/driver.cpp");
+        let mut cmd = compiler.to_command();
+        cmd.args([
+            "-std=c++20",
+            "-pthread",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wall",
+            "-Wextra",
+            "-Wno-unknown-pragmas",
+            "-Werror",
+            "-o",
+        ])
+        .arg(&tmp)
+        .arg(&driver);
+        let out = cmd.output().map_err(|e| format!("could not run the C++ compiler ({:?}): {e}", compiler.path()))?;
+        if !out.status.success() {
+            // A compiler that exists but rejects the source is a failure, not a skip.
+            panic!("emulator build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::rename(&tmp, &lib_path).map_err(|e| e.to_string())?;
+    }
+    // SAFETY: the library is the driver we just built; loading it runs no initializers beyond
+    // C++ static constructors of that driver (none with side effects).
+    unsafe { libloading::Library::new(&lib_path) }.map_err(|e| format!("dlopen {}: {e}", lib_path.display()))
+}
+
+const LSE_REL_TOL: f64 = 1e-4;
+
+macro_rules! require_emu {
+    () => {
+        match emu_library() {
+            Ok(lib) => lib,
+            Err(why) => {
+                eprintln!("SKIPPED: CUDA emulation unavailable: {why}");
+                return;
+            }
+        }
+    };
+}
+
+#[test]
+fn emulator_config_matches_rust_variant_table() {
+    let lib = require_emu!();
+    // SAFETY: symbol type matches attnkit_emu_config in kernels/emu/driver.cpp.
+    let config: libloading::Symbol<ConfigFn> = unsafe { lib.get(b"attnkit_emu_config") }.expect("symbol");
+    for v in variants() {
+        let (mut br, mut bc, mut smem) = (0, 0, 0);
+        // SAFETY: out-pointers are valid locals.
+        let rc = unsafe { config(v.bf16 as i32, v.dp as i32, &mut br, &mut bc, &mut smem) };
+        assert_eq!(rc, 0, "{} missing in the kernel", v.kernel_name());
+        assert_eq!((br as usize, bc as usize, smem as usize), (v.br(), v.bc, v.smem_bytes()), "{}", v.kernel_name());
+    }
+}
+
+/// Extra shapes beyond the shared table, so every compiled variant (d48, d96, d160, d192) runs
+/// and tile skipping / decode-like shapes are covered: (name, B, H, H_kv, N_q, N_k, D, causal, window).
+#[allow(clippy::type_complexity)]
+const EXTRA: &[(&str, usize, usize, usize, usize, usize, usize, bool, (i64, i64))] = &[
+    ("d48_causal_left_window", 1, 1, 1, 140, 140, 48, true, (20, -1)),
+    ("d96_right_window_cross", 1, 1, 1, 64, 200, 96, false, (-1, 10)),
+    ("d160", 1, 1, 1, 50, 70, 160, false, (-1, -1)),
+    ("d192_causal", 1, 1, 1, 40, 45, 192, true, (-1, -1)),
+    ("d64_narrow_window_skips_tiles", 1, 1, 1, 450, 450, 64, false, (30, 0)),
+    ("d128_gqa_batch2_causal", 2, 4, 2, 90, 90, 128, true, (-1, -1)),
+    ("d80_decode_like", 1, 2, 2, 3, 190, 80, true, (-1, -1)),
+];
+
+fn cases() -> Vec<common::Case> {
+    let mut t = common::shape_table();
+    for &(name, b, h, hkv, nq, nk, d, causal, (l, r)) in EXTRA {
+        let problem = Problem::new(b, h, nq, d)
+            .with_kv_heads(hkv)
+            .with_seq_k(nk)
+            .with_causal(causal)
+            .with_window(Window::new(l, r));
+        t.push(common::Case { name, problem });
+    }
+    t
+}
+
+/// Runs the emulated kernel; returns (O, LSE) or the emulator's fault message.
+fn emulate(
+    lib: &libloading::Library,
+    p: &Problem,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let bits = |t: &Tensor| -> Vec<u16> {
+        match t {
+            Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
+            Tensor::BF16(x) => x.iter().map(|e| e.to_bits()).collect(),
+            Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
+        }
+    };
+    let (qb, kb, vb) = (bits(q), bits(k), bits(v));
+    let l = FlashLaunch::plan(p, p.dtype).map_err(|r| r.join("; "))?;
+    let mut o = vec![f32::NAN; p.out_len()];
+    let mut lse = vec![f32::NAN; p.lse_len()];
+    let mut err = vec![0 as c_char; 512];
+    // SAFETY: symbol type matches attnkit_emu_flash_fwd in kernels/emu/driver.cpp.
+    let run: libloading::Symbol<RunFn> = unsafe { lib.get(b"attnkit_emu_flash_fwd") }.map_err(|e| e.to_string())?;
+    // SAFETY: every buffer has the length the problem implies; err has err.len() bytes.
+    let rc = unsafe {
+        run(
+            l.variant.bf16 as i32,
+            l.variant.dp as i32,
+            qb.as_ptr(),
+            kb.as_ptr(),
+            vb.as_ptr(),
+            o.as_mut_ptr(),
+            lse.as_mut_ptr(),
+            p.batch as i32,
+            l.heads,
+            l.kv_heads,
+            l.nq,
+            l.nk,
+            l.d,
+            l.scale_log2,
+            l.win_left,
+            l.win_right,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc != 0 {
+        return Err(err.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect());
+    }
+    Ok((o, lse))
+}
+
+#[test]
+fn emulated_kernel_matches_reference() {
+    let lib = require_emu!();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        for dtype in [DType::F16, DType::BF16] {
+            let p = case.problem.clone().with_dtype(dtype);
+            let reasons = attnkit::cuda::unsupported_reasons(&p);
+            if !reasons.is_empty() {
+                eprintln!("skip {} {dtype}: {}", case.name, reasons.join("; "));
+                continue;
+            }
+            let t = std::time::Instant::now();
+            let (q, k, v) = common::qkv(&p, 7);
+            let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+            let (o, lse) = match emulate(lib, &p, &q, &k, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{} {dtype}: emulator fault: {e}", case.name));
+                    continue;
+                }
+            };
+            checked += 1;
+            let (oracle, oracle_lse) = attention_f64(&args);
+            let stats = compare(&o, &oracle);
+            let tol = exact_tolerance(&args, &oracle, dtype);
+            let mut lse_err = 0.0f64;
+            for (i, (&got, &want)) in lse.iter().zip(&oracle_lse).enumerate() {
+                if want == f64::NEG_INFINITY {
+                    if got != f32::NEG_INFINITY {
+                        failures.push(format!("{} {dtype}: row {i} is empty but LSE = {got}", case.name));
+                    }
+                } else {
+                    lse_err = lse_err.max((got as f64 - want).abs() / want.abs().max(1.0));
+                }
+            }
+            eprintln!(
+                "{:<32} {:<4} max|O-ref| {:.3e}  naive {:.3e}  bound {:.3e}  LSE rel {:.1e}  ({:.1}s)",
+                case.name,
+                dtype.as_str(),
+                stats.max_abs,
+                tol.naive_err,
+                tol.bound,
+                lse_err,
+                t.elapsed().as_secs_f64()
+            );
+            if stats.non_finite > 0 || stats.max_abs > tol.bound || lse_err > LSE_REL_TOL {
+                failures.push(format!(
+                    "{} {dtype}: max_abs {:.3e} > bound {:.3e} or LSE rel {lse_err:.1e} or {} non-finite/unwritten",
+                    case.name, stats.max_abs, tol.bound, stats.non_finite
+                ));
+            }
+        }
+    }
+    assert!(checked > 0, "nothing was checked");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
