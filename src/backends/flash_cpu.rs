@@ -17,17 +17,19 @@
 //!
 //! SIMD: AVX-512F, AVX2+FMA, NEON, portable fallback, chosen at run time
 //! ([`crate::simd::Isa::selected`], `ATTNKIT_SIMD` override) or forced with
-//! [`FlashCpu::with_isa`]. exp2 max relative error 1.6e-7 (FMA paths), 1.9e-7 portable (see `src/simd/flash.rs`).
+//! [`FlashCpu::with_isa`]. exp2 max relative error 7.9e-8 (FMA paths), 9.8e-8 portable (see `src/simd/flash.rs`).
 //!
 //! Caveats: head_dim is capped at 256 (registers/L1 sizing; larger D is refused in
 //! `not_supported_reasons`). D not a multiple of 16 pads V/O rows to the next multiple of 16.
 //!
 //! Speed (2-core AVX-512 EPYC, shared with other jobs; f32, B=1, H=8, N=4096, D=64; median of
 //! 5 reps, `examples/flash_cpu_speed.rs` alternated with PyTorch 2.15's CPU SDPA
-//! (`/work/shared/peers/torch_sdpa.py`), 9 pairs): non-causal median 1.22× torch (range
-//! 0.60–1.36, the 0.60 a pair where only our run was hit by load; quietest pair 197 vs 162
-//! GFLOP/s), median 0.93 of the `gemm` crate's f32 GEMM (2048³) timed in the same process;
-//! causal takes a median 0.49 of the non-causal time and is a median 1.38× torch's causal.
+//! (`/work/shared/peers/torch_sdpa.py`)). Five quiet pairs with the final code: 190–194 GFLOP/s
+//! vs torch's 149–161, 1.18–1.29× (median 1.23×); 0.90–0.93 of the `gemm` crate's f32 GEMM
+//! (2048³, 205–211 GFLOP/s) timed in the same process; causal takes 0.49–0.50 of the non-causal
+//! time and is 1.31–1.46× torch's causal. Nine earlier pairs under heavy load: median 1.22×
+//! (one outlier at 0.60× where only our run was hit). D = 128: 194 vs 160 (1.21×); D = 32: 173
+//! vs 141 (1.23×). AVX2 path ≈ 0.9× the AVX-512 one on this CPU; portable ≈ 0.3×.
 //! Narrow windows are better served by `local`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
@@ -151,8 +153,7 @@ pub(crate) fn run_query_block(
     let d = p.head_dim;
     let rows = out.len() / d;
     let rows_pad = rows.div_ceil(spec.shape.mr) * spec.shape.mr;
-    let factor = p.scale * std::f32::consts::LOG2_E;
-    pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, factor, &mut scr.q);
+    pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
         let (lo, hi) = (spec.range)(i);
@@ -170,6 +171,7 @@ pub(crate) fn run_query_block(
     let mut job = BlockJob {
         d,
         q: &scr.q,
+        scale_log2: p.scale * std::f32::consts::LOG2_E,
         ranges: &scr.ranges,
         kpack,
         vpack,

@@ -30,16 +30,16 @@
 //! the compute. `local` packs only what a segment of rows sees, into a per-thread buffer that
 //! stays in L2, and never allocates anything N-sized.
 //!
-//! Measured (2-core AVX-512 EPYC, shared and noisy; f32, B=1, H=8, N=16384, D=64, causal window
-//! (w, 0); median of 11 reps with local and flash-cpu interleaved rep by rep,
-//! `cargo run --release --example flash_cpu_speed -- local 16384 64 8 11`, two runs):
+//! Measured (2-core AVX-512 EPYC, shared; f32, B=1, H=8, N=16384, D=64, causal window (w, 0);
+//! median of 11 reps with local and flash-cpu interleaved rep by rep,
+//! `cargo run --release --example flash_cpu_speed -- local 16384 64 8 11`), the quietest run:
 //!
-//! | w   | local GFLOP/s | flash-cpu GFLOP/s | local speedup |
-//! |-----|---------------|-------------------|---------------|
-//! | 32  | 24 – 47       | 14 – 24           | 1.70 – 1.92×  |
-//! | 64  | 36 – 67       | 24 – 36           | 1.49 – 1.78×  |
-//! | 128 | 52 – 54       | 37 – 38           | 1.40 – 1.44×  |
-//! | 256 | 67 – 82       | 54 – 59           | 1.27 – 1.29×  |
+//! | w   | local GFLOP/s | flash-cpu GFLOP/s | local speedup (two noisier runs) |
+//! |-----|---------------|-------------------|----------------------------------|
+//! | 32  | 47            | 26                | 1.78× (1.70×, 1.92×)             |
+//! | 64  | 74            | 46                | 1.65× (1.49×, 1.78×)             |
+//! | 128 | 109           | 73                | 1.45× (1.44×, 1.40×)             |
+//! | 256 | 142           | 107               | 1.30× (1.27×, 1.29×)             |
 //!
 //! GFLOP/s count allowed pairs only (`Problem::flops`); at w = 32 a 6-row strip still computes
 //! whole 32-key panels, about 2× the allowed pairs, hence the low absolute rate.

@@ -79,7 +79,7 @@ impl Simd for Neon {
 
 #[target_feature(enable = "neon")]
 fn block_neon(t: Neon, job: &mut BlockJob<'_>) {
-    flash::process_block::<Neon, 6, 2, 4>(t, job)
+    flash::process_block::<Neon, 6, 2, 4, true>(t, job)
 }
 
 #[target_feature(enable = "neon")]

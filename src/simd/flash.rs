@@ -7,7 +7,7 @@
 //! columns per P·V chunk).
 //!
 //! # Data layout (built by the `pack_*` functions, f16/bf16 widened while packing)
-//! - Q block: `rows × D` row-major, pre-multiplied by `scale·log2(e)` so softmax runs in base 2.
+//! - Q block: `rows × D` row-major, unscaled (softmax applies `scale·log2(e)` with one FMA).
 //! - K: panels of `KP = KPV·W` keys, each panel `D × KP` (Kᵀ): the QKᵀ microkernel broadcasts
 //!   one q element and loads `KPV` vectors of consecutive keys.
 //! - V: `keys × DP` row-major with `DP = round_up(D, 16)` zero-padded: the P·V microkernel
@@ -23,12 +23,18 @@
 //! the block/tile geometry, never on threads, so results are bitwise reproducible.
 //!
 //! # exp2 accuracy
-//! [`exp2`]: round-to-nearest split `x = n + f`, `f ∈ [-½, ½]`, degree-5 polynomial for 2ᶠ
+//! [`exp2`]: round-to-nearest split `x = n + f`, `f ∈ [-½, ½]`, degree-6 polynomial for 2ᶠ
 //! (relative-error minimax fit, Horner with FMA), 2ⁿ from exponent bits; inputs ≤ −127 give
 //! exactly 0. Measured max relative error vs f64 `exp2` over 2·10⁶ points in [−126, 0]:
-//! **1.64e-7** (≈1.4 f32 ulp) on the AVX2 and AVX-512 paths (FMA), **1.88e-7** on the portable
+//! **7.9e-8** (≈0.7 f32 ulp) on the AVX2 and AVX-512 paths (FMA), **9.8e-8** on the portable
 //! path (separate multiply and add); test `exp2_max_relative_error` in `tests/flash_cpu.rs`
-//! asserts < 3e-7 on every path the CPU has.
+//! asserts < 1.5e-7 on every path the CPU has. (A degree-5 fit measured 1.6e-7 and saved one
+//! FMA per 16 scores, about 0.7% of the kernel's FMAs; the extra accuracy was worth it.)
+//!
+//! # Rounding
+//! Scores are `q·k` in f32 (FMA chains; two interleaved chains on 32-register ISAs), the scale
+//! is applied inside the exponent with one FMA, P·V accumulates in f32 and rows are divided by
+//! their sum at the end. Errors are then of the order of the naive f32 computation's.
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
@@ -47,12 +53,14 @@ pub struct KernelShape {
 }
 
 const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to the nearest integer.
-#[allow(clippy::approx_constant)] // Minimax coefficient, deliberately not ln 2 (0.693147 vs 0.6931472).
-const C1: f32 = 0.693_147;
-const C2: f32 = 0.240_222_42;
-const C3: f32 = 0.055_507_336;
-const C4: f32 = 0.009_671_513;
-const C5: f32 = 0.001_326_472_7;
+// Degree-6 relative-error minimax fit of 2ᶠ on [-½, ½] (Horner, constant term 1).
+#[allow(clippy::approx_constant)] // Fitted coefficient: equals ln 2 only to f32 rounding.
+const C1: f32 = 0.693_147_2;
+const C2: f32 = 0.240_226_48;
+const C3: f32 = 0.055_503_324;
+const C4: f32 = 0.009_618_437;
+const C5: f32 = 0.001_339_887_5;
+const C6: f32 = 0.000_153_533_62;
 
 /// 2ˣ for `x ≤ 0` (also valid up to 127); `x ≤ −127` and `−∞` give 0, NaN gives NaN.
 #[inline(always)]
@@ -61,7 +69,8 @@ pub fn exp2<S: Simd>(s: S, x: S::V) -> S::V {
     let t = s.add(x, s.splat(MAGIC));
     let n = s.sub(t, s.splat(MAGIC));
     let f = s.sub(x, n);
-    let mut p = s.fma(s.splat(C5), f, s.splat(C4));
+    let mut p = s.fma(s.splat(C6), f, s.splat(C5));
+    p = s.fma(p, f, s.splat(C4));
     p = s.fma(p, f, s.splat(C3));
     p = s.fma(p, f, s.splat(C2));
     p = s.fma(p, f, s.splat(C1));
@@ -88,13 +97,15 @@ pub fn exp2_slice<S: Simd>(s: S, xs: &mut [f32]) {
 
 /// The online-softmax step for one row and one tile, in base 2.
 ///
-/// `row` holds the tile's scores `s·log2(e)` (−∞ where masked; `len` a multiple of `W`); on
-/// return it holds `p = 2^(s − m_new)`. `(m, l)` are the running max and sum of the row; the
-/// returned factor `alpha = 2^(m_old − m_new)` is what the caller must multiply the row's O
-/// accumulator by before adding P·V. A row that has seen no allowed key keeps `m = −∞`,
-/// gets p = 0 and alpha = 1.
+/// `row` holds the tile's raw scores `q·k` (−∞ where masked; `len` a multiple of `W`) and `c` is
+/// `scale·log2(e)`; on return `row` holds `p = 2^(c·s − m_new)`, the exponent formed with one FMA
+/// so that only scores near the row max carry (small) rounding, and a rounding of `m_new` shifts
+/// every exponent alike and cancels in the normalization. `(m, l)` are the running max (in
+/// units of `c·s`) and sum of the row; the returned `alpha = 2^(m_old − m_new)` is what the
+/// caller multiplies the row's O accumulator by before adding P·V. A row that has seen no
+/// allowed key keeps `m = −∞`, gets p = 0 and alpha = 1.
 #[inline(always)]
-pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
+pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], c: f32, m: &mut f32, l: &mut f32) -> f32 {
     let w = S::W;
     debug_assert_eq!(row.len() % w, 0);
     let mut vmax = s.splat(f32::NEG_INFINITY);
@@ -102,7 +113,7 @@ pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut 
         // SAFETY: chunks_exact yields exactly W floats.
         vmax = s.max(vmax, unsafe { s.load(c.as_ptr()) });
     }
-    let tile_max = s.reduce_max(vmax);
+    let tile_max = s.reduce_max(vmax) * c;
     let m_new = if *m > tile_max { *m } else { tile_max };
     if m_new == f32::NEG_INFINITY {
         // x86 `max` drops a NaN met against −∞, so a NaN score can hide here: keep it in its row
@@ -116,13 +127,13 @@ pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut 
         return 1.0;
     }
     let alpha = (*m - m_new).exp2();
-    let mv = s.splat(m_new);
+    let (cv, neg_m) = (s.splat(c), s.splat(-m_new));
     let mut vsum = s.splat(0.0);
-    for c in row.chunks_exact_mut(w) {
+    for ch in row.chunks_exact_mut(w) {
         // SAFETY: chunks_exact_mut yields exactly W floats.
         unsafe {
-            let p = exp2(s, s.sub(s.load(c.as_ptr()), mv));
-            s.store(c.as_mut_ptr(), p);
+            let p = exp2(s, s.fma(s.load(ch.as_ptr()), cv, neg_m));
+            s.store(ch.as_mut_ptr(), p);
             vsum = s.add(vsum, p);
         }
     }
@@ -136,8 +147,10 @@ pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], m: &mut f32, l: &mut 
 pub struct BlockJob<'a> {
     /// Head dimension D.
     pub d: usize,
-    /// `rows × D`, pre-scaled Q; `rows` a multiple of the ISA's `mr`.
+    /// `rows × D` Q; `rows` a multiple of the ISA's `mr`.
     pub q: &'a [f32],
+    /// `scale·log2(e)`, applied to scores inside the online-softmax step.
+    pub scale_log2: f32,
     /// Per row, its allowed keys `[lo, hi)` in packed coordinates (`lo == hi`: none).
     pub ranges: &'a [(usize, usize)],
     /// `nkeys / kp` panels of `D × kp`.
@@ -163,7 +176,7 @@ pub struct BlockJob<'a> {
 /// # Safety
 /// `q` readable for `MR·d`, `k` for `d·KPV·W`, `out` writable for rows `r·ld + [0, KPV·W)`.
 #[inline(always)]
-unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize>(
+unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize, const SPLIT: bool>(
     s: S,
     q: *const f32,
     d: usize,
@@ -173,14 +186,24 @@ unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize>(
 ) {
     let w = S::W;
     let kp = KPV * w;
-    let mut acc = [[s.splat(0.0); KPV]; MR];
-    // SAFETY (whole body): every offset stays within the extents the caller guarantees.
-    unsafe {
-        for t in 0..d {
-            let kt = k.add(t * kp);
+    /// acc += q[:, t] ⊗ k[t, :] for one step of the reduction.
+    ///
+    /// # Safety
+    /// As for `qk_panel`, with `t < d`.
+    #[inline(always)]
+    unsafe fn step<S: Simd, const MR: usize, const KPV: usize>(
+        s: S,
+        q: *const f32,
+        d: usize,
+        kt: *const f32,
+        t: usize,
+        acc: &mut [[S::V; KPV]; MR],
+    ) {
+        // SAFETY: the caller guarantees q spans MR·d and kt spans KPV·W floats.
+        unsafe {
             let mut kv = [s.splat(0.0); KPV];
             for v in 0..KPV {
-                kv[v] = s.load(kt.add(v * w));
+                kv[v] = s.load(kt.add(v * S::W));
             }
             for r in 0..MR {
                 let qb = s.splat(*q.add(r * d + t));
@@ -189,9 +212,29 @@ unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize>(
                 }
             }
         }
+    }
+    // With SPLIT, even and odd steps of the D-reduction go to two accumulator sets (ISAs with
+    // 32 registers): half the dependency chain and about 1/√2 the rounding error of one chain.
+    let mut acc = [[s.splat(0.0); KPV]; MR];
+    let mut acc2 = [[s.splat(0.0); KPV]; MR];
+    // SAFETY (whole body): every offset stays within the extents the caller guarantees.
+    unsafe {
+        let mut t = 0;
+        if SPLIT {
+            while t + 2 <= d {
+                step::<S, MR, KPV>(s, q, d, k.add(t * kp), t, &mut acc);
+                step::<S, MR, KPV>(s, q, d, k.add((t + 1) * kp), t + 1, &mut acc2);
+                t += 2;
+            }
+        }
+        while t < d {
+            step::<S, MR, KPV>(s, q, d, k.add(t * kp), t, &mut acc);
+            t += 1;
+        }
         for r in 0..MR {
             for v in 0..KPV {
-                s.store(out.add(r * ld + v * w), acc[r][v]);
+                let a = if SPLIT { s.add(acc[r][v], acc2[r][v]) } else { acc[r][v] };
+                s.store(out.add(r * ld + v * w), a);
             }
         }
     }
@@ -249,7 +292,10 @@ unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
 /// Runs one query block (see the module docs). Panics only on an internal layout bug (a
 /// `BlockJob` whose buffers disagree with its sizes), never on user input.
 #[inline(always)]
-pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize>(s: S, job: &mut BlockJob<'_>) {
+pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const SPLIT: bool>(
+    s: S,
+    job: &mut BlockJob<'_>,
+) {
     let w = S::W;
     let kp = KPV * w;
     let d = job.d;
@@ -294,7 +340,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
                 // SAFETY: rows r0..r0+MR < rows so q spans MR·d; panel pnl < nkeys/kp so kpack
                 // spans d·kp from pnl·d·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp.
                 unsafe {
-                    qk_panel::<S, MR, KPV>(
+                    qk_panel::<S, MR, KPV, SPLIT>(
                         s,
                         job.q.as_ptr().add(r0 * d),
                         d,
@@ -319,7 +365,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
             let mut alpha = [1.0f32; MR];
             for i in 0..MR {
                 let row = &mut sbuf[i * tile..i * tile + n];
-                alpha[i] = online_softmax_step(s, row, &mut job.m[r0 + i], &mut job.l[r0 + i]);
+                alpha[i] = online_softmax_step(s, row, job.scale_log2, &mut job.m[r0 + i], &mut job.l[r0 + i]);
             }
             let mut c = 0;
             while c < nvec {
@@ -360,9 +406,8 @@ pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32],
         if l[r] == 0.0 {
             o.fill(0.0);
         } else {
-            let inv = 1.0 / l[r];
             for (x, a) in o.iter_mut().zip(&acc[r * dp..r * dp + d]) {
-                *x = a * inv;
+                *x = a / l[r];
             }
         }
     }
@@ -402,21 +447,10 @@ pub fn pack_v(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, k
     }
 }
 
-/// Loads `rows` query rows (row 0 at element `base`) into `dst` (`rows_pad × D`, zero pad rows),
-/// multiplied by `factor` (= scale·log2 e).
-pub fn pack_q(
-    src: TensorRef<'_>,
-    base: usize,
-    rows: usize,
-    rows_pad: usize,
-    d: usize,
-    factor: f32,
-    dst: &mut Vec<f32>,
-) {
+/// Loads `rows` query rows (row 0 at element `base`) into `dst` (`rows_pad × D`, zero pad rows).
+/// Q is not pre-scaled: the scale is applied in the softmax step, one rounding fewer per score.
+pub fn pack_q(src: TensorRef<'_>, base: usize, rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<f32>) {
     dst.clear();
     dst.resize(rows_pad * d, 0.0);
     src.read_f32(base, &mut dst[..rows * d]);
-    for x in &mut dst[..rows * d] {
-        *x *= factor;
-    }
 }

@@ -72,7 +72,7 @@ impl Simd for Portable {
 
 /// The shared block kernel on the portable path.
 pub fn run_block(job: &mut BlockJob<'_>) {
-    flash::process_block::<Portable, 4, 2, 2>(Portable, job)
+    flash::process_block::<Portable, 4, 2, 2, false>(Portable, job)
 }
 
 /// `exp2` in place on the portable path.

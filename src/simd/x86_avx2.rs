@@ -83,7 +83,7 @@ impl Simd for Avx2Fma {
 
 #[target_feature(enable = "avx2,fma")]
 fn block_avx2(t: Avx2Fma, job: &mut BlockJob<'_>) {
-    flash::process_block::<Avx2Fma, 6, 2, 2>(t, job)
+    flash::process_block::<Avx2Fma, 6, 2, 2, false>(t, job)
 }
 
 #[target_feature(enable = "avx2,fma")]

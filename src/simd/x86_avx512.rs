@@ -86,7 +86,7 @@ impl Simd for Avx512 {
 
 #[target_feature(enable = "avx512f")]
 fn block_avx512(t: Avx512, job: &mut BlockJob<'_>) {
-    flash::process_block::<Avx512, 6, 2, 4>(t, job)
+    flash::process_block::<Avx512, 6, 2, 4, true>(t, job)
 }
 
 #[target_feature(enable = "avx512f")]
