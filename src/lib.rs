@@ -26,7 +26,6 @@ pub mod seeded;
 pub mod simd;
 pub mod tensor;
 pub mod validate;
-pub mod vexp;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
 pub use error::{AttnError, Result};

@@ -5,7 +5,7 @@
 //! query head of the group O = softmax(scale·Q·K′ᵀ)·V′, the softmax running over the k projected
 //! keys. All four products are f32 GEMMs ([`crate::linalg::sgemm`]); E·K and F·V stream K and V in
 //! blocks of 512 keys (E and F are stored transposed, so a block's columns are contiguous),
-//! Q·K′ᵀ and P·V′ stream Q in blocks of 128 rows; the softmax uses [`crate::vexp`].
+//! Q·K′ᵀ and P·V′ stream Q in blocks of 128 rows; the softmax uses [`crate::simd::exp_shifted`].
 //!
 //! Projections: seeded Gaussian with entries N(0, 1/k) ([`Linformer::new`]), or supplied by the
 //! user ([`Linformer::with_projections`]). Sharing ([`Sharing`]): separate E and F per KV head
@@ -64,7 +64,6 @@ use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
 use crate::registry::BackendOptions;
 use crate::seeded;
-use crate::vexp;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -361,7 +360,7 @@ impl Linformer {
                 sgemm(MatRef::row_major(q, c, d), MatRef::transposed(&kp, k, d), sc, k, p.scale, 0.0, Par::Serial)?;
                 for (r, row) in sc.chunks_mut(k).enumerate() {
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    vexp::exp_shifted(row, m);
+                    crate::simd::exp_shifted(row, m);
                     let sum: f32 = row.iter().sum();
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x| *x *= inv);

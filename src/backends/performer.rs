@@ -79,7 +79,6 @@ use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
 use crate::registry::BackendOptions;
 use crate::seeded;
-use crate::vexp;
 use rand_distr::{ChiSquared, Distribution, StandardNormal};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -223,7 +222,7 @@ impl FeatureMap<'_> {
         for (row, sh) in a.chunks_mut(self.m).zip(shift.iter_mut()) {
             *sh = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let c = *sh + self.half_ln_m;
-            vexp::exp_shifted(row, c);
+            crate::simd::exp_shifted(row, c);
         }
         Ok(())
     }
@@ -231,7 +230,7 @@ impl FeatureMap<'_> {
     /// exp(a − key_shift − ½ ln m) in place.
     fn finish_keys(&self, a: &mut [f32], key_shift: f32) {
         let c = key_shift + self.half_ln_m;
-        vexp::exp_shifted(a, c);
+        crate::simd::exp_shifted(a, c);
     }
 }
 

@@ -53,12 +53,11 @@ fn one_head(
     for (i, (row, l)) in scores.chunks_mut(nk).zip(lse.iter_mut()).enumerate() {
         let (lo, hi) = p.key_range(i);
         let band = &mut row[lo..hi];
-        let m = band.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in band.iter_mut() {
-            *s = (*s - m).exp();
-            sum += *s;
-        }
+        // NaN-propagating max: a NaN score must poison its row, not vanish (`f32::max` drops it).
+        let m = band.iter().fold(f32::NEG_INFINITY, |m, &s| if s.is_nan() || m.is_nan() { f32::NAN } else { m.max(s) });
+        // The shared SIMD exp (one code path for every backend's exponentials).
+        crate::simd::exp_shifted(band, m);
+        let sum: f32 = band.iter().sum();
         let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
         band.iter_mut().for_each(|s| *s *= inv);
         row[..lo].fill(0.0);
