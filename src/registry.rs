@@ -15,6 +15,8 @@ pub struct BackendOptions {
     pub features: Option<usize>,
     /// Seed for random projections/features.
     pub seed: u64,
+    /// `local-block`'s block size (default 128).
+    pub block_size: Option<usize>,
 }
 
 type Factory = fn(&BackendOptions) -> Result<Box<dyn Attention>>;
@@ -26,8 +28,10 @@ fn registry() -> &'static [(&'static str, Factory)] {
         ("sdpa", |_| Ok(Box::new(backends::sdpa::Sdpa))),
         ("flash-cpu", |_| Ok(Box::new(backends::flash_cpu::FlashCpu::new()))),
         ("local", |_| Ok(Box::new(backends::local::Local::new()))),
-        ("local-block", |_| {
-            Ok(Box::new(backends::local_block::LocalBlock::new(backends::local_block::DEFAULT_BLOCK)?))
+        ("local-block", |o| {
+            Ok(Box::new(backends::local_block::LocalBlock::new(
+                o.block_size.unwrap_or(backends::local_block::DEFAULT_BLOCK),
+            )?))
         }),
         ("flash-cuda", |_| Ok(Box::new(backends::flash_cuda::FlashCuda::new()))),
         ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),

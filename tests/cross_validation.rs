@@ -172,3 +172,19 @@ fn mismatched_inputs_are_typed_errors() {
     let e = backend("sdpa").unwrap().forward_into(&args, &mut out, None).unwrap_err();
     assert!(e.to_string().contains("out has 3 elements"), "{e}");
 }
+
+#[test]
+fn auto_prefers_local_for_narrow_bands_and_flash_cpu_otherwise() {
+    let auto = attnkit::backends::auto::Auto::new(&Default::default());
+    let narrow = Problem::new(1, 1, 4096, 64).with_window(Window::new(255, 0));
+    let wide = Problem::new(1, 1, 4096, 64).with_window(Window::new(2047, 2047));
+    let dense = Problem::new(1, 1, 4096, 64).with_causal(true);
+    let pick = |p: &Problem| auto.choose(p).map(|b| b.name().to_string());
+    if backend("local").is_ok_and(|b| b.availability().is_ok()) {
+        assert_eq!(pick(&narrow).as_deref(), Some("local"));
+    }
+    if backend("flash-cpu").is_ok_and(|b| b.availability().is_ok()) {
+        assert_eq!(pick(&wide).as_deref(), Some("flash-cpu"));
+        assert_eq!(pick(&dense).as_deref(), Some("flash-cpu"));
+    }
+}

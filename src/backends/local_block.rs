@@ -12,8 +12,8 @@
 //! attention, so `auto` never picks it), but the pattern itself is computed exactly, and the
 //! returned LSE is the log-sum-exp over the row's block.
 //!
-//! Option: the block size, `LocalBlock::new(block)` (registered as `local-block` with
-//! [`DEFAULT_BLOCK`] = 128; the registry's `BackendOptions` has no block-size field yet).
+//! Option: the block size, `LocalBlock::new(block)`; through the registry and the CLI,
+//! `BackendOptions::block_size` / `--block-size` (default [`DEFAULT_BLOCK`] = 128).
 //!
 //! Algorithm: `local`'s segment runner ([`crate::backends::local`]) with this pattern as the
 //! per-row key range: the same packed panels, SIMD microkernels and online softmax

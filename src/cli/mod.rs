@@ -94,6 +94,9 @@ pub struct ShapeArgs {
     /// Performer's random-feature count m.
     #[arg(long)]
     pub features: Option<usize>,
+    /// local-block's block size.
+    #[arg(long)]
+    pub block_size: Option<usize>,
 }
 
 impl ShapeArgs {
@@ -110,7 +113,12 @@ impl ShapeArgs {
     }
 
     pub fn options(&self) -> BackendOptions {
-        BackendOptions { proj_dim: self.proj_dim, features: self.features, seed: self.seed }
+        BackendOptions {
+            proj_dim: self.proj_dim,
+            features: self.features,
+            seed: self.seed,
+            block_size: self.block_size,
+        }
     }
 }
 

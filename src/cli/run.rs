@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Seed for random projections/features.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// local-block's block size.
+    #[arg(long)]
+    pub block_size: Option<usize>,
 }
 
 fn rank_error(name: &str, shape: &[usize]) -> AttnError {
@@ -84,7 +87,7 @@ pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Prob
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
-    let opts = BackendOptions { proj_dim: a.proj_dim, features: a.features, seed: a.seed };
+    let opts = BackendOptions { proj_dim: a.proj_dim, features: a.features, seed: a.seed, block_size: a.block_size };
     let backend = attnkit::backend_with(&a.backend, &opts)?;
     let (q, qs) = read_tensor(&a.q)?;
     let (k, ks) = read_tensor(&a.k)?;
