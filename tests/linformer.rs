@@ -193,7 +193,7 @@ fn registry_honours_proj_dim_and_seed() {
     let p = Problem::new(1, 2, 40, 16);
     let (q, k, v) = inputs(&p, 4);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-    let opts = |proj_dim, seed| BackendOptions { proj_dim, features: Some(3), seed };
+    let opts = |proj_dim, seed| BackendOptions { proj_dim, features: Some(3), seed, block_size: Some(5) };
     let via_registry = backend_with("linformer", &opts(Some(8), 5)).unwrap();
     assert_eq!(via_registry.exactness(), Exactness::Approximate);
     let a = via_registry.forward(&args, false).unwrap().out;
