@@ -22,7 +22,7 @@ use serde::Serialize;
 use std::fmt;
 
 /// Input element type. Accumulation is always f32 or wider; output is always f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,

@@ -98,3 +98,58 @@ fn merge_partials_rejects_inconsistent_lengths() {
     let e = merge_partials(&mut a, &mut la, &[0f32; 6], &[0f32; 3], 0).unwrap_err();
     assert!(e.to_string().contains("head_dim=0"), "{e}");
 }
+
+// ---- .npy files (the library side of `attnkit run`) ----
+
+fn npy_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("attnkit-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// A version-1 `.npy` with the given header dict and `data_len` zero bytes of payload.
+fn raw_npy(dict: &str, data_len: usize) -> Vec<u8> {
+    let mut text = dict.to_string();
+    while !(10 + text.len() + 1).is_multiple_of(64) {
+        text.push(' ');
+    }
+    text.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    b.extend_from_slice(text.as_bytes());
+    b.extend(std::iter::repeat_n(0u8, data_len));
+    b
+}
+
+#[test]
+fn malformed_npy_files_are_clear_errors() {
+    use attnkit::npy::read_tensor4;
+    let good = raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3, 4), }", 24 * 4);
+    assert!(read_tensor4(npy_file("good.npy", &good)).is_ok());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("f64.npy", raw_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2, 3, 4), }", 24 * 8), "dtype"),
+        ("i4.npy", raw_npy("{'descr': '<i4', 'fortran_order': False, 'shape': (1, 2, 3, 4), }", 24 * 4), "dtype"),
+        ("rank2.npy", raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), }", 24 * 4), "rank"),
+        ("fortran.npy", raw_npy("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 2, 3, 4), }", 24 * 4), "ortran"),
+        ("truncated.npy", good[..good.len() - 5].to_vec(), ""),
+        ("header_only.npy", good[..20].to_vec(), ""),
+        ("not_npy.npy", b"hello world, not an array".to_vec(), ""),
+        ("empty.npy", Vec::new(), ""),
+        (
+            "huge_shape.npy",
+            raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2, 2), }", 16),
+            "",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let e = read_tensor4(npy_file(name, &bytes)).expect_err(name);
+        let msg = e.to_string();
+        assert!(matches!(e, AttnError::Npy { .. }), "{name}: expected an Npy error, got {e:?}");
+        assert!(msg.contains(name), "{name}: the message should name the file: {msg}");
+        assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "{name}: `{msg}` should mention `{needle}`");
+    }
+    let e = read_tensor4("/definitely/not/here.npy").unwrap_err();
+    assert!(e.to_string().contains("/definitely/not/here.npy"), "{e}");
+}

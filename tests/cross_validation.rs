@@ -22,6 +22,8 @@ fn every_backend_matches_the_oracle_on_the_shape_table() {
     let names: Vec<&str> = backend_names().into_iter().filter(|n| *n != "reference").collect();
     let mut checked = 0usize;
     let mut failures = Vec::new();
+    // Worst error/bound per (backend, dtype), printed at the end (the README quotes it).
+    let mut worst: std::collections::BTreeMap<(String, DType), (f64, f64, f64, &str)> = Default::default();
     for case in shape_table() {
         for dtype in DType::ALL {
             let p = case.problem.clone().with_dtype(dtype);
@@ -60,6 +62,11 @@ fn every_backend_matches_the_oracle_on_the_shape_table() {
                 // A CUDA backend rounds f32 inputs to f16 on the way in: judge it at f16.
                 let precision = if b.device() == Device::Cuda && dtype == DType::F32 { DType::F16 } else { dtype };
                 let tol = exact_tolerance(&args, &oracle, precision);
+                let ratio = stats.max_abs / tol.bound;
+                let w = worst.entry((name.to_string(), dtype)).or_insert((0.0, 0.0, 0.0, ""));
+                if ratio >= w.0 {
+                    *w = (ratio, stats.max_abs, tol.bound, case.name);
+                }
                 if stats.non_finite > 0 || stats.max_abs > tol.bound {
                     failures.push(format!(
                         "{name} {} {dtype}: max_abs {:.3e} > bound {:.3e} (naive {:.3e}), non-finite {}",
@@ -83,6 +90,10 @@ fn every_backend_matches_the_oracle_on_the_shape_table() {
         }
     }
     println!("checked {checked} (backend, case, dtype) combinations");
+    println!("worst error / bound per exact backend and dtype:");
+    for ((name, dtype), (ratio, err, bound, case)) in &worst {
+        println!("  {name:<10} {dtype:<5} {ratio:.1e}  (max_abs {err:.2e} vs bound {bound:.2e}, case {case})");
+    }
     assert!(checked > 0, "no backend was checked");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
