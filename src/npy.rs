@@ -62,6 +62,39 @@ fn check_preamble(bytes: &[u8], origin: &str) -> Result<()> {
             format!("truncated file: the header claims {header_len} bytes but the file has only {} bytes", bytes.len()),
         ));
     }
+    check_header_text(&bytes[prefix..prefix + header_len], origin)
+}
+
+/// Rejects header text that no NumPy writer produces before npyz's Python-literal parser (a
+/// pest grammar) sees it. Fuzzing found that parser backtracking for minutes on 229 bytes with
+/// two runs of unclosed `[[[[…` (tests/data/npy_bracket_hang.npy), a denial of service for
+/// `attnkit run`. NumPy writes `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`
+/// padded with spaces: one dict holding one tuple, single-quoted plain strings. We allow only
+/// that alphabet (no lists, escapes or double quotes), nesting depth 2 and no triple quotes.
+fn check_header_text(header: &[u8], origin: &str) -> Result<()> {
+    let allowed = |c: u8| c.is_ascii_alphanumeric() || b" \t\n{}()',:<>|=_.-+".contains(&c);
+    if let Some(&c) = header.iter().find(|&&c| !allowed(c)) {
+        return Err(npy_err(
+            origin,
+            format!("malformed header: unexpected byte 0x{c:02x} (NumPy headers are plain dict literals)"),
+        ));
+    }
+    if header.windows(2).any(|w| w == b"''") {
+        return Err(npy_err(origin, "malformed header: empty or triple-quoted string (NumPy never writes one)"));
+    }
+    let mut depth = 0usize;
+    for &c in header {
+        match c {
+            b'{' | b'(' => {
+                depth += 1;
+                if depth > 2 {
+                    return Err(npy_err(origin, "malformed header: nested deeper than a dict holding a shape tuple"));
+                }
+            }
+            b'}' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     Ok(())
 }
 

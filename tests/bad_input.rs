@@ -137,6 +137,20 @@ fn malformed_npy_files_are_clear_errors() {
         ("header_only.npy", good[..20].to_vec(), ""),
         ("not_npy.npy", b"hello world, not an array".to_vec(), ""),
         ("empty.npy", Vec::new(), ""),
+        // Fuzzing found npyz's literal parser backtracking for minutes on quote-heavy headers.
+        ("triple_quotes.npy", raw_npy(&format!("{{'descr': {}'<f4', }}", "'''".repeat(60)), 4), "triple-quoted"),
+        // The fuzzer's hang: unclosed `[[[[…` runs made npyz's parser backtrack for minutes.
+        ("bracket_hang.npy", include_bytes!("data/npy_bracket_hang.npy").to_vec(), "unexpected byte 0x5b"),
+        (
+            "deep_parens.npy",
+            raw_npy(&format!("{{'descr': '<f4', 'shape': {}1{}, }}", "(".repeat(40), ")".repeat(40)), 4),
+            "nested",
+        ),
+        (
+            "escapes.npy",
+            raw_npy("{'descr': '<f4\\x00', 'fortran_order': False, 'shape': (1,1,1,1), }", 4),
+            "unexpected byte",
+        ),
         (
             "huge_shape.npy",
             raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2, 2), }", 16),
