@@ -33,3 +33,8 @@ pub use lse::merge_partials;
 pub use problem::{DType, Problem, Window};
 pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
 pub use tensor::{Tensor, TensorRef};
+
+/// The README's Rust example runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
