@@ -95,6 +95,43 @@ fn check_header_text(header: &[u8], origin: &str) -> Result<()> {
             _ => {}
         }
     }
+    check_shape_literal(header, origin)
+}
+
+/// NumPy writes the shape as a tuple of plain non-negative integers. npyz also evaluates
+/// expressions there (`-1++1`) and multiplies the dimensions unchecked, which fuzzing showed
+/// overflowing (a panic under overflow checks). Require digits only and a product that fits.
+fn check_shape_literal(header: &[u8], origin: &str) -> Result<()> {
+    let Some(key) = header.windows(7).position(|w| w == b"'shape'") else {
+        return Ok(()); // npyz reports the missing key
+    };
+    let rest = &header[key + 7..];
+    let (Some(open), Some(close)) = (rest.iter().position(|&c| c == b'('), rest.iter().position(|&c| c == b')')) else {
+        return Err(npy_err(origin, "malformed header: 'shape' is not a tuple"));
+    };
+    if close < open {
+        return Err(npy_err(origin, "malformed header: 'shape' is not a tuple"));
+    }
+    let inner = &rest[open + 1..close];
+    if !inner.iter().all(|&c| c.is_ascii_digit() || c == b',' || c == b' ') {
+        return Err(npy_err(origin, "malformed header: 'shape' must be a tuple of non-negative integers"));
+    }
+    let mut count: u64 = 1;
+    for dim in inner.split(|&c| c == b',').map(|d| d.trim_ascii()).filter(|d| !d.is_empty()) {
+        let n = std::str::from_utf8(dim).ok().and_then(|d| d.parse::<u64>().ok());
+        match n.and_then(|n| count.checked_mul(n)) {
+            Some(c) if c <= MAX_ELEMENTS => count = c,
+            _ => {
+                return Err(npy_err(
+                    origin,
+                    format!(
+                        "shape {} has too many elements (limit {MAX_ELEMENTS})",
+                        String::from_utf8_lossy(&rest[open..=close])
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
