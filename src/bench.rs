@@ -76,6 +76,11 @@ pub struct GemmCeiling {
 
 /// Median of `reps` timed `size`³ GEMMs (after one warm-up), using every thread of the
 /// current rayon pool, so call it inside the same pool the backends will run in.
+/// Side of the square sgemm the bench and report use as the machine's f32 GEMM ceiling. 2048³
+/// (17 GFLOP) is large enough that packing and thread start-up stop mattering; at 1024³ the
+/// `gemm` crate measured ~10% lower here, which let fused attention tiles exceed "the ceiling".
+pub const GEMM_CEILING_SIZE: usize = 2048;
+
 pub fn gemm_ceiling(size: usize, reps: usize) -> Result<GemmCeiling> {
     if size == 0 || reps == 0 {
         return Err(AttnError::invalid("gemm ceiling: size and reps must be ≥ 1"));

@@ -75,7 +75,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
 
 fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem]) -> Result<ExitCode, AttnError> {
     let threads = rayon::current_num_threads();
-    let gemm = gemm_ceiling(1024, 5)?;
+    let gemm = gemm_ceiling(attnkit::bench::GEMM_CEILING_SIZE, 5)?;
     if !a.json {
         println!(
             "GEMM ceiling: {}×{}×{} f32 sgemm on {threads} thread(s): {:.1} GFLOP/s (median of 5, {})",

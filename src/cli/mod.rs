@@ -44,7 +44,7 @@ enum Command {
     /// of exact attention over the allowed (unmasked) query–key pairs, 4·D per pair times B·H
     /// (Problem::flops), divided by the median time — for every backend, approximations
     /// included, so the numbers are comparable effective throughputs. The f32 GEMM ceiling
-    /// (a 1024³ sgemm, median of 5, same thread count) is measured in the same run and each
+    /// (a 2048³ sgemm, median of 5, same thread count) is measured in the same run and each
     /// backend's fraction of it is printed. Peak bytes: heap allocated above what was live
     /// before the first call (inputs and output excluded), counted by the binary's allocator.
     Bench(bench::BenchArgs),
