@@ -378,6 +378,18 @@ fn run_one(
             .with_status("skipped", format!("reference (f64 oracle) is timed only up to N = {}", cfg.reference_max_n));
         return Ok((row, None));
     }
+    // Memory before time: a run the budget refuses is reported with the bytes it would need
+    // (e.g. sdpa at 64K needs 128 GiB), not with an extrapolated time.
+    if var.backend == "sdpa"
+        && let Err(e) = attnkit::budget::check_budget(
+            "sdpa",
+            "the materialized N_q×N_k score matrices",
+            attnkit::backends::sdpa::Sdpa::working_bytes(p),
+        )
+    {
+        row.rec = row.rec.clone().with_status("skipped", e.to_string());
+        return Ok((row, None));
+    }
     if let Some((_, _, n0, t0)) = last.iter().find(|(l, c, _, _)| *l == var.label && *c == p.causal) {
         let e = expected_exponent(backend.as_ref(), p);
         let t = extrapolate(*n0, *t0, n, e);
