@@ -13,6 +13,8 @@
 //! after widening, so the kernels' error is f32 rounding plus the exp2 polynomial (< 1e-7
 //! relative), far inside the half-precision naive baselines.
 
+mod common;
+
 use attnkit::backends::flash_cpu::FlashCpu;
 use attnkit::backends::local::Local;
 use attnkit::backends::local_block::LocalBlock;
@@ -20,6 +22,7 @@ use attnkit::backends::reference::attention_f64;
 use attnkit::simd::Isa;
 use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{Attention, AttnArgs, AttnError, DType, Problem, Tensor, Window};
+use common::{Case, case};
 
 /// Deterministic pseudo-normal data (sum of 4 uniforms, centered), no RNG crate needed.
 fn data(n: usize, seed: u64, amp: f32) -> Vec<f32> {
@@ -38,15 +41,6 @@ fn data(n: usize, seed: u64, amp: f32) -> Vec<f32> {
         .collect()
 }
 
-struct Case {
-    name: &'static str,
-    p: Problem,
-}
-
-fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
-    Case { name, p: Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk) }
-}
-
 fn flash_cases() -> Vec<Case> {
     let mut v = vec![
         case("n1", 1, 2, 2, 1, 1, 32),
@@ -61,32 +55,42 @@ fn flash_cases() -> Vec<Case> {
     ];
     let mut extra = Vec::new();
     for c in &v {
-        extra.push(Case { name: c.name, p: c.p.clone().with_causal(true) });
+        extra.push(Case { name: c.name, problem: c.problem.clone().with_causal(true) });
     }
     v.extend(extra);
     v.push(Case {
         name: "n1000_causal_window",
-        p: case("", 1, 1, 1, 1000, 1000, 64).p.with_causal(true).with_window(Window::new(100, -1)),
+        problem: case("", 1, 1, 1, 1000, 1000, 64).problem.with_causal(true).with_window(Window::new(100, -1)),
     });
-    v.push(Case { name: "window_two_sided", p: case("", 1, 2, 2, 300, 300, 40).p.with_window(Window::new(20, 37)) });
-    v.push(Case { name: "window_empty_rows", p: case("", 1, 1, 1, 40, 20, 32).p.with_window(Window::new(2, 0)) });
-    v.push(Case { name: "window_right_only", p: case("", 1, 1, 1, 64, 200, 64).p.with_window(Window::new(-1, 3)) });
+    v.push(Case {
+        name: "window_two_sided",
+        problem: case("", 1, 2, 2, 300, 300, 40).problem.with_window(Window::new(20, 37)),
+    });
+    v.push(Case {
+        name: "window_empty_rows",
+        problem: case("", 1, 1, 1, 40, 20, 32).problem.with_window(Window::new(2, 0)),
+    });
+    v.push(Case {
+        name: "window_right_only",
+        problem: case("", 1, 1, 1, 64, 200, 64).problem.with_window(Window::new(-1, 3)),
+    });
     v
 }
 
 fn local_cases() -> Vec<Case> {
-    let w = |name, p: Problem, l, r, causal| Case { name, p: p.with_window(Window::new(l, r)).with_causal(causal) };
+    let w =
+        |name, p: Problem, l, r, causal| Case { name, problem: p.with_window(Window::new(l, r)).with_causal(causal) };
     vec![
-        w("l_n1", case("", 1, 1, 1, 1, 1, 32).p, 4, 0, true),
-        w("l_n17_d40", case("", 1, 2, 2, 17, 17, 40).p, 3, 2, false),
-        w("l_n1000_causal", case("", 1, 1, 1, 1000, 1000, 64).p, 63, 0, true),
-        w("l_n1000_sym", case("", 1, 1, 1, 1000, 1000, 64).p, 50, 50, false),
-        w("l_gqa_nq<nk_d80", case("", 2, 4, 2, 50, 170, 80).p, 20, 5, true),
-        w("l_mqa_nq>nk_d128", case("", 1, 4, 1, 130, 40, 128).p, 10, 10, false),
-        w("l_d256", case("", 1, 1, 1, 90, 90, 256).p, 16, 16, false),
-        w("l_empty_rows", case("", 1, 1, 1, 40, 20, 32).p, 2, 0, false),
-        w("l_one_sided", case("", 1, 1, 1, 100, 100, 32).p, -1, 0, true),
-        w("l_odd_d", case("", 1, 1, 1, 77, 77, 5).p, 9, 1, false),
+        w("l_n1", case("", 1, 1, 1, 1, 1, 32).problem, 4, 0, true),
+        w("l_n17_d40", case("", 1, 2, 2, 17, 17, 40).problem, 3, 2, false),
+        w("l_n1000_causal", case("", 1, 1, 1, 1000, 1000, 64).problem, 63, 0, true),
+        w("l_n1000_sym", case("", 1, 1, 1, 1000, 1000, 64).problem, 50, 50, false),
+        w("l_gqa_nq<nk_d80", case("", 2, 4, 2, 50, 170, 80).problem, 20, 5, true),
+        w("l_mqa_nq>nk_d128", case("", 1, 4, 1, 130, 40, 128).problem, 10, 10, false),
+        w("l_d256", case("", 1, 1, 1, 90, 90, 256).problem, 16, 16, false),
+        w("l_empty_rows", case("", 1, 1, 1, 40, 20, 32).problem, 2, 0, false),
+        w("l_one_sided", case("", 1, 1, 1, 100, 100, 32).problem, -1, 0, true),
+        w("l_odd_d", case("", 1, 1, 1, 77, 77, 5).problem, 9, 1, false),
     ]
 }
 
@@ -129,7 +133,7 @@ fn run_suite(make: impl Fn(Isa) -> Box<dyn Attention>, cases: &[Case]) -> usize 
         for (ci, c) in cases.iter().enumerate() {
             for (di, dtype) in DType::ALL.into_iter().enumerate() {
                 let label = format!("{}[{isa}] {}", backend.name(), c.name);
-                let (e, t) = check(backend.as_ref(), &label, &c.p, dtype, 17 * ci as u64 + 3);
+                let (e, t) = check(backend.as_ref(), &label, &c.problem, dtype, 17 * ci as u64 + 3);
                 if e / t > worst[di].0 {
                     worst[di] = (e / t, e, t);
                 }

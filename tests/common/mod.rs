@@ -13,7 +13,8 @@ pub struct Case {
     pub problem: Problem,
 }
 
-fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
+/// A table row: `Problem::new(b, h, nq, d)` with `hkv` KV heads and `nk` keys.
+pub fn case(name: &'static str, b: usize, h: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> Case {
     Case { name, problem: Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk) }
 }
 
