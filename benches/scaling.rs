@@ -11,7 +11,7 @@
 //! (device-resident, synchronized); until that hook is wired they fall back to host timing.
 
 use attnkit::alloc_counter::CountingAllocator;
-use attnkit::bench::{device_timing, random_inputs};
+use attnkit::bench::device_timing;
 use attnkit::{AttnArgs, Device, Problem, Window};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -33,7 +33,7 @@ fn scaling(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
         for n in NS {
             let base = Problem::new(1, 8, n, 64).with_causal(causal);
-            let (q, k, v) = random_inputs(&base, 0);
+            let (q, k, v) = attnkit::seeded::normal_qkv(&base, 0);
             for b in &backends {
                 if b.name() == "reference" && n > 512 {
                     continue;

@@ -38,7 +38,7 @@
 //! when every value fits (else bf16), and keeps P ∈ [0, 1] and all accumulators in f32.
 
 use crate::error::{AttnError, Result};
-use crate::problem::Problem;
+use crate::problem::{DType, Problem};
 use crate::tensor::TensorRef;
 use serde::Serialize;
 use std::fmt;
@@ -156,6 +156,27 @@ pub trait Attention: Send + Sync {
     /// Every reason this backend cannot run `problem`; empty when it can. Cheap, never panics,
     /// allocates nothing problem-sized. Machine availability is reported separately.
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String>;
+
+    /// Bytes of working memory one call on `problem` allocates beyond the inputs and outputs,
+    /// at the current rayon pool's thread count (device memory, inputs included, for a device
+    /// backend); `None` when the figure overflows u64. It is the least the backend can run in:
+    /// `compute` refuses with `MemoryBudget` exactly when this exceeds the budget, so `bench` and
+    /// `report` check it before they generate inputs or extrapolate a time.
+    fn working_bytes(&self, problem: &Problem) -> Option<u64>;
+
+    /// The precision `args` are computed in, which the tolerance rule judges the result at:
+    /// the input dtype unless the backend rounds its inputs (flash-cuda rounds f32 to f16, or to
+    /// bf16 when a value is out of f16's range).
+    fn compute_precision(&self, args: &AttnArgs<'_>) -> DType {
+        args.problem().dtype
+    }
+
+    /// Whether `auto` should pick this backend for `problem`, and how keenly: `Some(rank)`,
+    /// lower preferred, or `None` (the default) for never. Backends state this themselves
+    /// (`local` only for narrow bands, approximations never), so `auto` tests no names.
+    fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
+        None
+    }
 
     /// Does the math. Called by [`Attention::forward_into`] after validation, so implementations
     /// may rely on: `args` validated, `args.problem()` supported, `out.len() == out_len()`,

@@ -11,25 +11,8 @@ use crate::attention::{Attention, AttnArgs, Device};
 use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
-use crate::tensor::Tensor;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 use std::time::Instant;
-
-/// Q, K, V with i.i.d. standard normal entries (rounded to the problem's dtype), from `seed`.
-pub fn random_inputs(p: &Problem, seed: u64) -> (Tensor, Tensor, Tensor) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut draw = |n: usize| -> Tensor {
-        let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-        Tensor::from_f32(&v, p.dtype)
-    };
-    let q = draw(p.q_len());
-    let k = draw(p.kv_len());
-    let v = draw(p.kv_len());
-    (q, k, v)
-}
 
 /// Median of a non-empty sample (mean of the middle two for even sizes); NaN when empty.
 pub fn median(xs: &[f64]) -> f64 {
@@ -327,17 +310,6 @@ mod tests {
     }
 
     #[test]
-    fn inputs_are_seeded_and_sized() {
-        let p = Problem::new(1, 2, 8, 4).with_kv_heads(1).with_seq_k(5);
-        let (q, k, v) = random_inputs(&p, 7);
-        let (q2, _, _) = random_inputs(&p, 7);
-        let (q3, _, _) = random_inputs(&p, 8);
-        assert_eq!((q.to_f32().len(), k.to_f32().len(), v.to_f32().len()), (64, 20, 20));
-        assert_eq!(q.to_f32(), q2.to_f32());
-        assert_ne!(q.to_f32(), q3.to_f32());
-    }
-
-    #[test]
     fn gemm_ceiling_reports_positive_rate_and_pool_size() {
         let g = with_threads(Some(1), || gemm_ceiling(64, 2)).unwrap().unwrap();
         assert!(g.gflops > 0.0 && g.gflops.is_finite());
@@ -348,7 +320,7 @@ mod tests {
     #[test]
     fn measure_times_and_skips() {
         let p = Problem::new(1, 1, 16, 8);
-        let (q, k, v) = random_inputs(&p, 1);
+        let (q, k, v) = crate::seeded::normal_qkv(&p, 1);
         let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
         let sdpa = crate::backend("sdpa").unwrap();
         let m = measure(sdpa.as_ref(), &args, 3, 10.0).unwrap();

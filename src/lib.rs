@@ -20,6 +20,7 @@ pub mod layer;
 pub mod linalg;
 pub mod lse;
 pub mod npy;
+pub mod options;
 pub mod problem;
 pub mod registry;
 pub mod seeded;

@@ -5,19 +5,7 @@ use crate::backends;
 use crate::error::{AttnError, Result};
 use serde::Serialize;
 
-/// Construction options for backends that take parameters. Unused fields are ignored by
-/// backends they do not apply to.
-#[derive(Clone, Debug, Default)]
-pub struct BackendOptions {
-    /// Linformer's projected length k (default 256).
-    pub proj_dim: Option<usize>,
-    /// Performer's random-feature count m (default 256).
-    pub features: Option<usize>,
-    /// Seed for random projections/features.
-    pub seed: u64,
-    /// `local-block`'s block size (default 128).
-    pub block_size: Option<usize>,
-}
+pub use crate::options::BackendOptions;
 
 type Factory = fn(&BackendOptions) -> Result<Box<dyn Attention>>;
 
@@ -34,10 +22,22 @@ fn registry() -> &'static [(&'static str, Factory)] {
             )?))
         }),
         ("flash-cuda", |_| Ok(Box::new(backends::flash_cuda::FlashCuda::new()))),
-        ("auto", |o| Ok(Box::new(backends::auto::Auto::new(o)))),
+        ("auto", |o| Ok(Box::new(auto(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
         ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),
     ]
+}
+
+/// What `auto` chooses from: every other registered backend that builds with `opts`, in
+/// registry order. Each one says through [`Attention::auto_rank`] whether and how much it wants a
+/// problem, so `auto` never tests names.
+fn auto_candidates(opts: &BackendOptions) -> Vec<Box<dyn Attention>> {
+    registry().iter().filter(|(n, _)| *n != "auto").filter_map(|(_, make)| make(opts).ok()).collect()
+}
+
+/// `auto` built over every other registered backend, with `opts`.
+pub fn auto(opts: &BackendOptions) -> backends::auto::Auto {
+    backends::auto::Auto::new(auto_candidates(opts))
 }
 
 /// Names of every registered backend.

@@ -1,4 +1,6 @@
-//! Seeded random matrices shared by the approximate backends and the attention layer.
+//! Seeded random data: the one input generator every benchmark, report, CLI command and test
+//! uses ([`normal_qkv`], [`normal_values`]), and the random matrices of the approximate backends
+//! and the attention layer.
 //!
 //! Every random parameter in attnkit (Linformer's E/F, Performer's ω, the layer's weights) is a
 //! pure function of a user seed and a few integers naming the parameter (N_k, head, role...):
@@ -6,9 +8,32 @@
 //! output rand documents as stable across platforms and releases. No parameter depends on the
 //! thread count or on which call happened to generate it first.
 
+use crate::problem::Problem;
+use crate::tensor::Tensor;
 use rand::SeedableRng;
-use rand::rngs::Xoshiro256PlusPlus;
+use rand::rngs::{StdRng, Xoshiro256PlusPlus};
 use rand_distr::{Distribution, StandardNormal};
+
+/// `len` i.i.d. standard-normal values from `seed`.
+pub fn normal_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+/// Q, K, V with i.i.d. standard-normal entries rounded to the problem's dtype, drawn in that
+/// order from one stream seeded with `seed` (the inputs of `bench`, `check`, `report`, the
+/// benches and the tests).
+pub fn normal_qkv(p: &Problem, seed: u64) -> (Tensor, Tensor, Tensor) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut draw = |n: usize| -> Tensor {
+        let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        Tensor::from_f32(&v, p.dtype)
+    };
+    let q = draw(p.q_len());
+    let k = draw(p.kv_len());
+    let v = draw(p.kv_len());
+    (q, k, v)
+}
 
 /// SplitMix64's finalizer: a bijection on u64 that spreads every input bit over the output.
 fn mix(mut z: u64) -> u64 {
@@ -41,6 +66,17 @@ pub fn gaussian(seed: u64, n: usize, std: f64) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn inputs_are_seeded_and_sized() {
+        let p = crate::Problem::new(1, 2, 8, 4).with_kv_heads(1).with_seq_k(5);
+        let (q, k, v) = super::normal_qkv(&p, 7);
+        let (q2, _, _) = super::normal_qkv(&p, 7);
+        let (q3, _, _) = super::normal_qkv(&p, 8);
+        assert_eq!((q.to_f32().len(), k.to_f32().len(), v.to_f32().len()), (64, 20, 20));
+        assert_eq!(q.to_f32(), q2.to_f32());
+        assert_ne!(q.to_f32(), q3.to_f32());
+    }
+
     use super::*;
 
     #[test]

@@ -83,9 +83,9 @@ pub fn exact_tolerance(args: &AttnArgs<'_>, oracle: &[f64], precision: DType) ->
     } else {
         let p = args.problem().clone().with_dtype(precision);
         let (q, k, v) = (
-            crate::Tensor::from_f32(&args.q().to_f32_cow(), precision),
-            crate::Tensor::from_f32(&args.k().to_f32_cow(), precision),
-            crate::Tensor::from_f32(&args.v().to_f32_cow(), precision),
+            crate::tensor::Tensor::from_f32(&args.q().to_f32_cow(), precision),
+            crate::tensor::Tensor::from_f32(&args.k().to_f32_cow(), precision),
+            crate::tensor::Tensor::from_f32(&args.v().to_f32_cow(), precision),
         );
         match AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()) {
             Ok(a) => naive_same_precision(&a),
@@ -101,7 +101,7 @@ pub fn exact_tolerance(args: &AttnArgs<'_>, oracle: &[f64], precision: DType) ->
 /// `u(f32) · scale · max‖q_i‖ · max‖k_j‖ · max|v|` over finite entries (see module docs).
 fn score_rounding_term(args: &AttnArgs<'_>) -> f64 {
     let d = args.problem().head_dim;
-    let max_row_norm = |t: crate::TensorRef<'_>| -> f64 {
+    let max_row_norm = |t: crate::tensor::TensorRef<'_>| -> f64 {
         let x = t.to_f32_cow();
         x.chunks(d)
             .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt())

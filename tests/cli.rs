@@ -183,7 +183,7 @@ fn bench_text_mentions_gemm_ceiling() {
 }
 
 fn write_inputs(dir: &Path, p: &Problem, dtype: attnkit::DType, seed: u64, rank3: bool) -> (Tensor, Tensor, Tensor) {
-    let (q, k, v) = attnkit::bench::random_inputs(&p.clone().with_dtype(dtype), seed);
+    let (q, k, v) = attnkit::seeded::normal_qkv(&p.clone().with_dtype(dtype), seed);
     let qs = [p.batch, p.heads, p.seq_q, p.head_dim];
     let ks = [p.batch, p.kv_heads, p.seq_k, p.head_dim];
     let (qs, ks): (&[usize], &[usize]) = if rank3 { (&qs[1..], &ks[1..]) } else { (&qs, &ks) };

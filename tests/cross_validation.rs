@@ -12,7 +12,7 @@
 mod common;
 
 use attnkit::validate::{compare, exact_tolerance};
-use attnkit::{AttnArgs, DType, Device, Exactness, Problem, Window, backend, backend_names, merge_partials};
+use attnkit::{AttnArgs, DType, Exactness, Problem, Window, backend, backend_names, merge_partials};
 use common::{qkv, shape_table};
 
 const LSE_REL_TOL: f64 = 1e-4;
@@ -62,8 +62,7 @@ fn every_backend_matches_the_oracle_on_the_shape_table() {
                     }
                     continue;
                 }
-                // A CUDA backend rounds f32 inputs to f16 on the way in: judge it at f16.
-                let precision = if b.device() == Device::Cuda && dtype == DType::F32 { DType::F16 } else { dtype };
+                let precision = b.compute_precision(&args);
                 let tol = match tolerances.iter().find(|(d, _)| *d == precision) {
                     Some((_, t)) => *t,
                     None => {
@@ -172,7 +171,7 @@ fn backends_are_usable_as_trait_objects_and_by_name() {
     assert_eq!(listed.len(), backend_names().len());
     // `auto` always finds an exact backend for a plain CPU problem.
     let p = Problem::new(1, 1, 8, 8).with_window(Window::new(2, 2));
-    let auto = attnkit::backends::auto::Auto::new(&Default::default());
+    let auto = attnkit::registry::auto(&Default::default());
     let chosen = auto.choose(&p).expect("auto picks something");
     assert_eq!(chosen.exactness(), Exactness::Exact);
 }
@@ -196,7 +195,7 @@ fn mismatched_inputs_are_typed_errors() {
 
 #[test]
 fn auto_prefers_local_for_narrow_bands_and_flash_cpu_otherwise() {
-    let auto = attnkit::backends::auto::Auto::new(&Default::default());
+    let auto = attnkit::registry::auto(&Default::default());
     let narrow = Problem::new(1, 1, 4096, 64).with_window(Window::new(255, 0));
     let wide = Problem::new(1, 1, 4096, 64).with_window(Window::new(2047, 2047));
     let dense = Problem::new(1, 1, 4096, 64).with_causal(true);

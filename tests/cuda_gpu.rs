@@ -86,8 +86,7 @@ fn gpu_kernel_matches_reference_on_the_shape_table() {
                 }
             };
             let (oracle, oracle_lse) = attention_f64(&args);
-            // f32 inputs are rounded to f16 on the way in (documented), so they are judged at f16.
-            let precision = if dtype == DType::F32 { DType::F16 } else { dtype };
+            let precision = b.compute_precision(&args);
             let stats = compare(&got.out, &oracle);
             let tol = exact_tolerance(&args, &oracle, precision);
             eprintln!("{} {dtype}: max|O-ref| {:.3e} bound {:.3e}", case.name, stats.max_abs, tol.bound);

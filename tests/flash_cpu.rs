@@ -24,21 +24,9 @@ use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{Attention, AttnArgs, AttnError, DType, Problem, Tensor, Window};
 use common::{Case, case};
 
-/// Deterministic pseudo-normal data (sum of 4 uniforms, centered), no RNG crate needed.
+/// Seeded standard-normal data (the crate's one generator) times `amp`.
 fn data(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            let mut s = 0.0f32;
-            for _ in 0..4 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s += (x >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            (s - 2.0) * amp
-        })
-        .collect()
+    attnkit::seeded::normal_values(n, seed).into_iter().map(|x| x * amp).collect()
 }
 
 fn flash_cases() -> Vec<Case> {

@@ -4,7 +4,7 @@
 mod common;
 
 use attnkit::validate::{compare, exact_tolerance};
-use attnkit::{AttnArgs, DType, Device, Exactness, Problem, Window, backend, backend_names};
+use attnkit::{AttnArgs, DType, Exactness, Problem, Window, backend, backend_names};
 use common::qkv;
 use proptest::prelude::*;
 
@@ -48,7 +48,7 @@ proptest! {
                 continue;
             }
             let out = b.forward(&args, false).unwrap().out;
-            let precision = if b.device() == Device::Cuda && p.dtype == DType::F32 { DType::F16 } else { p.dtype };
+            let precision = b.compute_precision(&args);
             let tol = exact_tolerance(&args, &oracle, precision);
             let s = compare(&out, &oracle);
             prop_assert!(s.non_finite == 0 && s.max_abs <= tol.bound,

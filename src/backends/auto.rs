@@ -1,39 +1,27 @@
-//! `auto`: picks the fastest available exact backend for each problem.
+//! `auto`: picks, for each problem, the available backend that ranks itself best for it.
 //!
-//! Preference order, first that is available and supports the problem wins:
-//! `flash-cuda` (f16/bf16 inputs only: for f32 inputs it rounds to half precision, which is
-//! not exact for f32), then `local` when the band is narrow (both sides bounded and at most
-//! 1/8 of the keys), then `flash-cpu`, then `sdpa`, then `reference`. The order comes from the
-//! bench: flash-cpu beats sdpa at every N we measured and needs O(N·D) memory; for narrow
-//! bands `local` is as fast at N ≤ 8K (window (255,0): 29.5 vs 30.8 ms at 8K) and 1.3–1.8×
-//! faster at 16K, with a fraction of the memory (2.2 vs 32 MiB at 8K).
+//! Every backend states through [`Attention::auto_rank`] whether `auto` may pick it for a
+//! problem and how keenly (lower first); approximations never offer themselves. With the
+//! registry's backends today that gives: `flash-cuda` for f16/bf16 inputs when opted in with
+//! `ATTNKIT_AUTO_CUDA=1` (it has not yet passed the device check on a real GPU), then `local`
+//! when the band is two-sided and at most 1/8 of the keys, then `flash-cpu`, `sdpa`,
+//! `reference`. Ties go to registry order. `auto` reports the device of, and forwards device
+//! timing to, the backend it would pick.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::{AttnError, Result};
 use crate::problem::{DType, Problem};
-use crate::registry::{BackendOptions, backend_with};
 
 pub struct Auto {
     candidates: Vec<Box<dyn Attention>>,
 }
 
-const PREFERENCE: [&str; 5] = ["flash-cuda", "local", "flash-cpu", "sdpa", "reference"];
-
-/// Whether `local` should be preferred: a two-sided band covering at most 1/8 of the keys.
-fn narrow_band(p: &Problem) -> bool {
-    match p.effective_window() {
-        (Some(l), Some(r)) => (l + r + 1).saturating_mul(8) <= p.seq_k,
-        _ => false,
-    }
-}
-
 impl Auto {
-    pub fn new(opts: &BackendOptions) -> Self {
-        let candidates = PREFERENCE
-            .iter()
-            .filter_map(|n| backend_with(n, opts).ok())
-            .filter(|b| b.availability().is_ok() && b.exactness() == Exactness::Exact)
-            .collect();
+    /// `auto` over `candidates` (the registry passes every other backend); unavailable ones and
+    /// approximations are dropped here.
+    pub fn new(candidates: Vec<Box<dyn Attention>>) -> Self {
+        let candidates =
+            candidates.into_iter().filter(|b| b.availability().is_ok() && b.exactness() == Exactness::Exact).collect();
         Auto { candidates }
     }
 
@@ -41,12 +29,15 @@ impl Auto {
     pub fn choose(&self, problem: &Problem) -> Option<&dyn Attention> {
         self.candidates
             .iter()
-            .find(|b| {
-                let exact_for_dtype = b.device() != Device::Cuda || problem.dtype != DType::F32;
-                let worth_it = b.name() != "local" || narrow_band(problem);
-                exact_for_dtype && worth_it && b.supports(problem)
-            })
-            .map(|b| b.as_ref())
+            .filter_map(|b| b.auto_rank(problem).filter(|_| b.supports(problem)).map(|r| (r, b)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, b)| b.as_ref())
+    }
+
+    /// The backend most problems go to (an f32 problem with no window), for the questions that
+    /// come without a problem.
+    fn typical(&self) -> Option<&dyn Attention> {
+        self.choose(&Problem::new(1, 1, 1, 64).with_dtype(DType::F32))
     }
 }
 
@@ -57,8 +48,9 @@ impl Attention for Auto {
     fn exactness(&self) -> Exactness {
         Exactness::Exact
     }
+    /// The device of the backend a typical problem goes to (CPU when nothing is available).
     fn device(&self) -> Device {
-        Device::Cpu
+        self.typical().map_or(Device::Cpu, |b| b.device())
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         if self.choose(problem).is_some() {
@@ -68,6 +60,15 @@ impl Attention for Auto {
             .iter()
             .flat_map(|b| b.not_supported_reasons(problem).into_iter().map(move |r| format!("{}: {r}", b.name())))
             .collect()
+    }
+    fn working_bytes(&self, problem: &Problem) -> Option<u64> {
+        self.choose(problem).map_or(Some(0), |b| b.working_bytes(problem))
+    }
+    fn compute_precision(&self, args: &AttnArgs<'_>) -> DType {
+        self.choose(args.problem()).map_or(args.problem().dtype, |b| b.compute_precision(args))
+    }
+    fn time_on_device(&self, problem: &Problem, reps: usize) -> Option<Result<Vec<f64>>> {
+        self.choose(problem).and_then(|b| b.time_on_device(problem, reps))
     }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let chosen = self.choose(args.problem()).ok_or_else(|| AttnError::Unsupported {

@@ -207,6 +207,16 @@ pub(crate) fn block_tasks<'a>(
     outs.enumerate().map(|(idx, o)| (idx / nblocks, idx % nblocks, o, lses.next().flatten())).collect()
 }
 
+/// (packed K/V bytes of one KV head, scratch bytes of every thread of the current pool).
+fn wave_bytes(p: &Problem, shape: KernelShape) -> (u64, u64) {
+    let d = p.head_dim;
+    let packed_keys = p.seq_k.div_ceil(shape.kp) * shape.kp;
+    let per_head = (packed_keys as u64).saturating_mul(((d + padded_dim(d)) * 4) as u64);
+    let threads = rayon::current_num_threads().max(1) as u64;
+    let scratch = threads.saturating_mul(scratch_bytes(16 * shape.mr, d, shape.mr, tile_keys(d, shape.kp)));
+    (per_head, scratch)
+}
+
 impl Attention for FlashCpu {
     fn name(&self) -> &str {
         "flash-cpu"
@@ -223,6 +233,16 @@ impl Attention for FlashCpu {
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         head_dim_reasons(problem)
     }
+    /// One KV head's packed K/V panels plus per-thread scratch: waves shrink to this before
+    /// `compute` refuses.
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let shape = self.isa().unwrap_or_else(|_| Isa::best()).shape();
+        let (per_head, scratch) = wave_bytes(p, shape);
+        per_head.checked_add(scratch)
+    }
+    fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
+        Some(20)
+    }
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], mut lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
@@ -236,13 +256,12 @@ impl Attention for FlashCpu {
         let threads = rayon::current_num_threads().max(1);
         let tasks_per_kv = g * nq.div_ceil(bq);
         let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
-        let per_head = (packed_keys * (d + padded_dim(d)) * 4) as u64;
+        let (per_head, scratch) = wave_bytes(p, shape);
         // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
         // packed panels so small heads do not pay one pool barrier each.
         let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
         let wanted = threads.max((8 * threads).div_ceil(tasks_per_kv)).max(by_mem).min(nkv).max(1);
         // Fewer heads in flight (down to one) rather than refusing when the budget is tight.
-        let scratch = threads as u64 * scratch_bytes(bq, d, shape.mr, tile);
         let fits = (crate::budget::mem_budget().saturating_sub(scratch) / per_head.max(1)) as usize;
         let inflight = wanted.min(fits).max(1);
         let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));

@@ -343,6 +343,27 @@ impl Attention for FlashCuda {
         cuda::unsupported_reasons(problem)
     }
 
+    /// Device memory: 16-bit Q, K, V and f32 O, LSE.
+    fn working_bytes(&self, problem: &Problem) -> Option<u64> {
+        device_bytes(problem)
+    }
+
+    /// f32 inputs are rounded to f16, or to bf16 when a value is out of f16's range.
+    fn compute_precision(&self, args: &AttnArgs<'_>) -> DType {
+        match (args.q(), args.k(), args.v()) {
+            (TensorRef::F32(q), TensorRef::F32(k), TensorRef::F32(v)) => f32_kernel_dtype(&[q, k, v]),
+            _ => args.problem().dtype,
+        }
+    }
+
+    /// First for half-precision inputs, but only when opted in with `ATTNKIT_AUTO_CUDA=1`:
+    /// the kernel has not yet passed the device check on a real GPU. Never for f32 inputs,
+    /// which it would round to 16 bits.
+    fn auto_rank(&self, problem: &Problem) -> Option<u32> {
+        let opted_in = std::env::var("ATTNKIT_AUTO_CUDA").is_ok_and(|v| v == "1");
+        (opted_in && problem.dtype != DType::F32).then_some(0)
+    }
+
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let mut bufs = self.upload(args)?;
         self.run_device(&mut bufs)?;

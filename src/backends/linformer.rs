@@ -61,8 +61,8 @@ use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
+use crate::options::BackendOptions;
 use crate::problem::Problem;
-use crate::registry::BackendOptions;
 use crate::seeded;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -405,6 +405,17 @@ impl Attention for Linformer {
         }
         reasons.extend(self.projection_reasons(problem.seq_k, problem.kv_heads));
         reasons
+    }
+
+    /// The projection matrices (cached across calls, so counted) plus the per-task buffers of
+    /// the tasks in flight.
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let in_flight = (p.batch * p.kv_heads).min(rayon::current_num_threads()).max(1) as u64;
+        let tasks = self.task_bytes(p.head_dim)?.checked_mul(in_flight)?;
+        let slots = if self.sharing.per_head() { p.kv_heads } else { 1 } as u64;
+        let distinct = slots * if self.sharing.kv_shared() { 1 } else { 2 };
+        let proj = distinct.checked_mul(self.k as u64)?.checked_mul(p.seq_k as u64)?.checked_mul(4)?;
+        tasks.checked_add(proj)
     }
 
     /// LSE: the log-normalizer of the softmax over the k projected keys (see module docs); it

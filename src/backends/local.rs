@@ -121,6 +121,20 @@ impl Attention for Local {
         r
     }
 
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let isa = self.isa().unwrap_or_else(|_| Isa::best());
+        segment_bytes(p, isa, band_keys(p, segment_rows(p, 8 * isa.shape().mr)))
+    }
+    /// Before flash-cpu only when the band is two-sided and covers at most 1/8 of the keys:
+    /// then it is as fast at N ≤ 8K and 1.3–1.8× faster at 16K, in a fraction of the memory
+    /// (measured when `auto` was written; see reports/).
+    fn auto_rank(&self, p: &Problem) -> Option<u32> {
+        match p.effective_window() {
+            (Some(l), Some(r)) if (l + r + 1).saturating_mul(8) <= p.seq_k => Some(10),
+            _ => None,
+        }
+    }
+
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let isa = self.isa.resolve_for(self.name())?;
@@ -129,6 +143,16 @@ impl Attention for Local {
         let band = band_keys(p, seg);
         run_segments(self.name(), isa, args, out, lse, seg, band, &|i| p.key_range(i))
     }
+}
+
+/// Working set of [`run_segments`] with a band of `band` keys: one packed band panel plus block
+/// scratch per thread of the current pool.
+pub(crate) fn segment_bytes(p: &Problem, isa: Isa, band: usize) -> Option<u64> {
+    let shape = isa.shape();
+    let d = p.head_dim;
+    let band = band.min(p.seq_k).div_ceil(shape.kp) * shape.kp + shape.kp;
+    let per_thread = scratch_bytes(8 * shape.mr, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
+    per_thread.checked_mul(rayon::current_num_threads().max(1) as u64)
 }
 
 /// Runs query segments of `seg` rows as `local` does: per (batch, head, segment) task, pack the
@@ -148,11 +172,8 @@ pub(crate) fn run_segments(
     let p = args.problem();
     let shape = isa.shape();
     let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    check_budget(name, "per-thread band panels", segment_bytes(p, isa, band))?;
     let bq = 8 * shape.mr;
-    let band = band.min(nk).div_ceil(shape.kp) * shape.kp + shape.kp;
-    let threads = rayon::current_num_threads().max(1) as u64;
-    let per_thread = scratch_bytes(bq, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
-    check_budget(name, "per-thread band panels", per_thread.checked_mul(threads))?;
 
     let tasks = block_tasks(out, lse, nq, d, seg);
     tasks.into_par_iter().for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {

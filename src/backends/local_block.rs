@@ -22,7 +22,7 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::backends::flash_cpu::{IsaChoice, head_dim_reasons};
-use crate::backends::local::run_segments;
+use crate::backends::local::{run_segments, segment_bytes};
 use crate::error::{AttnError, Result};
 use crate::problem::Problem;
 use crate::simd::Isa;
@@ -49,6 +49,12 @@ impl LocalBlock {
     /// Forces one SIMD path; `Unavailable` if this CPU lacks it.
     pub fn with_isa(self, isa: Isa) -> Result<Self> {
         Ok(LocalBlock { isa: IsaChoice::forced(isa, "local-block")?, ..self })
+    }
+
+    /// Segments of about one block (at least 4 row blocks) see at most two key blocks.
+    fn segment(&self, isa: Isa) -> usize {
+        let bq = 8 * isa.shape().mr;
+        self.block.clamp(4 * bq, 2048).div_ceil(bq) * bq
     }
 
     pub fn block(&self) -> usize {
@@ -87,12 +93,16 @@ impl Attention for LocalBlock {
         head_dim_reasons(problem)
     }
 
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let isa = self.isa.resolve().unwrap_or_else(|_| Isa::best());
+        let seg = self.segment(isa);
+        segment_bytes(p, isa, seg + 2 * self.block)
+    }
+
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let isa = self.isa.resolve_for(self.name())?;
-        let bq = 8 * isa.shape().mr;
-        // Segments of about one block (at least 4 row blocks) see at most two key blocks.
-        let seg = self.block.clamp(4 * bq, 2048).div_ceil(bq) * bq;
+        let seg = self.segment(isa);
         run_segments(self.name(), isa, args, out, lse, seg, seg + 2 * self.block, &|i| self.key_range(p, i))
     }
 }

@@ -76,8 +76,8 @@ use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
+use crate::options::BackendOptions;
 use crate::problem::Problem;
-use crate::registry::BackendOptions;
 use crate::seeded;
 use rand_distr::{ChiSquared, Distribution, StandardNormal};
 use rayon::prelude::*;
@@ -480,6 +480,15 @@ impl Attention for Performer {
              positive features, which cancel catastrophically; use causal=true without a window, or an exact backend",
             problem.window
         )]
+    }
+
+    /// The m×D feature matrix (with its construction scratch) plus the per-task state and
+    /// buffers of the tasks in flight.
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let in_flight = (p.batch * p.kv_heads).min(rayon::current_num_threads()).max(1) as u64;
+        let tasks = self.task_bytes(p.head_dim)?.checked_mul(in_flight)?;
+        let features = (self.m as u64).checked_mul(p.head_dim as u64)?.checked_mul(12)?;
+        tasks.checked_add(features)
     }
 
     /// LSE: the log of the FAVOR+ estimate of Σ_j exp(scale·q·k_j) (see module docs).

@@ -113,6 +113,16 @@ impl Attention for Reference {
     fn not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
         Vec::new()
     }
+    /// f64 O and LSE for the whole problem, plus one row of f64 scores and weights per thread.
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let whole = (p.out_len() as u64).checked_add(p.lse_len() as u64)?.checked_mul(8)?;
+        let rows = (p.seq_k as u64).checked_mul(16)?.checked_mul(rayon::current_num_threads() as u64)?;
+        whole.checked_add(rows)
+    }
+    /// Last resort for `auto`: always exact, never fast.
+    fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
+        Some(40)
+    }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let (o64, l64) = attention_f64(args);
         for (dst, src) in out.iter_mut().zip(&o64) {

@@ -31,7 +31,7 @@ impl Sdpa {
 
     /// Bytes of working memory `compute` allocates: the score matrix plus widened Q/K/V slices,
     /// per head in flight. `None` on overflow.
-    pub fn working_bytes(p: &Problem) -> Option<u64> {
+    pub fn score_bytes(p: &Problem) -> Option<u64> {
         let scores = (p.seq_q as u64).checked_mul(p.seq_k as u64)?;
         let widened = (p.seq_q as u64 + 2 * p.seq_k as u64).checked_mul(p.head_dim as u64)?;
         scores.checked_add(widened)?.checked_mul(4)?.checked_mul(Self::heads_in_flight(p) as u64)
@@ -80,10 +80,17 @@ impl Attention for Sdpa {
     fn not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
         Vec::new()
     }
+    fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        Self::score_bytes(p)
+    }
+    /// After the tiled kernels: it materializes the N_q×N_k scores.
+    fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
+        Some(30)
+    }
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
-        check_budget(self.name(), "the materialized N_q×N_k score matrices", Self::working_bytes(p))?;
+        check_budget(self.name(), "the materialized N_q×N_k score matrices", Self::score_bytes(p))?;
         let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
         let mut lse_scratch;
         let lse: &mut [f32] = match lse {

@@ -2,8 +2,7 @@
 
 use super::{ShapeArgs, fmt_mib, fmt_secs, resolve_backends};
 use attnkit::bench::{
-    BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, random_inputs, skip_reason,
-    with_threads,
+    BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, skip_reason, with_threads,
 };
 use attnkit::{AttnArgs, AttnError};
 use clap::Args;
@@ -96,7 +95,7 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem])
     // Last successful (N, seconds) per backend, for the time-budget extrapolation.
     let mut last: Vec<Option<(usize, f64)>> = vec![None; names.len()];
     for p in problems {
-        let (q, k, v) = random_inputs(p, a.shape.seed);
+        let (q, k, v) = attnkit::seeded::normal_qkv(p, a.shape.seed);
         let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref())?;
         for (bi, name) in names.iter().enumerate() {
             let rec = BenchRecord::new(name, "", p, threads, gemm.gflops);

@@ -1,9 +1,9 @@
 //! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs.
 
 use super::{ShapeArgs, resolve_backends};
-use attnkit::bench::{is_skip, random_inputs, skip_reason};
+use attnkit::bench::{is_skip, skip_reason};
 use attnkit::validate::{Tolerance, compare, exact_tolerance, oracle};
-use attnkit::{AttnArgs, AttnError, DType, Device, Exactness};
+use attnkit::{AttnArgs, AttnError, DType, Exactness};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -29,7 +29,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
     let opts = a.shape.options();
-    let (q, k, v) = random_inputs(&p, a.shape.seed);
+    let (q, k, v) = attnkit::seeded::normal_qkv(&p, a.shape.seed);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
     let want = oracle(&args);
     // Tolerances per precision, computed on first use (the naive pass costs as much as the oracle).
@@ -76,9 +76,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
             if stats.non_finite > 0 { format!(" ({} non-finite values)", stats.non_finite) } else { String::new() };
         match backend.exactness() {
             Exactness::Exact => {
-                // A CUDA backend rounds f32 inputs to f16 internally: judge it at f16.
-                let precision =
-                    if backend.device() == Device::Cuda && p.dtype == DType::F32 { DType::F16 } else { p.dtype };
+                let precision = backend.compute_precision(&args);
                 let tol = match tolerances.iter().find(|(d, _)| *d == precision) {
                     Some((_, t)) => *t,
                     None => {

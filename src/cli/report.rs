@@ -24,8 +24,8 @@ use super::plots::{self, Series};
 use super::{fmt_mib, fmt_secs};
 use attnkit::backends::reference::attention_f64;
 use attnkit::bench::{
-    BenchRecord, GemmCeiling, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure_into, random_inputs,
-    skip_reason, with_threads,
+    BenchRecord, GemmCeiling, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure_into, skip_reason,
+    with_threads,
 };
 use attnkit::validate::compare;
 use attnkit::{Attention, AttnArgs, AttnError, BackendOptions, Exactness, Problem, Tensor, Window};
@@ -243,7 +243,7 @@ fn generate(cfg: &Config, quick: bool, dir: &Path) -> Result<String, AttnError> 
     let mut last: Vec<(String, bool, usize, f64)> = Vec::new();
     for &(n, causal) in &cells {
         let base = Problem::new(1, HEADS, n, DIM).with_causal(causal);
-        let (q, k, v) = random_inputs(&base, SEED);
+        let (q, k, v) = attnkit::seeded::normal_qkv(&base, SEED);
         let (qf, kf, vf) = (q.to_f32(), k.to_f32(), v.to_f32());
         let oracle: Option<Vec<f64>> = (n <= cfg.oracle_max_n)
             .then(|| {
@@ -380,13 +380,7 @@ fn run_one(
     }
     // Memory before time: a run the budget refuses is reported with the bytes it would need
     // (e.g. sdpa at 64K needs 128 GiB), not with an extrapolated time.
-    if var.backend == "sdpa"
-        && let Err(e) = attnkit::budget::check_budget(
-            "sdpa",
-            "the materialized N_q×N_k score matrices",
-            attnkit::backends::sdpa::Sdpa::working_bytes(p),
-        )
-    {
+    if let Err(e) = attnkit::budget::check_budget(backend.name(), "its working set", backend.working_bytes(p)) {
         row.rec = row.rec.clone().with_status("skipped", e.to_string());
         return Ok((row, None));
     }

@@ -2,9 +2,6 @@
 #![allow(dead_code)]
 
 use attnkit::{DType, Problem, Tensor, Window};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 
 /// One row of the cross-validation table.
 #[derive(Clone, Debug)]
@@ -60,18 +57,12 @@ pub fn shape_table() -> Vec<Case> {
     t
 }
 
-/// Seeded standard-normal data rounded to `dtype` (returned also as the exact f32 values).
+/// Seeded standard-normal data rounded to `dtype` (the crate's one generator).
 pub fn randn(len: usize, seed: u64, dtype: DType) -> Tensor {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let data: Vec<f32> = (0..len).map(|_| StandardNormal.sample(&mut rng)).collect();
-    Tensor::from_f32(&data, dtype)
+    Tensor::from_f32(&attnkit::seeded::normal_values(len, seed), dtype)
 }
 
-/// Seeded Q, K, V for `p` in `p.dtype`.
+/// Seeded Q, K, V for `p` in `p.dtype` (the crate's one generator).
 pub fn qkv(p: &Problem, seed: u64) -> (Tensor, Tensor, Tensor) {
-    (
-        randn(p.q_len(), seed, p.dtype),
-        randn(p.kv_len(), seed.wrapping_add(1), p.dtype),
-        randn(p.kv_len(), seed.wrapping_add(2), p.dtype),
-    )
+    attnkit::seeded::normal_qkv(p, seed)
 }
