@@ -26,6 +26,7 @@ pub mod registry;
 pub mod seeded;
 pub mod simd;
 pub mod tensor;
+pub mod threads;
 pub mod validate;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};
