@@ -57,9 +57,13 @@ enum Command {
     /// of exact attention over the allowed (unmasked) query–key pairs, 4·D per pair times B·H
     /// (Problem::flops), divided by the median time — for every backend, approximations
     /// included, so the numbers are comparable effective throughputs. The f32 GEMM ceiling
-    /// (a 2048³ sgemm, median of 5, same thread count) is measured in the same run and each
-    /// backend's fraction of it is printed. Peak bytes: heap allocated above what was live
-    /// before the first call (inputs and output excluded), counted by the binary's allocator.
+    /// (a 2048³ sgemm, median of 5, same thread count) is measured in the same run, when the
+    /// first CPU cell is about to run, and each CPU backend's fraction of it is printed (GPU rows
+    /// show "–"). Peak bytes: heap allocated above what was live before the first call (inputs
+    /// and output excluded), counted by the binary's allocator. Cells a backend cannot run
+    /// (unsupported, over the memory budget, predicted over --max-time) are skipped before any
+    /// input is generated. Exit status: 0 all good, 1 a run failed (an error or a NaN/Inf
+    /// output), 3 a backend named with --backends was measured at no N.
     Bench(bench::BenchArgs),
     /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
     Run(run::RunArgs),
@@ -208,5 +212,14 @@ pub fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_fraction_reads_as_a_dash() {
+        assert_eq!(super::fmt_percent(Some(0.4567)), "45.7%");
+        assert_eq!(super::fmt_percent(None), "–");
     }
 }
