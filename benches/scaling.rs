@@ -1,18 +1,21 @@
-//! Criterion scaling bench: every registered, available backend over N = 256 … 4096 at
-//! D = 64, H = 8, B = 1, non-causal and causal (`reference` only at N ≤ 512: it is the f64
-//! oracle and takes seconds beyond that). One group per configuration, one id per
-//! (backend, N). `local` gets a (256, 256) window ((256, 0) causal) because it needs one.
+//! Criterion scaling bench over the report's shared sweep plan
+//! ([`SweepPlan::scaling_bench`]): every registered, available backend over N = 256 … 4096 at
+//! D = 64, H = 8, B = 1, non-causal and causal, with the plan's windows (`local` at w = 256) and
+//! its oracle cap (`reference` only at N ≤ 512). One group per configuration, one id per
+//! (variant, N). A cell the runner's checks refuse ([`attnkit::bench::refusal`]: unsupported,
+//! over the memory budget) is left out before any input is made.
 //!
 //! `Throughput::Elements` is set to `Problem::flops()`: the FLOP count of exact attention over
 //! the allowed (unmasked) query–key pairs, 4·D per pair — so criterion's "elements/s" reads as
 //! FLOP/s, the same effective rate `attnkit bench` prints, for every backend.
 //!
 //! CUDA backends are timed with `iter_custom` through `attnkit::bench::device_timing`
-//! (device-resident, synchronized); until that hook is wired they fall back to host timing.
+//! (device-resident, synchronized); one whose device timer fails is reported on stderr and timed
+//! on the host (transfers included).
 
 use attnkit::alloc_counter::CountingAllocator;
-use attnkit::bench::device_timing;
-use attnkit::{AttnArgs, Device, Problem, Window};
+use attnkit::bench::{LazyInputs, SweepPlan, device_timing, plan::SEED, refusal};
+use attnkit::{AttnArgs, Device};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
@@ -20,42 +23,50 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
 
-const NS: [usize; 5] = [256, 512, 1024, 2048, 4096];
-
 fn scaling(c: &mut Criterion) {
-    let backends: Vec<_> = attnkit::list_backends()
+    let plan = SweepPlan::scaling_bench();
+    let infos = attnkit::list_backends();
+    let available: Vec<&str> =
+        infos.iter().filter(|b| b.unavailable_reason.is_none()).map(|b| b.name.as_str()).collect();
+    let backends: Vec<_> = plan
+        .variants(&available)
         .into_iter()
-        .filter(|b| b.unavailable_reason.is_none() && b.name != "auto")
-        .filter_map(|b| attnkit::backend(&b.name).ok())
+        .filter_map(|v| attnkit::backend_with(&v.backend, &v.opts).ok().map(|b| (v, b)))
         .collect();
     for causal in [false, true] {
         let mut group = c.benchmark_group(if causal { "causal_d64_h8" } else { "noncausal_d64_h8" });
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-        for n in NS {
-            let base = Problem::new(1, 8, n, 64).with_causal(causal);
-            let (q, k, v) = attnkit::seeded::normal_qkv(&base, 0);
-            for b in &backends {
-                if b.name() == "reference" && n > 512 {
+        for &n in &plan.ns {
+            let base = plan.base_problem(n, causal);
+            let inputs = LazyInputs::new(&base, SEED);
+            for (var, b) in &backends {
+                let p = var.problem(&base);
+                if refusal(b.as_ref(), &p, plan.plan_skip(var, n).as_deref()).is_some() {
                     continue;
                 }
-                let p = if b.name() == "local" {
-                    base.clone().with_window(Window::new(256, if causal { 0 } else { 256 }))
-                } else {
-                    base.clone()
-                };
-                if !b.supports(&p) {
-                    continue;
-                }
+                let (q, k, v) = inputs.get();
                 let Ok(args) = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()) else {
                     continue;
                 };
                 let mut out = vec![0.0f32; p.out_len()];
-                if b.forward_into(&args, &mut out, None).is_err() {
-                    continue; // memory budget or similar: nothing to time
+                if let Err(e) = b.forward_into(&args, &mut out, None) {
+                    eprintln!("{} at N={n}: {e}", var.label);
+                    continue;
                 }
                 group.throughput(Throughput::Elements(p.flops() as u64));
-                let id = BenchmarkId::new(b.name(), n);
-                if b.device() == Device::Cuda && device_timing(b.as_ref(), &p, 1).is_ok() {
+                let id = BenchmarkId::new(&var.label, n);
+                let device_timed = b.device() == Device::Cuda
+                    && match device_timing(b.as_ref(), &p, 1) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            eprintln!(
+                                "{}: device timing failed ({e}); timing on the host, transfers included",
+                                var.label
+                            );
+                            false
+                        }
+                    };
+                if device_timed {
                     group.bench_function(id, |bench| {
                         bench.iter_custom(|iters| {
                             let times = device_timing(b.as_ref(), &p, iters as usize).unwrap_or_default();

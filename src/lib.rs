@@ -26,6 +26,7 @@ pub mod registry;
 pub mod seeded;
 pub mod simd;
 pub mod tensor;
+pub mod threads;
 pub mod tiled;
 pub mod validate;
 

@@ -182,6 +182,41 @@ fn bench_text_mentions_gemm_ceiling() {
     assert!(s.contains("GEMM ceiling") && s.lines().any(|l| l.starts_with("sdpa")), "{s}");
 }
 
+/// `bench` refuses a hopeless request before making inputs or measuring the GEMM ceiling (it
+/// used to generate 6 GB of inputs and time a 2048³ sgemm, 36 s, then exit 0): the ceiling line
+/// is printed when the ceiling is measured, which happens only for a cell that will run, and a
+/// run in which a named backend measured nothing exits 3, as `check` does.
+#[test]
+fn bench_refuses_before_any_work_and_exits_3_when_nothing_named_ran() {
+    let out = attnkit(&["bench", "--backends", "sdpa", "--seq", "1000000", "--dim", "64", "--heads", "8"]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{so}{se}");
+    let row = so.lines().find(|l| l.starts_with("sdpa")).unwrap_or_else(|| panic!("no sdpa row: {so}"));
+    assert!(row.contains("skipped") && row.contains("would need"), "{row}");
+    assert!(!so.contains("GEMM ceiling"), "the ceiling was measured for a refused run: {so}");
+    assert!(se.contains("measured at no N: sdpa"), "{se}");
+    // `all` is not a promise about any one backend: a partly refused sweep still exits 0.
+    let out = attnkit(&["bench", "--seq", "16", "--dim", "8", "--heads", "1", "--reps", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `attnkit bench ... | head -2` used to panic ("failed printing to stdout: Broken pipe",
+/// exit 101); a reader that has gone away ends the command quietly.
+#[test]
+fn bench_exits_quietly_when_its_reader_goes_away() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attnkit"))
+        .args(["bench", "--backends", "sdpa", "--seq", "64,128,256", "--dim", "16", "--heads", "1", "--reps", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn attnkit");
+    drop(child.stdout.take()); // close the read end: every later write gets EPIPE
+    let out = child.wait_with_output().expect("wait");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
+
 fn write_inputs(dir: &Path, p: &Problem, dtype: attnkit::DType, seed: u64, rank3: bool) -> (Tensor, Tensor, Tensor) {
     let (q, k, v) = attnkit::seeded::normal_qkv(&p.clone().with_dtype(dtype), seed);
     let qs = [p.batch, p.heads, p.seq_q, p.head_dim];

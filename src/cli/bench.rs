@@ -1,10 +1,13 @@
 //! `attnkit bench`: median time, GFLOP/s, peak heap and the GEMM ceiling, per backend and N.
+//!
+//! Every cell goes through [`attnkit::bench::run_cell`]: a backend that cannot run a problem
+//! (unsupported, over the memory budget) is refused before any input is generated or the GEMM
+//! ceiling measured, so a hopeless request answers at once.
 
-use super::{ShapeArgs, fmt_mib, fmt_secs, resolve_backends};
-use attnkit::bench::{
-    BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, skip_reason, with_threads,
-};
-use attnkit::{AttnArgs, AttnError};
+use super::{EXIT_NAMED_SKIPPED, ShapeArgs, fmt_mib, fmt_percent, fmt_secs, resolve_backends};
+use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
+use attnkit::threads::with_threads;
+use attnkit::{AttnError, Problem};
 use clap::Args;
 use std::process::ExitCode;
 
@@ -54,8 +57,8 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
             a.seq.len()
         )));
     }
-    let (names, _) = resolve_backends(&a.backends, &["reference"])?;
-    // Validate every problem before spending time on the GEMM probe.
+    let (names, explicit) = resolve_backends(&a.backends, &["reference"])?;
+    // Validate every problem before any work.
     let problems = a
         .seq
         .iter()
@@ -69,95 +72,106 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
             a.shape.problem(8, n, nk)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    with_threads(a.threads, || bench_in_pool(a, &names, &problems))?
-}
-
-fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem]) -> Result<ExitCode, AttnError> {
-    let threads = rayon::current_num_threads();
-    let gemm = gemm_ceiling(attnkit::bench::GEMM_CEILING_SIZE, 5)?;
-    if !a.json {
-        println!(
-            "GEMM ceiling: {}×{}×{} f32 sgemm on {threads} thread(s): {:.1} GFLOP/s (median of 5, {})",
-            gemm.m,
-            gemm.n,
-            gemm.k,
-            gemm.gflops,
-            fmt_secs(gemm.median_s)
-        );
-        println!("GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time");
-        println!(
-            "{:<12} {:>7} {:>7} {:>11} {:>9} {:>7} {:>10} {:>5}",
-            "backend", "N", "N_kv", "median", "GFLOP/s", "%GEMM", "peak MiB", "reps"
-        );
-    }
-    let opts = a.shape.options();
-    let mut errors = 0usize;
-    // Last successful (N, seconds) per backend, for the time-budget extrapolation.
-    let mut last: Vec<Option<(usize, f64)>> = vec![None; names.len()];
-    for p in problems {
-        let (q, k, v) = attnkit::seeded::normal_qkv(p, a.shape.seed);
-        let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref())?;
-        for (bi, name) in names.iter().enumerate() {
-            let rec = BenchRecord::new(name, "", p, threads, gemm.gflops);
-            let rec = match attnkit::backend_with(name, &opts) {
-                Err(e) => rec.with_status("error", e.to_string()),
-                Ok(b) => {
-                    let rec = rec.on_device(b.device());
-                    let predicted = last[bi]
-                        .map(|(n0, t0)| extrapolate(n0, t0, p.seq_q.max(p.seq_k), expected_exponent(b.as_ref(), p)));
-                    if let Some(reason) = skip_reason(b.as_ref(), p) {
-                        rec.with_status("skipped", reason)
-                    } else if let Some(t) = predicted.filter(|&t| t > a.max_time) {
-                        rec.with_status("skipped", format!("predicted {t:.1} s > --max-time {} s", a.max_time))
-                    } else {
-                        match measure(b.as_ref(), &args, a.reps, a.max_time) {
-                            Ok(m) => {
-                                last[bi] = Some((p.seq_q.max(p.seq_k), m.median_s));
-                                rec.with_measurement(p, &m)
-                            }
-                            Err(e) if is_skip(&e) => rec.with_status("skipped", e.to_string()),
-                            Err(e) => rec.with_status("error", e.to_string()),
-                        }
-                    }
-                }
-            };
-            if rec.status == "error" {
-                errors += 1;
-            }
-            print_record(&rec, a.json)?;
-        }
-    }
+    let records = with_threads(a.threads, || bench_in_pool(a, &names, &problems))??;
+    let errors = records.iter().filter(|r| matches!(r.status, Status::Failed(_))).count();
     if errors > 0 {
         eprintln!("error: {errors} run(s) failed (see the `error` rows)");
         return Ok(ExitCode::FAILURE);
     }
+    let unmeasured: Vec<&str> = names
+        .iter()
+        .filter(|n| !records.iter().any(|r| &r.backend == *n && r.status.is_ok()))
+        .map(|n| n.as_str())
+        .collect();
+    if explicit && !unmeasured.is_empty() {
+        eprintln!("error: explicitly requested backend(s) measured at no N: {}", unmeasured.join(", "));
+        return Ok(ExitCode::from(EXIT_NAMED_SKIPPED));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs every (problem, backend) cell in the current pool, printing each record as it comes.
+fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Result<Vec<BenchRecord>, AttnError> {
+    if !a.json {
+        outln!("GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time")?;
+        outln!(
+            "{:<12} {:>7} {:>7} {:>11} {:>9} {:>7} {:>10} {:>5}",
+            "backend",
+            "N",
+            "N_kv",
+            "median",
+            "GFLOP/s",
+            "%GEMM",
+            "peak MiB",
+            "reps"
+        )?;
+    }
+    let opts = a.shape.options();
+    let ceiling = LazyCeiling::standard();
+    let mut ceiling_printed = false;
+    let policy = Policy { reps: a.reps, max_measure_s: a.max_time, max_predicted_s: a.max_time };
+    let mut history = History::default();
+    let mut records = Vec::new();
+    for p in problems {
+        let inputs = LazyInputs::new(p, a.shape.seed);
+        for name in names {
+            let record = match attnkit::backend_with(name, &opts) {
+                Err(e) => BenchRecord::new(name, "", p, None, rayon::current_num_threads()).failed(e.to_string()),
+                Ok(b) => {
+                    let cell = Cell {
+                        backend: b.as_ref(),
+                        variant: "",
+                        problem: p,
+                        plan_skip: None,
+                        previous: history.previous(name, p.causal),
+                    };
+                    run_cell(&cell, &inputs, &ceiling, &policy)?.record
+                }
+            };
+            history.note(name, &record);
+            // The ceiling is measured by the first CPU cell that runs: say so before its row.
+            if let (Some(g), false, false) = (ceiling.measured(), a.json, ceiling_printed) {
+                ceiling_printed = true;
+                outln!(
+                    "GEMM ceiling: {}×{}×{} f32 sgemm on {} thread(s): {:.1} GFLOP/s (median of {}, {})",
+                    g.m,
+                    g.n,
+                    g.k,
+                    g.threads,
+                    g.gflops,
+                    attnkit::bench::GEMM_CEILING_REPS,
+                    fmt_secs(g.median_s)
+                )?;
+            }
+            print_record(&record, a.json)?;
+            records.push(record);
+        }
+    }
+    Ok(records)
 }
 
 fn print_record(r: &BenchRecord, json: bool) -> Result<(), AttnError> {
     if json {
         let line = serde_json::to_string(r).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
-        println!("{line}");
-        return Ok(());
+        return outln!("{line}");
     }
-    match (r.median_s, r.gflops) {
-        (Some(t), Some(g)) => println!(
-            "{:<12} {:>7} {:>7} {:>11} {:>9.1} {:>6.1}% {:>10} {:>5}{}",
-            r.backend,
-            r.seq,
-            r.seq_kv,
-            fmt_secs(t),
-            g,
-            100.0 * r.gemm_fraction.unwrap_or(f64::NAN),
-            fmt_mib(r.peak_bytes),
-            r.reps,
-            if r.timing == Some(attnkit::bench::Timing::Host) && r.device == "cuda" {
-                "  (host-timed, incl. transfers)"
-            } else {
-                ""
-            }
-        ),
-        _ => println!("{:<12} {:>7} {:>7}  {}: {}", r.backend, r.seq, r.seq_kv, r.status, r.reason),
-    }
-    Ok(())
+    let (Some(t), Some(g), true) = (r.median_s, r.gflops, r.status.is_ok()) else {
+        return outln!("{:<12} {:>7} {:>7}  {}: {}", r.backend, r.seq, r.seq_kv, r.status, r.status.reason());
+    };
+    let note = match (&r.device_timing_error, r.host_timed_on_device()) {
+        (Some(e), _) => format!("  (host-timed, incl. transfers: device timing failed: {e})"),
+        (None, true) => "  (host-timed, incl. transfers)".to_string(),
+        (None, false) => String::new(),
+    };
+    outln!(
+        "{:<12} {:>7} {:>7} {:>11} {:>9.1} {:>7} {:>10} {:>5}{note}",
+        r.backend,
+        r.seq,
+        r.seq_kv,
+        fmt_secs(t),
+        g,
+        fmt_percent(r.gemm_fraction),
+        fmt_mib(r.peak_bytes),
+        r.reps,
+    )
 }

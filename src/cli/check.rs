@@ -1,6 +1,6 @@
 //! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs.
 
-use super::{ShapeArgs, resolve_backends};
+use super::{EXIT_NAMED_SKIPPED, ShapeArgs, resolve_backends};
 use attnkit::bench::{is_skip, skip_reason};
 use attnkit::validate::{Tolerance, compare, exact_tolerance, oracle};
 use attnkit::{AttnArgs, AttnError, DType, Exactness};
@@ -22,9 +22,6 @@ pub struct CheckArgs {
     pub shape: ShapeArgs,
 }
 
-/// Exit code when a backend named explicitly on the command line was skipped.
-const EXIT_NAMED_SKIPPED: u8 = 3;
-
 pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
@@ -35,38 +32,38 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     // Tolerances per precision, computed on first use (the naive pass costs as much as the oracle).
     let mut tolerances: Vec<(DType, Tolerance)> = Vec::new();
 
-    println!("problem: {p}  seed={}", a.shape.seed);
-    println!("{:<12} {:<6} {:>11} {:>11} {:>11}  result", "backend", "kind", "max_abs", "max_rel", "tolerance");
+    outln!("problem: {p}  seed={}", a.shape.seed)?;
+    outln!("{:<12} {:<6} {:>11} {:>11} {:>11}  result", "backend", "kind", "max_abs", "max_rel", "tolerance")?;
     let (mut failed, mut skipped_named) = (Vec::new(), Vec::new());
     for name in &names {
-        let row = |kind: &str, rest: &str| println!("{name:<12} {kind:<6} {rest}");
+        let row = |kind: &str, rest: &str| outln!("{name:<12} {kind:<6} {rest}");
         let backend = match attnkit::backend_with(name, &opts) {
             Ok(b) => b,
             Err(e) => {
-                row("-", &format!("{:>11} {:>11} {:>11}  FAIL (cannot build: {e})", "-", "-", "-"));
+                row("-", &format!("{:>11} {:>11} {:>11}  FAIL (cannot build: {e})", "-", "-", "-"))?;
                 failed.push(name.clone());
                 continue;
             }
         };
         let kind = backend.exactness().to_string();
         let skip = |reason: String, skipped_named: &mut Vec<String>| {
-            row(&kind, &format!("{:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-"));
             if explicit {
                 skipped_named.push(name.clone());
             }
+            row(&kind, &format!("{:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-"))
         };
         if let Some(reason) = skip_reason(backend.as_ref(), &p) {
-            skip(reason, &mut skipped_named);
+            skip(reason, &mut skipped_named)?;
             continue;
         }
         let got = match backend.forward(&args, false) {
             Ok(o) => o.out,
             Err(e) if is_skip(&e) => {
-                skip(format!("({e})"), &mut skipped_named);
+                skip(format!("({e})"), &mut skipped_named)?;
                 continue;
             }
             Err(e) => {
-                row(&kind, &format!("{:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-"));
+                row(&kind, &format!("{:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-"))?;
                 failed.push(name.clone());
                 continue;
             }
@@ -96,7 +93,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                         tol.bound,
                         if pass { "PASS" } else { "FAIL" }
                     ),
-                );
+                )?;
                 if !pass {
                     failed.push(name.clone());
                 }
@@ -106,7 +103,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 row(
                     &kind,
                     &format!("{:>11.3e} {:>11.3e} {:>11}  {verdict}{nonfinite}", stats.max_abs, stats.max_rel, "-"),
-                );
+                )?;
                 if stats.non_finite > 0 {
                     failed.push(name.clone());
                 }

@@ -1,16 +1,29 @@
 //! Argument parsing (clap derive) and dispatch for the `attnkit` binary.
 
+/// `println!` that returns the write error instead of panicking, so a reader that has gone
+/// away (`attnkit bench | head -2`) ends the command quietly (see [`main`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod check;
 mod kernels;
 mod list;
-mod plots;
 mod report;
 mod run;
 
+pub use attnkit::bench::fmt_secs;
 use attnkit::{AttnError, BackendOptions, DType, Problem, Window};
 use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
 use std::process::ExitCode;
+
+/// Exit code when a backend named explicitly on the command line was skipped (`check`), or
+/// measured at no N (`bench`): scripts must notice it was not checked or timed.
+pub const EXIT_NAMED_SKIPPED: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,9 +57,13 @@ enum Command {
     /// of exact attention over the allowed (unmasked) query–key pairs, 4·D per pair times B·H
     /// (Problem::flops), divided by the median time — for every backend, approximations
     /// included, so the numbers are comparable effective throughputs. The f32 GEMM ceiling
-    /// (a 2048³ sgemm, median of 5, same thread count) is measured in the same run and each
-    /// backend's fraction of it is printed. Peak bytes: heap allocated above what was live
-    /// before the first call (inputs and output excluded), counted by the binary's allocator.
+    /// (a 2048³ sgemm, median of 5, same thread count) is measured in the same run, when the
+    /// first CPU cell is about to run, and each CPU backend's fraction of it is printed (GPU rows
+    /// show "–"). Peak bytes: heap allocated above what was live before the first call (inputs
+    /// and output excluded), counted by the binary's allocator. Cells a backend cannot run
+    /// (unsupported, over the memory budget, predicted over --max-time) are skipped before any
+    /// input is generated. Exit status: 0 all good, 1 a run failed (an error or a NaN/Inf
+    /// output), 3 a backend named with --backends was measured at no N.
     Bench(bench::BenchArgs),
     /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
     Run(run::RunArgs),
@@ -155,15 +172,17 @@ pub fn resolve_backends(requested: &[String], exclude_from_all: &[&str]) -> Resu
     Ok((out, true))
 }
 
-/// Seconds → a short human string.
-pub fn fmt_secs(s: f64) -> String {
-    if s < 1e-3 {
-        format!("{:.1} µs", s * 1e6)
-    } else if s < 1.0 {
-        format!("{:.2} ms", s * 1e3)
-    } else {
-        format!("{s:.2} s")
-    }
+/// One line to stdout (what [`outln!`] calls); the error is the caller's to pass up.
+pub fn write_line(args: std::fmt::Arguments<'_>) -> Result<(), AttnError> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.write_all(b"\n"))?;
+    Ok(())
+}
+
+/// A fraction as a percentage with one decimal, or "–" when there is none (a GPU row has no
+/// CPU-GEMM fraction).
+pub fn fmt_percent(f: Option<f64>) -> String {
+    f.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "–".into())
 }
 
 /// Bytes → MiB string, or "n/a".
@@ -186,10 +205,21 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our stdout has gone (`| head`): stop quietly, as ripgrep and coreutils do.
+        Err(AttnError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_fraction_reads_as_a_dash() {
+        assert_eq!(super::fmt_percent(Some(0.4567)), "45.7%");
+        assert_eq!(super::fmt_percent(None), "–");
     }
 }

@@ -5,8 +5,8 @@
 //! three inputs must share one dtype (float32 or float16); the output (and LSE) is float32.
 
 use super::parse_window;
-use attnkit::bench::with_threads;
 use attnkit::npy::{read_tensor, shape4, write_f32};
+use attnkit::threads::with_threads;
 use attnkit::{AttnArgs, AttnError, BackendOptions, Problem, Window};
 use clap::Args;
 use std::path::PathBuf;

@@ -1,0 +1,203 @@
+//! The report's README.md: settings, reading, plots, slopes, crossovers, the frontier table and
+//! one results table per backend.
+
+use super::analysis::{crossovers, loglog_slope, reading, series, sweep_labels};
+use super::figures::Heatmaps;
+use super::meta::Meta;
+use super::results::{Row, reason};
+use crate::cli::{fmt_mib, fmt_percent, fmt_secs};
+use attnkit::Exactness;
+use attnkit::bench::Status;
+use attnkit::bench::plan::{FRONTIER_NS, ORACLE};
+use std::fmt::Write as _;
+
+pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# attnkit report\n");
+    let _ = writeln!(s, "- Machine: {} ({} logical cores), {} thread(s) used", meta.cpu, meta.cores, meta.threads);
+    let _ = writeln!(s, "- Date: {}", meta.date_utc);
+    let _ = writeln!(s, "- Command: `{}`", meta.command);
+    let _ = writeln!(s, "- Took: {}", fmt_secs(meta.elapsed_s));
+    let _ = writeln!(
+        s,
+        "- Problem: B={}, H={}, D={}, {} inputs, standard normal (seed {}), N_q = N_k = N, non-causal and causal",
+        meta.batch, meta.heads, meta.dim, meta.dtype, meta.seed
+    );
+    match &meta.gemm {
+        Some(g) => writeln!(
+            s,
+            "- GEMM ceiling (same run, same threads): {}×{}×{} f32 sgemm, median of {} = {}, **{:.1} GFLOP/s**",
+            g.m,
+            g.n,
+            g.k,
+            attnkit::bench::GEMM_CEILING_REPS,
+            fmt_secs(g.median_s),
+            g.gflops
+        ),
+        None => writeln!(s, "- GEMM ceiling: not measured (no CPU run took place)"),
+    }
+    .ok();
+    let _ = writeln!(
+        s,
+        "- Timing: one warm-up, then up to {} reps (median); per-run time budget {}: a run is skipped when its \
+         time extrapolated from the previous N (∝ N² for exact full attention, ∝ N for linear-time methods) exceeds it. \
+         Memory budget {:.1} GiB (backends refuse larger working sets).",
+        meta.reps,
+        fmt_secs(meta.run_budget_s),
+        meta.mem_budget_bytes as f64 / (1u64 << 30) as f64
+    );
+    let _ = writeln!(
+        s,
+        "- GFLOP/s = FLOPs of exact attention over the allowed (unmasked) pairs, 4·D per pair, / median time — the same \
+         count for every backend, so for approximations it is an *effective* rate. %GEMM = GFLOP/s ÷ the ceiling."
+    );
+    let _ = writeln!(
+        s,
+        "- Peak = heap bytes allocated above what was live before the first call (inputs and output excluded), from a counting global allocator."
+    );
+    let _ = writeln!(
+        s,
+        "- Error: max |O − O_ref| on head 0. For N ≤ {} against the f64 oracle; above that against flash-cpu (or sdpa when flash-cpu \
+         is absent) — see the *error vs* column. Approximations and `local` are compared with *full* attention, so their error is the approximation error.",
+        meta.oracle_max_n
+    );
+    if !meta.unavailable.is_empty() {
+        let _ = writeln!(s, "- Unavailable here: {}", meta.unavailable.join("; "));
+    }
+    let _ = writeln!(s, "- `auto` is not swept separately (it forwards to one of the exact backends).\n");
+
+    let _ = writeln!(s, "## Reading\n");
+    for line in reading(rows) {
+        let _ = writeln!(s, "- {line}");
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "## Plots\n");
+    for n in plot_notes {
+        if n.ends_with(".svg") {
+            let _ = writeln!(s, "![{n}]({n})\n");
+        } else {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    if !heat.notes.is_empty() {
+        let _ = writeln!(s, "Heatmap notes: {}\n", heat.notes.join("; "));
+    }
+    let _ = writeln!(
+        s,
+        "The heatmaps show effective attention weights on one structured input (N = D = 64, position-like Q = K \
+         with a sink at key 0, V = I so output row i is weight row i), computed through the public trait.\n"
+    );
+
+    let _ = writeln!(s, "## Scaling (least-squares log-log slopes over N ≥ 1024)\n");
+    let _ = writeln!(s, "| backend | causal | time slope | memory slope | points |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for l in sweep_labels(rows) {
+        for causal in [false, true] {
+            let sr = series(rows, &l, causal);
+            let t: Vec<(f64, f64)> = sr.iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.median_s?))).collect();
+            let m: Vec<(f64, f64)> =
+                sr.iter().filter_map(|r| Some((r.rec.seq as f64, r.rec.peak_bytes? as f64))).collect();
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
+            let npts = t.iter().filter(|(x, _)| *x >= 1024.0).count();
+            let _ = writeln!(
+                s,
+                "| {l} | {} | {} | {} | {npts} |",
+                if causal { "yes" } else { "no" },
+                f(loglog_slope(&t, 1024.0)),
+                f(loglog_slope(&m, 1024.0))
+            );
+        }
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(
+        s,
+        "## Crossovers (smallest swept N from which the approximation is faster at every larger measured N)\n"
+    );
+    for line in crossovers(rows) {
+        let _ = writeln!(s, "- {line}");
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "## Accuracy–speed frontier (N ∈ {{1024, 4096}})\n");
+    let _ = writeln!(s, "| N | causal | variant | median | max abs error | error vs | status |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| {
+        r.frontier
+            || (FRONTIER_NS.contains(&r.rec.seq) && r.exactness == Some(Exactness::Exact) && r.rec.backend != ORACLE)
+    }) {
+        if !FRONTIER_NS.contains(&r.rec.seq) {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.rec.seq,
+            if r.rec.causal { "yes" } else { "no" },
+            r.label,
+            r.rec.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
+            r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
+            r.err_vs,
+            status_text(r)
+        );
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "## Results per backend\n");
+    for l in sweep_labels(rows) {
+        let _ = writeln!(s, "### {l}\n");
+        let _ =
+            writeln!(s, "| N | causal | median | GFLOP/s | % GEMM | peak MiB | max abs error | error vs | status |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for r in rows.iter().filter(|r| !r.frontier && r.label == l) {
+            let c = &r.rec;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.seq,
+                if c.causal { "yes" } else { "no" },
+                c.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
+                c.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "–".into()),
+                fmt_percent(c.gemm_fraction),
+                if c.status.is_ok() { fmt_mib(c.peak_bytes) } else { "–".into() },
+                r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
+                if r.err_vs.is_empty() { "–" } else { &r.err_vs },
+                status_text(r)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "Raw data: [results.json](results.json), [results.csv](results.csv).");
+    s
+}
+
+/// The status column: `ok (N reps)`, with a device-timing failure when there was one, or the
+/// status word and its reason.
+pub fn status_text(r: &Row) -> String {
+    let why = reason(&r.rec).replace('|', "/");
+    match (&r.rec.status, why.is_empty()) {
+        (Status::Ok, true) => format!("ok ({} reps)", r.rec.reps),
+        (Status::Ok, false) => format!("ok ({} reps) — {why}", r.rec.reps),
+        (st, _) => format!("{st}: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::report::results::tests::row;
+
+    #[test]
+    fn status_text_says_what_happened() {
+        let ok = row("sdpa", Exactness::Exact, 256, false, Some(1e-3), None);
+        assert_eq!(status_text(&ok), "ok (1 reps)");
+        let mut host = ok.clone();
+        host.rec.device_timing_error = Some("no event".into());
+        assert_eq!(status_text(&host), "ok (1 reps) — host-timed: device timing failed: no event");
+        let failed = Row { rec: ok.rec.clone().failed("output has 2 non-finite values | x"), ..ok.clone() };
+        assert_eq!(status_text(&failed), "error: output has 2 non-finite values / x");
+        let skipped = row("sdpa", Exactness::Exact, 256, false, None, None);
+        assert_eq!(status_text(&skipped), "skipped: time budget");
+    }
+}

@@ -1,0 +1,146 @@
+//! The report's rows and its raw data files, results.json and results.csv.
+
+use super::meta::Meta;
+use attnkit::bench::BenchRecord;
+use attnkit::{AttnError, Exactness};
+use serde::{Serialize, Serializer};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// One result row: the bench record plus error figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub label: String,
+    /// "exact" / "approx", or "" when the backend could not be built.
+    #[serde(serialize_with = "exactness_text")]
+    pub exactness: Option<Exactness>,
+    #[serde(flatten)]
+    pub rec: BenchRecord,
+    pub frontier: bool,
+    pub err_max_abs: Option<f64>,
+    pub err_max_rel: Option<f64>,
+    pub err_vs: String,
+}
+
+fn exactness_text<S: Serializer>(e: &Option<Exactness>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&e.map(|e| e.to_string()).unwrap_or_default())
+}
+
+pub fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnError> {
+    let json = serde_json::json!({ "meta": meta, "results": rows });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
+    std::fs::write(dir.join("results.json"), text)?;
+    std::fs::write(dir.join("results.csv"), csv(rows))?;
+    Ok(())
+}
+
+/// One header line and one line per row; text fields quoted, absent numbers empty.
+pub fn csv(rows: &[Row]) -> String {
+    let mut csv = String::from(
+        "label,backend,variant,exactness,device,seq,seq_kv,dim,heads,batch,causal,window,dtype,threads,status,reps,timing,median_s,gflops,gemm_gflops,gemm_fraction,peak_bytes,err_max_abs,err_max_rel,err_vs,frontier,reason\n",
+    );
+    let opt = |x: Option<f64>| x.map(|v| format!("{v:e}")).unwrap_or_default();
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for r in rows {
+        let c = &r.rec;
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            quote(&r.label),
+            c.backend,
+            quote(&c.variant),
+            r.exactness.map(|e| e.to_string()).unwrap_or_default(),
+            c.device.map(|d| d.to_string()).unwrap_or_default(),
+            c.seq,
+            c.seq_kv,
+            c.dim,
+            c.heads,
+            c.batch,
+            c.causal,
+            quote(&c.window.to_string()),
+            c.dtype,
+            c.threads,
+            c.status,
+            c.reps,
+            c.timing.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default(),
+            opt(c.median_s),
+            opt(c.gflops),
+            opt(c.gemm_gflops),
+            opt(c.gemm_fraction),
+            c.peak_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            opt(r.err_max_abs),
+            opt(r.err_max_rel),
+            quote(&r.err_vs),
+            r.frontier,
+            quote(&reason(c)),
+        );
+    }
+    csv
+}
+
+/// The status reason, plus a device-timing failure when there was one.
+pub fn reason(c: &BenchRecord) -> String {
+    match (&c.device_timing_error, c.status.reason()) {
+        (Some(e), "") => format!("host-timed: device timing failed: {e}"),
+        (Some(e), r) => format!("{r}; host-timed: device timing failed: {e}"),
+        (None, r) => r.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use attnkit::bench::{GemmCeiling, Measurement, Timing};
+    use attnkit::{Device, Problem};
+
+    /// A row of `label` at `n` with time `t` (None: skipped) and error `err`.
+    pub fn row(label: &str, exactness: Exactness, n: usize, causal: bool, t: Option<f64>, err: Option<f64>) -> Row {
+        let p = Problem::new(1, 8, n, 64).with_causal(causal);
+        let rec = BenchRecord::new(label, "", &p, Some(Device::Cpu), 2);
+        let g = GemmCeiling { m: 1, n: 1, k: 1, threads: 2, median_s: 1.0, gflops: 100.0 };
+        let rec = match t {
+            Some(t) => rec.with_measurement(
+                &p,
+                &Measurement {
+                    times_s: vec![t],
+                    median_s: t,
+                    peak_bytes: Some(n as u64),
+                    timing: Timing::Host,
+                    device_timing_error: None,
+                },
+                Some(&g),
+            ),
+            None => rec.skipped("time budget"),
+        };
+        Row {
+            label: label.into(),
+            exactness: Some(exactness),
+            rec,
+            frontier: false,
+            err_max_abs: err,
+            err_max_rel: err,
+            err_vs: String::new(),
+        }
+    }
+
+    #[test]
+    fn json_and_csv_keep_their_words() {
+        let r = row("sdpa", Exactness::Approximate, 256, true, Some(1e-3), Some(1e-6));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (v["exactness"].as_str(), v["status"].as_str(), v["window"].as_str()),
+            (Some("approx"), Some("ok"), Some("-1,-1"))
+        );
+        let text = csv(&[r.clone(), Row { rec: r.rec.clone().failed("output has 3 non-finite values"), ..r }]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // 27 columns; the window "L,R" is the one quoted field holding a comma.
+        assert_eq!((lines[0].split(',').count(), lines[1].split(',').count()), (27, 28));
+        assert!(lines[1].contains(",approx,cpu,256,") && lines[1].contains(",ok,1,host,"), "{}", lines[1]);
+        assert!(
+            lines[2].contains(",error,") && lines[2].ends_with("\"output has 3 non-finite values\""),
+            "{}",
+            lines[2]
+        );
+    }
+}
