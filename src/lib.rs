@@ -27,6 +27,7 @@ pub mod seeded;
 pub mod simd;
 pub mod tensor;
 pub mod threads;
+pub mod tiled;
 pub mod validate;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness};

@@ -33,11 +33,25 @@ pub struct ErrorStats {
     pub max_rel: f64,
     /// mean |got − ref|
     pub mean_abs: f64,
-    /// count of non-finite values in `got` where the oracle is finite
+    /// count of places where exactly one of `got` and the oracle is finite (a NaN that appeared,
+    /// or one that vanished)
     pub non_finite: usize,
+    /// `|got.len() − want.len()|`: elements with nothing to compare against
+    pub length_mismatch: usize,
 }
 
-/// Compares f32 output with the f64 oracle. NaN in both at the same place counts as agreement.
+impl ErrorStats {
+    /// The one pass/fail test: same length, no finite/non-finite disagreement, and
+    /// `max_abs ≤ bound`. Checking `max_abs` alone would pass a NaN row, since a non-finite value
+    /// has no finite error to add to it.
+    pub fn within(&self, bound: f64) -> bool {
+        self.length_mismatch == 0 && self.non_finite == 0 && self.max_abs <= bound
+    }
+}
+
+/// Compares f32 output with the f64 oracle. Non-finite in both at the same place counts as
+/// agreement (the NaN/Inf policy: it stays in its row); non-finite in only one is counted in
+/// `non_finite` and contributes no finite error.
 pub fn compare(got: &[f32], want: &[f64]) -> ErrorStats {
     let mut s = ErrorStats::default();
     let mut scale = 0.0f64;
@@ -45,6 +59,9 @@ pub fn compare(got: &[f32], want: &[f64]) -> ErrorStats {
     let n = got.len().min(want.len());
     for (&g, &w) in got.iter().zip(want) {
         if !w.is_finite() {
+            if g.is_finite() {
+                s.non_finite += 1;
+            }
             continue;
         }
         scale = scale.max(w.abs());
@@ -58,9 +75,7 @@ pub fn compare(got: &[f32], want: &[f64]) -> ErrorStats {
     }
     s.mean_abs = if n > 0 { sum / n as f64 } else { 0.0 };
     s.max_rel = if scale > 0.0 { s.max_abs / scale } else { s.max_abs };
-    if got.len() != want.len() {
-        s.non_finite += got.len().abs_diff(want.len());
-    }
+    s.length_mismatch = got.len().abs_diff(want.len());
     s
 }
 
@@ -127,5 +142,21 @@ mod tests {
         assert_eq!(s.non_finite, 1);
         assert!((s.max_abs - 0.5).abs() < 1e-12);
         assert!((s.max_rel - 0.125).abs() < 1e-12);
+    }
+
+    /// Before `within`, tests checked `max_abs ≤ bound` alone, which a NaN row passes; and a
+    /// length mismatch was counted as "non-finite".
+    #[test]
+    fn a_nan_row_a_vanished_nan_or_a_short_output_never_passes() {
+        let nan_row = compare(&[f32::NAN, f32::NAN, 1.0], &[0.5, 0.5, 1.0]);
+        assert!(nan_row.max_abs <= 1.0, "the old check would pass this");
+        assert!(!nan_row.within(1.0));
+        let vanished = compare(&[0.5, 1.0], &[f64::NAN, 1.0]);
+        assert_eq!(vanished.non_finite, 1);
+        assert!(!vanished.within(1.0));
+        let short = compare(&[1.0], &[1.0, 2.0]);
+        assert_eq!((short.non_finite, short.length_mismatch), (0, 1));
+        assert!(!short.within(1.0));
+        assert!(compare(&[f32::NAN, 1.0], &[f64::NAN, 1.0]).within(0.0));
     }
 }

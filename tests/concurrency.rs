@@ -13,6 +13,7 @@ fn shared_instance_matches_sequential_use() {
     let inputs: Vec<(Tensor, Tensor, Tensor)> = problems.iter().enumerate().map(|(i, p)| qkv(p, i as u64)).collect();
     let problems = &problems;
     let inputs = &inputs;
+    let mut checked = std::collections::BTreeSet::new();
     for name in backend_names() {
         let b: Arc<dyn attnkit::Attention> = Arc::from(backend(name).unwrap());
         if b.availability().is_err() {
@@ -28,6 +29,9 @@ fn shared_instance_matches_sequential_use() {
             Some(b.forward(&AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap(), true).unwrap().out)
         };
         let sequential: Vec<Option<Vec<f32>>> = (0..problems.len()).map(run).collect();
+        if sequential.iter().any(Option::is_some) {
+            checked.insert(name);
+        }
         // 8 OS threads, each running every problem in a different order, all at once.
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -50,4 +54,9 @@ fn shared_instance_matches_sequential_use() {
             }
         });
     }
+    // Every CPU backend must have run at least one problem: one skipped everywhere would
+    // otherwise pass silently.
+    let cpu: std::collections::BTreeSet<_> =
+        backend_names().into_iter().filter(|n| backend(n).unwrap().device() == attnkit::Device::Cpu).collect();
+    assert_eq!(checked, cpu, "CPU backends checked vs registered");
 }

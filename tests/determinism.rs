@@ -20,6 +20,7 @@ fn cpu_backends_are_bitwise_deterministic_across_thread_counts() {
         Problem::new(1, 3, 257, 40).with_causal(true).with_dtype(DType::BF16),
         Problem::new(1, 2, 200, 64).with_window(Window::new(31, 31)).with_dtype(DType::F16),
     ];
+    let mut checked = std::collections::BTreeSet::new();
     for p in &problems {
         let (q, k, v) = qkv(p, 99);
         let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
@@ -29,6 +30,7 @@ fn cpu_backends_are_bitwise_deterministic_across_thread_counts() {
                 println!("skip {name} for {p}: not a CPU backend, unavailable or unsupported");
                 continue;
             }
+            checked.insert(name);
             let first = run_in_pool(1, || b.forward(&args, false).unwrap().out);
             for threads in [1, 2, 8] {
                 let again = run_in_pool(threads, || b.forward(&args, false).unwrap().out);
@@ -37,4 +39,9 @@ fn cpu_backends_are_bitwise_deterministic_across_thread_counts() {
             }
         }
     }
+    // Every CPU backend must have been checked on at least one problem: one skipped everywhere
+    // (unavailable, or refusing everything) would otherwise pass silently.
+    let cpu: std::collections::BTreeSet<_> =
+        backend_names().into_iter().filter(|n| backend(n).unwrap().device() == Device::Cpu).collect();
+    assert_eq!(checked, cpu, "CPU backends checked vs registered");
 }

@@ -93,8 +93,9 @@ fn check(backend: &dyn Attention, label: &str, p: &Problem, dtype: DType, seed: 
     let (o64, l64) = attention_f64(&args);
     // The crate-wide rule (src/validate.rs), the same one `check` and cross_validation use.
     let tol = exact_tolerance(&args, &o64, dtype).bound;
-    let err = compare(&got.out, &o64).max_abs;
-    assert!(err <= tol, "{label} {dtype}: max error {err:e} > tolerance {tol:e} ({p})");
+    let stats = compare(&got.out, &o64);
+    let err = stats.max_abs;
+    assert!(stats.within(tol), "{label} {dtype}: {stats:?} not within tolerance {tol:e} ({p})");
     for (i, (a, b)) in got.lse.unwrap().iter().zip(&l64).enumerate() {
         if b.is_infinite() {
             assert!(*a == f32::NEG_INFINITY, "{label} {dtype}: row {i} is empty but LSE = {a}");

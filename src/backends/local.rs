@@ -30,30 +30,13 @@
 //! the compute. `local` packs only what a segment of rows sees, into a per-thread buffer that
 //! stays in L2, and never allocates anything N-sized.
 //!
-//! Measured (2-core AVX-512 EPYC, shared; f32, B=1, H=8, N=16384, D=64, causal window (w, 0);
-//! median of 11 reps with local and flash-cpu interleaved rep by rep,
-//! `cargo run --release --example flash_cpu_speed -- local 16384 64 8 11`), the quietest run:
-//!
-//! | w   | local GFLOP/s | flash-cpu GFLOP/s | local speedup (two noisier runs) |
-//! |-----|---------------|-------------------|----------------------------------|
-//! | 32  | 47            | 26                | 1.78× (1.70×, 1.92×)             |
-//! | 64  | 74            | 46                | 1.65× (1.49×, 1.78×)             |
-//! | 128 | 109           | 73                | 1.45× (1.44×, 1.40×)             |
-//! | 256 | 142           | 107               | 1.30× (1.27×, 1.29×)             |
-//!
-//! GFLOP/s count allowed pairs only (`Problem::flops`); at w = 32 a 6-row strip still computes
-//! whole 32-key panels, about 2× the allowed pairs, hence the low absolute rate.
+//! Measured speed against `flash-cpu` at equal windows lives in `reports/README.md`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
-use crate::backends::flash_cpu::{
-    BlockSpec, IsaChoice, Scratch, block_tasks, head_dim_reasons, run_query_block, scratch_bytes,
-};
-use crate::budget::check_budget;
 use crate::error::Result;
 use crate::problem::Problem;
 use crate::simd::Isa;
-use crate::simd::flash::{pack_k, pack_v, padded_dim};
-use rayon::prelude::*;
+use crate::tiled::{IsaChoice, Packing, Plan, head_dim_reasons};
 
 /// The local (sliding-window) backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,6 +58,12 @@ impl Local {
     pub fn isa(&self) -> std::result::Result<Isa, String> {
         self.isa.resolve()
     }
+
+    fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
+        let rows = segment_rows(p, 8 * isa.shape().mr);
+        let packing = Packing::Segments { rows, band: band_keys(p, rows) };
+        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
+    }
 }
 
 /// Query rows per task: about four window widths (so a segment's packed band is at most ~1.25×
@@ -88,10 +77,10 @@ fn segment_rows(p: &Problem, bq: usize) -> usize {
     (4 * w).clamp(256, 2048).div_ceil(bq) * bq
 }
 
-/// Widest band a run of `bq` rows can see (keys); N_k when a side is unbounded.
-fn band_keys(p: &Problem, bq: usize) -> usize {
+/// Widest band a run of `rows` rows can see (keys); N_k when a side is unbounded.
+fn band_keys(p: &Problem, rows: usize) -> usize {
     match p.effective_window() {
-        (Some(l), Some(r)) => (bq + l + r).min(p.seq_k),
+        (Some(l), Some(r)) => (rows + l + r).min(p.seq_k),
         _ => p.seq_k,
     }
 }
@@ -120,101 +109,19 @@ impl Attention for Local {
         }
         r
     }
-
     fn working_bytes(&self, p: &Problem) -> Option<u64> {
-        let isa = self.isa().unwrap_or_else(|_| Isa::best());
-        segment_bytes(p, isa, band_keys(p, segment_rows(p, 8 * isa.shape().mr)))
+        self.plan(self.isa.for_sizing(), p).working_bytes(p)
     }
     /// Before flash-cpu only when the band is two-sided and covers at most 1/8 of the keys:
-    /// then it is as fast at N ≤ 8K and 1.3–1.8× faster at 16K, in a fraction of the memory
-    /// (measured when `auto` was written; see reports/).
+    /// there it was as fast at N ≤ 8K and faster at 16K, in a fraction of the memory (reports/).
     fn auto_rank(&self, p: &Problem) -> Option<u32> {
         match p.effective_window() {
             (Some(l), Some(r)) if (l + r + 1).saturating_mul(8) <= p.seq_k => Some(10),
             _ => None,
         }
     }
-
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
-        let p = args.problem();
         let isa = self.isa.resolve_for(self.name())?;
-        let bq = 8 * isa.shape().mr;
-        let seg = segment_rows(p, bq);
-        let band = band_keys(p, seg);
-        run_segments(self.name(), isa, args, out, lse, seg, band, &|i| p.key_range(i))
+        self.plan(isa, args.problem()).run(args, out, lse)
     }
-}
-
-/// Working set of [`run_segments`] with a band of `band` keys: one packed band panel plus block
-/// scratch per thread of the current pool.
-pub(crate) fn segment_bytes(p: &Problem, isa: Isa, band: usize) -> Option<u64> {
-    let shape = isa.shape();
-    let d = p.head_dim;
-    let band = band.min(p.seq_k).div_ceil(shape.kp) * shape.kp + shape.kp;
-    let per_thread = scratch_bytes(8 * shape.mr, d, shape.mr, band) + (band * (d + padded_dim(d)) * 4) as u64;
-    per_thread.checked_mul(rayon::current_num_threads().max(1) as u64)
-}
-
-/// Runs query segments of `seg` rows as `local` does: per (batch, head, segment) task, pack the
-/// keys the segment's rows may see under `range` (at most `band` keys) once, then run its
-/// `8·MR`-row blocks over them. Shared with `local-block`, which only changes `range`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_segments(
-    name: &str,
-    isa: Isa,
-    args: &AttnArgs<'_>,
-    out: &mut [f32],
-    lse: Option<&mut [f32]>,
-    seg: usize,
-    band: usize,
-    range: &(dyn Fn(usize) -> (usize, usize) + Sync),
-) -> Result<()> {
-    let p = args.problem();
-    let shape = isa.shape();
-    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
-    check_budget(name, "per-thread band panels", segment_bytes(p, isa, band))?;
-    let bq = 8 * shape.mr;
-
-    let tasks = block_tasks(out, lse, nq, d, seg);
-    tasks.into_par_iter().for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {
-        let i0 = si * seg;
-        let rows = o.len() / d;
-        let (mut lo, mut hi) = (usize::MAX, 0);
-        for i in i0..i0 + rows {
-            let (a, b) = range(i);
-            if a < b {
-                lo = lo.min(a);
-                hi = hi.max(b);
-            }
-        }
-        if lo >= hi {
-            (lo, hi) = (0, 0);
-        }
-        let (b, h) = (bh / p.heads, bh % p.heads);
-        let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
-        // Pack the segment's band once; its blocks slide over it.
-        let mut kpack = std::mem::take(&mut scr.kpack);
-        let mut vpack = std::mem::take(&mut scr.vpack);
-        let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
-        pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
-        for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
-            let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
-            let spec = BlockSpec {
-                isa,
-                shape,
-                problem: p,
-                q: args.q(),
-                bh,
-                i0: i0 + bi * bq,
-                kbase: lo,
-                range,
-                nkeys,
-                tile: nkeys.max(shape.kp),
-            };
-            run_query_block(&spec, &kpack, &vpack, scr, ob, lb);
-        }
-        scr.kpack = kpack;
-        scr.vpack = vpack;
-    });
-    Ok(())
 }

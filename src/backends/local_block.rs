@@ -15,17 +15,16 @@
 //! Option: the block size, `LocalBlock::new(block)`; through the registry and the CLI,
 //! `BackendOptions::block_size` / `--block-size` (default [`DEFAULT_BLOCK`] = 128).
 //!
-//! Algorithm: `local`'s segment runner ([`crate::backends::local`]) with this pattern as the
+//! Algorithm: the tiled CPU runner's segment packing ([`crate::tiled`]) with this pattern as the
 //! per-row key range: the same packed panels, SIMD microkernels and online softmax
 //! ([`crate::simd::flash`]). Time O(B·H·N_q·block·D), memory O((segment + block)·D) per
 //! thread. Checked against an f64 oracle of the pattern in `tests/flash_cpu.rs`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
-use crate::backends::flash_cpu::{IsaChoice, head_dim_reasons};
-use crate::backends::local::{run_segments, segment_bytes};
 use crate::error::{AttnError, Result};
 use crate::problem::Problem;
 use crate::simd::Isa;
+use crate::tiled::{IsaChoice, Packing, Plan, head_dim_reasons};
 
 /// Block size of the registered `local-block`.
 pub const DEFAULT_BLOCK: usize = 128;
@@ -52,9 +51,11 @@ impl LocalBlock {
     }
 
     /// Segments of about one block (at least 4 row blocks) see at most two key blocks.
-    fn segment(&self, isa: Isa) -> usize {
+    fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
         let bq = 8 * isa.shape().mr;
-        self.block.clamp(4 * bq, 2048).div_ceil(bq) * bq
+        let rows = self.block.clamp(4 * bq, 2048).div_ceil(bq) * bq;
+        let packing = Packing::Segments { rows, band: rows + 2 * self.block };
+        Plan { name: "local-block", isa, packing, range: Box::new(move |i| self.key_range(p, i)) }
     }
 
     pub fn block(&self) -> usize {
@@ -94,15 +95,11 @@ impl Attention for LocalBlock {
     }
 
     fn working_bytes(&self, p: &Problem) -> Option<u64> {
-        let isa = self.isa.resolve().unwrap_or_else(|_| Isa::best());
-        let seg = self.segment(isa);
-        segment_bytes(p, isa, seg + 2 * self.block)
+        self.plan(self.isa.for_sizing(), p).working_bytes(p)
     }
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
-        let p = args.problem();
         let isa = self.isa.resolve_for(self.name())?;
-        let seg = self.segment(isa);
-        run_segments(self.name(), isa, args, out, lse, seg, seg + 2 * self.block, &|i| self.key_range(p, i))
+        self.plan(isa, args.problem()).run(args, out, lse)
     }
 }

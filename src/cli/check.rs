@@ -82,7 +82,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                         t
                     }
                 };
-                let pass = stats.non_finite == 0 && stats.max_abs <= tol.bound;
+                let pass = stats.within(tol.bound);
                 let at = if precision != p.dtype { format!(" (judged at {precision})") } else { String::new() };
                 row(
                     &kind,

@@ -1,0 +1,94 @@
+//! Whole-head packing: per (batch, KV head) K is packed once into Kᵀ panels and V into
+//! zero-padded rows (f16/bf16 widened to f32 while packing), shared by every query head of the
+//! GQA group. Heads are packed in waves (enough to keep every thread busy, up to 32 MiB of
+//! panels, fewer — down to one — when the memory budget is tight); then all query blocks of the
+//! wave run in parallel, each streaming L2-sized key tiles.
+//!
+//! Memory: O(N_k·D) per KV head in flight plus O(block·D) scratch per thread.
+
+use super::Plan;
+use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes, tile_keys};
+use crate::attention::AttnArgs;
+use crate::budget::check_budget;
+use crate::error::Result;
+use crate::problem::Problem;
+use crate::simd::Isa;
+use crate::simd::flash::{KernelShape, pack_k, pack_v, padded_dim};
+use rayon::prelude::*;
+
+/// Query rows per block.
+fn block_rows(shape: KernelShape) -> usize {
+    16 * shape.mr
+}
+
+/// (packed K/V bytes of one KV head, scratch bytes of every thread of the current pool).
+fn wave_bytes(p: &Problem, shape: KernelShape) -> (u64, u64) {
+    let d = p.head_dim;
+    let packed_keys = p.seq_k.div_ceil(shape.kp) * shape.kp;
+    let per_head = (packed_keys as u64).saturating_mul(((d + padded_dim(d)) * 4) as u64);
+    let threads = rayon::current_num_threads().max(1) as u64;
+    let scratch = threads.saturating_mul(scratch_bytes(block_rows(shape), d, shape.mr, tile_keys(d, shape.kp)));
+    (per_head, scratch)
+}
+
+/// One KV head's panels plus every thread's scratch: the waves shrink to this before refusing.
+pub(super) fn min_bytes(p: &Problem, isa: Isa) -> Option<u64> {
+    let (per_head, scratch) = wave_bytes(p, isa.shape());
+    per_head.checked_add(scratch)
+}
+
+pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse: Option<&mut [f32]>) -> Result<()> {
+    let p = args.problem();
+    let (isa, shape) = (plan.isa, plan.isa.shape());
+    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    let g = p.group_size();
+    let bq = block_rows(shape);
+    let tile = tile_keys(d, shape.kp);
+    let nkv = p.batch * p.kv_heads;
+    let threads = rayon::current_num_threads().max(1);
+    let tasks_per_kv = g * nq.div_ceil(bq);
+    let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
+    let (per_head, scratch) = wave_bytes(p, shape);
+    // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
+    // packed panels so small heads do not pay one pool barrier each.
+    let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
+    let wanted = threads.max((8 * threads).div_ceil(tasks_per_kv)).max(by_mem).min(nkv).max(1);
+    // Fewer heads in flight (down to one) rather than refusing when the budget is tight.
+    let fits = (crate::budget::mem_budget().saturating_sub(scratch) / per_head.max(1)) as usize;
+    let inflight = wanted.min(fits).max(1);
+    let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));
+    check_budget(plan.name, "packed K/V panels of the KV heads in flight", need)?;
+
+    for w0 in (0..nkv).step_by(inflight) {
+        let w1 = (w0 + inflight).min(nkv);
+        let packed: Vec<(Vec<f32>, Vec<f32>)> = (w0..w1)
+            .into_par_iter()
+            .map(|kvh| {
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                pack_k(args.k(), kvh * nk * d, 0, nk, d, shape.kp, &mut kb);
+                pack_v(args.v(), kvh * nk * d, 0, nk, d, shape.kp, &mut vb);
+                (kb, vb)
+            })
+            .collect();
+        let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
+        let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
+        let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
+        tasks.into_par_iter().for_each_init(Scratch::default, |scr, (hi, bi, o, l)| {
+            let (kb, vb) = &packed[hi / g];
+            let spec = BlockSpec {
+                isa,
+                shape,
+                problem: p,
+                q: args.q(),
+                bh: w0 * g + hi,
+                i0: bi * bq,
+                kbase: 0,
+                range: &*plan.range,
+                nkeys: packed_keys,
+                tile,
+            };
+            run_query_block(&spec, kb, vb, scr, o, l);
+        });
+    }
+    Ok(())
+}
