@@ -6,6 +6,8 @@ pub mod flash_cuda;
 pub mod linformer;
 pub mod local;
 pub mod local_block;
+pub mod nystrom;
 pub mod performer;
 pub mod reference;
 pub mod sdpa;
+pub mod segments;

@@ -97,6 +97,15 @@ pub struct ShapeArgs {
     /// local-block's block size.
     #[arg(long)]
     pub block_size: Option<usize>,
+    /// Linformer's projection: pooled (segment means, default) or gaussian.
+    #[arg(long, value_parser = parse_named::<attnkit::options::Projection>)]
+    pub projection: Option<attnkit::options::Projection>,
+    /// Nyströmformer's landmark count m.
+    #[arg(long)]
+    pub landmarks: Option<usize>,
+    /// Performer's kernel: softmax (FAVOR+, default) or relu.
+    #[arg(long, value_parser = parse_named::<attnkit::options::Kernel>)]
+    pub kernel: Option<attnkit::options::Kernel>,
 }
 
 impl ShapeArgs {
@@ -118,12 +127,20 @@ impl ShapeArgs {
             features: self.features,
             seed: self.seed,
             block_size: self.block_size,
+            projection: self.projection,
+            landmarks: self.landmarks,
+            kernel: self.kernel,
         }
     }
 }
 
 pub fn parse_window(s: &str) -> Result<Window, String> {
     s.parse::<Window>().map_err(|e| e.to_string())
+}
+
+/// Any `FromStr` option whose error is an [`AttnError`] (it names the value and the choices).
+pub fn parse_named<T: std::str::FromStr<Err = AttnError>>(s: &str) -> Result<T, String> {
+    s.parse::<T>().map_err(|e| e.to_string())
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
