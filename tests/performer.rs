@@ -179,7 +179,13 @@ fn registry_honours_features_and_seed() {
     let p = Problem::new(1, 2, 40, 16);
     let (q, k, v) = inputs(&p, 4, 1.0);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-    let opts = |features, seed| BackendOptions { proj_dim: Some(3), features, seed, block_size: Some(5) };
+    let opts = |features, seed| BackendOptions {
+        proj_dim: Some(3),
+        features,
+        seed,
+        block_size: Some(5),
+        ..Default::default()
+    };
     let via_registry = backend_with("performer", &opts(Some(24), 5)).unwrap();
     assert_eq!(via_registry.exactness(), Exactness::Approximate);
     let a = via_registry.forward(&args, false).unwrap().out;

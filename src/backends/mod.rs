@@ -4,6 +4,7 @@ pub mod auto;
 pub mod flash_cpu;
 pub mod flash_cuda;
 pub mod linformer;
+mod linformer_proj;
 pub mod local;
 pub mod local_block;
 pub mod nystrom;
