@@ -263,7 +263,11 @@ mod tests {
             let (q, k, v) = generate(f, &p, 3);
             let (q2, _, v2) = generate(f, &p, 3);
             let (q3, _, _) = generate(f, &p, 4);
-            assert_eq!((q.len(), k.len(), v.len()), (p.q_len(), p.kv_len(), p.kv_len()), "{f}");
+            assert_eq!(
+                (q.as_ref().len(), k.as_ref().len(), v.as_ref().len()),
+                (p.q_len(), p.kv_len(), p.kv_len()),
+                "{f}"
+            );
             assert_eq!((q.to_f32(), v.to_f32()), (q2.to_f32(), v2.to_f32()), "{f}");
             assert_ne!(q.to_f32(), q3.to_f32(), "{f}");
             assert!([&q, &k, &v].iter().all(|t| t.to_f32().iter().all(|x| x.is_finite())), "{f}");

@@ -9,6 +9,7 @@ pub mod local;
 pub mod local_block;
 pub mod nystrom;
 pub mod performer;
+mod performer_features;
 pub mod reference;
 pub mod sdpa;
 pub mod segments;
