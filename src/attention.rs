@@ -34,8 +34,8 @@
 //! row is a convex combination of V rows, so |O| ≤ max |V|: if V fits in f16 (|v| ≤ 65504),
 //! O rounded to f16 by the caller cannot overflow either (it can round *to* 65504 at the
 //! edge). The approximations do not have that bound (performer divides by an estimated
-//! normalizer, linformer mixes projected values, nystrom multiplies by a pseudo-inverse), so their f32 output can exceed max |V| and
-//! overflow f16 (to ±∞) if the caller narrows it. `flash-cuda` rounds f32 inputs to f16 only
+//! normalizer, linformer mixes projected values, nystrom multiplies by a pseudo-inverse), so
+//! their f32 output can exceed max |V| and overflow f16 (to ±∞) if the caller narrows it. `flash-cuda` rounds f32 inputs to f16 only
 //! when every value fits (else bf16), and keeps P ∈ [0, 1] and all accumulators in f32.
 
 use crate::error::{AttnError, Result};
