@@ -31,7 +31,7 @@ use std::f64::consts::PI;
 use std::fmt;
 
 /// Default peak logit of the structured family.
-pub const DEFAULT_SHARPNESS: f32 = 4.0;
+pub const DEFAULT_SHARPNESS: f32 = 8.0;
 /// The structured family's shortest wavelength is N_k / `STRUCTURED_BAND` positions.
 pub const STRUCTURED_BAND: f64 = 16.0;
 /// Noise on Q and K of the structured family, relative to the sinusoids' amplitude.
@@ -41,7 +41,7 @@ pub const SINKS: usize = 4;
 /// Peak logit of the local-global family's diagonal.
 pub const LOCAL_LOGIT: f64 = 12.0;
 /// Logit bonus of a sink key.
-pub const SINK_LOGIT: f64 = 11.0;
+pub const SINK_LOGIT: f64 = 9.0;
 /// The local-global family's wavelengths run from 4 to this many positions.
 pub const LOCAL_MAX_WAVELENGTH: f64 = 64.0;
 
