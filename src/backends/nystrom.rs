@@ -12,7 +12,10 @@
 //!
 //! (row softmaxes; F̃ = softmax(s·Q·K̃ᵀ) is N_q×m, B̃ = softmax(s·Q̃·Kᵀ) is m×N_k). Z is the paper's
 //! iterative Moore–Penrose pseudo-inverse (its Eq. 14 and reference code): Z₀ = Ãᵀ / (‖Ã‖₁·‖Ã‖_∞),
-//! Z ← ¼·Z·(13I − ÃZ·(15I − ÃZ·(7I − ÃZ))), [`DEFAULT_PINV_ITERS`] = 6 times, in f64.
+//! Z ← ¼·Z·(13I − ÃZ·(15I − ÃZ·(7I − ÃZ))), [`DEFAULT_PINV_ITERS`] = 6 times, in f64 GEMMs.
+//! When Ã is singular (two landmarks alike, e.g. under huge logits) the iteration multiplies
+//! rounding errors in its null space by 13/4 per step: harmless at 6 steps (≤ 1.2e3 × f64
+//! rounding), which is one reason not to iterate much longer.
 //! B̃·V streams the keys in blocks of 512 with an online (max-rescaled) softmax, so no m×N_k
 //! matrix is stored; F̃ streams the queries in blocks of 128 rows against W = Z·(B̃·V) (m×D).
 //! m is clamped to min(m, N_q, N_k); segments differ in size by at most one when m does not
@@ -37,15 +40,16 @@
 //! landmarks with each landmark standing for its segment (the same estimate as pooled
 //! `linformer`'s); it is exact when m = N_k, and by Jensen never above the exact LSE.
 //!
-//! Accuracy: good when attention is smooth along the sequence (the structured input family),
-//! worse than the mean of V on unstructured N(0, 1) inputs; measured tables in reports/ (see
-//! `examples/approx_frontier.rs`).
+//! Accuracy: good when attention is smooth along the sequence (the structured input family), no
+//! better than the mean of V on unstructured N(0, 1) inputs and worse than it where attention is
+//! local (the local-global family); measured tables per family in reports/, from
+//! `examples/approx_frontier.rs`.
 
 use super::segments;
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
-use crate::linalg::{MatRef, Par, sgemm};
+use crate::linalg::{MatRef, Par, dgemm, sgemm};
 use crate::options::BackendOptions;
 use crate::problem::Problem;
 use rayon::prelude::*;
@@ -113,18 +117,13 @@ impl Nystrom {
     }
 }
 
-/// c = a·b for n×n row-major f64 matrices (i-k-j order, so the inner loop is contiguous).
-fn matmul(a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
-    c.fill(0.0);
-    for (ci, ai) in c.chunks_mut(n).zip(a.chunks(n)) {
-        for (&aik, bk) in ai.iter().zip(b.chunks(n)) {
-            ci.iter_mut().zip(bk).for_each(|(c, &b)| *c += aik * b);
-        }
-    }
+/// c = a·b for n×n row-major f64 matrices.
+fn matmul(a: &[f64], b: &[f64], c: &mut [f64], n: usize) -> Result<()> {
+    dgemm(MatRef::row_major(a, n, n), MatRef::row_major(b, n, n), c, n, 1.0, 0.0, Par::Serial)
 }
 
 /// The paper's iterative pseudo-inverse of the m×m matrix `a` (see module docs), in f64.
-pub fn iterative_pinv(a: &[f64], m: usize, iters: usize) -> Vec<f64> {
+pub fn iterative_pinv(a: &[f64], m: usize, iters: usize) -> Result<Vec<f64>> {
     let col_max = (0..m).map(|c| (0..m).map(|r| a[r * m + c].abs()).sum::<f64>()).fold(0.0, f64::max);
     let row_max = a.chunks(m).map(|r| r.iter().map(|x| x.abs()).sum::<f64>()).fold(0.0, f64::max);
     let inv = 1.0 / (col_max * row_max);
@@ -136,17 +135,17 @@ pub fn iterative_pinv(a: &[f64], m: usize, iters: usize) -> Vec<f64> {
         (0..m).for_each(|i| t[i * m + i] += c);
     };
     for _ in 0..iters {
-        matmul(a, &z, &mut az, m);
+        matmul(a, &z, &mut az, m)?;
         t.copy_from_slice(&az);
         shift(&mut t, 7.0); // 7I − AZ
-        matmul(&az, &t, &mut u, m);
+        matmul(&az, &t, &mut u, m)?;
         shift(&mut u, 15.0); // 15I − AZ(7I − AZ)
-        matmul(&az, &u, &mut t, m);
+        matmul(&az, &u, &mut t, m)?;
         shift(&mut t, 13.0); // 13I − AZ(15I − AZ(7I − AZ))
-        matmul(&z, &t, &mut u, m);
+        matmul(&z, &t, &mut u, m)?;
         z.iter_mut().zip(&u).for_each(|(z, u)| *z = 0.25 * u);
     }
-    z
+    Ok(z)
 }
 
 /// Row softmax of the rows×cols f64 matrix `s` in place.
@@ -179,7 +178,7 @@ impl Nystrom {
             })
             .collect();
         softmax_rows(&mut a, m);
-        let z = iterative_pinv(&a, m, self.pinv_iters);
+        let z = iterative_pinv(&a, m, self.pinv_iters)?;
 
         let bv = self.landmark_rows(args, kv_base, &ql, m)?;
         // W = Z·(B̃V), m×D.
