@@ -31,8 +31,10 @@ enum Command {
     ///
     /// Exact backends must stay within FlashAttention's tolerance rule
     /// (2 × the naive same-precision error + a small floor; flash-cuda with f32 input is judged
-    /// at f16 because it rounds to f16 internally). Approximate backends print their error and
-    /// fail only on non-finite output. A backend that is unavailable or does not support the
+    /// at f16 because it rounds to f16 internally). Approximate backends print their error beside
+    /// the mean-of-V baseline's (uniform attention over the allowed keys; `(!)` marks an
+    /// approximation that does not beat it) and fail only on non-finite output. `--inputs`
+    /// picks the input family (normal, structured[:SHARPNESS], local-global). A backend that is unavailable or does not support the
     /// problem is reported as SKIP: with `--backends all` that is never a failure; when the
     /// backend was named explicitly, the command exits with status 3 so scripts notice it was
     /// not checked. Exit status: 0 all good, 1 a backend failed or errored, 3 a named backend
