@@ -2,7 +2,7 @@
 //! accuracy–speed frontier, for the approximate backends.
 //!
 //! ```text
-//! cargo run --release --example approx_frontier -- [errors|sharpness|speed|slope|all]
+//! cargo run --release --example approx_frontier -- [errors|sharpness|speed|slope|crossover|all]
 //!     [--n N] [--heads H] [--reps R] [--big-n N]
 //! ```
 //!
@@ -16,7 +16,7 @@
 //! come from the same run. Times do not depend on the input values, so one timing (on the
 //! structured family) serves every family's frontier.
 
-use attnkit::approx_eval::{FrontierPoint, mean_of_v, pareto, rel_fro};
+use attnkit::approx_eval::{FrontierPoint, crossover_n, mean_of_v, pareto, rel_fro};
 use attnkit::backends::linformer::Linformer;
 use attnkit::backends::nystrom::Nystrom;
 use attnkit::backends::performer::Performer;
@@ -241,6 +241,39 @@ fn print_slope(o: &Opts) {
     }
 }
 
+/// Time and structured-family error against N for the exact reference and the two target
+/// configurations, and the first N at which each is faster than flash-cpu.
+fn print_crossover(o: &Opts) {
+    let all = entries();
+    let pick = |label: &str| all.iter().position(|e| e.label == label).expect("a listed entry");
+    let idx = [0, pick("nystrom (m=64)"), pick("linformer pooled (k=256)")];
+    let list: Vec<Entry> = all.into_iter().enumerate().filter(|(i, _)| idx.contains(i)).map(|(_, e)| e).collect();
+    let ns = [256usize, 512, 1024, 2048, 4096];
+    println!("\n## crossover against flash-cpu (H={}, structured inputs, median of {} rounds)\n", o.heads, o.reps);
+    println!(
+        "| N | {} |",
+        list.iter().map(|e| format!("{} time (rel. error)", e.label)).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(list.len()));
+    let mut series = vec![Vec::new(); list.len()];
+    for &n in &ns {
+        let p = Problem::new(1, o.heads, n, 64);
+        let qkv = generate(structured(), &p, 1);
+        let secs = times(&p, &qkv, &list, o.reps);
+        let (_, errs) = errors(&p, structured(), &list);
+        let cells: Vec<String> =
+            secs.iter().zip(&errs).map(|(t, e)| format!("{:.2} ms ({:.1e})", t * 1e3, e)).collect();
+        println!("| {n} | {} |", cells.join(" | "));
+        secs.iter().enumerate().for_each(|(i, &t)| series[i].push((n, t)));
+    }
+    for (e, s) in list.iter().zip(&series).skip(1) {
+        match crossover_n(s, &series[0]) {
+            Some(n) => println!("- {} is faster than flash-cpu from N = {n} on (measured {:?})", e.label, ns),
+            None => println!("- {} is never faster than flash-cpu over N = {:?}", e.label, ns),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut o = Opts { n: 4096, heads: 8, reps: 5, big_n: 32768 };
@@ -267,5 +300,8 @@ fn main() {
     }
     if matches!(mode.as_str(), "slope" | "all") {
         print_slope(&o);
+    }
+    if matches!(mode.as_str(), "crossover" | "all") {
+        print_crossover(&o);
     }
 }
