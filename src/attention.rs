@@ -22,9 +22,10 @@
 //! - keep state between calls that changes results (instances are shared across threads).
 //!
 //! NaN/Inf policy: non-finite inputs are not sanitized. A NaN or ±∞ in `q[b,h,i]` reaches only
-//! output row `(b,h,i)`; one in `k`/`v` at key `j` of KV head `g` reaches only the rows of the
-//! query heads mapped to `g` whose band contains `j` (for linformer and performer, which mix
-//! every key into every row, all rows of those heads). A reached row comes out non-finite from
+//! output row `(b,h,i)` (for `nystrom`, whose query landmarks average a head's queries, every
+//! row of that (batch, head)); one in `k`/`v` at key `j` of KV head `g` reaches only the rows of
+//! the query heads mapped to `g` whose band contains `j` (for linformer, performer and nystrom,
+//! which mix every key into every row, all rows of those heads). A reached row comes out non-finite from
 //! the exact backends, never as a silently wrong finite value; every other output element is
 //! bitwise unchanged (tests/numerics.rs).
 //!
@@ -33,8 +34,8 @@
 //! row is a convex combination of V rows, so |O| ≤ max |V|: if V fits in f16 (|v| ≤ 65504),
 //! O rounded to f16 by the caller cannot overflow either (it can round *to* 65504 at the
 //! edge). The approximations do not have that bound (performer divides by an estimated
-//! normalizer, linformer mixes projected values), so their f32 output can exceed max |V| and
-//! overflow f16 (to ±∞) if the caller narrows it. `flash-cuda` rounds f32 inputs to f16 only
+//! normalizer, linformer mixes projected values, nystrom multiplies by a pseudo-inverse), so
+//! their f32 output can exceed max |V| and overflow f16 (to ±∞) if the caller narrows it. `flash-cuda` rounds f32 inputs to f16 only
 //! when every value fits (else bf16), and keeps P ∈ [0, 1] and all accumulators in f32.
 
 use crate::error::{AttnError, Result};

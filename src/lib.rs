@@ -10,12 +10,14 @@
 //! ```
 
 pub mod alloc_counter;
+pub mod approx_eval;
 pub mod attention;
 pub mod backends;
 pub mod bench;
 pub mod budget;
 pub mod cuda;
 pub mod error;
+pub mod inputs;
 pub mod layer;
 pub mod linalg;
 pub mod lse;

@@ -25,6 +25,7 @@ fn registry() -> &'static [(&'static str, Factory)] {
         ("auto", |o| Ok(Box::new(auto(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),
         ("performer", |o| Ok(Box::new(backends::performer::Performer::from_options(o)?))),
+        ("nystrom", |o| Ok(Box::new(backends::nystrom::Nystrom::from_options(o)?))),
     ]
 }
 

@@ -1,15 +1,17 @@
-//! `linformer`: agreement with a dense f64 evaluation of the same formula, exactness with
-//! identity projections, typed refusals, options, determinism.
+//! `linformer`: agreement with a dense f64 evaluation of the same formula (Gaussian and pooled
+//! projections), exactness with identity projections and with pooled k = N_k, typed refusals,
+//! options, determinism.
 //!
 //! Tolerance: outputs within 1e-4 of the f64 formula relative to max(1, max|O|) and LSE within
 //! 1e-3 nats (f32 GEMMs over up to 64 keys, widened f16/bf16 inputs are exact so the dtype does
-//! not loosen it); with E = F = I, 2e-5 against `reference`.
+//! not loosen it); with E = F = I or pooled k = N_k, 2e-5 against `reference`.
 
 mod approx_common;
 
 use approx_common::{lse_max_err, randn, rel_err, scaled_max_err, with_threads};
 use attnkit::backends::linformer::{Linformer, Sharing};
 use attnkit::backends::reference::attention_f64;
+use attnkit::options::Projection;
 use attnkit::{
     Attention, AttnArgs, AttnError, BackendOptions, DType, Exactness, Problem, Tensor, Window, backend_with,
 };
@@ -193,7 +195,14 @@ fn registry_honours_proj_dim_and_seed() {
     let p = Problem::new(1, 2, 40, 16);
     let (q, k, v) = inputs(&p, 4);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-    let opts = |proj_dim, seed| BackendOptions { proj_dim, features: Some(3), seed, block_size: Some(5) };
+    let opts = |proj_dim, seed| BackendOptions {
+        proj_dim,
+        features: Some(3),
+        seed,
+        block_size: Some(5),
+        projection: Some(Projection::Gaussian),
+        ..Default::default()
+    };
     let via_registry = backend_with("linformer", &opts(Some(8), 5)).unwrap();
     assert_eq!(via_registry.exactness(), Exactness::Approximate);
     let a = via_registry.forward(&args, false).unwrap().out;
@@ -203,6 +212,101 @@ fn registry_honours_proj_dim_and_seed() {
     let default_k = backend_with("linformer", &opts(None, 5)).unwrap().forward(&args, false).unwrap().out;
     assert_eq!(default_k, Linformer::new(256, 5).unwrap().forward(&args, false).unwrap().out);
     assert!(matches!(backend_with("linformer", &opts(Some(0), 5)), Err(AttnError::InvalidArgument(_))));
+    // Without a projection option the registry builds the pooled one, which ignores the seed.
+    let pooled = |seed| BackendOptions { proj_dim: Some(8), seed, ..Default::default() };
+    let a = backend_with("linformer", &pooled(5)).unwrap().forward(&args, false).unwrap().out;
+    assert_eq!(a, backend_with("linformer", &pooled(6)).unwrap().forward(&args, false).unwrap().out);
+    assert_eq!(a, Linformer::pooled(8).unwrap().forward(&args, false).unwrap().out);
+    assert_eq!(Linformer::pooled(8).unwrap().projection(), Projection::Pooled);
+    assert!(matches!(Linformer::pooled(0), Err(AttnError::InvalidArgument(_))));
+    assert!(matches!(
+        Linformer::pooled(4).unwrap().with_sharing(Sharing::Separate),
+        Err(AttnError::InvalidArgument(_))
+    ));
+}
+
+/// Pooled Linformer in f64, written from its definition: segment r of k covers keys
+/// [⌊r·N_k/k⌋, ⌊(r+1)·N_k/k⌋) (k clamped to N_k), K′_r and V′_r are the segment means and
+/// pooled key r's logit gets + ln |segment r|. Returns (O, LSE).
+fn pooled_f64(k: usize, args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
+    let p = args.problem();
+    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    let k = k.min(nk);
+    let g = |t: attnkit::TensorRef<'_>, i: usize| t.get_f32(i) as f64;
+    let (mut out, mut lse) = (vec![0.0; p.out_len()], vec![0.0; p.lse_len()]);
+    for row in 0..p.batch * p.heads * nq {
+        let bh = row / nq;
+        let kv_base = ((bh / p.heads) * p.kv_heads + p.kv_head_of(bh % p.heads)) * nk * d;
+        let segs: Vec<(usize, usize)> = (0..k).map(|r| (r * nk / k, (r + 1) * nk / k)).collect();
+        let mean = |t, (lo, hi): (usize, usize), c: usize| {
+            (lo..hi).map(|j| g(t, kv_base + j * d + c)).sum::<f64>() / (hi - lo) as f64
+        };
+        let s: Vec<f64> = segs
+            .iter()
+            .map(|&sg| {
+                let dot: f64 = (0..d).map(|c| g(args.q(), row * d + c) * mean(args.k(), sg, c)).sum();
+                dot * p.scale as f64 + ((sg.1 - sg.0) as f64).ln()
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        for c in 0..d {
+            out[row * d + c] = segs.iter().zip(&w).map(|(&sg, w)| w * mean(args.v(), sg, c)).sum::<f64>() / sum;
+        }
+        lse[row] = m + sum.ln();
+    }
+    (out, lse)
+}
+
+#[test]
+fn pooled_matches_its_f64_formula_and_is_exact_at_k_equal_n() {
+    // (B, H, H_kv, N_q, N_k, D, k, dtype): divisible and ragged segments, k > N_k, GQA/MQA.
+    let cases = [
+        (1, 2, 2, 33, 64, 16, 8, DType::F32),
+        (2, 4, 2, 20, 70, 8, 16, DType::F16),
+        (1, 4, 1, 17, 9, 8, 24, DType::BF16),
+        (1, 3, 3, 140, 600, 32, 40, DType::F32),
+        (1, 1, 1, 5, 37, 4, 37, DType::F32),
+    ];
+    for (b, h, hkv, nq, nk, d, k, dtype) in cases {
+        let p = Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk).with_dtype(dtype);
+        let (q, kk, v) = inputs(&p, 8);
+        let args = AttnArgs::new(&p, q.as_ref(), kk.as_ref(), v.as_ref()).unwrap();
+        let lin = Linformer::pooled(k).unwrap();
+        assert_eq!(lin.effective_proj_dim(nk), k.min(nk));
+        let got = lin.forward(&args, true).unwrap();
+        let (want, want_lse) = pooled_f64(k, &args);
+        let err = scaled_max_err(&got.out, &want);
+        let lerr = lse_max_err(got.lse.as_ref().unwrap(), &want_lse);
+        assert!(err < 1e-4 && lerr < 1e-3, "{p} k={k}: out err {err:.2e}, lse err {lerr:.2e}");
+        if k >= nk {
+            // One key per segment, ln 1 = 0: exact attention, LSE included.
+            let (exact, exact_lse) = attention_f64(&args);
+            let err = scaled_max_err(&got.out, &exact);
+            let lerr = lse_max_err(got.lse.as_ref().unwrap(), &exact_lse);
+            assert!(err < 2e-5 && lerr < 2e-5, "{p} k={k} ≥ N_k: out err {err:.2e}, lse err {lerr:.2e}");
+        }
+    }
+}
+
+#[test]
+fn nan_in_q_stays_in_its_row() {
+    let p = Problem::new(1, 2, 30, 8);
+    let (q, k, v) = inputs(&p, 9);
+    let mut qn = q.to_f32();
+    qn[17 * 8 + 2] = f32::NAN; // head 0, row 17
+    for lin in [Linformer::pooled(8).unwrap(), Linformer::new(8, 1).unwrap()] {
+        let clean = lin.forward(&AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap(), false).unwrap().out;
+        let dirty = lin.forward(&AttnArgs::new(&p, &qn, k.as_ref(), v.as_ref()).unwrap(), false).unwrap().out;
+        for (r, (c, d)) in clean.chunks(8).zip(dirty.chunks(8)).enumerate() {
+            if r == 17 {
+                assert!(d.iter().any(|x| x.is_nan()), "{:?}", lin.projection());
+            } else {
+                assert!(c.iter().zip(d).all(|(x, y)| x.to_bits() == y.to_bits()), "row {r}");
+            }
+        }
+    }
 }
 
 #[test]

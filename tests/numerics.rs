@@ -1,7 +1,9 @@
 //! Numerical edge cases for every available backend: huge logits, empty rows, NaN/Inf policy.
 //!
 //! NaN/Inf policy (documented in `attnkit::attention`): non-finite inputs are not sanitized.
-//! A NaN in `q[b,h,i]` reaches only output row `(b,h,i)`; a NaN in `k`/`v` at key `j` of KV
+//! A NaN in `q[b,h,i]` reaches only output row `(b,h,i)` (for approximations, at most the rows
+//! of its (batch, head): `nystrom`'s query landmarks mix a head's queries; linformer and
+//! performer keep it in its row, tested in their own files); a NaN in `k`/`v` at key `j` of KV
 //! head `g` reaches only rows of the query heads mapped to `g` whose band contains `j` (for the
 //! approximations, which mix every key into every row, all rows of those heads). Every other
 //! output element is bitwise unchanged, and a reached row is non-finite rather than a silently
@@ -79,13 +81,16 @@ fn nan_in_q_stays_in_its_row() {
         }
         let clean = b.forward(&AttnArgs::new(&p, &qf, &kf, &vf).unwrap(), false).unwrap().out;
         let dirty = b.forward(&AttnArgs::new(&p, &q_nan, &kf, &vf).unwrap(), false).unwrap().out;
+        let approx = b.exactness() == Exactness::Approximate;
         for (r, (c, d)) in clean.chunks(32).zip(dirty.chunks(32)).enumerate() {
             if r == row {
                 assert!(d.iter().any(|x| !x.is_finite()), "{}: the NaN row came out finite: {d:?}", b.name());
+            } else if approx && r / p.seq_q == row / p.seq_q {
+                // Same (batch, head): an approximation may mix queries (documented per backend).
             } else {
                 assert!(
                     c.iter().zip(d).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{}: row {r} changed although only row {row} had a NaN",
+                    "{}: row {r} changed although only row {row} had a NaN (outside its head for approximations)",
                     b.name()
                 );
             }

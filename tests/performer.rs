@@ -10,6 +10,7 @@ mod approx_common;
 use approx_common::{lse_max_err, randn, rel_err, scaled_max_err, with_threads};
 use attnkit::backends::performer::{DENOM_STABILIZER, Performer, orthogonal_features};
 use attnkit::backends::reference::attention_f64;
+use attnkit::options::Kernel;
 use attnkit::{
     Attention, AttnArgs, AttnError, BackendOptions, DType, Exactness, Problem, Tensor, TensorRef, Window, backend_with,
 };
@@ -179,7 +180,13 @@ fn registry_honours_features_and_seed() {
     let p = Problem::new(1, 2, 40, 16);
     let (q, k, v) = inputs(&p, 4, 1.0);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-    let opts = |features, seed| BackendOptions { proj_dim: Some(3), features, seed, block_size: Some(5) };
+    let opts = |features, seed| BackendOptions {
+        proj_dim: Some(3),
+        features,
+        seed,
+        block_size: Some(5),
+        ..Default::default()
+    };
     let via_registry = backend_with("performer", &opts(Some(24), 5)).unwrap();
     assert_eq!(via_registry.exactness(), Exactness::Approximate);
     let a = via_registry.forward(&args, false).unwrap().out;
@@ -228,5 +235,100 @@ fn nan_stays_in_its_head() {
         let (h0, h1) = out.split_at(p.out_len() / 2);
         assert!(h0.iter().any(|x| x.is_nan()), "causal={causal}");
         assert!(h1.iter().all(|x| x.is_finite()), "causal={causal}");
+    }
+}
+
+/// Generalized attention with the ReLU kernel in f64, from its definition: φ(x)_r =
+/// ReLU(ω_r·√s·x / √m) + 1e-3 and O_i = Σ_{j ∈ band(i)} φ(q_i)·φ(k_j) v_j / (Σ φ(q_i)·φ(k_j) + δ),
+/// LSE = ln Σ φ(q_i)·φ(k_j). Returns (O, LSE).
+fn relu_f64(perf: &Performer, args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
+    let p = args.problem();
+    let (nq, nk, d, m) = (p.seq_q, p.seq_k, p.head_dim, perf.features());
+    let omega: Vec<f64> = perf.feature_matrix(d).unwrap().iter().map(|&x| x as f64).collect();
+    let c = (p.scale as f64).sqrt() / (m as f64).sqrt();
+    let phi = |t: TensorRef<'_>, base: usize| -> Vec<f64> {
+        (0..m)
+            .map(|r| (c * (0..d).map(|k| omega[r * d + k] * t.get_f32(base + k) as f64).sum::<f64>()).max(0.0) + 1e-3)
+            .collect()
+    };
+    let mut out = vec![0.0; p.out_len()];
+    let mut lse = vec![f64::NEG_INFINITY; p.lse_len()];
+    for row in 0..p.batch * p.heads * nq {
+        let (bh, i) = (row / nq, row % nq);
+        let kv_base = ((bh / p.heads) * p.kv_heads + p.kv_head_of(bh % p.heads)) * nk * d;
+        let (lo, hi) = p.key_range(i);
+        if lo == hi {
+            continue;
+        }
+        let fq = phi(args.q(), row * d);
+        let mut den = 0.0;
+        for j in lo..hi {
+            let w: f64 = fq.iter().zip(phi(args.k(), kv_base + j * d)).map(|(a, b)| a * b).sum();
+            den += w;
+            for t in 0..d {
+                out[row * d + t] += w * args.v().get_f32(kv_base + j * d + t) as f64;
+            }
+        }
+        (0..d).for_each(|t| out[row * d + t] /= den + DENOM_STABILIZER as f64);
+        lse[row] = den.ln();
+    }
+    (out, lse)
+}
+
+#[test]
+fn relu_kernel_matches_its_f64_formula() {
+    // (B, H, H_kv, N_q, N_k, D, m, causal, dtype)
+    let cases = [
+        (1, 2, 2, 33, 47, 16, 24, false, DType::F32),
+        (2, 4, 2, 20, 300, 8, 16, false, DType::F16),
+        (1, 2, 2, 300, 300, 16, 32, true, DType::F32),
+        (1, 2, 1, 150, 420, 8, 20, true, DType::BF16),
+        (2, 2, 2, 200, 70, 16, 16, true, DType::F32),
+    ];
+    for (b, h, hkv, nq, nk, d, m, causal, dtype) in cases {
+        let p = Problem::new(b, h, nq, d).with_kv_heads(hkv).with_seq_k(nk).with_causal(causal).with_dtype(dtype);
+        let perf = Performer::new(m, 21).unwrap().with_kernel(Kernel::Relu);
+        let (q, k, v) = inputs(&p, 1, 1.0);
+        let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let got = perf.forward(&args, true).unwrap();
+        let (want, want_lse) = relu_f64(&perf, &args);
+        let err = scaled_max_err(&got.out, &want);
+        let lerr = lse_max_err(got.lse.as_ref().unwrap(), &want_lse);
+        assert!(err < 1e-4 && lerr < 1e-3, "{p} m={m}: out err {err:.2e}, lse err {lerr:.2e}");
+    }
+    // The registry's kernel option selects it; softmax stays the default.
+    let p = Problem::new(1, 2, 40, 16);
+    let (q, k, v) = inputs(&p, 2, 1.0);
+    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    let opts = |kernel| BackendOptions { features: Some(16), kernel, ..Default::default() };
+    let relu = backend_with("performer", &opts(Some(Kernel::Relu))).unwrap().forward(&args, false).unwrap().out;
+    let soft = backend_with("performer", &opts(None)).unwrap().forward(&args, false).unwrap().out;
+    let explicit = Performer::new(16, 0).unwrap().with_kernel(Kernel::Relu).forward(&args, false).unwrap().out;
+    assert_eq!(relu, explicit);
+    assert_ne!(relu, soft);
+    assert_eq!(Performer::from_options(&opts(None)).unwrap().kernel(), Kernel::Softmax);
+}
+
+#[test]
+fn nan_in_q_stays_in_its_row() {
+    let p = Problem::new(1, 2, 30, 8);
+    let (q, k, v) = inputs(&p, 9, 1.0);
+    let mut qn = q.to_f32();
+    qn[17 * 8 + 2] = f32::NAN;
+    for kernel in [Kernel::Softmax, Kernel::Relu] {
+        for causal in [false, true] {
+            let pc = p.clone().with_causal(causal);
+            let perf = Performer::new(16, 1).unwrap().with_kernel(kernel);
+            let clean = perf.forward(&AttnArgs::new(&pc, q.as_ref(), k.as_ref(), v.as_ref()).unwrap(), false);
+            let dirty = perf.forward(&AttnArgs::new(&pc, &qn, k.as_ref(), v.as_ref()).unwrap(), false);
+            let (clean, dirty) = (clean.unwrap().out, dirty.unwrap().out);
+            for (r, (c, d)) in clean.chunks(8).zip(dirty.chunks(8)).enumerate() {
+                if r == 17 {
+                    assert!(d.iter().any(|x| x.is_nan()), "{kernel} causal={causal}");
+                } else {
+                    assert!(c.iter().zip(d).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel} row {r}");
+                }
+            }
+        }
     }
 }

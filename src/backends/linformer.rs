@@ -2,66 +2,63 @@
 //! (Wang et al. 2020, "Linformer: Self-Attention with Linear Complexity", arXiv 2006.04768).
 //!
 //! Algorithm, per (batch, KV head): K′ = E·K and V′ = F·V with E, F ∈ ℝ^{k×N_k}, then for every
-//! query head of the group O = softmax(scale·Q·K′ᵀ)·V′, the softmax running over the k projected
-//! keys. All four products are f32 GEMMs ([`crate::linalg::sgemm`]); E·K and F·V stream K and V in
-//! blocks of 512 keys (E and F are stored transposed, so a block's columns are contiguous),
-//! Q·K′ᵀ and P·V′ stream Q in blocks of 128 rows; the softmax uses [`crate::simd::exp_shifted`].
+//! query head of the group O = softmax(scale·Q·K′ᵀ + b)·V′, the softmax running over the k
+//! projected keys (b = 0 except for pooled projections). Q·K′ᵀ and P·V′ are f32 GEMMs
+//! ([`crate::linalg::sgemm`]) streaming Q in blocks of 128 rows; the softmax uses
+//! [`crate::simd::exp_shifted`].
 //!
-//! Projections: seeded Gaussian with entries N(0, 1/k) ([`Linformer::new`]), or supplied by the
-//! user ([`Linformer::with_projections`]). Sharing ([`Sharing`]): separate E and F per KV head
-//! (default, the paper's general form), one matrix for keys and values per head, one E and one F
-//! for all heads, or one matrix for everything. Seeded matrices are a pure function of
-//! (seed, N_k, k, head, role), generated on first use for a given N_k (in parallel, one RNG per
-//! matrix, so thread-count independent) and cached for the most recent N_k only.
-//! k > N_k is allowed (the formula is well defined; it only costs more); with k = N_k and
-//! E = F = I the result is exact attention.
+//! Projections ([`Projection`]):
+//! - **pooled** (the default, [`Linformer::pooled`]; training-free): E = F = segment means,
+//!   k contiguous segments of ⌊N_k/k⌋ or ⌈N_k/k⌉ keys ([`super::segments`]), and b_r =
+//!   ln |segment r|, so a pooled key keeps its segment's share of the softmax mass:
+//!   |seg|·exp(s·q·k̄) ≈ Σ_{j ∈ seg} exp(s·q·k_j) when the keys of a segment are alike. k is
+//!   clamped to N_k; with k = N_k every segment is one key and the result is exact attention.
+//!   Costs O(N_k·D) for the means, no stored matrix.
+//! - **Gaussian** ([`Linformer::new`]): seeded entries N(0, 1/k), the paper's untrained
+//!   initialization, or supplied by the user ([`Linformer::with_projections`]). E·K and F·V
+//!   stream K and V in blocks of 512 keys (E, F stored transposed so a block's columns are
+//!   contiguous). Sharing ([`Sharing`]): separate E and F per KV head (default), one matrix for
+//!   keys and values per head, one E and one F for all heads, or one matrix for everything.
+//!   Seeded matrices are a pure function of (seed, N_k, k, head, role), generated on first use
+//!   for a given N_k (in parallel, one RNG per matrix, so thread-count independent) and cached
+//!   for the most recent N_k only. k > N_k is allowed; with k = N_k and E = F = I the result is
+//!   exact attention.
 //!
-//! Complexity: O(B·H·N·k·D) time; extra memory O(k·D) per KV head in flight plus the cached
-//! projections, (1 or 2)·(H_kv or 1)·k·N_k floats, which is the Linformer parameter itself.
+//! Complexity: O(B·H·N·k·D) time; extra memory O(k·D) per KV head in flight, plus for Gaussian
+//! projections the cached (1 or 2)·(H_kv or 1)·k·N_k floats (the Linformer parameter itself).
 //!
 //! Masks: non-causal, unbounded window only. E·K mixes every key into every projected key, so
 //! there is no way to keep query i from seeing key j > i, nor to restrict it to a band: causal
 //! and sliding-window problems are refused with `Unsupported` and that reason (even a window
 //! wide enough to mask nothing: the request is judged, not its effect).
 //!
-//! LSE: we return ln Σ_r exp(scale·q·K′_r), the log-normalizer of Linformer's own softmax over
-//! the k projected keys. It equals the exact LSE when E = I (k = N_k); otherwise it is **not** an
-//! estimate of the exact LSE.
+//! LSE: we return ln Σ_r exp(scale·q·K′_r + b_r), the log-normalizer of Linformer's own softmax.
+//! Pooled, it estimates the exact LSE (never above it, by Jensen; exact when k = N_k); Gaussian,
+//! it equals the exact LSE only when E = I and otherwise is **not** an estimate of it.
 //!
-//! Accuracy caveat (measured, not hidden): untrained random projections do **not** approximate
-//! softmax attention. Relative Frobenius error ‖O − O_exact‖/‖O_exact‖ against `reference`,
-//! Q, K, V ~ N(0, 1), D = 64, H = 1, `examples/approx_scaling.rs` (mean of 3 seeds):
-//!
-//! | N_k = N_q | k = 32 | k = 64 | k = 256 |
-//! |-----------|--------|--------|---------|
-//! | 512       | 37.5   | 21.4   | 3.2     |
-//! | 1024      | 85.4   | 51.4   | 10.3    |
-//! | 4096      | 390    | 260    | 91      |
-//!
-//! (the issue's own trials quoted 3–50; we see that range and beyond it at larger N_k/k). The
-//! error is large because each projected key and value is a random mixture of all N_k rows, of
-//! norm ≈ √(N_k/k)·‖k‖: the projected scores are √(N_k/k) times larger, the softmax picks a few
+//! Accuracy: pooled projections beat the mean of V where attention is smooth along the sequence
+//! and are on par with it on N(0, 1) inputs (tables per input family in reports/, from
+//! `examples/approx_frontier.rs`). Untrained Gaussian projections do **not** approximate softmax
+//! attention: each projected key and value is a random mixture of all N_k rows, of norm
+//! ≈ √(N_k/k)·‖k‖, so the scores are √(N_k/k) times too large and the softmax picks a few
 //! projected values of norm ≈ √(N_k/k)·‖v‖, while exact attention over N(0, 1) data averages
-//! many values into a small ‖O‖. Hence the error grows with N_k/k. Linformer is only
-//! useful with projections learned together with the model; use it here for speed studies.
+//! many values into a small ‖O‖. `examples/approx_scaling.rs errors` measured relative Frobenius
+//! errors of 3.2 (N = 512), 10.3 (1024) and 91 (4096) at k = 256, D = 64, more at smaller k.
+//! Gaussian Linformer is only useful with projections learned together with the model.
 //!
-//! Speed (`examples/approx_scaling.rs speed`: B = 1, H = 8, D = 64, k = 256, f32, 2 vCPUs shared
-//! with other builds, so we quote ratios between backends/sizes timed in the same alternating run):
-//! - N = 4096: 16.9–17.1× faster than `sdpa` in the two calmest runs (13–23× across all runs;
-//!   35–74 ms vs 0.6–1.2 s). LRA reports ≈5.5× for Linformer at 4K.
-//! - Time is linear in N: log-log slope 4096→32768 of 0.99 in the calmest run; 0.95–1.16 from
-//!   medians (0.985–1.05 from same-round ratios) over five interleaved runs at load average 5–80
-//!   (a first, non-interleaved run that timed each N at a different moment gave 1.21).
-//! - Memory at N = 65536: 0.94 MiB peak extra heap per (warm) call, constant in N (0.88 MiB at
-//!   N = 1024), plus the cached projections, 2·H_kv·k·N_k·4 B = 1 GiB at H = 8 (generated on the
-//!   first call, 3–8 s, peak 1.15 GiB). Q, K, V, O themselves are 512 MiB. `sdpa` would need
-//!   ≈32 GiB there and is refused by the default 8 GiB budget.
+//! Speed (`examples/approx_scaling.rs speed`, Gaussian, B = 1, H = 8, D = 64, k = 256, f32, on
+//! 2 shared vCPUs, ratios from alternating runs): 13–23× faster than `sdpa` at N = 4096; time
+//! linear in N (log-log slope 4096→32768 of 0.95–1.16 over five loaded runs, 0.99 in the calmest);
+//! 0.94 MiB peak extra heap per warm call at N = 65536 plus the 1 GiB of cached projections.
 
+pub use super::linformer_proj::Sharing;
+use super::linformer_proj::{Mat, ProjSet, supplied_set, transpose};
+use super::segments;
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
-use crate::options::BackendOptions;
+use crate::options::{BackendOptions, Projection};
 use crate::problem::Problem;
 use crate::seeded;
 use rayon::prelude::*;
@@ -74,58 +71,9 @@ const KEY_BLOCK: usize = 512;
 /// Query rows per GEMM block.
 const QUERY_BLOCK: usize = 128;
 
-/// Which of E and F are shared, and across what.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sharing {
-    /// E_h and F_h, distinct, one pair per KV head.
-    #[default]
-    Separate,
-    /// E_h = F_h: one matrix per KV head projects both keys and values.
-    KeyValue,
-    /// One E and one F used by every head.
-    Headwise,
-    /// One matrix for keys, values and every head.
-    Layerwise,
-}
-
-impl Sharing {
-    fn per_head(self) -> bool {
-        matches!(self, Sharing::Separate | Sharing::KeyValue)
-    }
-    fn kv_shared(self) -> bool {
-        matches!(self, Sharing::KeyValue | Sharing::Layerwise)
-    }
-}
-
-/// One projection, stored transposed (N_k×k row-major) so that the columns of E that one key
-/// block needs are one contiguous slice.
-type Mat = Arc<[f32]>;
-
-/// The transpose of a rows×cols row-major matrix.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; a.len()];
-    for (r, row) in a.chunks(cols).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            t[c * rows + r] = x;
-        }
-    }
-    t
-}
-
-/// E and F for every slot: one slot per KV head, or a single slot shared by all heads.
-struct ProjSet {
-    e: Vec<Mat>,
-    f: Vec<Mat>,
-}
-
-impl ProjSet {
-    fn pair(&self, kv_head: usize) -> (&[f32], &[f32]) {
-        let s = if self.e.len() == 1 { 0 } else { kv_head };
-        (&self.e[s], &self.f[s])
-    }
-}
-
 enum Source {
+    /// Segment means with the ln(segment size) logit correction: no matrix is stored.
+    Pooled,
     /// Seeded N(0, 1/k) matrices; the cache holds (N_k, slots, set) for the latest N_k.
     Gaussian { seed: u64, cache: RwLock<Option<(usize, usize, Arc<ProjSet>)>> },
     /// User matrices for one fixed N_k.
@@ -142,9 +90,7 @@ pub struct Linformer {
 impl Linformer {
     /// Seeded Gaussian projections of length `proj_dim`, separate E and F per KV head.
     pub fn new(proj_dim: usize, seed: u64) -> Result<Self> {
-        if proj_dim == 0 {
-            return Err(AttnError::invalid("linformer: proj_dim k must be ≥ 1, got 0"));
-        }
+        Self::check_k(proj_dim)?;
         Ok(Linformer {
             k: proj_dim,
             sharing: Sharing::Separate,
@@ -152,18 +98,60 @@ impl Linformer {
         })
     }
 
-    /// From registry options: `proj_dim` (default 256) and `seed`.
+    /// Pooled projections: `proj_dim` segment means with the ln(segment size) logit correction
+    /// (the training-free default, see the module docs).
+    pub fn pooled(proj_dim: usize) -> Result<Self> {
+        Self::check_k(proj_dim)?;
+        Ok(Linformer { k: proj_dim, sharing: Sharing::Layerwise, source: Source::Pooled })
+    }
+
+    fn check_k(proj_dim: usize) -> Result<()> {
+        if proj_dim == 0 {
+            return Err(AttnError::invalid("linformer: proj_dim k must be ≥ 1, got 0"));
+        }
+        Ok(())
+    }
+
+    /// From registry options: `projection` (default pooled), `proj_dim` (default 256), `seed`.
     pub fn from_options(opts: &BackendOptions) -> Result<Self> {
-        Self::new(opts.proj_dim.unwrap_or(DEFAULT_PROJ_DIM), opts.seed)
+        let k = opts.proj_dim.unwrap_or(DEFAULT_PROJ_DIM);
+        match opts.projection.unwrap_or_default() {
+            Projection::Pooled => Self::pooled(k),
+            Projection::Gaussian => Self::new(k, opts.seed),
+        }
+    }
+
+    /// Which projection this instance uses (supplied matrices count as Gaussian-style dense ones).
+    pub fn projection(&self) -> Projection {
+        match self.source {
+            Source::Pooled => Projection::Pooled,
+            _ => Projection::Gaussian,
+        }
+    }
+
+    /// The number of projected keys for `seq_k` keys: min(k, N_k) when pooled, else k.
+    pub fn effective_proj_dim(&self, seq_k: usize) -> usize {
+        match self.source {
+            Source::Pooled => self.k.min(seq_k),
+            _ => self.k,
+        }
     }
 
     /// Chooses how the seeded projections are shared. Supplied projections carry their own
     /// sharing (see [`Linformer::with_projections`]), so this only applies to seeded ones.
     pub fn with_sharing(mut self, sharing: Sharing) -> Result<Self> {
-        if let Source::Supplied { .. } = self.source {
-            return Err(AttnError::invalid(
-                "linformer: sharing of supplied projections is given by how many matrices were supplied",
-            ));
+        match self.source {
+            Source::Supplied { .. } => {
+                return Err(AttnError::invalid(
+                    "linformer: sharing of supplied projections is given by how many matrices were supplied",
+                ));
+            }
+            Source::Pooled => {
+                return Err(AttnError::invalid(
+                    "linformer: pooled projections are fixed segment means; sharing applies to Gaussian ones",
+                ));
+            }
+            Source::Gaussian { .. } => {}
         }
         self.sharing = sharing;
         self.source = match self.source {
@@ -177,57 +165,8 @@ impl Linformer {
     /// matrix shared by every head, or one per KV head; `f` the same for values, or `None` to
     /// project values with E as well.
     pub fn with_projections(e: Vec<Vec<f32>>, f: Option<Vec<Vec<f32>>>, proj_dim: usize, seq_k: usize) -> Result<Self> {
-        if proj_dim == 0 || seq_k == 0 {
-            return Err(AttnError::invalid(format!(
-                "linformer: proj_dim ({proj_dim}) and seq_k ({seq_k}) must be ≥ 1"
-            )));
-        }
-        if e.is_empty() {
-            return Err(AttnError::invalid("linformer: at least one E matrix is required"));
-        }
-        let want = proj_dim.checked_mul(seq_k).ok_or_else(|| AttnError::shape("linformer: k·N_k overflows"))?;
-        let check = |name: &str, mats: &[Vec<f32>]| -> Result<Vec<Mat>> {
-            mats.iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    if m.len() != want {
-                        return Err(AttnError::shape(format!(
-                            "linformer: {name}[{i}] has {} elements, expected k×N_k = {proj_dim}×{seq_k} = {want}",
-                            m.len()
-                        )));
-                    }
-                    if let Some(pos) = m.iter().position(|x| !x.is_finite()) {
-                        return Err(AttnError::invalid(format!(
-                            "linformer: {name}[{i}] has a non-finite entry at {pos}"
-                        )));
-                    }
-                    Ok(Arc::from(transpose(m, proj_dim, seq_k)))
-                })
-                .collect()
-        };
-        let e_mats = check("E", &e)?;
-        let f_mats = match &f {
-            Some(f) if f.len() != e.len() => {
-                return Err(AttnError::shape(format!(
-                    "linformer: {} E matrices but {} F matrices; supply the same number",
-                    e.len(),
-                    f.len()
-                )));
-            }
-            Some(f) => check("F", f)?,
-            None => e_mats.clone(),
-        };
-        let sharing = match (e.len() == 1, f.is_none()) {
-            (false, false) => Sharing::Separate,
-            (false, true) => Sharing::KeyValue,
-            (true, false) => Sharing::Headwise,
-            (true, true) => Sharing::Layerwise,
-        };
-        Ok(Linformer {
-            k: proj_dim,
-            sharing,
-            source: Source::Supplied { seq_k, set: Arc::new(ProjSet { e: e_mats, f: f_mats }) },
-        })
+        let (set, sharing) = supplied_set(e, f, proj_dim, seq_k)?;
+        Ok(Linformer { k: proj_dim, sharing, source: Source::Supplied { seq_k, set: Arc::new(set) } })
     }
 
     /// The projected length k.
@@ -245,6 +184,15 @@ impl Linformer {
     pub fn projection_pair(&self, seq_k: usize, kv_heads: usize, kv_head: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         if kv_head >= kv_heads {
             return Err(AttnError::invalid(format!("kv_head {kv_head} ≥ kv_heads {kv_heads}")));
+        }
+        if let Source::Pooled = self.source {
+            let k = self.k.min(seq_k);
+            let mut e = vec![0.0f32; k * seq_k];
+            for (r, row) in e.chunks_mut(seq_k).enumerate() {
+                let (lo, hi) = segments::bounds(r, seq_k, k);
+                row[lo..hi].fill(1.0 / (hi - lo) as f32);
+            }
+            return Ok((e.clone(), e));
         }
         let set = self.projections(seq_k, kv_heads)?;
         let (et, ft) = set.pair(kv_head);
@@ -270,6 +218,7 @@ impl Linformer {
                 return Ok(set.clone());
             }
             Source::Gaussian { seed, cache } => (*seed, cache),
+            Source::Pooled => return Err(AttnError::invalid("linformer: pooled projections have no matrices")),
         };
         let slots = if self.sharing.per_head() { kv_heads } else { 1 };
         if let Some((n, s, set)) = cache.read().unwrap_or_else(|e| e.into_inner()).as_ref()
@@ -311,25 +260,18 @@ impl Linformer {
         reasons
     }
 
-    /// Bytes one (batch, KV head) task allocates.
-    fn task_bytes(&self, d: usize) -> Option<u64> {
-        let (k, d) = (self.k as u64, d as u64);
-        let floats = (2 * d + QUERY_BLOCK as u64).checked_mul(k)? + (KEY_BLOCK + QUERY_BLOCK) as u64 * d;
+    /// Bytes one (batch, KV head) task allocates for `seq_k` keys.
+    fn task_bytes(&self, d: usize, seq_k: usize) -> Option<u64> {
+        let (k, d) = (self.effective_proj_dim(seq_k) as u64, d as u64);
+        // K′, V′, the pooled logit bias, block scores; key and query blocks.
+        let floats = (2 * d + 1 + QUERY_BLOCK as u64).checked_mul(k)? + (KEY_BLOCK + QUERY_BLOCK) as u64 * d;
         floats.checked_mul(4)
     }
 
-    /// One (batch, KV head): project K and V, then attend every query head of the group.
-    /// `o` is (group, N_q, D) and `l` (group, N_q).
-    fn one_kv_head(
-        &self,
-        args: &AttnArgs<'_>,
-        t: usize,
-        set: &ProjSet,
-        o: &mut [f32],
-        mut l: Option<&mut [f32]>,
-    ) -> Result<()> {
+    /// K′ = E·K and V′ = F·V of KV slice `t` (k×D each), streamed in key blocks.
+    fn project(&self, args: &AttnArgs<'_>, t: usize, set: &ProjSet) -> Result<(Vec<f32>, Vec<f32>)> {
         let p = args.problem();
-        let (nq, nk, d, k) = (p.seq_q, p.seq_k, p.head_dim, self.k);
+        let (nk, d, k) = (p.seq_k, p.head_dim, self.k);
         let (e, f) = set.pair(t % p.kv_heads);
         let kv_base = t * nk * d;
         let mut kp = vec![0.0f32; k * d];
@@ -346,6 +288,35 @@ impl Linformer {
                 sgemm(cols, MatRef::row_major(x, len, d), dst, d, 1.0, beta, Par::Serial)?;
             }
         }
+        Ok((kp, vp))
+    }
+
+    /// One (batch, KV head): project K and V (`set`, or segment means when it is `None`), then
+    /// attend every query head of the group. `o` is (group, N_q, D) and `l` (group, N_q).
+    fn one_kv_head(
+        &self,
+        args: &AttnArgs<'_>,
+        t: usize,
+        set: Option<&ProjSet>,
+        o: &mut [f32],
+        mut l: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let p = args.problem();
+        let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+        let k = self.effective_proj_dim(nk);
+        let (kp, vp, bias) = match set {
+            Some(set) => {
+                let (kp, vp) = self.project(args, t, set)?;
+                (kp, vp, None)
+            }
+            None => {
+                // Pooled key r stands for its |segment| keys: exp(s·q·k̄ + ln|seg|) = |seg|·exp(s·q·k̄).
+                let bias: Vec<f32> =
+                    (0..k).map(|r| segments::bounds(r, nk, k)).map(|(lo, hi)| ((hi - lo) as f32).ln()).collect();
+                let base = t * nk * d;
+                (segments::means(args.k(), base, nk, d, k), segments::means(args.v(), base, nk, d, k), Some(bias))
+            }
+        };
         let mut qbuf = vec![0.0f32; QUERY_BLOCK.min(nq) * d];
         let mut s = vec![0.0f32; QUERY_BLOCK.min(nq) * k];
         let g = p.group_size();
@@ -359,6 +330,9 @@ impl Linformer {
                 let sc = &mut s[..c * k];
                 sgemm(MatRef::row_major(q, c, d), MatRef::transposed(&kp, k, d), sc, k, p.scale, 0.0, Par::Serial)?;
                 for (r, row) in sc.chunks_mut(k).enumerate() {
+                    if let Some(b) = &bias {
+                        row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                    }
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     crate::simd::exp_shifted(row, m);
                     let sum: f32 = row.iter().sum();
@@ -411,15 +385,17 @@ impl Attention for Linformer {
     /// the tasks in flight.
     fn working_bytes(&self, p: &Problem) -> Option<u64> {
         let in_flight = (p.batch * p.kv_heads).min(rayon::current_num_threads()).max(1) as u64;
-        let tasks = self.task_bytes(p.head_dim)?.checked_mul(in_flight)?;
+        let tasks = self.task_bytes(p.head_dim, p.seq_k)?.checked_mul(in_flight)?;
+        if let Source::Pooled = self.source {
+            return Some(tasks);
+        }
         let slots = if self.sharing.per_head() { p.kv_heads } else { 1 } as u64;
         let distinct = slots * if self.sharing.kv_shared() { 1 } else { 2 };
         let proj = distinct.checked_mul(self.k as u64)?.checked_mul(p.seq_k as u64)?.checked_mul(4)?;
         tasks.checked_add(proj)
     }
 
-    /// LSE: the log-normalizer of the softmax over the k projected keys (see module docs); it
-    /// is the exact LSE only when E = I.
+    /// LSE: the log-normalizer of the softmax over the k projected keys (see module docs).
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let tasks = p.batch * p.kv_heads;
@@ -427,9 +403,12 @@ impl Attention for Linformer {
         check_budget(
             "linformer",
             "the projected keys/values and block buffers",
-            self.task_bytes(p.head_dim).and_then(|b| b.checked_mul(in_flight)),
+            self.task_bytes(p.head_dim, p.seq_k).and_then(|b| b.checked_mul(in_flight)),
         )?;
-        let set = self.projections(p.seq_k, p.kv_heads)?;
+        let set = match self.source {
+            Source::Pooled => None,
+            _ => Some(self.projections(p.seq_k, p.kv_heads)?),
+        };
         let per_task = p.group_size() * p.seq_q;
         let lse_parts: Vec<Option<&mut [f32]>> = match lse {
             Some(l) => l.chunks_mut(per_task).map(Some).collect(),
@@ -438,6 +417,6 @@ impl Attention for Linformer {
         out.par_chunks_mut(per_task * p.head_dim)
             .zip(lse_parts.into_par_iter())
             .enumerate()
-            .try_for_each(|(t, (o, l))| self.one_kv_head(args, t, &set, o, l))
+            .try_for_each(|(t, (o, l))| self.one_kv_head(args, t, set.as_deref(), o, l))
     }
 }

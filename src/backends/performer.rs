@@ -13,7 +13,15 @@
 //! (m×D) serves every head, as in the reference implementation; it is generated on first use
 //! for a head dimension and cached. [`Performer::with_iid_features`] switches to i.i.d. rows.
 //!
-//! Stabilization, as in the reference implementation (google-research/performer, fast_attention):
+//! Kernels ([`Kernel`], `--kernel`): `softmax` (default) is FAVOR+ as above; `relu` is the paper's
+//! generalized attention with f = ReLU (its §2.2 and the reference `relu_kernel_transformation`):
+//! φ(x)_r = ReLU(ω_rᵀx̃/√m) + ε with ε = [`RELU_STABILIZER`] = 1e-3, same ω, same x̃ = √s·x,
+//! O_i = Σ_j φ(q̃_i)·φ(k̃_j) v_j / (Σ_j φ(q̃_i)·φ(k̃_j) + δ). It is a different attention
+//! kernel, not an estimate of softmax attention; its features need no shifts (all shifts are 0),
+//! and causal runs work the same way. Its accuracy against softmax attention per input family is
+//! in reports/.
+//!
+//! Stabilization (softmax kernel), as in the reference implementation (google-research/performer, fast_attention):
 //! - queries: each row's exponents ω_rᵀq̃ − ‖q̃‖²/2 are shifted by that row's max over r (a
 //!   per-row constant, cancels in the ratio; unlike the reference we include −‖q̃‖²/2 in the
 //!   max, which keeps exp(−‖q̃‖²/2) from underflowing to 0/0 for large ‖q‖);
@@ -37,6 +45,7 @@
 //!
 //! LSE: we return ln(Σ_j φ(q̃_i)·φ(k̃_j)) + shifts, the estimator's log-normalizer, i.e. the log of
 //! the FAVOR+ estimate of Σ_j exp(s·q_i·k_j). It is an estimate of the exact LSE, not the LSE.
+//! With the ReLU kernel it is the log of that kernel's normalizer, not an estimate of the LSE.
 //!
 //! Accuracy (measured with `examples/approx_scaling.rs`): the estimator is unbiased for each
 //! exp(q̃·k̃) but its relative variance is (exp(‖q̃ + k̃‖²) − 1)/m for i.i.d. features (paper,
@@ -72,14 +81,15 @@
 //! - Memory at N = 65536: 1.07 MiB (non-causal) / 1.19 MiB (causal) peak extra heap per call,
 //!   constant in N, plus the 64 KiB ω cache. Q, K, V, O themselves are 512 MiB.
 
+use super::performer_features::FeatureMap;
+pub use super::performer_features::{RELU_STABILIZER, iid_features, orthogonal_features};
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::options::BackendOptions;
+use crate::options::Kernel;
 use crate::problem::Problem;
-use crate::seeded;
-use rand_distr::{ChiSquared, Distribution, StandardNormal};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -90,49 +100,12 @@ pub const DENOM_STABILIZER: f32 = 1e-6;
 /// Rows per block, for keys and queries alike.
 const BLOCK: usize = 128;
 
-/// `m` orthogonal random features for head dimension `d`, m×d row-major (see module docs).
-pub fn orthogonal_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(m * d);
-    let chi = ChiSquared::new(d as f64).expect("d ≥ 1 degrees of freedom is a valid chi-squared");
-    for b in 0..m.div_ceil(d) {
-        let mut rng = seeded::rng(seeded::derive_seed(seed, &[0x4641564f, d as u64, b as u64]));
-        let mut g: Vec<f64> = (0..d * d).map(|_| StandardNormal.sample(&mut rng)).collect();
-        orthonormalize_rows(&mut g, d);
-        for row in g.chunks(d).take(m - b * d) {
-            let norm = chi.sample(&mut rng).sqrt();
-            out.extend(row.iter().map(|&x| (x * norm) as f32));
-        }
-    }
-    out
-}
-
-/// `m` i.i.d. N(0, I_d) features, m×d row-major (the unstructured baseline).
-pub fn iid_features(m: usize, d: usize, seed: u64) -> Vec<f32> {
-    seeded::gaussian(seeded::derive_seed(seed, &[0x49494446, d as u64]), m * d, 1.0)
-}
-
-/// Modified Gram–Schmidt on the rows of a d×d matrix, twice per row ("twice is enough") so the
-/// rows are orthonormal to f64 rounding even when the Gaussian draw is ill-conditioned.
-fn orthonormalize_rows(a: &mut [f64], d: usize) {
-    for i in 0..d {
-        let (done, rest) = a.split_at_mut(i * d);
-        let row = &mut rest[..d];
-        for _ in 0..2 {
-            for prev in done.chunks(d) {
-                let dot: f64 = row.iter().zip(prev).map(|(x, y)| x * y).sum();
-                row.iter_mut().zip(prev).for_each(|(x, y)| *x -= dot * y);
-            }
-        }
-        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
-        row.iter_mut().for_each(|x| *x /= norm);
-    }
-}
-
 /// The Performer backend. See the module docs.
 pub struct Performer {
     m: usize,
     seed: u64,
     orthogonal: bool,
+    kernel: Kernel,
     /// (D, ω) for the most recent head dimension.
     cache: RwLock<Option<(usize, Arc<[f32]>)>>,
 }
@@ -143,12 +116,24 @@ impl Performer {
         if features == 0 {
             return Err(AttnError::invalid("performer: the number of features m must be ≥ 1, got 0"));
         }
-        Ok(Performer { m: features, seed, orthogonal: true, cache: RwLock::new(None) })
+        Ok(Performer { m: features, seed, orthogonal: true, kernel: Kernel::Softmax, cache: RwLock::new(None) })
     }
 
-    /// From registry options: `features` (default 256) and `seed`.
+    /// From registry options: `features` (default 256), `seed` and `kernel` (default softmax).
     pub fn from_options(opts: &BackendOptions) -> Result<Self> {
-        Self::new(opts.features.unwrap_or(DEFAULT_FEATURES), opts.seed)
+        Ok(Self::new(opts.features.unwrap_or(DEFAULT_FEATURES), opts.seed)?
+            .with_kernel(opts.kernel.unwrap_or_default()))
+    }
+
+    /// Uses `kernel`'s features (same ω).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The kernel the features estimate.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Uses i.i.d. Gaussian features instead of orthogonal ones.
@@ -189,48 +174,6 @@ impl Performer {
         // state m·D + z; key block K, V, features; query block Q, features, row shifts; band scores.
         let floats = m.checked_mul(d)? + m + b * (2 * d) + b.checked_mul(m)? * 2 + b * (d + 1) + b * b;
         floats.checked_mul(4)
-    }
-}
-
-/// Per-call constants of the feature map.
-struct FeatureMap<'a> {
-    omega: &'a [f32],
-    m: usize,
-    d: usize,
-    scale: f32,
-    /// ½·ln m: folds the 1/√m of φ into the exponent.
-    half_ln_m: f32,
-}
-
-impl FeatureMap<'_> {
-    /// a = √s·X·ωᵀ − s·‖x‖²/2 for the rows of x (rows×D) into a (rows×m).
-    fn exponents(&self, x: &[f32], a: &mut [f32]) -> Result<()> {
-        let rows = x.len() / self.d;
-        let omega = MatRef::transposed(self.omega, self.m, self.d);
-        sgemm(MatRef::row_major(x, rows, self.d), omega, a, self.m, self.scale.sqrt(), 0.0, Par::Serial)?;
-        for (ar, xr) in a.chunks_mut(self.m).zip(x.chunks(self.d)) {
-            let half_sq = 0.5 * self.scale * xr.iter().map(|v| v * v).sum::<f32>();
-            ar.iter_mut().for_each(|v| *v -= half_sq);
-        }
-        Ok(())
-    }
-
-    /// Query features in place, each row shifted by its own max; returns nothing but writes
-    /// the shifts to `shift`.
-    fn queries(&self, x: &[f32], a: &mut [f32], shift: &mut [f32]) -> Result<()> {
-        self.exponents(x, a)?;
-        for (row, sh) in a.chunks_mut(self.m).zip(shift.iter_mut()) {
-            *sh = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let c = *sh + self.half_ln_m;
-            crate::simd::exp_shifted(row, c);
-        }
-        Ok(())
-    }
-
-    /// exp(a − key_shift − ½ ln m) in place.
-    fn finish_keys(&self, a: &mut [f32], key_shift: f32) {
-        let c = key_shift + self.half_ln_m;
-        crate::simd::exp_shifted(a, c);
     }
 }
 
@@ -304,7 +247,7 @@ impl Task<'_, '_> {
         let d = self.fm.d;
         let kx = &mut s.kx[..(j1 - j0) * d];
         self.args.k().read_f32(self.kv_base() + j0 * d, kx);
-        self.fm.exponents(kx, &mut s.kf[..(j1 - j0) * self.fm.m])
+        self.fm.raw(kx, &mut s.kf[..(j1 - j0) * self.fm.m])
     }
 
     fn load_values(&self, s: &mut Scratch, j0: usize, j1: usize) {
@@ -351,7 +294,7 @@ impl Task<'_, '_> {
             self.key_exponents(&mut s, j0, j1)?;
             self.load_values(&mut s, j0, j1);
             let kf = &mut s.kf[..(j1 - j0) * m];
-            let block_max = kf.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let block_max = self.fm.key_shift_of(kf);
             if block_max > key_shift {
                 // Rescale what was accumulated under the old shift; exp(−∞) = 0 on the first block.
                 st.rescale((key_shift - block_max).exp());
@@ -383,11 +326,11 @@ impl Task<'_, '_> {
         let mut s = Scratch::new(m, d);
         // Pass 1: the single key shift, over all keys of this head (a causal row's ratio does not
         // depend on it, but δ and the LSE do, and they must not depend on the block walk).
-        let mut key_shift = f32::NEG_INFINITY;
-        for j0 in (0..nk).step_by(BLOCK) {
+        let mut key_shift = if self.fm.shifts_keys() { f32::NEG_INFINITY } else { 0.0 };
+        for j0 in (0..nk).step_by(BLOCK).filter(|_| self.fm.shifts_keys()) {
             let j1 = (j0 + BLOCK).min(nk);
             self.key_exponents(&mut s, j0, j1)?;
-            key_shift = s.kf[..(j1 - j0) * m].iter().cloned().fold(key_shift, f32::max);
+            key_shift = key_shift.max(self.fm.key_shift_of(&s.kf[..(j1 - j0) * m]));
         }
         let hi = |i: usize| p.key_range(i).1;
         let mut st = KvState::new(m, d);
@@ -507,13 +450,7 @@ impl Attention for Performer {
         };
         out.par_chunks_mut(per_task * p.head_dim).zip(lse_parts.into_par_iter()).enumerate().try_for_each(
             |(t, (o, l))| {
-                let fm = FeatureMap {
-                    omega: &omega,
-                    m: self.m,
-                    d: p.head_dim,
-                    scale: p.scale,
-                    half_ln_m: 0.5 * (self.m as f32).ln(),
-                };
+                let fm = FeatureMap { omega: &omega, m: self.m, d: p.head_dim, scale: p.scale, kernel: self.kernel };
                 let task = Task { args, fm, t };
                 if p.causal { task.causal(o, l) } else { task.non_causal(o, l) }
             },

@@ -1,7 +1,10 @@
-//! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs.
+//! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs of
+//! one input family, beside the mean-of-V baseline (uniform attention over the allowed keys).
 
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, resolve_backends};
+use attnkit::approx_eval::{mean_of_v, rel_fro};
 use attnkit::bench::{is_skip, skip_reason};
+use attnkit::inputs::InputFamily;
 use attnkit::validate::{Tolerance, compare, exact_tolerance, oracle};
 use attnkit::{AttnArgs, AttnError, DType, Exactness};
 use clap::Args;
@@ -18,6 +21,10 @@ pub struct CheckArgs {
     /// Key/value length N_k (default N_q).
     #[arg(long)]
     pub seq_kv: Option<usize>,
+    /// Input family: normal, structured, structured:SHARPNESS or local-global (see
+    /// `attnkit::inputs`).
+    #[arg(long, default_value = "normal", value_parser = super::parse_named::<InputFamily>)]
+    pub inputs: InputFamily,
     #[command(flatten)]
     pub shape: ShapeArgs,
 }
@@ -26,21 +33,41 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
     let opts = a.shape.options();
-    let (q, k, v) = attnkit::seeded::normal_qkv(&p, a.shape.seed);
+    let (q, k, v) = attnkit::inputs::generate(a.inputs, &p, a.shape.seed);
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
     let want = oracle(&args);
+    let baseline = mean_of_v(&args);
+    let base_err = rel_fro(&baseline, &want);
     // Tolerances per precision, computed on first use (the naive pass costs as much as the oracle).
     let mut tolerances: Vec<(DType, Tolerance)> = Vec::new();
 
-    outln!("problem: {p}  seed={}", a.shape.seed)?;
-    outln!("{:<12} {:<6} {:>11} {:>11} {:>11}  result", "backend", "kind", "max_abs", "max_rel", "tolerance")?;
+    outln!("problem: {p}  seed={}  inputs={} ({})", a.shape.seed, a.inputs, a.inputs.description())?;
+    outln!(
+        "{:<12} {:<6} {:>11} {:>11} {:>11} {:>11}  result",
+        "backend",
+        "kind",
+        "max_abs",
+        "max_rel",
+        "rel_err",
+        "tolerance"
+    )?;
+    let base_stats = compare(&baseline.iter().map(|&x| x as f32).collect::<Vec<_>>(), &want);
+    outln!(
+        "{:<12} {:<6} {:>11.3e} {:>11.3e} {:>11.3e} {:>11}  uniform attention over each row's allowed keys",
+        "mean-of-v",
+        "base",
+        base_stats.max_abs,
+        base_stats.max_rel,
+        base_err,
+        "-"
+    )?;
     let (mut failed, mut skipped_named) = (Vec::new(), Vec::new());
     for name in &names {
         let row = |kind: &str, rest: &str| outln!("{name:<12} {kind:<6} {rest}");
         let backend = match attnkit::backend_with(name, &opts) {
             Ok(b) => b,
             Err(e) => {
-                row("-", &format!("{:>11} {:>11} {:>11}  FAIL (cannot build: {e})", "-", "-", "-"))?;
+                row("-", &format!("{:>11} {:>11} {:>11} {:>11}  FAIL (cannot build: {e})", "-", "-", "-", "-"))?;
                 failed.push(name.clone());
                 continue;
             }
@@ -50,7 +77,7 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
             if explicit {
                 skipped_named.push(name.clone());
             }
-            row(&kind, &format!("{:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-"))
+            row(&kind, &format!("{:>11} {:>11} {:>11} {:>11}  SKIP {reason}", "-", "-", "-", "-"))
         };
         if let Some(reason) = skip_reason(backend.as_ref(), &p) {
             skip(reason, &mut skipped_named)?;
@@ -63,12 +90,13 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 continue;
             }
             Err(e) => {
-                row(&kind, &format!("{:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-"))?;
+                row(&kind, &format!("{:>11} {:>11} {:>11} {:>11}  FAIL ({e})", "-", "-", "-", "-"))?;
                 failed.push(name.clone());
                 continue;
             }
         };
         let stats = compare(&got, &want);
+        let err = rel_fro(&got, &want);
         let nonfinite =
             if stats.non_finite > 0 { format!(" ({} non-finite values)", stats.non_finite) } else { String::new() };
         match backend.exactness() {
@@ -87,9 +115,10 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 row(
                     &kind,
                     &format!(
-                        "{:>11.3e} {:>11.3e} {:>11.3e}  {}{at}{nonfinite}",
+                        "{:>11.3e} {:>11.3e} {:>11.3e} {:>11.3e}  {}{at}{nonfinite}",
                         stats.max_abs,
                         stats.max_rel,
+                        err,
                         tol.bound,
                         if pass { "PASS" } else { "FAIL" }
                     ),
@@ -99,10 +128,20 @@ pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
                 }
             }
             Exactness::Approximate => {
-                let verdict = if stats.non_finite > 0 { "FAIL" } else { "approx (error reported, not judged)" };
+                // Not judged against a tolerance, but marked when the trivial answer does as well.
+                let verdict = if stats.non_finite > 0 {
+                    "FAIL".to_string()
+                } else if err < base_err {
+                    format!("approx, {:.1}x better than mean-of-v", base_err / err)
+                } else {
+                    "approx, NOT better than mean-of-v (!)".to_string()
+                };
                 row(
                     &kind,
-                    &format!("{:>11.3e} {:>11.3e} {:>11}  {verdict}{nonfinite}", stats.max_abs, stats.max_rel, "-"),
+                    &format!(
+                        "{:>11.3e} {:>11.3e} {:>11.3e} {:>11}  {verdict}{nonfinite}",
+                        stats.max_abs, stats.max_rel, err, "-"
+                    ),
                 )?;
                 if stats.non_finite > 0 {
                     failed.push(name.clone());

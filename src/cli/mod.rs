@@ -44,8 +44,10 @@ enum Command {
     ///
     /// Exact backends must stay within FlashAttention's tolerance rule
     /// (2 × the naive same-precision error + a small floor; flash-cuda with f32 input is judged
-    /// at f16 because it rounds to f16 internally). Approximate backends print their error and
-    /// fail only on non-finite output. A backend that is unavailable or does not support the
+    /// at f16 because it rounds to f16 internally). Approximate backends print their error beside
+    /// the mean-of-V baseline's (uniform attention over the allowed keys; `(!)` marks an
+    /// approximation that does not beat it) and fail only on non-finite output. `--inputs`
+    /// picks the input family (normal, structured[:SHARPNESS], local-global). A backend that is unavailable or does not support the
     /// problem is reported as SKIP: with `--backends all` that is never a failure; when the
     /// backend was named explicitly, the command exits with status 3 so scripts notice it was
     /// not checked. Exit status: 0 all good, 1 a backend failed or errored, 3 a named backend
@@ -114,6 +116,15 @@ pub struct ShapeArgs {
     /// local-block's block size.
     #[arg(long)]
     pub block_size: Option<usize>,
+    /// Linformer's projection: pooled (segment means, default) or gaussian.
+    #[arg(long, value_parser = parse_named::<attnkit::options::Projection>)]
+    pub projection: Option<attnkit::options::Projection>,
+    /// Nyströmformer's landmark count m.
+    #[arg(long)]
+    pub landmarks: Option<usize>,
+    /// Performer's kernel: softmax (FAVOR+, default) or relu.
+    #[arg(long, value_parser = parse_named::<attnkit::options::Kernel>)]
+    pub kernel: Option<attnkit::options::Kernel>,
 }
 
 impl ShapeArgs {
@@ -135,12 +146,20 @@ impl ShapeArgs {
             features: self.features,
             seed: self.seed,
             block_size: self.block_size,
+            projection: self.projection,
+            landmarks: self.landmarks,
+            kernel: self.kernel,
         }
     }
 }
 
 pub fn parse_window(s: &str) -> Result<Window, String> {
     s.parse::<Window>().map_err(|e| e.to_string())
+}
+
+/// Any `FromStr` option whose error is an [`AttnError`] (it names the value and the choices).
+pub fn parse_named<T: std::str::FromStr<Err = AttnError>>(s: &str) -> Result<T, String> {
+    s.parse::<T>().map_err(|e| e.to_string())
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType, String> {

@@ -87,7 +87,13 @@ pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Prob
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
-    let opts = BackendOptions { proj_dim: a.proj_dim, features: a.features, seed: a.seed, block_size: a.block_size };
+    let opts = BackendOptions {
+        proj_dim: a.proj_dim,
+        features: a.features,
+        seed: a.seed,
+        block_size: a.block_size,
+        ..Default::default()
+    };
     let backend = attnkit::backend_with(&a.backend, &opts)?;
     let (q, qs) = read_tensor(&a.q)?;
     let (k, ks) = read_tensor(&a.k)?;
