@@ -26,7 +26,7 @@ use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;
 use crate::problem::Problem;
 use crate::simd::Isa;
-use crate::tiled::{IsaChoice, Packing, Plan, head_dim_reasons};
+use crate::tiled::{IsaChoice, Packing, Plan, decode_applies, head_dim_reasons};
 
 /// The flash-cpu backend. `new()` uses the process-wide SIMD choice; `with_isa` forces a path.
 #[derive(Clone, Copy, Debug, Default)]
@@ -50,7 +50,8 @@ impl FlashCpu {
     }
 
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
-        Plan { name: self.name(), isa, packing: Packing::WholeHeads, range: Box::new(move |i| p.key_range(i)) }
+        let packing = if decode_applies(p) { Packing::Decode } else { Packing::WholeHeads };
+        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
     }
 }
 
