@@ -106,12 +106,16 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(s: S, q: *const f32, k: 
     out
 }
 
-/// `O[rows] = α ⊙ O[rows] + P·V[lo..hi]` over the full vectors of D, then D's tail in scalar.
+/// `O[rows, 0..NV·W] = α ⊙ O + P·V` for `R` rows, `n` keys and `NV` vectors of columns starting
+/// at `v`/`o`; with `tail`, also the scalar columns `d mod W` that follow the last full vector
+/// (their offset from `v` is `(d / W)·W` minus the chunk's first column, so the caller passes
+/// `tail` only with the last chunk). Returns `NV`.
 ///
 /// # Safety
-/// `p` readable for rows `r·KB + [0, n)`; `v` for `n` rows of `d` floats; `o` readable and
-/// writable for `R` rows of `padded_dim(d)` floats.
+/// `p` readable for rows `r·KB + [0, n)`; `v` for `n` rows of stride `d` holding this chunk's
+/// columns (and the tail); `o` readable and writable likewise with stride `padded_dim(d)`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     s: S,
     p: *const f32,
@@ -120,53 +124,51 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     d: usize,
     o: *mut f32,
     alpha: &[f32; R],
-) {
+    tail: bool,
+) -> usize {
     let w = S::W;
     let dp = padded_dim(d);
-    let nvec = d / w;
-    // SAFETY (whole body): offsets stay inside the extents the caller guarantees; vector column
-    // chunks end at nvec·W ≤ d.
+    // SAFETY (whole body): offsets stay inside the extents the caller guarantees.
     unsafe {
-        let mut c0 = 0;
-        while c0 < nvec {
-            let nc = NV.min(nvec - c0);
-            let mut acc = [[s.splat(0.0); NV]; R];
-            for r in 0..R {
-                let a = s.splat(alpha[r]);
-                for c in 0..nc {
-                    acc[r][c] = s.mul(s.load(o.add(r * dp + (c0 + c) * w)), a);
-                }
+        let mut acc = [[s.splat(0.0); NV]; R];
+        for r in 0..R {
+            let a = s.splat(alpha[r]);
+            for c in 0..NV {
+                acc[r][c] = s.mul(s.load(o.add(r * dp + c * w)), a);
             }
-            for j in 0..n {
-                let vj = v.add(j * d + c0 * w);
-                let mut vv = [s.splat(0.0); NV];
-                for c in 0..nc {
-                    vv[c] = s.load(vj.add(c * w));
-                }
-                for r in 0..R {
-                    let pb = s.splat(*p.add(r * KB + j));
-                    for c in 0..nc {
-                        acc[r][c] = s.fma(pb, vv[c], acc[r][c]);
-                    }
-                }
+        }
+        for j in 0..n {
+            let vj = v.add(j * d);
+            let mut vv = [s.splat(0.0); NV];
+            for c in 0..NV {
+                vv[c] = s.load(vj.add(c * w));
             }
             for r in 0..R {
-                for c in 0..nc {
-                    s.store(o.add(r * dp + (c0 + c) * w), acc[r][c]);
+                let pb = s.splat(*p.add(r * KB + j));
+                for c in 0..NV {
+                    acc[r][c] = s.fma(pb, vv[c], acc[r][c]);
                 }
             }
-            c0 += nc;
         }
         for r in 0..R {
-            for c in nvec * w..d {
-                let mut x = *o.add(r * dp + c) * alpha[r];
-                for j in 0..n {
-                    x += *p.add(r * KB + j) * *v.add(j * d + c);
+            for c in 0..NV {
+                s.store(o.add(r * dp + c * w), acc[r][c]);
+            }
+        }
+        if tail {
+            let first = NV * w;
+            for r in 0..R {
+                for c in first..first + d % w {
+                    let mut x = *o.add(r * dp + c) * alpha[r];
+                    for j in 0..n {
+                        x += *p.add(r * KB + j) * *v.add(j * d + c);
+                    }
+                    *o.add(r * dp + c) = x;
                 }
-                *o.add(r * dp + c) = x;
             }
         }
     }
+    NV
 }
 
 /// One strip of `R` rows over its keys.
@@ -203,9 +205,28 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
         alpha[r] = online_softmax_step(s, row, st.scale_log2, &mut st.m[i], &mut st.l[i]);
     }
     let dp = padded_dim(d);
-    // SAFETY: P rows are RB·KB ≥ R·KB floats; V rows lo..hi exist; O rows row0..row0+R of dp.
-    unsafe {
-        pv::<S, R, 4>(s, st.s.as_ptr(), n, v[sp.lo * d..].as_ptr(), d, st.acc[sp.row0 * dp..].as_mut_ptr(), &alpha);
+    let (p, vb) = (st.s.as_ptr(), v[sp.lo * d..].as_ptr());
+    let nvec = d / S::W;
+    let mut c = 0;
+    // Column chunks of 4, 3, 2 or 1 vectors, each a fixed-size instance so its accumulators
+    // stay in registers.
+    while c < nvec.max(1) {
+        let left = nvec - c.min(nvec);
+        let o = st.acc[sp.row0 * dp + c * S::W..].as_mut_ptr();
+        // SAFETY: P rows are RB·KB ≥ R·KB floats; V rows lo..hi exist and columns c·W + chunk
+        // ≤ d; O rows row0..row0+R of dp floats; `last` adds D's scalar tail.
+        unsafe {
+            let vc = vb.add(c * S::W);
+            let last = c + 4 >= nvec;
+            c += match left {
+                0 => pv::<S, R, 0>(s, p, n, vc, d, o, &alpha, true),
+                1 => pv::<S, R, 1>(s, p, n, vc, d, o, &alpha, last),
+                2 => pv::<S, R, 2>(s, p, n, vc, d, o, &alpha, last),
+                3 => pv::<S, R, 3>(s, p, n, vc, d, o, &alpha, last),
+                _ => pv::<S, R, 4>(s, p, n, vc, d, o, &alpha, last),
+            }
+            .max(1);
+        }
     }
 }
 
@@ -268,4 +289,20 @@ pub fn run(isa: Isa, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[S
         _ => {}
     }
     process(super::scalar::Portable, st, k, v, strips)
+}
+
+/// Asks the cache for every 64-byte line of `data` (a no-op off x86-64). The decode strategy
+/// streams each K/V row once, so it prefetches the next block while computing this one.
+#[inline]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = data.as_ptr() as *const i8;
+        for off in (0..std::mem::size_of_val(data)).step_by(64) {
+            // SAFETY: the address lies inside `data`, and a prefetch never faults anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off)) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }

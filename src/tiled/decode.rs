@@ -263,8 +263,13 @@ impl Task<'_> {
                 st.reset();
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
                     let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
+                    let next = s1..kv_base + (b1 + KB).min(hi) * d;
                     let (k, v): (&[f32], &[f32]) = match (self.args.k(), self.args.v()) {
-                        (TensorRef::F32(k), TensorRef::F32(v)) => (&k[s0..s1], &v[s0..s1]),
+                        (TensorRef::F32(k), TensorRef::F32(v)) => {
+                            kernel::prefetch(&k[next.clone()]);
+                            kernel::prefetch(&v[next]);
+                            (&k[s0..s1], &v[s0..s1])
+                        }
                         (k, v) => {
                             scr.kw.resize(s1 - s0, 0.0);
                             scr.vw.resize(s1 - s0, 0.0);
@@ -326,6 +331,9 @@ impl Task<'_> {
         st.reset();
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
             let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
+            let next = s1..kv_base + (b1 + KB).min(hi) * d;
+            kernel::prefetch(&k[next.clone()]);
+            kernel::prefetch(&v[next]);
             process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
         });
         st.finish_into(&mut scr.acc);
