@@ -52,6 +52,24 @@ pub fn is_decode_shaped(p: &Problem) -> bool {
     crate::tiled::decode_applies(p)
 }
 
+/// What `bench`/`report` print beside a decode-shaped time: bytes moved, the rate, and the
+/// fraction of the bandwidth ceiling measured in the same run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DecodeRate {
+    pub bytes: u64,
+    pub gb_per_s: f64,
+    pub fraction_of_ceiling: f64,
+}
+
+/// [`DecodeRate`] for `p` timed at `seconds`; `None` unless `p` [`is_decode_shaped`].
+pub fn decode_rate(p: &Problem, seconds: f64, ceiling: &BandwidthCeiling) -> Option<DecodeRate> {
+    is_decode_shaped(p).then(|| {
+        let bytes = bytes_moved(p);
+        let gb_per_s = bytes as f64 / seconds / 1e9;
+        DecodeRate { bytes, gb_per_s, fraction_of_ceiling: gb_per_s / ceiling.gb_per_s }
+    })
+}
+
 /// Median over `reps` passes (after one warm-up) of a streaming read of `bytes` bytes split
 /// over the current pool's threads. Call it inside the pool the kernels run in.
 pub fn bandwidth_ceiling(bytes: usize, reps: usize) -> Result<BandwidthCeiling> {
@@ -124,6 +142,16 @@ mod tests {
         let c = crate::bench::with_threads(Some(1), || bandwidth_ceiling(8 << 20, 2)).unwrap().unwrap();
         assert!(c.gb_per_s > 0.0 && c.threads == 1 && c.bytes == 8 << 20);
         assert!(bandwidth_ceiling(1000, 1).is_err());
+    }
+
+    #[test]
+    fn decode_rate_only_for_decode_shapes() {
+        let c = BandwidthCeiling { bytes: 1 << 30, threads: 2, median_s: 0.1, gb_per_s: 10.0 };
+        let p = Problem::new(1, 8, 1, 64).with_seq_k(1 << 20);
+        let r = decode_rate(&p, 0.1, &c).unwrap();
+        assert_eq!(r.bytes, bytes_moved(&p));
+        assert!((r.fraction_of_ceiling - r.gb_per_s / 10.0).abs() < 1e-12);
+        assert!(decode_rate(&Problem::new(1, 8, 1024, 64), 0.1, &c).is_none());
     }
 
     #[test]
