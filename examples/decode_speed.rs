@@ -20,11 +20,14 @@ use attnkit::tiled::{Packing, Plan};
 use attnkit::{Attention, AttnArgs, DType, Problem, Tensor};
 use std::time::Instant;
 
+/// Computes O for the given inputs.
+type RunFn<'a> = Box<dyn Fn(&AttnArgs<'_>, &mut [f32]) + 'a>;
+
 /// One timed configuration: a name and how it computes.
 struct Variant<'a> {
     name: &'static str,
     dtype: DType,
-    run: Box<dyn Fn(&AttnArgs<'_>, &mut [f32]) + 'a>,
+    run: RunFn<'a>,
 }
 
 fn flash(isa: Isa) -> impl Fn(&AttnArgs<'_>, &mut [f32]) {

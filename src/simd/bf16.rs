@@ -53,6 +53,11 @@ mod x86 {
             let bw = std::arch::is_x86_feature_detected!("avx512bw");
             Avx512::new().filter(|_| bf16 && bw).map(|f| Avx512Bf16 { f })
         }
+
+        /// The AVX-512F token this one implies (for the shared f32 kernels).
+        pub fn avx512(self) -> Avx512 {
+            self.f
+        }
     }
 
     /// D rounded up to 32 bf16 (one zmm of bf16).

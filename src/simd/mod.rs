@@ -14,6 +14,8 @@
 //! instruction.
 
 pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_block;
 pub mod decode;
 pub mod flash;
 pub mod scalar;

@@ -13,6 +13,11 @@
 //! Both strategies are bitwise deterministic for any thread count: block and segment sizes
 //! depend on the problem only, and a row's key loop is never split across threads.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "bf16_none.rs"]
+mod bf16;
 mod block;
 pub mod decode;
 mod segments;
