@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example decode_speed -- decode [REPS]    # 1×32768, D=128, H=32/8, causal
-//! cargo run --release --example decode_speed -- sweep [REPS]     # N_k 1K…256K, H=32/8 and 32/32
+//! cargo run --release --example decode_speed -- sweep [REPS]     # N_k 1K…256K, H=32/8; 1K…64K, 32/32
 //! cargo run --release --example decode_speed -- prefill [REPS]   # N=4096, D 64/128, f32 vs bf16
 //! ```
 //! Variants of one problem run alternately, rep by rep, so machine noise hits them alike; each
@@ -80,30 +80,40 @@ fn alternate(p: &Problem, variants: &[Variant<'_>], reps: usize) -> Vec<(f64, f6
     times.iter().zip(&cpu).map(|(t, c)| (median(t), c / reps.max(1) as f64 / threads)).collect()
 }
 
+/// `x` with 3 decimals, or `null` when not finite (a CPU time under one 10 ms tick reads 0).
+fn num(x: f64) -> String {
+    if x.is_finite() { format!("{x:.3}") } else { "null".into() }
+}
+
 /// One JSON line per variant; `cpu_*` figures use CPU time per thread instead of wall time.
 fn print_rows(p: &Problem, variants: &[Variant<'_>], secs: &[(f64, f64)], bw: (f64, f64)) {
     for (v, &(t, c)) in variants.iter().zip(secs) {
         let pv = p.clone().with_dtype(v.dtype);
         let (gbs, cgbs) = (bytes_moved(&pv) as f64 / t / 1e9, bytes_moved(&pv) as f64 / c / 1e9);
         println!(
-            "{{\"variant\":\"{}\",\"problem\":\"{pv}\",\"ms\":{:.3},\"gflops\":{:.1},\"gb_s\":{gbs:.2},\"frac_bw\":{:.3},\"cpu_gflops\":{:.1},\"cpu_gb_s\":{cgbs:.2},\"cpu_frac_bw\":{:.3},\"speed_vs_first\":{:.2}}}",
+            "{{\"variant\":\"{}\",\"problem\":\"{pv}\",\"ms\":{},\"gflops\":{},\"gb_s\":{},\"frac_bw\":{},\"cpu_gflops\":{},\"cpu_gb_s\":{},\"cpu_frac_bw\":{},\"speed_vs_first\":{}}}",
             v.name,
-            t * 1e3,
-            pv.flops() / t / 1e9,
-            gbs / bw.0,
-            pv.flops() / c / 1e9,
-            cgbs / bw.1,
-            secs[0].0 / t
+            num(t * 1e3),
+            num(pv.flops() / t / 1e9),
+            num(gbs),
+            num(gbs / bw.0),
+            num(pv.flops() / c / 1e9),
+            num(cgbs),
+            num(cgbs / bw.1),
+            num(secs[0].0 / t)
         );
     }
 }
 
 /// The bandwidth ceiling by wall time and by CPU time per thread.
 fn bandwidth() -> (f64, f64) {
+    // CPU time of 5 passes: a 6-rep call minus a 1-rep call (each also fills the buffer and
+    // makes one warm-up pass), per thread.
     let c0 = cpu_secs();
-    let c = bandwidth_ceiling(BANDWIDTH_BUFFER_BYTES, 5).expect("ceiling");
-    // 6 passes (warm-up included) over the buffer; CPU time per thread.
-    let cpu = (cpu_secs() - c0) / c.threads as f64 / 6.0;
+    bandwidth_ceiling(BANDWIDTH_BUFFER_BYTES, 1).expect("ceiling");
+    let c1 = cpu_secs();
+    let c = bandwidth_ceiling(BANDWIDTH_BUFFER_BYTES, 6).expect("ceiling");
+    let cpu = ((cpu_secs() - c1) - (c1 - c0)) / c.threads as f64 / 5.0;
     let cpu_gbs = c.bytes as f64 / cpu / 1e9;
     println!(
         "{{\"ceiling\":\"bandwidth\",\"bytes\":{},\"threads\":{},\"gb_s\":{:.2},\"cpu_gb_s\":{cpu_gbs:.2}}}",
@@ -135,8 +145,9 @@ fn main() {
         }
         "sweep" => {
             let bw = bandwidth();
-            for hkv in [8, 32] {
-                for nk in [1024, 4096, 16384, 65536, 262_144] {
+            // MHA stops at 64K keys: 256K keys × 32 KV heads would be 8.6 GB of f32 K/V.
+            for (hkv, max_nk) in [(8, 262_144), (32, 65536)] {
+                for nk in [1024, 4096, 16384, 65536, 262_144].into_iter().filter(|&n| n <= max_nk) {
                     let p = Problem::new(1, 32, 1, 128).with_kv_heads(hkv).with_seq_k(nk).with_causal(true);
                     let variants = [
                         Variant { name: "decode-f32", dtype: DType::F32, run: Box::new(flash(f32_isa)) },
@@ -148,10 +159,25 @@ fn main() {
             }
         }
         "prefill" => {
+            // CPU-time rates: work / (CPU seconds / threads), warm-up runs included in both.
+            let threads = rayon::current_num_threads() as f64;
+            let c0 = cpu_secs();
             let g = gemm_ceiling(GEMM_CEILING_SIZE, 3).expect("gemm");
-            println!("{{\"ceiling\":\"sgemm\",\"gflops\":{:.1}}}", g.gflops);
+            let cpu = (cpu_secs() - c0) / threads / 4.0;
+            let gemm_flops = 2.0 * (GEMM_CEILING_SIZE as f64).powi(3);
+            println!(
+                "{{\"ceiling\":\"sgemm\",\"gflops\":{:.1},\"cpu_gflops\":{:.1}}}",
+                g.gflops,
+                gemm_flops / cpu / 1e9
+            );
+            let c0 = cpu_secs();
             if let Some(c) = bf16_dot_ceiling(3) {
-                println!("{{\"ceiling\":\"bf16-dot\",\"threads\":{},\"gflops\":{:.1}}}", c.threads, c.gflops);
+                let cpu = (cpu_secs() - c0) / threads / 4.0;
+                let cpu_gflops = c.gflops * c.median_s / cpu;
+                println!(
+                    "{{\"ceiling\":\"bf16-dot\",\"threads\":{},\"gflops\":{:.1},\"cpu_gflops\":{cpu_gflops:.1}}}",
+                    c.threads, c.gflops
+                );
             }
             for d in [64, 128] {
                 for causal in [false, true] {
@@ -165,6 +191,17 @@ fn main() {
                 }
             }
         }
-        other => eprintln!("unknown mode `{other}` (decode, sweep, prefill)"),
+        "one" => {
+            // One variant only, for `perf stat`: `one N_K f32|bf16 REPS`.
+            let nk = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(32768);
+            let dtype: DType = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(DType::F32);
+            let reps = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(20);
+            let p = Problem::new(1, 32, 1, 128).with_kv_heads(8).with_seq_k(nk).with_causal(true);
+            let isa = if dtype == DType::BF16 { bf16 } else { f32_isa };
+            let variants = [Variant { name: "one", dtype, run: Box::new(flash(isa)) }];
+            let secs = alternate(&p, &variants, reps);
+            print_rows(&p, &variants, &secs, (f64::NAN, f64::NAN));
+        }
+        other => eprintln!("unknown mode `{other}` (decode, sweep, prefill, one)"),
     }
 }
