@@ -15,6 +15,7 @@ pub mod attention;
 pub mod backends;
 pub mod bench;
 pub mod budget;
+pub mod ceiling;
 pub mod cuda;
 pub mod error;
 pub mod inputs;

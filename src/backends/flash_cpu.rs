@@ -10,23 +10,34 @@
 //! whole tiles and panels outside each strip's band and mask only boundary tiles; rows with no
 //! allowed key get O = 0, LSE = −∞.
 //!
+//! Decode shapes (N_q · group ≤ [`crate::tiled::DECODE_MAX_ROWS`]) take the split-KV strategy
+//! of [`crate::tiled::decode`] instead: K/V read in place, each KV head read once for all its
+//! query heads, N_k-only chunking merged in a fixed order (still thread-count independent).
+//!
+//! bf16 inputs on AVX512_BF16 CPUs ([`crate::simd::Isa::Avx512Bf16`], the default there) are
+//! computed in bf16 with f32 accumulation (`vdpbf16ps` for Q·Kᵀ and P·V, P rounded to bf16 after
+//! the f32 row sum, as FlashAttention on GPUs; [`crate::simd::bf16_block`],
+//! [`crate::simd::bf16`]); `ATTNKIT_SIMD=avx512` keeps them on the f32 path. f16 inputs always
+//! take the f32 path (widened exactly).
+//!
 //! Complexity: O(B·H·(allowed pairs)·D) time — about half of full for causal, O(N·w·D) for a
 //! window w; memory O(N_k·D) per KV head in flight (at least one) plus O(block·D) scratch per
 //! thread. Bitwise identical results for any thread count.
 //!
-//! SIMD: AVX-512F, AVX2+FMA, NEON, portable fallback, chosen at run time
+//! SIMD: AVX-512F (+BF16), AVX2+FMA, NEON, portable fallback, chosen at run time
 //! ([`crate::simd::Isa::selected`], `ATTNKIT_SIMD` override) or forced with
 //! [`FlashCpu::with_isa`]; exp2 accuracy is documented in `src/simd/flash.rs`.
 //!
 //! Caveats: head_dim ≤ 256 (larger D is refused in `not_supported_reasons`); D not a multiple of
 //! 16 pads V/O rows to the next multiple of 16. Narrow windows are better served by `local`.
-//! Measured speed (against the GEMM ceiling and PyTorch) lives in `reports/README.md`.
+//! Measured speed (against the GEMM ceiling and PyTorch) lives in `reports/README.md`; decode
+//! and bf16 figures (against the bandwidth and bf16-dot ceilings) in `reports/decode.md`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;
 use crate::problem::Problem;
 use crate::simd::Isa;
-use crate::tiled::{IsaChoice, Packing, Plan, head_dim_reasons};
+use crate::tiled::{IsaChoice, Packing, Plan, decode_applies, head_dim_reasons};
 
 /// The flash-cpu backend. `new()` uses the process-wide SIMD choice; `with_isa` forces a path.
 #[derive(Clone, Copy, Debug, Default)]
@@ -50,7 +61,8 @@ impl FlashCpu {
     }
 
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
-        Plan { name: self.name(), isa, packing: Packing::WholeHeads, range: Box::new(move |i| p.key_range(i)) }
+        let packing = if decode_applies(p) { Packing::Decode } else { Packing::WholeHeads };
+        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
     }
 }
 

@@ -5,13 +5,18 @@
 //! vocabulary [`Simd`] and wraps the one shared `#[inline(always)]` body in [`flash`] in a
 //! `#[target_feature]` function, so the body is compiled once per ISA with that ISA's
 //! instructions. [`Isa::selected`] picks a path once per process (cached in a `OnceLock`):
-//! the best the CPU has, or the one forced by `ATTNKIT_SIMD=scalar|avx2|avx512|neon`.
+//! the best the CPU has, or the one forced by `ATTNKIT_SIMD=scalar|avx2|avx512|avx512bf16|neon`
+//! (`avx512` on an AVX512_BF16 CPU keeps bf16 inputs on the exact f32 path).
 //!
 //! Safety model: an ISA's kernels can only be reached through a zero-sized token
 //! (`Avx512`, `Avx2Fma`, `Neon`) whose constructor runs the CPU-feature check, so forcing an
 //! ISA the CPU lacks yields a typed error ([`Isa::require`]) and never executes an illegal
 //! instruction.
 
+pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_block;
+pub mod decode;
 pub mod flash;
 pub mod scalar;
 
@@ -65,7 +70,7 @@ macro_rules! on_isa {
     ($isa:expr, $f:ident($($arg:expr),*)) => {{
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
+            Isa::Avx512 | Isa::Avx512Bf16 => {
                 if let Some(t) = x86_avx512::Avx512::new() {
                     return x86_avx512::$f(t, $($arg),*);
                 }
@@ -97,18 +102,22 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512F (16 lanes).
     Avx512,
+    /// AVX-512F plus AVX512_BF16 (`vdpbf16ps`): the AVX-512 kernels, and bf16 inputs computed
+    /// in bf16 with f32 accumulation ([`bf16`]). `ATTNKIT_SIMD=avx512` turns the bf16 kernels off.
+    Avx512Bf16,
     /// aarch64 NEON (4 lanes).
     Neon,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
             Isa::Neon => "neon",
         }
     }
@@ -126,6 +135,8 @@ impl Isa {
             Isa::Avx2 => x86_avx2::Avx2Fma::new().is_some(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86_avx512::Avx512::new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => bf16::Avx512Bf16::new().is_some(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => aarch64_neon::Neon::new().is_some(),
             #[allow(unreachable_patterns)]
@@ -140,7 +151,10 @@ impl Isa {
 
     /// The fastest path this CPU has.
     pub fn best() -> Isa {
-        [Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Scalar)
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Neon]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Scalar)
     }
 
     /// `Ok(self)` when the CPU has it, otherwise a typed `Unavailable` error naming what it has.
@@ -168,7 +182,7 @@ impl Isa {
                 Err(_) => Ok(Isa::best()),
                 Ok(s) if s.trim().is_empty() => Ok(Isa::best()),
                 Ok(s) => match Isa::parse(&s) {
-                    None => Err(format!("ATTNKIT_SIMD=`{s}` is not one of scalar, avx2, avx512, neon")),
+                    None => Err(format!("ATTNKIT_SIMD=`{s}` is not one of scalar, avx2, avx512, avx512bf16, neon")),
                     Some(isa) => isa.require("simd").map_err(|_| {
                         format!("ATTNKIT_SIMD={isa} but this CPU lacks it (available: {:?})", Isa::available())
                     }),
@@ -181,7 +195,7 @@ impl Isa {
     pub fn shape(self) -> flash::KernelShape {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_avx512::SHAPE,
+            Isa::Avx512 | Isa::Avx512Bf16 => x86_avx512::SHAPE,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86_avx2::SHAPE,
             #[cfg(target_arch = "aarch64")]

@@ -13,7 +13,13 @@
 //! Both strategies are bitwise deterministic for any thread count: block and segment sizes
 //! depend on the problem only, and a row's key loop is never split across threads.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "bf16_none.rs"]
+mod bf16;
 mod block;
+pub mod decode;
 mod segments;
 mod waves;
 
@@ -21,6 +27,7 @@ use crate::attention::AttnArgs;
 use crate::error::{AttnError, Result};
 use crate::problem::Problem;
 use crate::simd::Isa;
+pub use decode::{DECODE_MAX_ROWS, decode_applies};
 
 /// Largest head dimension the tiled CPU backends accept.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -35,6 +42,9 @@ pub enum Packing {
     WholeHeads,
     /// Per task of `rows` query rows of one head: only the keys those rows see (at most `band`).
     Segments { rows: usize, band: usize },
+    /// Nothing packed: K/V read in place, keys split into chunks merged in a fixed order, all
+    /// query heads of a GQA group per pass ([`decode`]; for N_q·group ≤ [`DECODE_MAX_ROWS`]).
+    Decode,
 }
 
 /// What a tiled backend asks the runner to do.
@@ -52,6 +62,7 @@ impl Plan<'_> {
         match self.packing {
             Packing::WholeHeads => waves::min_bytes(p, self.isa),
             Packing::Segments { band, .. } => segments::bytes(p, self.isa, band),
+            Packing::Decode => decode::working_bytes(p),
         }
     }
 
@@ -60,6 +71,7 @@ impl Plan<'_> {
         match self.packing {
             Packing::WholeHeads => waves::run(self, args, out, lse),
             Packing::Segments { rows, band } => segments::run(self, args, out, lse, rows, band),
+            Packing::Decode => decode::run(self.name, self.isa, &|_b, i| (self.range)(i), args, out, lse),
         }
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! Memory: O(N_k·D) per KV head in flight plus O(block·D) scratch per thread.
 
-use super::Plan;
 use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes, tile_keys};
+use super::{Plan, bf16};
 use crate::attention::AttnArgs;
 use crate::budget::check_budget;
 use crate::error::Result;
@@ -16,16 +16,25 @@ use crate::simd::Isa;
 use crate::simd::flash::{KernelShape, pack_k, pack_v, padded_dim};
 use rayon::prelude::*;
 
+/// One KV head's packed K/V: f32 panels, or bf16 pairs for the AVX512_BF16 kernel.
+enum Packed {
+    F32(Vec<f32>, Vec<f32>),
+    Bf16(bf16::Packed),
+}
+
 /// Query rows per block.
 fn block_rows(shape: KernelShape) -> usize {
     16 * shape.mr
 }
 
 /// (packed K/V bytes of one KV head, scratch bytes of every thread of the current pool).
-fn wave_bytes(p: &Problem, shape: KernelShape) -> (u64, u64) {
-    let d = p.head_dim;
+fn wave_bytes(p: &Problem, isa: Isa) -> (u64, u64) {
+    let (d, shape) = (p.head_dim, isa.shape());
     let packed_keys = p.seq_k.div_ceil(shape.kp) * shape.kp;
-    let per_head = (packed_keys as u64).saturating_mul(((d + padded_dim(d)) * 4) as u64);
+    let per_head = match bf16::applies(isa, p) {
+        Some(_) => bf16::head_bytes(p),
+        None => (packed_keys as u64).saturating_mul(((d + padded_dim(d)) * 4) as u64),
+    };
     let threads = rayon::current_num_threads().max(1) as u64;
     let scratch = threads.saturating_mul(scratch_bytes(block_rows(shape), d, shape.mr, tile_keys(d, shape.kp)));
     (per_head, scratch)
@@ -33,7 +42,7 @@ fn wave_bytes(p: &Problem, shape: KernelShape) -> (u64, u64) {
 
 /// One KV head's panels plus every thread's scratch: the waves shrink to this before refusing.
 pub(super) fn min_bytes(p: &Problem, isa: Isa) -> Option<u64> {
-    let (per_head, scratch) = wave_bytes(p, isa.shape());
+    let (per_head, scratch) = wave_bytes(p, isa);
     per_head.checked_add(scratch)
 }
 
@@ -48,7 +57,8 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     let threads = rayon::current_num_threads().max(1);
     let tasks_per_kv = g * nq.div_ceil(bq);
     let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
-    let (per_head, scratch) = wave_bytes(p, shape);
+    let (per_head, scratch) = wave_bytes(p, isa);
+    let bf16_kernel = bf16::applies(isa, p);
     // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
     // packed panels so small heads do not pay one pool barrier each.
     let by_mem = ((32u64 << 20) / per_head.max(1)) as usize;
@@ -61,34 +71,43 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
 
     for w0 in (0..nkv).step_by(inflight) {
         let w1 = (w0 + inflight).min(nkv);
-        let packed: Vec<(Vec<f32>, Vec<f32>)> = (w0..w1)
+        let packed: Vec<Packed> = (w0..w1)
             .into_par_iter()
             .map(|kvh| {
+                if bf16_kernel.is_some() {
+                    return Packed::Bf16(bf16::pack_head(args, kvh * nk * d));
+                }
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
                 pack_k(args.k(), kvh * nk * d, 0, nk, d, shape.kp, &mut kb);
                 pack_v(args.v(), kvh * nk * d, 0, nk, d, shape.kp, &mut vb);
-                (kb, vb)
+                Packed::F32(kb, vb)
             })
             .collect();
         let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
         let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
         let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
-        tasks.into_par_iter().for_each_init(Scratch::default, |scr, (hi, bi, o, l)| {
-            let (kb, vb) = &packed[hi / g];
-            let spec = BlockSpec {
-                isa,
-                shape,
-                problem: p,
-                q: args.q(),
-                bh: w0 * g + hi,
-                i0: bi * bq,
-                kbase: 0,
-                range: &*plan.range,
-                nkeys: packed_keys,
-                tile,
-            };
-            run_query_block(&spec, kb, vb, scr, o, l);
-        });
+        tasks.into_par_iter().for_each_init(
+            Default::default,
+            |(scr, scr16): &mut (Scratch, bf16::Scratch), (hi, bi, o, l)| {
+                let spec = BlockSpec {
+                    isa,
+                    shape,
+                    problem: p,
+                    q: args.q(),
+                    bh: w0 * g + hi,
+                    i0: bi * bq,
+                    kbase: 0,
+                    range: &*plan.range,
+                    nkeys: packed_keys,
+                    tile,
+                };
+                match (&packed[hi / g], bf16_kernel) {
+                    (Packed::F32(kb, vb), _) => run_query_block(&spec, kb, vb, scr, o, l),
+                    (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
+                    (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
+                }
+            },
+        );
     }
     Ok(())
 }

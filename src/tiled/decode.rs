@@ -1,0 +1,369 @@
+//! Decode (split-KV, "flash-decoding") strategy: few query rows per KV head over a long KV cache.
+//!
+//! When N_q times the GQA group is at most [`DECODE_MAX_ROWS`], `flash-cpu` runs this instead of
+//! whole-head packing. Per (batch, KV head) the rows of **all** query heads of the group are one
+//! task set, so each K/V row is read once for all of them; K and V are read in place (f16, and
+//! bf16 without AVX512_BF16, are widened one block of [`KB`] keys at a time into per-thread
+//! scratch). The keys are split into fixed-size chunks ([`chunk_keys`], a function of N_k only);
+//! every (batch, KV head, chunk) is an independent rayon task producing a normalized partial O
+//! and LSE, and the partials are folded with [`merge_partials`] in chunk order. Results are
+//! therefore bitwise identical at any thread count.
+//!
+//! Key ranges come from one closure `(batch, row) -> [lo, hi)` ([`BatchRowRange`]): the
+//! problem's causal/window band, or per-batch key lengths (a KV cache filled to different
+//! lengths, FlashAttention's `seqused_k`: [`key_lengths_range`]). Inside a block, rows whose
+//! clamped ranges agree form strips of up to [`RB`] rows (the kernel never masks, and a row never
+//! reads a key outside its band).
+//!
+//! Complexity: O(B·H·allowed pairs·D) time, each K/V byte read once per call; memory
+//! O(B·H_kv·chunks·rows·D) for the partials (chunks ≤ 64 for N_k ≤ 2¹⁸) plus O(rows·D + KB·D)
+//! scratch per thread, nothing N_k-sized. Measured speed: `reports/decode.md`.
+
+use crate::attention::AttnArgs;
+use crate::budget::check_budget;
+use crate::error::{AttnError, Result};
+use crate::lse::merge_partials;
+use crate::problem::{DType, Problem};
+use crate::simd::Isa;
+use crate::simd::decode::{self as kernel, DecodeState, KB, RB, Strip};
+use crate::simd::flash::{finish_rows, padded_dim};
+use crate::tensor::TensorRef;
+use rayon::prelude::*;
+
+/// Most query rows per KV head (N_q · group) for which `flash-cpu` picks this strategy.
+pub const DECODE_MAX_ROWS: usize = 16;
+
+/// Row `i` of batch `b`: allowed keys `[lo, hi)` in absolute key indices.
+pub type BatchRowRange<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
+
+/// Whether `flash-cpu` runs `p` with the decode strategy.
+pub fn decode_applies(p: &Problem) -> bool {
+    p.seq_q.saturating_mul(p.group_size()) <= DECODE_MAX_ROWS
+}
+
+/// Keys per chunk: N_k / 64 rounded up to a multiple of 256, between 256 and 16384. A function
+/// of N_k only, so the split (hence the rounding) never depends on the thread count.
+pub fn chunk_keys(nk: usize) -> usize {
+    nk.div_ceil(64).div_ceil(256).clamp(1, 64) * 256
+}
+
+/// The band of row `i` of a batch whose cache holds `len` keys: `p`'s causal/window rule with
+/// N_k = `len` (bottom-right aligned to the batch's own length, as FlashAttention's
+/// `seqused_k`).
+pub fn band_with_len(p: &Problem, len: usize, i: usize) -> (usize, usize) {
+    if len == 0 {
+        return (0, 0);
+    }
+    Problem { seq_k: len, ..p.clone() }.key_range(i)
+}
+
+/// A [`BatchRowRange`] for per-batch key lengths; `InvalidArgument` (naming the value) when
+/// there is not one length per batch or a length exceeds N_k.
+pub fn key_lengths_range<'a>(p: &'a Problem, lens: &'a [usize]) -> Result<Box<BatchRowRange<'a>>> {
+    if lens.len() != p.batch {
+        return Err(AttnError::invalid(format!("{} key lengths given for batch {}", lens.len(), p.batch)));
+    }
+    if let Some((b, &l)) = lens.iter().enumerate().find(|&(_, &l)| l > p.seq_k) {
+        return Err(AttnError::invalid(format!("key length {l} of batch {b} exceeds seq_k {}", p.seq_k)));
+    }
+    Ok(Box::new(move |b, i| band_with_len(p, lens[b], i)))
+}
+
+/// Partials held at once: per (batch, KV head, chunk) `rows × (D + 1)` f32, plus one thread's
+/// scratch per pool thread.
+pub fn working_bytes(p: &Problem) -> Option<u64> {
+    let rows = (p.seq_q * p.group_size()) as u64;
+    let d = p.head_dim as u64;
+    let chunks = p.seq_k.div_ceil(chunk_keys(p.seq_k)) as u64;
+    let parts = (p.batch as u64 * p.kv_heads as u64).checked_mul(chunks)?.checked_mul(rows * (d + 1) * 4)?;
+    let dp = padded_dim(p.head_dim).div_ceil(32) as u64 * 32;
+    let scratch = (rows * (2 * dp + 3) + (RB * KB) as u64 + 2 * KB as u64 * d) * 4 + rows * dp * 2;
+    parts.checked_add(scratch.checked_mul(rayon::current_num_threads().max(1) as u64)?)
+}
+
+/// Per-thread scratch, reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    qh: Vec<u16>,
+    acc: Vec<f32>,
+    acc2: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    s: Vec<f32>,
+    kw: Vec<f32>,
+    vw: Vec<f32>,
+    ranges: Vec<(usize, usize)>,
+    strips: Vec<Strip>,
+}
+
+/// Strips of a block `[k0, k1)`: runs of consecutive rows (i-major order) with the same clamped
+/// range, cut at [`RB`] rows; rows that see no key of the block are left out.
+fn block_strips(ranges: &[(usize, usize)], k0: usize, k1: usize, strips: &mut Vec<Strip>) {
+    strips.clear();
+    let clamp = |&(lo, hi): &(usize, usize)| {
+        let (a, b) = (lo.clamp(k0, k1) - k0, hi.clamp(k0, k1) - k0);
+        (a, b.max(a))
+    };
+    let mut r = 0;
+    while r < ranges.len() {
+        let (lo, hi) = clamp(&ranges[r]);
+        let mut e = r + 1;
+        while e < ranges.len() && e - r < RB && clamp(&ranges[e]) == (lo, hi) {
+            e += 1;
+        }
+        if lo < hi {
+            strips.push(Strip { row0: r, rows: e - r, lo, hi });
+        }
+        r = e;
+    }
+}
+
+/// Calls `f(strips, b0, b1)` for each block `[b0, b1)` of [`KB`] keys of `[lo, hi)`.
+fn for_blocks(
+    ranges: &[(usize, usize)],
+    (lo, hi): (usize, usize),
+    strips: &mut Vec<Strip>,
+    mut f: impl FnMut(&[Strip], usize, usize),
+) {
+    for b0 in (lo..hi).step_by(KB) {
+        let b1 = (b0 + KB).min(hi);
+        block_strips(ranges, b0, b1, strips);
+        f(strips, b0, b1);
+    }
+}
+
+/// Which kernel a task runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    F32,
+    #[cfg(target_arch = "x86_64")]
+    Bf16(crate::simd::bf16::Avx512Bf16),
+}
+
+/// Runs the decode strategy for `args` with key ranges from `range`, on `isa` (bf16 inputs on
+/// `vdpbf16ps` when `isa` is [`Isa::Avx512Bf16`]).
+pub fn run(
+    name: &str,
+    isa: Isa,
+    range: &BatchRowRange<'_>,
+    args: &AttnArgs<'_>,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let p = args.problem();
+    check_budget(name, "decode partials", working_bytes(p))?;
+    let (nq, nk, d, g) = (p.seq_q, p.seq_k, p.head_dim, p.group_size());
+    let rows = nq * g;
+    let chunk = chunk_keys(nk);
+    let nchunks = nk.div_ceil(chunk);
+    let kernel = match (isa, p.dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Bf16, DType::BF16) => crate::simd::bf16::Avx512Bf16::new().map_or(Kernel::F32, Kernel::Bf16),
+        _ => Kernel::F32,
+    };
+
+    let units = p.batch * p.kv_heads * nchunks;
+    let mut part_o = vec![0.0f32; units * rows * d];
+    let mut part_l = vec![0.0f32; units * rows];
+    part_o.par_chunks_mut(rows * d).zip(part_l.par_chunks_mut(rows)).enumerate().for_each_init(
+        Scratch::default,
+        |scr, (u, (po, pl))| {
+            let (bk, c) = (u / nchunks, u % nchunks);
+            let (b, kvh) = (bk / p.kv_heads, bk % p.kv_heads);
+            let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
+            let task = Task { p, args, kernel, isa, b, kvh, rows, k0, k1 };
+            task.run(range, scr, po, pl);
+        },
+    );
+
+    // Fold the chunks of each (batch, KV head) in chunk order, then un-permute rows (i-major
+    // in the partials, head-major in the output).
+    let mut lse_tmp;
+    let lse = match lse {
+        Some(l) => l,
+        None => {
+            lse_tmp = vec![0.0f32; p.lse_len()];
+            &mut lse_tmp
+        }
+    };
+    let (part_o, part_l) = (&part_o, &part_l);
+    out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
+        let at = |c: usize| (bk * nchunks + c) * rows;
+        let mut mo = part_o[at(0) * d..(at(0) + rows) * d].to_vec();
+        let mut ml = part_l[at(0)..at(0) + rows].to_vec();
+        for c in 1..nchunks {
+            merge_partials(&mut mo, &mut ml, &part_o[at(c) * d..(at(c) + rows) * d], &part_l[at(c)..at(c) + rows], d)?;
+        }
+        for r in 0..rows {
+            let (i, hh) = (r / g, r % g);
+            let dst = hh * nq + i;
+            o[dst * d..(dst + 1) * d].copy_from_slice(&mo[r * d..(r + 1) * d]);
+            l[dst] = ml[r];
+        }
+        Ok(())
+    })
+}
+
+/// One (batch, KV head, chunk) task.
+struct Task<'a> {
+    p: &'a Problem,
+    args: &'a AttnArgs<'a>,
+    kernel: Kernel,
+    isa: Isa,
+    b: usize,
+    kvh: usize,
+    rows: usize,
+    k0: usize,
+    k1: usize,
+}
+
+impl Task<'_> {
+    fn run(&self, range: &BatchRowRange<'_>, scr: &mut Scratch, po: &mut [f32], pl: &mut [f32]) {
+        let (p, d, g, nq) = (self.p, self.p.head_dim, self.p.group_size(), self.p.seq_q);
+        // Rows in i-major order (r = i·g + hh): rows of one query position share a band.
+        scr.ranges.clear();
+        let (mut lo, mut hi) = (self.k1, self.k0);
+        for r in 0..self.rows {
+            let (a, b) = range(self.b, r / g);
+            scr.ranges.push((a, b));
+            if a.max(self.k0) < b.min(self.k1) {
+                lo = lo.min(a.max(self.k0));
+                hi = hi.max(b.min(self.k1));
+            }
+        }
+        if lo >= hi {
+            po.fill(0.0);
+            pl.fill(f32::NEG_INFINITY);
+            return;
+        }
+        let head0 = self.b * p.heads + self.kvh * g;
+        let q_at = |r: usize| ((head0 + r % g) * nq + r / g) * d;
+        let kv_base = (self.b * p.kv_heads + self.kvh) * p.seq_k * d;
+        let dp = padded_dim(d);
+        scr.m.resize(self.rows, 0.0);
+        scr.l.resize(self.rows, 0.0);
+        scr.s.resize(RB * KB, 0.0);
+        match self.kernel {
+            Kernel::F32 => {
+                scr.q.resize(self.rows * d, 0.0);
+                for r in 0..self.rows {
+                    self.args.q().read_f32(q_at(r), &mut scr.q[r * d..(r + 1) * d]);
+                }
+                scr.acc.resize(self.rows * dp, 0.0);
+                let mut st = DecodeState {
+                    d,
+                    q: &scr.q,
+                    scale_log2: p.scale * std::f32::consts::LOG2_E,
+                    acc: &mut scr.acc,
+                    m: &mut scr.m,
+                    l: &mut scr.l,
+                    s: &mut scr.s,
+                };
+                st.reset();
+                for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
+                    let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
+                    let next = s1..kv_base + (b1 + KB).min(hi) * d;
+                    let (k, v): (&[f32], &[f32]) = match (self.args.k(), self.args.v()) {
+                        (TensorRef::F32(k), TensorRef::F32(v)) => {
+                            kernel::prefetch(&k[next.clone()]);
+                            kernel::prefetch(&v[next]);
+                            (&k[s0..s1], &v[s0..s1])
+                        }
+                        (k, v) => {
+                            scr.kw.resize(s1 - s0, 0.0);
+                            scr.vw.resize(s1 - s0, 0.0);
+                            k.read_f32(s0, &mut scr.kw);
+                            v.read_f32(s0, &mut scr.vw);
+                            (&scr.kw, &scr.vw)
+                        }
+                    };
+                    kernel::run(self.isa, &mut st, k, v, strips);
+                });
+                finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Bf16(t) => self.run_bf16(t, scr, (lo, hi), q_at, kv_base, po, pl),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_bf16(
+        &self,
+        t: crate::simd::bf16::Avx512Bf16,
+        scr: &mut Scratch,
+        (lo, hi): (usize, usize),
+        q_at: impl Fn(usize) -> usize,
+        kv_base: usize,
+        po: &mut [f32],
+        pl: &mut [f32],
+    ) {
+        use crate::simd::bf16::{Bf16State, padded_dim32, process};
+        let (TensorRef::BF16(q), TensorRef::BF16(k), TensorRef::BF16(v)) =
+            (self.args.q(), self.args.k(), self.args.v())
+        else {
+            unreachable!("the bf16 kernel is chosen for bf16 inputs only")
+        };
+        let (d, d32) = (self.p.head_dim, padded_dim32(self.p.head_dim));
+        scr.qh.clear();
+        scr.qh.resize(self.rows * d32, 0);
+        for r in 0..self.rows {
+            for (x, y) in scr.qh[r * d32..r * d32 + d].iter_mut().zip(&q[q_at(r)..q_at(r) + d]) {
+                *x = y.to_bits();
+            }
+        }
+        let bits = |s: &[half::bf16]| -> &[u16] {
+            // SAFETY: `half::bf16` is `#[repr(transparent)]` over u16, so the slice is a valid
+            // `[u16]` of the same length and lifetime.
+            unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
+        };
+        scr.acc2.resize(self.rows * d32, 0.0);
+        let mut st = Bf16State {
+            d,
+            q: &scr.qh,
+            scale_log2: self.p.scale * std::f32::consts::LOG2_E,
+            acc: &mut scr.acc2,
+            m: &mut scr.m,
+            l: &mut scr.l,
+            s: &mut scr.s,
+        };
+        st.reset();
+        for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
+            let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
+            let next = s1..kv_base + (b1 + KB).min(hi) * d;
+            kernel::prefetch(&k[next.clone()]);
+            kernel::prefetch(&v[next]);
+            process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
+        });
+        st.finish_into(&mut scr.acc);
+        finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_depend_on_nk_only_and_stay_few() {
+        assert_eq!(chunk_keys(1), 256);
+        assert_eq!(chunk_keys(32768), 512);
+        for nk in [1usize, 255, 1000, 100_000, 262_144] {
+            assert!(nk.div_ceil(chunk_keys(nk)) <= 64, "{nk}");
+        }
+    }
+
+    #[test]
+    fn strips_group_equal_ranges_and_skip_empty_rows() {
+        let ranges = [(0, 10), (0, 10), (0, 10), (0, 10), (0, 10), (0, 12), (20, 30)];
+        let mut s = Vec::new();
+        block_strips(&ranges, 0, 16, &mut s);
+        let want = [
+            Strip { row0: 0, rows: 4, lo: 0, hi: 10 },
+            Strip { row0: 4, rows: 1, lo: 0, hi: 10 },
+            Strip { row0: 5, rows: 1, lo: 0, hi: 12 },
+        ];
+        assert_eq!(s, want);
+    }
+}
