@@ -14,7 +14,20 @@ pub struct KernelsArgs {
     pub json: bool,
 }
 
+#[cfg(not(feature = "cuda"))]
 pub fn run(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
+    for arch in &a.arch {
+        attnkit::cuda::validate_arch(arch)?;
+    }
+    Err(AttnError::Cuda("this attnkit was built without the `cuda` feature (no NVRTC); rebuild with it".into()))
+}
+
+#[cfg(feature = "cuda")]
+pub fn run(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
+    let nvrtc = attnkit::cuda::nvrtc().map_err(AttnError::Cuda)?;
+    if !a.json {
+        println!("NVRTC {}.{}: {}", nvrtc.version().0, nvrtc.version().1, nvrtc.path().display());
+    }
     let reports = attnkit::cuda::compile_report(&a.arch)?;
     let opt = |x: Option<u32>| x.map_or("-".to_string(), |v| v.to_string());
     if !a.json {
