@@ -88,7 +88,7 @@ fn inspect(lib: libloading::Library, name: &str) -> Result<(libloading::Library,
     let init_status = unsafe { init(0) };
     if init_status == CUDA_ERROR_STUB_LIBRARY || in_stubs_dir(&path) {
         return Err(format!(
-            "{name} is the CUDA toolkit's stub {} (not the NVIDIA driver); remove its folder from LD_LIBRARY_PATH",
+            "{name} resolves to the CUDA toolkit's stub {}, not the NVIDIA driver; remove its folder from LD_LIBRARY_PATH",
             path.display()
         ));
     }
@@ -111,7 +111,8 @@ fn probe() -> Result<(libloading::Library, DriverInfo), String> {
     // cudarc takes the first of its candidates that loads; it must be this same driver.
     for name in cudarc::get_lib_name_candidates("cuda") {
         let Some(other) = open(&name) else { continue };
-        let (_, other) = other.map_err(|e| format!("cudarc would load {e}"))?;
+        let (_, other) =
+            other.map_err(|e| format!("cudarc, which tries {name} first, would load the wrong library: {e}"))?;
         let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
         if !same(&other.path, &info.path) {
             return Err(format!(
