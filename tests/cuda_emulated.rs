@@ -11,8 +11,13 @@
 //! (FlashAttention's rule, the same as tests/cross_validation.rs); LSE within 1e-4·max(1, |LSE|),
 //! −∞ exactly where the band is empty. O is pre-filled with NaN, so an unwritten element fails.
 //!
+//! The kernel argument is the `FlashFwdParams` the GPU launch builds (`FlashLaunch::plan` plus the
+//! buffer addresses), passed by value with the plan's grid; a test compares that struct's layout
+//! with the C compiler's.
+//!
 //! What this proves: indexing, fragment layouts, masking, ragged tails, tile skipping, the online
 //! softmax, GQA mapping and the host-side launch plan. What it cannot: GPU-only races, speed.
+//! Runs with or without the `cuda` feature (it needs g++, not cudarc).
 
 mod common;
 

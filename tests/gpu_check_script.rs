@@ -5,9 +5,11 @@
 //! - its plumbing: with stand-ins for nvidia-smi, compute-sanitizer, ncu, the test binary, python
 //!   and attnkit that report success, every step runs, at most 8 files are written, the verdicts
 //!   and the speed table are in summary.md, and the exit status is 0 — and a stand-in `check` that
-//!   fails one shape turns the status to 1.
+//!   fails one shape, or a flash-cuda that `list` reports unavailable, turns the status to 1.
 //!
 //! Both take about a second; the GPU itself is exercised only when run.sh runs on a GPU machine.
+//! Needs the `cuda` feature: without it `attnkit list` has no driver/NVRTC lines to record.
+#![cfg(feature = "cuda")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -71,7 +73,7 @@ fn stand_in(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// run.sh with every external tool replaced; `check_fails_for` makes the fake `attnkit check`
 /// fail for argument lists containing that text.
-fn run_with_stand_ins(name: &str, check_fails_for: &str) -> (Output, PathBuf) {
+fn run_with_stand_ins(name: &str, check_fails_for: &str, flash_status: &str) -> (Output, PathBuf) {
     let dir = tmp(name);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -83,7 +85,7 @@ fn run_with_stand_ins(name: &str, check_fails_for: &str) -> (Output, PathBuf) {
         "attnkit",
         &format!(
             r#"case "$1" in
-  list) echo 'flash-cuda   exact   cuda  available'; echo 'CUDA driver: /x/libcuda.so.1 (CUDA driver API 13.0)'; echo 'NVRTC: 13.0 (/x/libnvrtc.so.13)';;
+  list) echo 'flash-cuda   exact   cuda  {flash_status}'; echo 'CUDA driver: /x/libcuda.so.1 (CUDA driver API 13.0)'; echo 'NVRTC: 13.0 (/x/libnvrtc.so.13)';;
   check) [[ "$*" == *"{check_fails_for}"* ]] && exit 1; echo PASS;;
   bench) for n in 2048 4096; do echo '{{"backend":"flash-cuda","seq":'$n',"dim":64,"causal":false,"dtype":"f16","gflops":150000.0}}'; done;;
 esac"#
@@ -116,7 +118,7 @@ esac"#,
 
 #[test]
 fn every_step_runs_and_writes_at_most_8_files() {
-    let (o, out_dir) = run_with_stand_ins("ok", "no such argument");
+    let (o, out_dir) = run_with_stand_ins("ok", "no such argument", "available");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let files = files_in(&out_dir);
     assert!(files.len() <= 8, "{files:?}");
@@ -145,8 +147,16 @@ fn every_step_runs_and_writes_at_most_8_files() {
 
 #[test]
 fn a_failing_check_fails_the_run() {
-    let (o, out_dir) = run_with_stand_ins("fail", "--dim 96 --dtype bf16");
+    let (o, out_dir) = run_with_stand_ins("fail", "--dim 96 --dtype bf16", "available");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
     assert!(summary.contains("attnkit check**: FAIL: 60/62"), "{summary}");
+}
+
+#[test]
+fn a_gpu_without_a_usable_flash_cuda_fails_the_environment_step() {
+    let (o, out_dir) = run_with_stand_ins("unavail", "no such argument", "unavailable (libnvrtc not found)");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(summary.contains("environment**: FAIL"), "{summary}");
 }
