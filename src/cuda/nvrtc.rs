@@ -133,6 +133,7 @@ impl Nvrtc {
         if s.is_null() {
             format!("NVRTC error {rc}")
         } else {
+            // SAFETY: non-null, NUL-terminated and static (NVRTC owns it).
             unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
         }
     }
