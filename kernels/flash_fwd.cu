@@ -1,9 +1,9 @@
 // flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out).
 //
-// Entry points: flash_fwd_{f16,bf16}_d{DP}, DP ∈ {32,48,64,80,96,128,160,192,256}. DP is the
-// *padded* head dim the variant is compiled for; the runtime head dim d (a multiple of 8, d ≤ DP)
-// is a kernel argument and columns d..DP are zero-filled in shared memory, so e.g. D=40 runs on
-// the d48 variant.
+// Entry points: flash_fwd_{f16,bf16}_d{DP}(FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
+// one struct argument passed by value. DP is the *padded* head dim the variant is compiled for;
+// the runtime head dim d (a multiple of 8, d ≤ DP) is a field of the argument and columns d..DP
+// are zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
 //
 // Design (one thread block = one tile of BR query rows of one (batch, head)):
 // - Grid (ceil(N_q/BR), H, B); 128 threads = 4 warps; warp w owns MT m16 row tiles (16·MT rows),
@@ -127,6 +127,24 @@ DEVI float fast_log2(float x) {
 #endif  // !ATTNKIT_EMU
 
 // ------------------------------------------------------------------------------------------
+// The kernel's one argument, passed by value (as FlashAttention's Flash_fwd_params). Mirrors
+// FlashFwdParams in src/cuda/params.rs field for field; tests/cuda_emulated.rs compares the two
+// layouts (offsetof here, offset_of! there). Arguments by value live in the constant bank, so
+// passing a struct costs no registers over 13 scalars.
+// ------------------------------------------------------------------------------------------
+struct FlashFwdParams {
+    const unsigned short* q;  // B·H·N_q·d, 16-bit
+    const unsigned short* k;  // B·H_kv·N_k·d, 16-bit
+    const unsigned short* v;  // B·H_kv·N_k·d, 16-bit
+    float* o;                 // B·H·N_q·d
+    float* lse;               // B·H·N_q
+    int batch, heads, kv_heads, nq, nk, d;
+    float scale_log2;         // softmax scale · log2(e)
+    int win_left, win_right;  // pre-clamped band, causal folded in; −1 = unbounded
+    int pad;                  // explicit tail padding (0)
+};
+
+// ------------------------------------------------------------------------------------------
 // Per-variant configuration. Keep in sync with src/cuda/variants.rs (a test compares them
 // through the emulator's attnkit_emu_config).
 // ------------------------------------------------------------------------------------------
@@ -197,6 +215,9 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
     constexpr int NTS = BC / 8;     // n8 tiles of S
     constexpr int NTO = DP / 8;     // n8 tiles of O
     constexpr int KSP = BC / 16;    // k-steps of P·V
+    // Q·Kᵀ k-steps unrolled: all of them, except for DP = 256 on sm_90, where full unrolling of
+    // the smem-fed A fragments leaves ptxas one register short (16 bytes of spills).
+    [[maybe_unused]] constexpr int KS_UNROLL = DP >= 256 ? 8 : KS;  // unused by the emulator (g++ ignores the pragma)
 
     DECLARE_DYNAMIC_SMEM(smem_raw);
     unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
@@ -273,7 +294,7 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
                     for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
                 }
             }
-#pragma unroll
+#pragma unroll KS_UNROLL
             for (int kk = 0; kk < KS; ++kk) {
                 unsigned a_tmp[QREG ? 1 : MT][4];
                 if (!QREG) {
@@ -419,13 +440,9 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
 // compiles only what it launches); without it every variant is instantiated.
 // ------------------------------------------------------------------------------------------
 #define FLASH_ENTRY(DT, IS_BF16, DP)                                                                           \
-    extern "C" __global__ void __launch_bounds__(FLASH_THREADS)                                                \
-        flash_fwd_##DT##_d##DP(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,     \
-                               const unsigned short* __restrict__ v, float* __restrict__ o,                    \
-                               float* __restrict__ lse, int heads, int kv_heads, int nq, int nk, int d,        \
-                               float scale_log2, int win_left, int win_right) {                                \
-        flash_fwd_body<DP, IS_BF16>(q, k, v, o, lse, heads, kv_heads, nq, nk, d, scale_log2, win_left,        \
-                                    win_right);                                                                \
+    extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##DT##_d##DP(const FlashFwdParams p) { \
+        flash_fwd_body<DP, IS_BF16>(p.q, p.k, p.v, p.o, p.lse, p.heads, p.kv_heads, p.nq, p.nk, p.d,            \
+                                    p.scale_log2, p.win_left, p.win_right);                                    \
     }
 
 #define FLASH_ALL_VARIANTS(X)                                                                                  \

@@ -46,11 +46,9 @@ pub enum AttnError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 
+    #[cfg(feature = "cuda")]
     #[error("CUDA driver error: {0}")]
     CudaDriver(#[from] cudarc::driver::DriverError),
-
-    #[error("NVRTC compile error: {0}")]
-    Nvrtc(#[from] cudarc::nvrtc::CompileError),
 
     /// Anything CUDA-side that is not a driver or NVRTC error code (missing library, bad PTX log, ...).
     #[error("CUDA: {0}")]

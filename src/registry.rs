@@ -21,6 +21,7 @@ fn registry() -> &'static [(&'static str, Factory)] {
                 o.block_size.unwrap_or(backends::local_block::DEFAULT_BLOCK),
             )?))
         }),
+        #[cfg(feature = "cuda")]
         ("flash-cuda", |_| Ok(Box::new(backends::flash_cuda::FlashCuda::new()))),
         ("auto", |o| Ok(Box::new(auto(o)))),
         ("linformer", |o| Ok(Box::new(backends::linformer::Linformer::from_options(o)?))),

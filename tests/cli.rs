@@ -378,7 +378,7 @@ fn report_writes_all_artefacts() {
 }
 
 #[test]
-fn kernels_subcommand_rejects_a_bad_arch_and_reports_when_nvrtc_is_present() {
+fn kernels_subcommand_rejects_a_bad_arch() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_attnkit"))
         .args(["kernels", "--arch", "sm_7x"])
         .output()
@@ -387,22 +387,4 @@ fn kernels_subcommand_rejects_a_bad_arch_and_reports_when_nvrtc_is_present() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("sm_7x") && !err.contains("panicked"), "{err}");
-    if let Err(why) = attnkit::cuda::nvrtc_available() {
-        println!("skip the NVRTC half: {why}");
-        return;
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attnkit"))
-        .args(["kernels", "--arch", "sm_80", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.len() >= 4, "one line per variant");
-    for v in &lines {
-        for key in ["kernel", "arch", "compiled", "registers", "spill_bytes", "shared_bytes"] {
-            assert!(v.get(key).is_some(), "missing {key} in {v}");
-        }
-        assert_eq!(v["compiled"], true);
-    }
 }

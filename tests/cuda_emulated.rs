@@ -11,39 +11,26 @@
 //! (FlashAttention's rule, the same as tests/cross_validation.rs); LSE within 1e-4·max(1, |LSE|),
 //! −∞ exactly where the band is empty. O is pre-filled with NaN, so an unwritten element fails.
 //!
+//! The kernel argument is the `FlashFwdParams` the GPU launch builds (`FlashLaunch::plan` plus the
+//! buffer addresses), passed by value with the plan's grid; a test compares that struct's layout
+//! with the C compiler's.
+//!
 //! What this proves: indexing, fragment layouts, masking, ragged tails, tile skipping, the online
 //! softmax, GQA mapping and the host-side launch plan. What it cannot: GPU-only races, speed.
+//! Runs with or without the `cuda` feature (it needs g++, not cudarc).
 
 mod common;
 
 use attnkit::backends::reference::attention_f64;
-use attnkit::cuda::{FlashLaunch, variants};
+use attnkit::cuda::{FlashFwdParams, FlashLaunch, variants};
 use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{AttnArgs, DType, Problem, Tensor, Window};
 use std::ffi::c_char;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-type RunFn = unsafe extern "C" fn(
-    i32,
-    i32,
-    *const u16,
-    *const u16,
-    *const u16,
-    *mut f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    f32,
-    i32,
-    i32,
-    *mut c_char,
-    usize,
-) -> i32;
+type RunFn = unsafe extern "C" fn(i32, i32, u32, u32, u32, FlashFwdParams, *mut c_char, usize) -> i32;
+type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
 type ConfigFn = unsafe extern "C" fn(i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
 
 const SOURCES: [&str; 3] = [
@@ -135,6 +122,19 @@ fn emulator_config_matches_rust_variant_table() {
     }
 }
 
+#[test]
+fn params_layout_matches_the_c_compiler() {
+    let lib = require_emu!();
+    // SAFETY: symbol type matches attnkit_emu_params_layout in kernels/emu/driver.cpp.
+    let layout: libloading::Symbol<LayoutFn> = unsafe { lib.get(b"attnkit_emu_params_layout") }.expect("symbol");
+    let mut buf = vec![0 as c_char; 1024];
+    // SAFETY: buf has buf.len() bytes; the function NUL-terminates within them.
+    let n = unsafe { layout(buf.as_mut_ptr(), buf.len()) };
+    assert!(n > 0 && (n as usize) < buf.len(), "layout string of {n} bytes");
+    let c_side: String = buf.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect();
+    assert_eq!(c_side, FlashFwdParams::layout_string(), "kernels/flash_fwd.cu and src/cuda/params.rs disagree");
+}
+
 /// Extra shapes beyond the shared table, so every compiled variant (d48, d96, d160, d192) runs
 /// and tile skipping / decode-like shapes are covered: (name, B, H, H_kv, N_q, N_k, D, causal, window).
 #[allow(clippy::type_complexity)]
@@ -183,29 +183,19 @@ fn emulate(
     let mut err = vec![0 as c_char; 512];
     // SAFETY: symbol type matches attnkit_emu_flash_fwd in kernels/emu/driver.cpp.
     let run: libloading::Symbol<RunFn> = unsafe { lib.get(b"attnkit_emu_flash_fwd") }.map_err(|e| e.to_string())?;
-    // SAFETY: every buffer has the length the problem implies; err has err.len() bytes.
-    let rc = unsafe {
-        run(
-            l.variant.bf16 as i32,
-            l.variant.dp as i32,
-            qb.as_ptr(),
-            kb.as_ptr(),
-            vb.as_ptr(),
-            o.as_mut_ptr(),
-            lse.as_mut_ptr(),
-            p.batch as i32,
-            l.heads,
-            l.kv_heads,
-            l.nq,
-            l.nk,
-            l.d,
-            l.scale_log2,
-            l.win_left,
-            l.win_right,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
+    let addr = |p: *const u16| p as usize as u64;
+    let params = l.params.with_buffers(
+        addr(qb.as_ptr()),
+        addr(kb.as_ptr()),
+        addr(vb.as_ptr()),
+        o.as_mut_ptr() as usize as u64,
+        lse.as_mut_ptr() as usize as u64,
+    );
+    let (gx, gy, gz) = l.grid;
+    // SAFETY: the params' buffers live until the call returns and have the lengths the problem
+    // implies (the same contract as the GPU launch); err has err.len() bytes.
+    let rc =
+        unsafe { run(l.variant.bf16 as i32, l.variant.dp as i32, gx, gy, gz, params, err.as_mut_ptr(), err.len()) };
     if rc != 0 {
         return Err(err.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect());
     }

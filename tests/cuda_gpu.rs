@@ -1,9 +1,14 @@
 //! flash-cuda on a real GPU: cross-validation against the f64 reference over the shared shape
 //! table × {f32, f16, bf16} with the same rule as tests/cross_validation.rs (f32 judged at f16,
 //! since it is rounded to f16 on the way in), and the device-resident timing API.
-//! Every GPU test prints why and skips when the backend is unavailable (no driver, no device).
+//!
+//! Every GPU test prints why and skips when the backend is unavailable (no driver, no device, no
+//! NVRTC) — unless `ATTNKIT_REQUIRE_GPU=1`, which turns that skip into a failure, so a GPU run
+//! whose setup failed cannot pass (scripts/gpu-check/run.sh sets it). A test here runs the GPU
+//! tests as subprocesses with the variable set and checks that they fail on a machine without a GPU.
 //! Also checks the no-GPU behaviour: availability() is an Err naming the missing piece and
 //! forward() returns `AttnError::Unavailable`, without panicking.
+#![cfg(feature = "cuda")]
 
 mod common;
 
@@ -12,14 +17,49 @@ use attnkit::backends::reference::attention_f64;
 use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{Attention, AttnArgs, AttnError, DType, Problem, Tensor};
 
+/// The tests that need a GPU (each skips without one unless ATTNKIT_REQUIRE_GPU=1).
+const GPU_TESTS: [&str; 2] =
+    ["gpu_kernel_matches_reference_on_the_shape_table", "gpu_device_resident_bench_api_times_each_rep"];
+
+fn gpu_required() -> bool {
+    std::env::var("ATTNKIT_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
 fn backend_or_skip() -> Option<FlashCuda> {
     let b = FlashCuda::new();
     match b.availability() {
         Ok(()) => Some(b),
+        Err(why) if gpu_required() => panic!("ATTNKIT_REQUIRE_GPU=1 but flash-cuda is unavailable: {why}"),
         Err(why) => {
             eprintln!("SKIPPED: flash-cuda unavailable: {why}");
             None
         }
+    }
+}
+
+#[test]
+fn require_gpu_turns_every_skip_into_a_failure() {
+    if FlashCuda::new().availability().is_ok() {
+        eprintln!("a GPU is present: the GPU tests run for real, so there is no skip to turn into a failure");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    for name in GPU_TESTS {
+        let run = |require: &str| {
+            std::process::Command::new(&exe)
+                .args(["--exact", name, "--test-threads=1"])
+                .env("ATTNKIT_REQUIRE_GPU", require)
+                .output()
+                .expect("run the test binary")
+        };
+        let out = run("1");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{name} passed under ATTNKIT_REQUIRE_GPU=1 without a GPU:\n{text}");
+        assert!(text.contains("1 failed") && text.contains("ATTNKIT_REQUIRE_GPU=1 but"), "{name}:\n{text}");
+        // Without the variable the same test skips (passes), so the failure above is the variable's doing.
+        let out = run("0");
+        assert!(out.status.success(), "{name} failed without ATTNKIT_REQUIRE_GPU");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{name} did not run");
     }
 }
 
@@ -68,6 +108,7 @@ fn unsupported_head_dims_are_reported() {
 fn gpu_kernel_matches_reference_on_the_shape_table() {
     let Some(b) = backend_or_skip() else { return };
     let mut failures = Vec::new();
+    let mut checked = 0;
     for case in common::shape_table() {
         for dtype in DType::ALL {
             let p = case.problem.clone().with_dtype(dtype);
@@ -85,6 +126,7 @@ fn gpu_kernel_matches_reference_on_the_shape_table() {
                     continue;
                 }
             };
+            checked += 1;
             let (oracle, oracle_lse) = attention_f64(&args);
             let precision = b.compute_precision(&args);
             let stats = compare(&got.out, &oracle);
@@ -107,13 +149,46 @@ fn gpu_kernel_matches_reference_on_the_shape_table() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    // Every table row but d7_odd (head_dim not a multiple of 8) in three dtypes.
+    assert_eq!(checked, 3 * (common::shape_table().len() - 1), "shapes checked");
 }
 
 #[test]
-fn device_resident_bench_api_times_each_rep() {
+fn gpu_device_resident_bench_api_times_each_rep() {
     let Some(b) = backend_or_skip() else { return };
     let p = Problem::new(1, 4, 1024, 128).with_causal(true).with_dtype(DType::BF16);
     let times = b.bench_device(&p, 3).expect("bench_device");
     assert_eq!(times.len(), 3);
     assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "{times:?}");
+}
+
+/// Until flash-cuda has passed the device check on a real GPU, `auto` must not pick it unless
+/// asked to: its auto rank is `None` without `ATTNKIT_AUTO_CUDA=1`, and 0 (first) for 16-bit
+/// problems with it. The opted-in half runs as a subprocess, so no test changes this process's
+/// environment.
+#[test]
+fn auto_does_not_pick_flash_cuda_unless_opted_in() {
+    let f16 = Problem::new(1, 2, 64, 64).with_dtype(DType::F16);
+    if std::env::var_os("ATTNKIT_AUTO_CUDA").is_none() {
+        assert_eq!(FlashCuda::new().auto_rank(&f16), None);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "auto_rank_when_opted_in", "--ignored", "--test-threads=1"])
+        .env("ATTNKIT_AUTO_CUDA", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+#[ignore = "run by auto_does_not_pick_flash_cuda_unless_opted_in with ATTNKIT_AUTO_CUDA=1"]
+fn auto_rank_when_opted_in() {
+    assert_eq!(std::env::var("ATTNKIT_AUTO_CUDA").as_deref(), Ok("1"));
+    let b = FlashCuda::new();
+    for dtype in [DType::F16, DType::BF16] {
+        assert_eq!(b.auto_rank(&Problem::new(1, 2, 64, 64).with_dtype(dtype)), Some(0), "{dtype}");
+    }
+    // f32 would be rounded to 16 bits: never chosen for it.
+    assert_eq!(b.auto_rank(&Problem::new(1, 2, 64, 64)), None);
 }

@@ -1,45 +1,47 @@
-//! NVRTC compiles every flash-cuda kernel variant for sm_80 and sm_90, and (when `ptxas` is on
-//! PATH) the assembled kernels spill nothing.
+//! NVRTC compiles every flash-cuda kernel variant for sm_80 and sm_90 with each CUDA major the
+//! project supports (12 and 13), each library loaded explicitly by path, and the assembled
+//! kernels (ptxas of the same major) spill nothing.
 //!
-//! Without libnvrtc these tests print why and skip; with `ATTNKIT_REQUIRE_NVRTC=1` (CI) a missing
-//! libnvrtc or ptxas is a failure instead. See .ci/cuda-wheels.sh for the CPU-only setup.
+//! Toolkits come from `ATTNKIT_NVRTC_12`/`ATTNKIT_PTXAS_12` and `ATTNKIT_NVRTC_13`/
+//! `ATTNKIT_PTXAS_13` (set by .ci/cuda-wheels.sh). A missing one is skipped with a message; with
+//! `ATTNKIT_REQUIRE_NVRTC=1` (CI) both majors, their ptxas, and the process-wide NVRTC are required.
+#![cfg(feature = "cuda")]
 
-use attnkit::cuda::{FLASH_FWD_SRC, compile, compile_report, nvrtc_available, ptxas_path, variants};
+use attnkit::cuda::{FLASH_FWD_SRC, Nvrtc, compile, compile_report, compile_report_with, nvrtc, variants};
+use std::path::PathBuf;
 
 fn required() -> bool {
     std::env::var("ATTNKIT_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
 }
 
-/// `true` when NVRTC can run; otherwise skips (prints why) or fails under ATTNKIT_REQUIRE_NVRTC=1.
-fn nvrtc_or_skip() -> bool {
-    match nvrtc_available() {
-        Ok(()) => true,
-        Err(why) if required() => panic!("ATTNKIT_REQUIRE_NVRTC=1 but {why}"),
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            false
-        }
-    }
+/// Prints why and returns `false`, or fails under ATTNKIT_REQUIRE_NVRTC=1.
+fn skip(why: &str) -> bool {
+    assert!(!required(), "ATTNKIT_REQUIRE_NVRTC=1 but {why}");
+    eprintln!("SKIPPED: {why}");
+    false
 }
 
-#[test]
-fn every_variant_compiles_for_sm80_and_sm90_without_spills() {
-    if !nvrtc_or_skip() {
-        return;
-    }
+/// (NVRTC library, ptxas) of CUDA `major` from the environment.
+fn toolkit(major: i32) -> Option<(PathBuf, PathBuf)> {
+    let var = |what: &str| std::env::var_os(format!("ATTNKIT_{what}_{major}")).map(PathBuf::from);
+    Some((var("NVRTC")?, var("PTXAS")?))
+}
+
+fn check_all_variants(major: i32) -> usize {
+    let Some((lib, ptxas)) = toolkit(major) else {
+        skip(&format!("ATTNKIT_NVRTC_{major} / ATTNKIT_PTXAS_{major} not set"));
+        return 0;
+    };
+    let nvrtc = Nvrtc::load(&lib).unwrap_or_else(|e| panic!("loading {}: {e}", lib.display()));
+    assert_eq!(nvrtc.version().0, major, "{} is NVRTC {:?}", lib.display(), nvrtc.version());
+    assert_eq!(attnkit::cuda::ptxas_major(&ptxas), Some(major), "{} is not ptxas {major}", ptxas.display());
     let archs = ["sm_80".to_string(), "sm_90".to_string()];
-    let reports = compile_report(&archs).expect("compile_report");
+    let reports = compile_report_with(&nvrtc, Some(&ptxas), &archs).expect("compile_report");
     assert_eq!(reports.len(), archs.len() * variants().len());
-    for r in &reports {
-        assert!(r.compiled, "{} for {} failed: {:?}", r.kernel, r.arch, r.error);
-    }
-    if ptxas_path().is_none() {
-        assert!(!required(), "ATTNKIT_REQUIRE_NVRTC=1 but ptxas is not on PATH (needed for the spill check)");
-        eprintln!("SKIPPED (spill check only): ptxas not on PATH");
-        return;
-    }
+    eprintln!("NVRTC {:?} from {}, ptxas {}", nvrtc.version(), nvrtc.path().display(), ptxas.display());
     eprintln!("{:<22} {:<6} {:>5} {:>6} {:>7} {:>7} {:>6}", "kernel", "arch", "regs", "spill", "smem", "blk/SM", "occ");
     for r in &reports {
+        assert!(r.compiled, "{} for {} failed: {:?}", r.kernel, r.arch, r.error);
         assert!(r.ptxas, "{} {}: ptxas figures missing ({:?})", r.kernel, r.arch, r.error);
         let regs = r.registers.expect("registers");
         eprintln!(
@@ -52,15 +54,29 @@ fn every_variant_compiles_for_sm80_and_sm90_without_spills() {
             r.blocks_per_sm.unwrap_or(0),
             100.0 * r.occupancy.unwrap_or(0.0)
         );
-        assert_eq!(r.spill_bytes, Some(0), "{} {} spills", r.kernel, r.arch);
+        assert_eq!(r.spill_bytes, Some(0), "{} {} spills with CUDA {major}", r.kernel, r.arch);
         assert!((1..=255).contains(&regs), "{} {}: {regs} registers", r.kernel, r.arch);
         assert!(r.blocks_per_sm.unwrap_or(0) >= 1, "{} {} cannot be resident", r.kernel, r.arch);
     }
+    reports.len()
+}
+
+#[test]
+fn every_variant_compiles_with_nvrtc_12_without_spills() {
+    let n = check_all_variants(12);
+    assert!(n == 0 || n == 2 * variants().len(), "checked {n}");
+}
+
+#[test]
+fn every_variant_compiles_with_nvrtc_13_without_spills() {
+    let n = check_all_variants(13);
+    assert!(n == 0 || n == 2 * variants().len(), "checked {n}");
 }
 
 #[test]
 fn single_variant_module_holds_only_that_entry_and_a_cubin() {
-    if !nvrtc_or_skip() {
+    if let Err(why) = nvrtc() {
+        skip(&why);
         return;
     }
     let v = variants().into_iter().find(|v| v.bf16 && v.dp == 128).expect("bf16 d128 variant");
@@ -68,6 +84,13 @@ fn single_variant_module_holds_only_that_entry_and_a_cubin() {
     assert!(c.ptx.contains(&format!(".entry {}(", v.kernel_name())), "entry missing");
     assert_eq!(c.ptx.matches(".entry ").count(), 1, "FLASH_ONLY_* should restrict the module to one entry");
     assert!(c.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "bf16 mma missing");
+    // One by-value struct argument of FlashFwdParams' size (80 bytes), not 13 scalars.
+    let size = std::mem::size_of::<attnkit::cuda::FlashFwdParams>();
+    assert!(
+        c.ptx.contains(&format!(".param .align 8 .b8 {}_param_0[{size}]", v.kernel_name())),
+        "by-value param missing"
+    );
+    assert!(!c.ptx.contains("_param_1"), "more than one kernel parameter");
     assert!(c.cubin.as_ref().is_some_and(|b| b.starts_with(b"\x7fELF")), "no CUBIN for a real arch");
 }
 
@@ -76,4 +99,26 @@ fn bad_arch_is_a_typed_error_everywhere() {
     // Checked before NVRTC is touched, so this runs on any machine.
     let e = compile_report(&["sm_80; rm -rf /".to_string()]).unwrap_err();
     assert!(e.to_string().contains("must look like sm_80"), "{e}");
+}
+
+#[test]
+fn kernels_subcommand_reports_every_variant_as_json() {
+    if let Err(why) = nvrtc() {
+        skip(&why);
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attnkit"))
+        .args(["kernels", "--arch", "sm_80", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), variants().len(), "one line per variant");
+    for v in &lines {
+        for key in ["kernel", "arch", "nvrtc", "compiled", "registers", "spill_bytes", "shared_bytes"] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["compiled"], true);
+    }
 }

@@ -1,5 +1,6 @@
 // driver.cpp — C ABI around the emulated flash_fwd kernels (see ../cuda_host_emu.hpp).
 // Built by tests/cuda_emulated.rs into a shared library with g++ -std=c++20 -pthread.
+// The kernel argument is the kernel source's own FlashFwdParams, passed through by value.
 #define ATTNKIT_EMU 1
 #include "../cuda_host_emu.hpp"
 #include "../flash_fwd.cu"
@@ -7,8 +8,7 @@
 #include <cstddef>
 
 namespace {
-using Entry = void (*)(const unsigned short*, const unsigned short*, const unsigned short*, float*, float*, int,
-                       int, int, int, int, float, int, int);
+using Entry = void (*)(const FlashFwdParams);
 
 struct Variant {
     int bf16, dp, br, bc, smem;
@@ -43,12 +43,25 @@ extern "C" int attnkit_emu_config(int bf16, int dp, int* br, int* bc, int* smem_
     return 0;
 }
 
-// Runs the emulated kernel. q: B·H·nq·d, k/v: B·H_kv·nk·d 16-bit values; o: B·H·nq·d, lse: B·H·nq.
-// Returns 0 on success, −1 for an unknown variant, −2 when the emulator caught a fault (message in err).
-extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, const unsigned short* q, const unsigned short* k,
-                                     const unsigned short* v, float* o, float* lse, int batch, int heads,
-                                     int kv_heads, int nq, int nk, int d, float scale_log2, int win_left,
-                                     int win_right, char* err, size_t err_len) {
+// Writes FlashFwdParams' layout as the C compiler sees it, "name=offset,…,size=S,align=A" (the
+// format of FlashFwdParams::layout_string in src/cuda/params.rs); returns the length written.
+extern "C" int attnkit_emu_params_layout(char* out, size_t len) {
+    std::string s;
+#define EMU_FIELD(F) s += std::string(#F "=") + std::to_string(offsetof(FlashFwdParams, F)) + ",";
+    EMU_FIELD(q) EMU_FIELD(k) EMU_FIELD(v) EMU_FIELD(o) EMU_FIELD(lse) EMU_FIELD(batch) EMU_FIELD(heads)
+    EMU_FIELD(kv_heads) EMU_FIELD(nq) EMU_FIELD(nk) EMU_FIELD(d) EMU_FIELD(scale_log2) EMU_FIELD(win_left)
+    EMU_FIELD(win_right) EMU_FIELD(pad)
+#undef EMU_FIELD
+    s += "size=" + std::to_string(sizeof(FlashFwdParams)) + ",align=" + std::to_string(alignof(FlashFwdParams));
+    copy_msg(s, out, len);
+    return static_cast<int>(s.size());
+}
+
+// Runs the emulated kernel over `grid` (the host's launch plan) with `p` exactly as the GPU
+// launch passes it. Returns 0 on success, −1 for an unknown variant, −2 when the emulator caught
+// a fault (message in err).
+extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, unsigned grid_x, unsigned grid_y, unsigned grid_z,
+                                     const FlashFwdParams p, char* err, size_t err_len) {
     const Variant* var = find(bf16, dp);
     if (var == nullptr) {
         copy_msg("no such variant", err, err_len);
@@ -59,16 +72,13 @@ extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, const unsigned short* q, 
         emu::global().buffers.clear();
         emu::global().first_error.clear();
     }
-    const size_t q_elems = static_cast<size_t>(batch) * heads * nq * d;
-    const size_t kv_elems = static_cast<size_t>(batch) * kv_heads * nk * d;
-    emu::register_buffer(q, q_elems * 2);
-    emu::register_buffer(k, kv_elems * 2);
-    emu::register_buffer(v, kv_elems * 2);
-    const emu::Dim3 grid{static_cast<unsigned>((nq + var->br - 1) / var->br), static_cast<unsigned>(heads),
-                         static_cast<unsigned>(batch)};
-    emu::launch(grid, emu::Dim3{FLASH_THREADS, 1, 1}, static_cast<size_t>(var->smem), [&] {
-        var->fn(q, k, v, o, lse, heads, kv_heads, nq, nk, d, scale_log2, win_left, win_right);
-    });
+    const size_t q_elems = static_cast<size_t>(p.batch) * p.heads * p.nq * p.d;
+    const size_t kv_elems = static_cast<size_t>(p.batch) * p.kv_heads * p.nk * p.d;
+    emu::register_buffer(p.q, q_elems * 2);
+    emu::register_buffer(p.k, kv_elems * 2);
+    emu::register_buffer(p.v, kv_elems * 2);
+    emu::launch(emu::Dim3{grid_x, grid_y, grid_z}, emu::Dim3{FLASH_THREADS, 1, 1}, static_cast<size_t>(var->smem),
+                [&] { var->fn(p); });
     std::lock_guard<std::mutex> l(emu::global().mu);
     if (!emu::global().first_error.empty()) {
         copy_msg(emu::global().first_error, err, err_len);

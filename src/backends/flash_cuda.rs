@@ -9,9 +9,11 @@
 //!
 //! Host side: the source is embedded with `include_str!`, compiled by NVRTC on first use for the
 //! device's arch (CUBIN, so an older driver need not JIT newer PTX), one module per (dtype, head
-//! dim) variant, cached for the life of the backend. cudarc panics when libcuda or libnvrtc is
-//! missing, so both are probed with `is_culib_present` before any other cudarc call, and the
-//! remaining cudarc calls run under `catch_unwind` (a driver lacking a symbol also panics).
+//! dim) variant, cached for the life of the backend. The driver (`libcuda.so.1`, never a toolkit
+//! stub) and NVRTC (12 or 13, or `ATTNKIT_NVRTC`) are found by `crate::cuda` before any cudarc
+//! call, since cudarc panics when a library is missing; the cudarc calls run under `catch_unwind`
+//! (a driver lacking a symbol also panics). The kernel's one argument is
+//! [`FlashFwdParams`](crate::cuda::FlashFwdParams), passed by value.
 //!
 //! Complexity: O(B·H·N_q·N_k·D) FLOPs on tensor cores, O((N_q + N_k)·D) device memory per call
 //! (Q, K, V, O, LSE — no N×N buffer). f32 inputs are rounded to f16 (unit roundoff 2⁻¹¹) when
@@ -19,8 +21,9 @@
 //! dtype's accuracy, not f32's. f16/bf16 inputs are passed through bit-exactly.
 //!
 //! Caveats: sm_80 or newer only (cp.async, bf16 mma); no split-KV, so problems with very few
-//! (batch·head·q-tile) blocks under-fill the GPU. Speed: designed for ≥ 50% of FlashAttention-2's
-//! forward throughput at D = 64/128; not yet measured on a GPU (none was available).
+//! (batch·head·q-tile) blocks under-fill the GPU. Not yet run on a GPU (none was available), so
+//! `auto` picks it only with `ATTNKIT_AUTO_CUDA=1`; correctness and speed on a GPU are checked by
+//! `scripts/gpu-check/` and recorded in `kernels/README.md`.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
@@ -28,7 +31,10 @@ use crate::cuda::{self, FlashLaunch, Variant};
 use crate::error::{AttnError, Result};
 use crate::problem::{DType, Problem};
 use crate::tensor::TensorRef;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys,
+};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::borrow::Cow;
@@ -67,11 +73,15 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(AttnError::Cuda(format!("cudarc panicked during {what}"))))
 }
 
+// SAFETY: FlashFwdParams is #[repr(C)], Copy, holds only integers and floats (device addresses
+// as u64) and matches the kernel's `struct FlashFwdParams` (tests/cuda_emulated.rs compares the
+// layouts), so its bytes are a valid kernel argument.
+unsafe impl DeviceRepr for cuda::FlashFwdParams {}
+
 fn init_gpu() -> std::result::Result<Gpu, String> {
-    // SAFETY: is_culib_present only tries to dlopen candidate names of libcuda.
-    if !unsafe { sys::is_culib_present() } {
-        return Err("no CUDA driver found".to_string());
-    }
+    // The driver and NVRTC are found (and checked: no stub, a version that fits) before cudarc
+    // touches either, because cudarc panics on a missing library and loads stubs it finds first.
+    cuda::driver_info()?.ready()?;
     cuda::nvrtc_available()?;
     guarded("CUDA initialization", || {
         let count = CudaContext::device_count()?;
@@ -241,21 +251,33 @@ impl FlashCuda {
 
     /// Enqueues one forward pass on device-resident buffers (asynchronous on the stream).
     pub fn run_device(&self, bufs: &mut DeviceBuffers) -> Result<()> {
+        self.launch_between(bufs, || Ok(()))
+    }
+
+    /// Prepares the launch, calls `just_before` (e.g. records a start event), then launches.
+    fn launch_between(&self, bufs: &mut DeviceBuffers, just_before: impl FnOnce() -> Result<()>) -> Result<()> {
         let gpu = self.gpu()?;
         let f = gpu.function(bufs.launch.variant)?;
         let l = bufs.launch;
         let cfg = LaunchConfig { grid_dim: l.grid, block_dim: (cuda::THREADS, 1, 1), shared_mem_bytes: l.smem_bytes };
         guarded("kernel launch", || {
-            let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&bufs.q).arg(&bufs.k).arg(&bufs.v).arg(&mut bufs.o).arg(&mut bufs.lse);
-            b.arg(&l.heads).arg(&l.kv_heads).arg(&l.nq).arg(&l.nk).arg(&l.d);
-            b.arg(&l.scale_log2).arg(&l.win_left).arg(&l.win_right);
-            // SAFETY: the arguments match flash_fwd_*'s signature in order and type (3 × const
-            // u16*, 2 × float*, 5 × int, float, 2 × int). q/k/v/o/lse were allocated for exactly
-            // this launch's problem (B·H·N_q·D, B·H_kv·N_k·D, B·H·N_q elements); the kernel reads
-            // and writes only inside those extents (rows < N_q / N_k, columns < d, heads < H and
-            // H_kv via h / (H/H_kv)), and the dynamic smem size is what the variant declares and
-            // was enabled on the function when above 48 KB.
+            let s = &gpu.stream;
+            // The guards record the buffers' use on the stream when dropped, after the launch.
+            let (q, _gq) = bufs.q.device_ptr(s);
+            let (k, _gk) = bufs.k.device_ptr(s);
+            let (v, _gv) = bufs.v.device_ptr(s);
+            let (o, _go) = bufs.o.device_ptr_mut(s);
+            let (lse, _gl) = bufs.lse.device_ptr_mut(s);
+            let params = l.params.with_buffers(q, k, v, o, lse);
+            let mut b = s.launch_builder(&f);
+            b.arg(&params);
+            just_before()?;
+            // SAFETY: the kernel takes one FlashFwdParams by value (see the DeviceRepr impl).
+            // q/k/v/o/lse were allocated for exactly this launch's problem (B·H·N_q·D,
+            // B·H_kv·N_k·D, B·H·N_q elements) and stay alive until after the launch; the kernel
+            // reads and writes only inside those extents (rows < N_q / N_k, columns < d, heads <
+            // H and H_kv via h / (H/H_kv)), and the dynamic smem size is what the variant
+            // declares and was enabled on the function when above 48 KB.
             unsafe { b.launch(cfg) }?;
             Ok(())
         })
@@ -277,9 +299,10 @@ impl FlashCuda {
     }
 
     /// Times `reps` forward passes on inputs already on the device with CUDA events; returns
-    /// seconds per pass. Inputs are uniform in [−1, 1) (seeded), in `problem.dtype` (f32 → f16).
+    /// seconds per pass. Inputs: the crate's seeded normal generator, in `problem.dtype`
+    /// (f32 → f16). Each rep's start event is recorded after the host has prepared the launch
+    /// (kernel looked up, arguments built), right before the launch itself.
     pub fn bench_device(&self, problem: &Problem, reps: usize) -> Result<Vec<f64>> {
-        use rand::{RngExt, SeedableRng};
         let gpu = self.gpu()?;
         let mut p = problem.clone();
         if p.dtype == DType::F32 {
@@ -288,29 +311,24 @@ impl FlashCuda {
         p.validate()?;
         Self::plan(&p, p.dtype)?;
         gpu.check_memory(device_bytes(&p).unwrap_or(u64::MAX))?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-        let mut gen_t = |n: usize| -> crate::tensor::Tensor {
-            let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            crate::tensor::Tensor::from_f32(&data, p.dtype)
-        };
-        let (q, k, v) = (gen_t(p.q_len()), gen_t(p.kv_len()), gen_t(p.kv_len()));
+        let (q, k, v) = crate::seeded::normal_qkv(&p, 0x5eed);
         let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
         let mut bufs = self.upload(&args)?;
         self.run_device(&mut bufs)?; // warm-up: compiles and loads the module
-        guarded("benchmark", || {
-            let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-            let mut times = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                let start = gpu.ctx.new_event(flags)?;
-                let stop = gpu.ctx.new_event(flags)?;
-                start.record(&gpu.stream)?;
-                self.run_device(&mut bufs)?;
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let (start, stop) =
+                guarded("event creation", || Ok((gpu.ctx.new_event(flags)?, gpu.ctx.new_event(flags)?)))?;
+            self.launch_between(&mut bufs, || guarded("event record", || Ok(start.record(&gpu.stream)?)))?;
+            guarded("benchmark", || {
                 stop.record(&gpu.stream)?;
                 stop.synchronize()?;
                 times.push(start.elapsed_ms(&stop)? as f64 / 1e3);
-            }
-            Ok(times)
-        })
+                Ok(())
+            })?;
+        }
+        Ok(times)
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod auto;
 pub mod flash_cpu;
+#[cfg(feature = "cuda")]
 pub mod flash_cuda;
 pub mod linformer;
 mod linformer_proj;

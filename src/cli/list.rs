@@ -1,4 +1,6 @@
-//! `attnkit list`
+//! `attnkit list`: every backend and its availability, then what the CUDA backend found (the
+//! driver library and its version, the NVRTC library and its version), so a GPU host's setup can
+//! be read off one command.
 
 use attnkit::AttnError;
 use std::process::ExitCode;
@@ -11,7 +13,32 @@ pub fn run() -> Result<ExitCode, AttnError> {
             None => "available".to_string(),
             Some(r) => format!("unavailable ({r})"),
         };
-        println!("{:<width$}  {:<6}  {:<4}  {status}", b.name, b.exactness.to_string(), b.device.to_string());
+        outln!("{:<width$}  {:<6}  {:<4}  {status}", b.name, b.exactness.to_string(), b.device.to_string())?;
+    }
+    outln!("")?;
+    for line in cuda_lines() {
+        outln!("{line}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_lines() -> Vec<String> {
+    let driver = match attnkit::cuda::driver_info() {
+        Ok(d) => match d.ready() {
+            Ok(()) => format!("CUDA driver: {d}"),
+            Err(why) => format!("CUDA driver: {d}; not usable: {why}"),
+        },
+        Err(why) => format!("CUDA driver: {why}"),
+    };
+    let nvrtc = match attnkit::cuda::nvrtc() {
+        Ok(n) => format!("NVRTC: {}.{} ({})", n.version().0, n.version().1, n.path().display()),
+        Err(why) => format!("NVRTC: {why}"),
+    };
+    vec![driver, nvrtc]
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_lines() -> Vec<String> {
+    vec!["CUDA: not built (this attnkit was built without the `cuda` feature)".to_string()]
 }

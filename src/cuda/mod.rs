@@ -3,14 +3,24 @@
 //! resource report (`ptxas -v`, theoretical occupancy).
 //!
 //! Nothing in this module needs a GPU; NVRTC is probed before use, so on a machine without
-//! libnvrtc every entry point returns an error instead of panicking.
+//! libnvrtc every entry point returns an error instead of panicking. The launch plan, the kernel
+//! argument and the ptxas parser build without the `cuda` feature (the emulator tests use them);
+//! the driver probe, NVRTC and [`compile_report`] need it.
 
+#[cfg(feature = "cuda")]
+mod driver;
+#[cfg(feature = "cuda")]
 mod nvrtc;
+mod params;
+mod ptxas;
 mod variants;
 
-pub use nvrtc::{
-    Compiled, PtxasInfo, compile, include_paths, nvrtc_available, parse_ptxas, ptxas_path, run_ptxas, validate_arch,
-};
+#[cfg(feature = "cuda")]
+pub use driver::{DriverInfo, driver_info};
+#[cfg(feature = "cuda")]
+pub use nvrtc::{Compiled, Nvrtc, compile, find_nvrtc, include_paths, nvrtc, nvrtc_available};
+pub use params::FlashFwdParams;
+pub use ptxas::{PtxasInfo, parse_ptxas, ptxas_for, ptxas_major, ptxas_path, run_ptxas};
 pub use variants::{FlashLaunch, HEAD_DIMS, THREADS, Variant, unsupported_reasons, variant_for, variants};
 
 use crate::error::{AttnError, Result};
@@ -19,11 +29,23 @@ use serde::Serialize;
 /// The forward kernel's source, compiled at run time by NVRTC.
 pub const FLASH_FWD_SRC: &str = include_str!("../../kernels/flash_fwd.cu");
 
+/// Checks an arch string of the form `sm_80`, `sm_90a`.
+pub fn validate_arch(arch: &str) -> Result<()> {
+    let ok = arch.strip_prefix("sm_").is_some_and(|r| {
+        r.len() >= 2
+            && r.chars().take_while(|c| c.is_ascii_digit()).count() >= 2
+            && r.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if ok { Ok(()) } else { Err(AttnError::invalid(format!("arch `{arch}` must look like sm_80 or sm_90a"))) }
+}
+
 /// Static figures of one kernel variant compiled for one arch.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelCompileReport {
     pub kernel: String,
     pub arch: String,
+    /// NVRTC version that compiled it, "major.minor".
+    pub nvrtc: String,
     pub compiled: bool,
     pub error: Option<String>,
     /// Registers per thread (`ptxas -v`).
@@ -86,19 +108,33 @@ pub fn theoretical_occupancy(arch: &str, registers: u32, shared_bytes: u32, thre
 ///
 /// Errors (instead of panicking) when libnvrtc is absent or an arch string is malformed. A
 /// variant that fails to compile is reported with `compiled: false` and NVRTC's log.
+#[cfg(feature = "cuda")]
 pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
     for a in archs {
         validate_arch(a)?;
     }
-    nvrtc_available().map_err(AttnError::Cuda)?;
-    let ptxas = ptxas_path();
+    let nvrtc = nvrtc().map_err(AttnError::Cuda)?;
+    compile_report_with(nvrtc, ptxas_for(nvrtc.version().0, nvrtc.path()).as_deref(), archs)
+}
+
+/// [`compile_report`] with a given NVRTC and ptxas (ptxas must be of NVRTC's CUDA major: an
+/// older one rejects the newer PTX ISA).
+#[cfg(feature = "cuda")]
+pub fn compile_report_with(
+    nvrtc: &Nvrtc,
+    ptxas: Option<&std::path::Path>,
+    archs: &[String],
+) -> Result<Vec<KernelCompileReport>> {
+    for a in archs {
+        validate_arch(a)?;
+    }
     let mut reports = Vec::new();
     for arch in archs {
         // One module with every variant; per-variant compiles only to attribute a failure.
-        let whole = compile(FLASH_FWD_SRC, arch, &[]);
+        let whole = nvrtc.compile(FLASH_FWD_SRC, arch, &[]);
         let mut per_entry = Vec::new();
         let mut ptxas_err = None;
-        if let (Ok(c), Some(px)) = (&whole, &ptxas) {
+        if let (Ok(c), Some(px)) = (&whole, ptxas) {
             match run_ptxas(px, &c.ptx, arch) {
                 Ok(v) => per_entry = v,
                 Err(e) => ptxas_err = Some(e.to_string()),
@@ -108,7 +144,7 @@ pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
             let name = v.kernel_name();
             let error = match &whole {
                 Ok(_) => ptxas_err.clone(),
-                Err(_) => compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
+                Err(_) => nvrtc.compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
             };
             let compiled = whole.is_ok() || error.is_none();
             let info = per_entry.iter().find(|(n, _)| *n == name).map(|(_, i)| i.clone());
@@ -117,6 +153,7 @@ pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
             reports.push(KernelCompileReport {
                 kernel: name,
                 arch: arch.clone(),
+                nvrtc: format!("{}.{}", nvrtc.version().0, nvrtc.version().1),
                 compiled,
                 error,
                 registers: info.as_ref().map(|i| i.registers),
@@ -135,6 +172,16 @@ pub fn compile_report(archs: &[String]) -> Result<Vec<KernelCompileReport>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arch_strings_are_checked() {
+        for ok in ["sm_80", "sm_90", "sm_90a", "sm_120"] {
+            assert!(validate_arch(ok).is_ok(), "{ok}");
+        }
+        for bad in ["80", "sm_8", "compute_80", "sm_80;rm", ""] {
+            assert!(validate_arch(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn occupancy_follows_registers_and_smem() {

@@ -3,6 +3,7 @@
 //! The table here mirrors `FlashCfg<DP>` in the kernel source; tests/cuda_emulated.rs checks
 //! the two agree through the emulator's `attnkit_emu_config`.
 
+use super::params::FlashFwdParams;
 use crate::problem::{DType, Problem};
 
 /// Threads per block (4 warps).
@@ -111,16 +112,9 @@ pub struct FlashLaunch {
     /// (q tiles, heads, batch).
     pub grid: (u32, u32, u32),
     pub smem_bytes: u32,
-    pub heads: i32,
-    pub kv_heads: i32,
-    pub nq: i32,
-    pub nk: i32,
-    pub d: i32,
-    /// scale · log2(e): the kernel works in the exp2 domain.
-    pub scale_log2: f32,
-    /// Window bounds with causal folded in, clamped to the sequence lengths; −1 = unbounded.
-    pub win_left: i32,
-    pub win_right: i32,
+    /// The kernel argument with every scalar set and the buffer addresses still 0
+    /// (see [`FlashFwdParams::with_buffers`]).
+    pub params: FlashFwdParams,
 }
 
 impl FlashLaunch {
@@ -144,14 +138,18 @@ impl FlashLaunch {
             variant,
             grid: (q_tiles as u32, p.heads as u32, p.batch as u32),
             smem_bytes: variant.smem_bytes() as u32,
-            heads: p.heads as i32,
-            kv_heads: p.kv_heads as i32,
-            nq: p.seq_q as i32,
-            nk: p.seq_k as i32,
-            d: p.head_dim as i32,
-            scale_log2: p.scale * std::f32::consts::LOG2_E,
-            win_left,
-            win_right,
+            params: FlashFwdParams {
+                batch: p.batch as i32,
+                heads: p.heads as i32,
+                kv_heads: p.kv_heads as i32,
+                nq: p.seq_q as i32,
+                nk: p.seq_k as i32,
+                d: p.head_dim as i32,
+                scale_log2: p.scale * std::f32::consts::LOG2_E,
+                win_left,
+                win_right,
+                ..FlashFwdParams::default()
+            },
         })
     }
 }
@@ -190,10 +188,10 @@ mod tests {
             .with_window(Window::new(1 << 40, 1 << 40))
             .with_dtype(DType::F16);
         let l = FlashLaunch::plan(&p, DType::F16).unwrap();
-        assert_eq!((l.win_left, l.win_right), (300, 100));
+        assert_eq!((l.params.win_left, l.params.win_right), (300, 100));
         assert_eq!(l.grid, (100u32.div_ceil(128), 4, 2));
         let c = p.clone().with_causal(true);
-        assert_eq!(FlashLaunch::plan(&c, DType::F16).unwrap().win_right, 0);
+        assert_eq!(FlashLaunch::plan(&c, DType::F16).unwrap().params.win_right, 0);
         let r = FlashLaunch::plan(&Problem::new(1, 1, 8, 60), DType::F16).unwrap_err();
         assert!(r[0].contains("multiple of 8"), "{r:?}");
     }

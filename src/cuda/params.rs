@@ -1,0 +1,86 @@
+//! The kernel's one argument: `FlashFwdParams`, passed by value (as FlashAttention's
+//! `Flash_fwd_params`). The same struct is declared in `kernels/flash_fwd.cu`; the cudarc launch,
+//! the emulator driver (`kernels/emu/driver.cpp`) and the tests all fill this one definition, and
+//! `tests/cuda_emulated.rs` compares its layout with the C compiler's `offsetof`.
+
+use std::mem::offset_of;
+
+/// Arguments of `flash_fwd_{f16|bf16}_d{DP}`. Pointers are device addresses (`CUdeviceptr`) on a
+/// GPU and host addresses under emulation; both are 64-bit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlashFwdParams {
+    /// 16-bit Q, B·H·N_q·d elements.
+    pub q: u64,
+    /// 16-bit K, B·H_kv·N_k·d elements.
+    pub k: u64,
+    /// 16-bit V, B·H_kv·N_k·d elements.
+    pub v: u64,
+    /// f32 O, B·H·N_q·d elements.
+    pub o: u64,
+    /// f32 LSE, B·H·N_q elements.
+    pub lse: u64,
+    pub batch: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub nq: i32,
+    pub nk: i32,
+    pub d: i32,
+    /// scale · log2(e): the kernel works in the exp2 domain.
+    pub scale_log2: f32,
+    /// Window bounds with causal folded in, clamped to the sequence lengths; −1 = unbounded.
+    pub win_left: i32,
+    pub win_right: i32,
+    /// Explicit tail padding (always 0), so every byte the driver copies is initialized.
+    pub pad: i32,
+}
+
+impl FlashFwdParams {
+    /// (field, byte offset) in declaration order; the C side prints the same list.
+    pub const LAYOUT: [(&'static str, usize); 15] = [
+        ("q", offset_of!(Self, q)),
+        ("k", offset_of!(Self, k)),
+        ("v", offset_of!(Self, v)),
+        ("o", offset_of!(Self, o)),
+        ("lse", offset_of!(Self, lse)),
+        ("batch", offset_of!(Self, batch)),
+        ("heads", offset_of!(Self, heads)),
+        ("kv_heads", offset_of!(Self, kv_heads)),
+        ("nq", offset_of!(Self, nq)),
+        ("nk", offset_of!(Self, nk)),
+        ("d", offset_of!(Self, d)),
+        ("scale_log2", offset_of!(Self, scale_log2)),
+        ("win_left", offset_of!(Self, win_left)),
+        ("win_right", offset_of!(Self, win_right)),
+        ("pad", offset_of!(Self, pad)),
+    ];
+
+    /// The layout as `name=offset,…,size=S,align=A`, the format the emulator driver prints.
+    pub fn layout_string() -> String {
+        let fields: Vec<String> = Self::LAYOUT.iter().map(|(n, o)| format!("{n}={o}")).collect();
+        format!("{},size={},align={}", fields.join(","), size_of::<Self>(), align_of::<Self>())
+    }
+
+    /// These scalars with the five buffer addresses filled in.
+    pub fn with_buffers(self, q: u64, k: u64, v: u64, o: u64, lse: u64) -> Self {
+        Self { q, k, v, o, lse, ..self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_has_no_hidden_padding() {
+        // 5 pointers + 10 four-byte fields, 8-aligned: every byte belongs to a named field.
+        assert_eq!(size_of::<FlashFwdParams>(), 5 * 8 + 10 * 4);
+        let mut end = 0;
+        for (name, off) in FlashFwdParams::LAYOUT {
+            assert_eq!(off, end, "{name} is not packed after the previous field");
+            end += if off < 40 { 8 } else { 4 };
+        }
+        assert_eq!(end, size_of::<FlashFwdParams>());
+        assert!(FlashFwdParams::layout_string().ends_with("pad=76,size=80,align=8"));
+    }
+}
