@@ -6,7 +6,7 @@
 //! that into an [`attnkit::interop::strided::View4`] over a slice spanning exactly the elements
 //! the strides reach, so the gather (needed only for non-contiguous inputs) runs in safe code.
 //! The exporting object (the array, or the DLPack capsule, which holds a reference to the
-//! tensor) is kept in [`Borrowed::owner`] for as long as the slice is used.
+//! tensor) is kept in `Borrowed::_owner` for as long as the slice is used.
 //!
 //! Caveat: the kernel runs with the GIL released, like NumPy's own ufuncs. Another Python thread
 //! writing into an input during the call is a data race on those floats (as it is for NumPy);
@@ -60,7 +60,7 @@ pub struct Borrowed<'py> {
     strides: Vec<isize>,
     ptr: *const u8,
     /// Keeps the memory alive while `ptr` is used.
-    pub owner: Bound<'py, PyAny>,
+    _owner: Bound<'py, PyAny>,
 }
 
 fn value_err(e: AttnError) -> PyErr {
@@ -131,7 +131,7 @@ impl<'py> Borrowed<'py> {
                 bytes.iter().map(|b| b / size).collect()
             }
         };
-        Ok(Borrowed { dtype, shape, strides, ptr: addr as *const u8, owner: obj.clone() })
+        Ok(Borrowed { dtype, shape, strides, ptr: addr as *const u8, _owner: obj.clone() })
     }
 
     fn from_dlpack(name: &str, capsule: Bound<'py, PyAny>) -> PyResult<Self> {
@@ -140,7 +140,7 @@ impl<'py> Borrowed<'py> {
         // SAFETY: a capsule named "dltensor" holds a DLManagedTensor (the DLPack protocol), which
         // stays valid until the capsule is consumed or destroyed; we neither consume it (the name
         // stays "dltensor", so its destructor frees the tensor) nor let it go before the last use
-        // of the data, since the capsule is kept in `owner`. Shape and strides are read here,
+        // of the data, since the capsule is kept in `_owner`. Shape and strides are read here,
         // once, into owned vectors.
         let t = unsafe { &ptr.cast::<DlManagedTensor>().as_ref().dl_tensor };
         if t.device.device_type != KDL_CPU {
@@ -182,7 +182,7 @@ impl<'py> Borrowed<'py> {
         let strides =
             if t.strides.is_null() { c_strides(&shape) } else { read(t.strides).iter().map(|&s| s as isize).collect() };
         let base = (t.data as *const u8).wrapping_add(t.byte_offset as usize);
-        Ok(Borrowed { dtype, shape, strides, ptr: base, owner: capsule })
+        Ok(Borrowed { dtype, shape, strides, ptr: base, _owner: capsule })
     }
 
     /// The (B, H, N, D) view (rank 3 is (H, N, D) with B = 1) over exactly the memory the
@@ -219,7 +219,7 @@ impl<'py> Borrowed<'py> {
         }
         // SAFETY: the exporter promises that every element its shape and strides address is
         // valid, initialized memory of this dtype; [start, start + len) is exactly the span from
-        // the lowest to the highest such element, and `owner` keeps it alive for `'_`.
+        // the lowest to the highest such element, and `_owner` keeps it alive for `'_`.
         let data = unsafe { std::slice::from_raw_parts(start, len) };
         View4::new(name, data, (-lo) as usize, shape, strides).map_err(value_err)
     }

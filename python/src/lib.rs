@@ -20,7 +20,7 @@ use attnkit::{Attention, AttnError, AttnOutput, BackendOptions, DType, Problem, 
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,7 +155,7 @@ impl F32Buffer {
     #[getter]
     fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("shape", self.shape.clone())?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
         d.set_item("typestr", "<f4")?;
         d.set_item("data", (self.data.as_ptr() as usize, false))?;
         d.set_item("version", 3)?;
@@ -254,7 +254,8 @@ fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 }
 
 #[pymodule]
-fn attnkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
+#[pyo3(name = "attnkit")]
+fn attnkit_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
     m.add_function(wrap_pyfunction!(_time_in_rust, m)?)?;

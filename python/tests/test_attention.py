@@ -121,7 +121,7 @@ BAD = [
     ("kv heads", lambda q, k, v: (q[:, :3], k[:, :2], v[:, :2]), ValueError, "multiple of H_kv"),
     ("k vs v", lambda q, k, v: (q, k, v[:, :, :5]), ValueError, "must match"),
     ("rank 2", lambda q, k, v: (q[0, 0], k[0, 0], v[0, 0]), ValueError, "expected \\(B, H, N, D\\)"),
-    ("empty", lambda q, k, v: (q[:, :, :0], k, v), ValueError, "empty dimension"),
+    ("empty", lambda q, k, v: (q[:, :, :0], k, v), ValueError, "seq_q must be ≥ 1"),
     ("list", lambda q, k, v: (q.tolist(), k, v), TypeError, "not an array"),
     ("masked", lambda q, k, v: (np.ma.masked_array(q), k, v), None, None),
 ]
