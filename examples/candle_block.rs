@@ -20,7 +20,7 @@ impl Block {
     fn new(c: usize, heads: usize, dev: &Device) -> Result<Self> {
         let w = |rows: usize, cols: usize, seed: u64| {
             let v = attnkit::seeded::normal_values(rows * cols, seed);
-            (Tensor::from_vec(v, (rows, cols), dev)? / (rows as f64).sqrt())
+            Tensor::from_vec(v, (rows, cols), dev)? / (rows as f64).sqrt()
         };
         Ok(Block { wqkv: w(c, 3 * c, 1)?, wo: w(c, c, 2)?, heads })
     }

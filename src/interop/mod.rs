@@ -164,13 +164,16 @@ pub fn compute(
 mod tests {
     use super::*;
 
+    /// q, k, v shapes and a fragment of the error.
+    type ShapeCase<'a> = (&'a [usize], &'a [usize], &'a [usize], &'a str);
+
     /// Each bad shape triple and a fragment its error must contain.
     #[test]
     fn problem_from_shapes_names_the_mismatch() {
         let p = problem_from_shapes(&[2, 4, 10, 8], &[2, 2, 12, 8], &[2, 2, 12, 8]).unwrap();
         assert_eq!((p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_k, p.head_dim), (2, 4, 2, 10, 12, 8));
         let q = [1usize, 4, 10, 8];
-        let cases: [(&[usize], &[usize], &[usize], &str); 6] = [
+        let cases: [ShapeCase<'_>; 6] = [
             (&q, &[1, 4, 10], &[1, 4, 10], "same rank"),
             (&[4, 8], &[4, 8], &[4, 8], "expected (B, H, N, D)"),
             (&q, &[2, 4, 10, 8], &[2, 4, 10, 8], "batch differs"),

@@ -118,9 +118,11 @@ mod tests {
     use super::*;
 
     /// (shape, strides, offset, buffer length, in range?, contiguous?)
+    type BoundsCase = ([usize; 4], [isize; 4], usize, usize, bool, bool);
+
     #[test]
     fn bounds_and_contiguity() {
-        let cases: [([usize; 4], [isize; 4], usize, usize, bool, bool); 7] = [
+        let cases: [BoundsCase; 7] = [
             ([2, 3, 4, 5], [60, 20, 5, 1], 0, 120, true, true),
             ([2, 3, 4, 5], [60, 20, 5, 1], 1, 120, false, true),
             ([1, 3, 4, 5], [999, 20, 5, 1], 0, 60, true, true),
