@@ -236,8 +236,7 @@ fn c_strides(shape: &[usize]) -> Vec<isize> {
 
 /// Whether `obj` is a torch.Tensor (checked by module name, so torch need not be importable).
 pub fn is_torch(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let ty = obj.get_type();
-    Ok(ty.module()?.to_string().starts_with("torch") && ty.name()?.to_string() != "ndarray")
+    Ok(obj.get_type().module()?.to_string().starts_with("torch"))
 }
 
 impl std::fmt::Debug for Borrowed<'_> {
