@@ -1,4 +1,5 @@
-//! `attnkit run`: one backend on .npy inputs.
+//! `attnkit run`: one backend on .npy inputs, or (feature `safetensors`) on named tensors of a
+//! .safetensors file (src/safetensors_io.rs reads and writes those).
 //!
 //! Shapes: q is (B, H, N_q, D), k and v are (B, H_kv, N_k, D). Rank-3 arrays (H, N, D) are
 //! accepted as B = 1 (all three must then be rank 3) and the output keeps the rank of q. All
@@ -6,10 +7,12 @@
 
 use super::parse_window;
 use attnkit::bench::with_threads;
+use attnkit::interop::{common_dtype, problem_from_shapes};
 use attnkit::npy::{read_tensor, write_f32};
+use attnkit::tensor::Tensor;
 use attnkit::{AttnArgs, AttnError, BackendOptions, Window};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -62,10 +65,6 @@ pub struct RunArgs {
     #[arg(long)]
     pub block_size: Option<usize>,
 }
-
-use attnkit::interop::{common_dtype, problem_from_shapes};
-use attnkit::tensor::Tensor;
-use std::path::Path;
 
 /// One input: a `.npy` path, or with `--safetensors` a tensor name in that file.
 fn read_input(a: &RunArgs, arg: &Path) -> Result<(Tensor, Vec<usize>), AttnError> {
