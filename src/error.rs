@@ -43,6 +43,10 @@ pub enum AttnError {
     #[error("npy `{path}`: {reason}")]
     Npy { path: String, reason: String },
 
+    /// A `.safetensors` file could not be read or written, or lacks a named tensor.
+    #[error("safetensors `{path}`: {reason}")]
+    Safetensors { path: String, reason: String },
+
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 

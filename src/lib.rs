@@ -19,6 +19,7 @@ pub mod ceiling;
 pub mod cuda;
 pub mod error;
 pub mod inputs;
+pub mod interop;
 pub mod layer;
 pub mod linalg;
 pub mod lse;
@@ -26,6 +27,8 @@ pub mod npy;
 pub mod options;
 pub mod problem;
 pub mod registry;
+#[cfg(feature = "safetensors")]
+pub mod safetensors_io;
 pub mod seeded;
 pub mod simd;
 pub mod tensor;
@@ -39,6 +42,12 @@ pub use lse::merge_partials;
 pub use problem::{DType, Problem, Window};
 pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
 pub use tensor::{Tensor, TensorRef};
+
+// The interop doors, each behind its own off-by-default feature (see src/interop/mod.rs).
+#[cfg(feature = "candle")]
+pub use interop::candle;
+#[cfg(feature = "ndarray")]
+pub use interop::ndarray;
 
 /// The README's Rust example runs as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -1,15 +1,18 @@
-//! `attnkit run`: one backend on .npy inputs.
+//! `attnkit run`: one backend on .npy inputs, or (feature `safetensors`) on named tensors of a
+//! .safetensors file (src/safetensors_io.rs reads and writes those).
 //!
 //! Shapes: q is (B, H, N_q, D), k and v are (B, H_kv, N_k, D). Rank-3 arrays (H, N, D) are
 //! accepted as B = 1 (all three must then be rank 3) and the output keeps the rank of q. All
 //! three inputs must share one dtype (float32 or float16); the output (and LSE) is float32.
 
 use super::parse_window;
-use attnkit::npy::{read_tensor, shape4, write_f32};
+use attnkit::interop::{common_dtype, problem_from_shapes};
+use attnkit::npy::{read_tensor, write_f32};
+use attnkit::tensor::Tensor;
 use attnkit::threads::with_threads;
-use attnkit::{AttnArgs, AttnError, BackendOptions, Problem, Window};
+use attnkit::{AttnArgs, AttnError, BackendOptions, Window};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -17,6 +20,10 @@ pub struct RunArgs {
     /// Backend name (see `attnkit list`).
     #[arg(long)]
     pub backend: String,
+    /// Read --q, --k and --v as tensor names in this .safetensors file (memory-mapped).
+    #[cfg(feature = "safetensors")]
+    #[arg(long)]
+    pub safetensors: Option<PathBuf>,
     /// Queries, .npy (B, H, N_q, D) or (H, N_q, D).
     #[arg(long)]
     pub q: PathBuf,
@@ -38,10 +45,11 @@ pub struct RunArgs {
     /// Threads in the rayon pool (default all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Output path (float32 .npy, shape of q).
+    /// Output path (float32 .npy, shape of q; .safetensors holds it as `out`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Also write the log-sum-exp per query row (float32 .npy, (B, H, N_q) or (H, N_q)).
+    /// Also write the log-sum-exp per query row (float32 .npy, (B, H, N_q) or (H, N_q);
+    /// .safetensors holds it as `lse`).
     #[arg(long)]
     pub lse: Option<PathBuf>,
     /// Linformer's projected length k.
@@ -58,32 +66,24 @@ pub struct RunArgs {
     pub block_size: Option<usize>,
 }
 
-fn rank_error(name: &str, shape: &[usize]) -> AttnError {
-    AttnError::shape(format!("{name} has shape {shape:?}; expected (B, H, N, D) or (H, N, D)"))
+/// One input: a `.npy` path, or with `--safetensors` a tensor name in that file.
+fn read_input(a: &RunArgs, arg: &Path) -> Result<(Tensor, Vec<usize>), AttnError> {
+    #[cfg(feature = "safetensors")]
+    if let Some(file) = &a.safetensors {
+        return attnkit::safetensors_io::read_tensor(file, &arg.to_string_lossy());
+    }
+    let _ = a;
+    read_tensor(arg)
 }
 
-/// The problem the three shapes describe; errors name the disagreeing values.
-pub fn problem_from_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<Problem, AttnError> {
-    if !(q.len() == k.len() && k.len() == v.len()) {
-        return Err(AttnError::shape(format!("q, k, v must have the same rank; got shapes {q:?}, {k:?}, {v:?}")));
+/// Writes `data` as float32 `.npy`, or as tensor `name` of a `.safetensors` file.
+fn write_output(path: &Path, name: &str, shape: &[usize], data: &[f32]) -> Result<(), AttnError> {
+    #[cfg(feature = "safetensors")]
+    if attnkit::safetensors_io::is_safetensors_path(path) {
+        return attnkit::safetensors_io::write_f32(path, &[(name, shape, data)]);
     }
-    let [b, h, nq, d] = shape4(q).ok_or_else(|| rank_error("q", q))?;
-    let [bk, hk, nk, dk] = shape4(k).ok_or_else(|| rank_error("k", k))?;
-    if bk != b {
-        return Err(AttnError::shape(format!("batch differs: q has B={b}, k/v have B={bk}")));
-    }
-    if dk != d {
-        return Err(AttnError::shape(format!("head dim differs: q has D={d}, k/v have D={dk}")));
-    }
-    if hk == 0 || h % hk != 0 {
-        return Err(AttnError::shape(format!("q has H={h} heads, k/v have H_kv={hk}; H must be a multiple of H_kv")));
-    }
-    if k != v {
-        return Err(AttnError::shape(format!("k has shape {k:?} but v has shape {v:?}; they must match")));
-    }
-    let p = Problem::new(b, h, nq, d).with_kv_heads(hk).with_seq_k(nk);
-    p.validate()?;
-    Ok(p)
+    let _ = name;
+    write_f32(path, shape, data)
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
@@ -95,27 +95,21 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
         ..Default::default()
     };
     let backend = attnkit::backend_with(&a.backend, &opts)?;
-    let (q, qs) = read_tensor(&a.q)?;
-    let (k, ks) = read_tensor(&a.k)?;
-    let (v, vs) = read_tensor(&a.v)?;
+    let (q, qs) = read_input(a, &a.q)?;
+    let (k, ks) = read_input(a, &a.k)?;
+    let (v, vs) = read_input(a, &a.v)?;
     let mut p = problem_from_shapes(&qs, &ks, &vs)?;
-    let dtypes = [q.as_ref().dtype(), k.as_ref().dtype(), v.as_ref().dtype()];
-    if dtypes.iter().any(|d| *d != dtypes[0]) {
-        return Err(AttnError::invalid(format!(
-            "q, k, v must share a dtype; got {}, {}, {}",
-            dtypes[0], dtypes[1], dtypes[2]
-        )));
-    }
-    p = p.with_dtype(dtypes[0]).with_causal(a.causal).with_window(a.window.unwrap_or_default());
+    let dtype = common_dtype(q.as_ref().dtype(), k.as_ref().dtype(), v.as_ref().dtype())?;
+    p = p.with_dtype(dtype).with_causal(a.causal).with_window(a.window.unwrap_or_default());
     if let Some(s) = a.scale {
         p = p.with_scale(s);
     }
     p.validate()?;
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
     let out = with_threads(a.threads, || backend.forward(&args, a.lse.is_some()))??;
-    write_f32(&a.out, &qs, &out.out)?;
+    write_output(&a.out, "out", &qs, &out.out)?;
     if let (Some(path), Some(lse)) = (&a.lse, &out.lse) {
-        write_f32(path, &qs[..qs.len() - 1], lse)?;
+        write_output(path, "lse", &qs[..qs.len() - 1], lse)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,175 @@
+//! The candle door (feature `candle`) on the shared shape table, every dtype:
+//! - against candle's own matmul → softmax → matmul (in f32 from the same rounded inputs), within
+//!   FlashAttention's tolerance rule (validate::exact_tolerance at the input dtype) widened by
+//!   candle's own distance from the f64 oracle;
+//! - bitwise equal to calling the same attnkit backend directly and rounding to the input dtype,
+//!   for (B, H, N, D), (B, N, H, D) and strided views (transposed, narrowed), so the door adds
+//!   no error of its own whatever the layout;
+//! - bad inputs give errors, never panics.
+
+mod common;
+
+use attnkit::interop::{AttnOptions, Layout};
+use attnkit::validate::{compare, exact_tolerance, oracle};
+use attnkit::{AttnArgs, DType, Problem};
+use candle_core::{D, DType as CDType, Device, Tensor};
+
+fn to_candle(t: &attnkit::Tensor, shape: (usize, usize, usize, usize)) -> Tensor {
+    let dev = Device::Cpu;
+    match t {
+        attnkit::Tensor::F32(v) => Tensor::from_vec(v.clone(), shape, &dev),
+        attnkit::Tensor::F16(v) => Tensor::from_vec(v.clone(), shape, &dev),
+        attnkit::Tensor::BF16(v) => Tensor::from_vec(v.clone(), shape, &dev),
+    }
+    .unwrap()
+}
+
+fn to_f32_vec(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(CDType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// candle's matmul → softmax → matmul in f32, with K/V heads repeated for GQA and the band mask
+/// as −∞; rows with an empty band come out NaN there and are set to 0 (attnkit's definition).
+fn candle_reference(p: &Problem, q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
+    let g = p.group_size();
+    let expand = |t: &Tensor| {
+        let t = t.to_dtype(CDType::F32).unwrap().unsqueeze(2).unwrap();
+        t.expand((p.batch, p.kv_heads, g, p.seq_k, p.head_dim))
+            .unwrap()
+            .reshape((p.batch, p.heads, p.seq_k, p.head_dim))
+            .unwrap()
+    };
+    let (k, v) = (expand(k), expand(v));
+    let q = q.to_dtype(CDType::F32).unwrap();
+    let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * p.scale as f64).unwrap();
+    let mut mask = vec![f32::NEG_INFINITY; p.seq_q * p.seq_k];
+    for i in 0..p.seq_q {
+        let (lo, hi) = p.key_range(i);
+        mask[i * p.seq_k + lo..i * p.seq_k + hi].fill(0.0);
+    }
+    let mask = Tensor::from_vec(mask, (p.seq_q, p.seq_k), &Device::Cpu).unwrap();
+    let s = s.broadcast_add(&mask).unwrap();
+    let e = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+    let prob = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    let mut out = to_f32_vec(&prob.matmul(&v).unwrap());
+    for (row, chunk) in out.chunks_mut(p.head_dim).enumerate() {
+        let (lo, hi) = p.key_range(row % p.seq_q);
+        if lo >= hi {
+            chunk.fill(0.0);
+        }
+    }
+    out
+}
+
+fn options(p: &Problem) -> AttnOptions {
+    AttnOptions::default().with_backend("flash-cpu").with_causal(p.causal).with_window(p.window)
+}
+
+#[test]
+fn matches_candle_matmul_softmax_and_direct_calls_in_every_layout() {
+    let mut checked = 0;
+    for case in common::shape_table() {
+        for dtype in DType::ALL {
+            let p = case.problem.clone().with_dtype(dtype);
+            let (q, k, v) = common::qkv(&p, 7);
+            let (qs, ks) = ((p.batch, p.heads, p.seq_q, p.head_dim), (p.batch, p.kv_heads, p.seq_k, p.head_dim));
+            let (cq, ck, cv) = (to_candle(&q, qs), to_candle(&k, ks), to_candle(&v, ks));
+            let opts = options(&p);
+            let name = format!("{} {dtype}", case.name);
+
+            let got = attnkit::candle::attention(&cq, &ck, &cv, &opts).unwrap();
+            assert_eq!(got.dims(), cq.dims(), "{name}");
+            assert_eq!(got.dtype(), cq.dtype(), "{name}: output dtype follows the input");
+            let got = to_f32_vec(&got);
+
+            // Against candle's matmul-softmax-matmul.
+            let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+            let want = oracle(&args);
+            let tol = exact_tolerance(&args, &want, dtype);
+            let reference = candle_reference(&p, &cq, &ck, &cv);
+            let candle_err = compare(&reference, &want).max_abs;
+            let diff = reference.iter().zip(&got).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+            assert!(
+                diff <= tol.bound + candle_err,
+                "{name}: |attnkit − candle| = {diff:.3e} > {:.3e} + {candle_err:.3e}",
+                tol.bound
+            );
+
+            // Bitwise the direct call, rounded once to the input dtype.
+            let direct = attnkit::backend("flash-cpu").unwrap().forward(&args, false).unwrap().out;
+            let direct = attnkit::Tensor::from_f32(&direct, dtype).to_f32();
+            assert!(same_bits(&got, &direct), "{name}: (B,H,N,D) differs from the direct call");
+
+            // (B, N, H, D) contiguous in, (B, N, H, D) out.
+            let bnhd = |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+            let o =
+                attnkit::candle::attention(&bnhd(&cq), &bnhd(&ck), &bnhd(&cv), &opts.clone().with_layout(Layout::Bnhd))
+                    .unwrap();
+            assert_eq!(o.dims(), bnhd(&cq).dims(), "{name}");
+            assert!(same_bits(&to_f32_vec(&o.transpose(1, 2).unwrap()), &direct), "{name}: (B,N,H,D) differs");
+
+            // Strided (B, H, N, D) views: a transpose of (B, N, H, D) storage, and a narrow of
+            // a wider head dim (offset 1).
+            let view = |t: &Tensor| bnhd(t).transpose(1, 2).unwrap();
+            let o = attnkit::candle::attention(&view(&cq), &view(&ck), &view(&cv), &opts).unwrap();
+            assert!(same_bits(&to_f32_vec(&o), &direct), "{name}: transposed view differs");
+            let narrow = |t: &Tensor| Tensor::cat(&[t, t, t], 3).unwrap().narrow(3, p.head_dim, p.head_dim).unwrap();
+            let o = attnkit::candle::attention(&narrow(&cq), &narrow(&ck), &narrow(&cv), &opts).unwrap();
+            assert!(same_bits(&to_f32_vec(&o), &direct), "{name}: narrowed view differs");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, common::shape_table().len() * DType::ALL.len());
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Each bad input and a fragment its error must contain.
+#[test]
+fn bad_inputs_give_errors() {
+    let dev = Device::Cpu;
+    let t = |shape: &[usize], dtype: CDType| Tensor::zeros(shape, dtype, &dev).unwrap();
+    let f = CDType::F32;
+    let opts = AttnOptions::default();
+    let cases: Vec<(&str, [Tensor; 3], AttnOptions, &str)> = vec![
+        (
+            "f64",
+            [t(&[1, 2, 4, 8], CDType::F64), t(&[1, 2, 4, 8], CDType::F64), t(&[1, 2, 4, 8], CDType::F64)],
+            opts.clone(),
+            "f32, f16 or bf16",
+        ),
+        (
+            "mixed dtypes",
+            [t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], CDType::F16), t(&[1, 2, 4, 8], f)],
+            opts.clone(),
+            "share a dtype",
+        ),
+        ("rank 3", [t(&[2, 4, 8], f), t(&[2, 4, 8], f), t(&[2, 4, 8], f)], opts.clone(), "rank 4"),
+        (
+            "head dims",
+            [t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 16], f), t(&[1, 2, 4, 16], f)],
+            opts.clone(),
+            "head dim differs",
+        ),
+        ("kv heads", [t(&[1, 3, 4, 8], f), t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f)], opts.clone(), "multiple of H_kv"),
+        ("k vs v", [t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f), t(&[1, 2, 5, 8], f)], opts.clone(), "must match"),
+        (
+            "unknown backend",
+            [t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f)],
+            opts.clone().with_backend("nope"),
+            "unknown backend",
+        ),
+        (
+            "bad scale",
+            [t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f), t(&[1, 2, 4, 8], f)],
+            opts.clone().with_scale(-1.0),
+            "scale",
+        ),
+    ];
+    for (name, [q, k, v], o, want) in cases {
+        let err = attnkit::candle::attention(&q, &k, &v, &o).expect_err(name).to_string();
+        assert!(err.contains(want), "{name}: `{err}` lacks `{want}`");
+    }
+}
