@@ -70,6 +70,27 @@ pub fn decode_rate(p: &Problem, seconds: f64, ceiling: &BandwidthCeiling) -> Opt
     })
 }
 
+/// The bandwidth ceiling, measured on first use (by the first decode-shaped row that ran), so
+/// a run without one never pays for it.
+#[derive(Default)]
+pub struct LazyBandwidth(std::sync::OnceLock<BandwidthCeiling>);
+
+impl LazyBandwidth {
+    /// The ceiling over [`BANDWIDTH_BUFFER_BYTES`], median of 5, measuring it now if needed.
+    pub fn get(&self) -> Result<&BandwidthCeiling> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        let measured = bandwidth_ceiling(BANDWIDTH_BUFFER_BYTES, 5)?;
+        Ok(self.0.get_or_init(|| measured))
+    }
+
+    /// The ceiling if it has been measured.
+    pub fn measured(&self) -> Option<&BandwidthCeiling> {
+        self.0.get()
+    }
+}
+
 /// Median over `reps` passes (after one warm-up) of a streaming read of `bytes` bytes split
 /// over the current pool's threads. Call it inside the pool the kernels run in.
 pub fn bandwidth_ceiling(bytes: usize, reps: usize) -> Result<BandwidthCeiling> {

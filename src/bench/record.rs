@@ -105,6 +105,11 @@ pub struct BenchRecord {
     pub gemm_gflops: Option<f64>,
     /// gflops / gemm_gflops, for CPU backends only: a GPU's rate over the CPU's GEMM means nothing.
     pub gemm_fraction: Option<f64>,
+    /// For decode-shaped CPU rows (few query rows per KV head, memory-bound): bytes moved, GB/s
+    /// and the fraction of the streaming-read ceiling measured in the same run.
+    pub decode: Option<crate::ceiling::DecodeRate>,
+    /// That streaming-read ceiling, GB/s, once measured.
+    pub bandwidth_gb_per_s: Option<f64>,
 }
 
 impl BenchRecord {
@@ -134,6 +139,8 @@ impl BenchRecord {
             peak_bytes: None,
             gemm_gflops: None,
             gemm_fraction: None,
+            decode: None,
+            bandwidth_gb_per_s: None,
         }
     }
 
@@ -165,6 +172,21 @@ impl BenchRecord {
         self
     }
 
+    /// Whether this row is reported against the bandwidth ceiling: measured, on the CPU, and
+    /// decode-shaped ([`crate::ceiling::is_decode_shaped`]).
+    pub fn wants_bandwidth(&self, p: &Problem) -> bool {
+        self.status.is_ok() && self.device == Some(Device::Cpu) && crate::ceiling::is_decode_shaped(p)
+    }
+
+    /// Fills in bytes moved, GB/s and the fraction of `ceiling` for a decode-shaped row.
+    pub fn with_bandwidth(mut self, p: &Problem, ceiling: &crate::ceiling::BandwidthCeiling) -> Self {
+        if let (true, Some(t)) = (self.wants_bandwidth(p), self.median_s) {
+            self.decode = crate::ceiling::decode_rate(p, t, ceiling);
+            self.bandwidth_gb_per_s = Some(ceiling.gb_per_s);
+        }
+        self
+    }
+
     /// Timed on the host although it runs on a device: the time includes transfers.
     pub fn host_timed_on_device(&self) -> bool {
         self.device == Some(Device::Cuda) && self.timing == Some(Timing::Host)
@@ -181,6 +203,23 @@ mod tests {
 
     fn measurement(timing: Timing) -> Measurement {
         Measurement { times_s: vec![1e-3], median_s: 1e-3, peak_bytes: None, timing, device_timing_error: None }
+    }
+
+    #[test]
+    fn only_decode_shaped_cpu_rows_get_a_bandwidth_fraction() {
+        let bw = crate::ceiling::BandwidthCeiling { bytes: 1, threads: 1, median_s: 1.0, gb_per_s: 10.0 };
+        let decode = Problem::new(1, 8, 1, 64).with_kv_heads(2).with_seq_k(4096);
+        let prefill = Problem::new(1, 8, 4096, 64);
+        let row = |p: &Problem, d| {
+            BenchRecord::new("x", "", p, Some(d), 1).with_measurement(p, &measurement(Timing::Host), None)
+        };
+        let r = row(&decode, Device::Cpu).with_bandwidth(&decode, &bw);
+        let rate = r.decode.expect("decode-shaped CPU row");
+        assert_eq!(rate.bytes, crate::ceiling::bytes_moved(&decode));
+        assert!((rate.gb_per_s - rate.bytes as f64 / 1e-3 / 1e9).abs() < 1e-9);
+        assert!((rate.fraction_of_ceiling - rate.gb_per_s / 10.0).abs() < 1e-12);
+        assert!(row(&prefill, Device::Cpu).with_bandwidth(&prefill, &bw).decode.is_none());
+        assert!(row(&decode, Device::Cuda).with_bandwidth(&decode, &bw).decode.is_none());
     }
 
     #[test]

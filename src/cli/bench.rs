@@ -6,6 +6,7 @@
 
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, fmt_mib, fmt_percent, fmt_secs, resolve_backends};
 use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
+use attnkit::ceiling::LazyBandwidth;
 use attnkit::threads::with_threads;
 use attnkit::{AttnError, Problem};
 use clap::Args;
@@ -109,6 +110,7 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Resul
     let opts = a.shape.options();
     let ceiling = LazyCeiling::standard();
     let mut ceiling_printed = false;
+    let bandwidth = LazyBandwidth::default();
     let policy = Policy { reps: a.reps, max_measure_s: a.max_time, max_predicted_s: a.max_time };
     let mut history = History::default();
     let mut records = Vec::new();
@@ -127,6 +129,10 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Resul
                     };
                     run_cell(&cell, &inputs, &ceiling, &policy)?.record
                 }
+            };
+            let record = match record.wants_bandwidth(p) {
+                true => record.with_bandwidth(p, bandwidth.get()?),
+                false => record,
             };
             history.note(name, &record);
             // The ceiling is measured by the first CPU cell that runs: say so before its row.
@@ -158,11 +164,19 @@ fn print_record(r: &BenchRecord, json: bool) -> Result<(), AttnError> {
     let (Some(t), Some(g), true) = (r.median_s, r.gflops, r.status.is_ok()) else {
         return outln!("{:<12} {:>7} {:>7}  {}: {}", r.backend, r.seq, r.seq_kv, r.status, r.status.reason());
     };
-    let note = match (&r.device_timing_error, r.host_timed_on_device()) {
+    let mut note = match (&r.device_timing_error, r.host_timed_on_device()) {
         (Some(e), _) => format!("  (host-timed, incl. transfers: device timing failed: {e})"),
         (None, true) => "  (host-timed, incl. transfers)".to_string(),
         (None, false) => String::new(),
     };
+    if let (Some(d), Some(c)) = (r.decode, r.bandwidth_gb_per_s) {
+        note += &format!(
+            "  decode: {:.1} MiB moved, {:.1} GB/s = {:.0}% of the {c:.1} GB/s read ceiling",
+            d.bytes as f64 / (1u64 << 20) as f64,
+            d.gb_per_s,
+            100.0 * d.fraction_of_ceiling
+        );
+    }
     outln!(
         "{:<12} {:>7} {:>7} {:>11} {:>9.1} {:>7} {:>10} {:>5}{note}",
         r.backend,
