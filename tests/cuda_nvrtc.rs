@@ -82,7 +82,8 @@ fn single_variant_module_holds_only_that_entry_and_a_cubin() {
     let v = variants().into_iter().find(|v| v.bf16 && v.dp == 128).expect("bf16 d128 variant");
     let c = compile(FLASH_FWD_SRC, "sm_80", &v.only_defines()).expect("compile");
     assert!(c.ptx.contains(&format!(".entry {}(", v.kernel_name())), "entry missing");
-    assert_eq!(c.ptx.matches(".entry ").count(), 1, "FLASH_ONLY_* should restrict the module to one entry");
+    assert!(c.ptx.contains(&format!(".entry {}(", attnkit::cuda::COMBINE_KERNEL)), "combine kernel missing");
+    assert_eq!(c.ptx.matches(".entry ").count(), 2, "FLASH_ONLY_* should leave one variant (+ flash_combine)");
     assert!(c.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "bf16 mma missing");
     // One by-value struct argument of FlashFwdParams' size (80 bytes), not 13 scalars.
     let size = std::mem::size_of::<attnkit::cuda::FlashFwdParams>();

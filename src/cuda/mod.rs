@@ -21,13 +21,20 @@ pub use driver::{DriverInfo, driver_info};
 pub use nvrtc::{Compiled, Nvrtc, compile, find_nvrtc, include_paths, nvrtc, nvrtc_available};
 pub use params::FlashFwdParams;
 pub use ptxas::{PtxasInfo, parse_ptxas, ptxas_for, ptxas_major, ptxas_path, run_ptxas};
-pub use variants::{FlashLaunch, HEAD_DIMS, THREADS, Variant, unsupported_reasons, variant_for, variants};
+pub use variants::{
+    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, STAGES, THREADS, Variant,
+    unsupported_reasons, variant_for, variants,
+};
 
 use crate::error::{AttnError, Result};
 use serde::Serialize;
 
 /// The forward kernel's source, compiled at run time by NVRTC.
 pub const FLASH_FWD_SRC: &str = include_str!("../../kernels/flash_fwd.cu");
+
+/// Entry point that merges split-KV partials; present in every module compiled from
+/// [`FLASH_FWD_SRC`].
+pub const COMBINE_KERNEL: &str = "flash_combine";
 
 /// Checks an arch string of the form `sm_80`, `sm_90a`.
 pub fn validate_arch(arch: &str) -> Result<()> {
