@@ -1,8 +1,8 @@
 // flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out),
-// with split-KV (flash-decoding) and the kernel that combines its partial results.
+// with split-KV (flash-decoding); kernels/flash_combine.cu merges the split partials.
 //
 // Entry points: flash_fwd_{f16,bf16}_d{DP}(FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
-// and flash_combine(FlashFwdParams); one struct argument passed by value. DP is the *padded* head
+// one struct argument passed by value. DP is the *padded* head
 // dim; the runtime head dim d (a multiple of 8, d ≤ DP) is a field and columns d..DP are
 // zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
 //
@@ -15,7 +15,7 @@
 // - Split-KV (flash-decoding): when (row tiles · heads · batch) blocks cannot fill the GPU, the
 //   key range is cut into num_splits ranges of keys_per_split keys (a multiple of BC); each block
 //   writes its normalized partial O and natural-log LSE to o_accum/lse_accum, and flash_combine
-//   merges them per row (the device counterpart of attnkit::lse::merge_partials).
+//   (kernels/flash_combine.cu) merges them per row (the counterpart of attnkit::merge_partials).
 // - Shared memory (dynamic only): Q tile BR×DP and two stages of (K, V) tiles BC×DP, rows padded
 //   by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank groups.
 //   Tiles are loaded with 16-byte cp.async; rows past N and columns past d are zero-filled by
@@ -467,54 +467,10 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     }
 }
 
-// Merges the num_splits partial (O, LSE) of each row: L = log Σ e^{L_s}, O = Σ e^{L_s − L} O_s.
-// One warp per row, COMBINE_ROWS_PER_BLOCK rows per block; lanes own columns lane + 32·c.
-// A row empty in every split stays O = 0, LSE = −∞; a NaN partial LSE makes the row NaN.
-DEVI void flash_combine_body(const FlashFwdParams& p) {
-    const long long total_rows = (long long)p.batch * p.heads * p.nq;
-    const long long row = (long long)blockIdx.x * COMBINE_ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= total_rows) return;  // warp-uniform
-    const int lane = threadIdx.x & 31, d = p.d, splits = p.num_splits;
-    constexpr float LOG2E = 1.4426950408889634f;
-    float mx = neg_inf();
-    for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, p.lse_accum[s * total_rows + row]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.f;
-    for (int s = lane; s < splits; s += 32) {
-        const float ls = p.lse_accum[s * total_rows + row];
-        sum += ls == neg_inf() ? 0.f : fast_exp2((ls - mx) * LOG2E);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    const bool empty = mx == neg_inf() && sum == 0.f;
-    const float lse = empty ? neg_inf() : mx + fast_log2(sum) * 0.6931471805599453f;
-    float acc[COMBINE_MAX_COLS];
-#pragma unroll
-    for (int c = 0; c < COMBINE_MAX_COLS; ++c) acc[c] = 0.f;
-    if (!empty) {
-        for (int s = 0; s < splits; ++s) {
-            const float ls = p.lse_accum[s * total_rows + row];
-            if (ls == neg_inf()) continue;  // uniform: an empty split adds nothing
-            const float w = fast_exp2((ls - lse) * LOG2E);
-            const float* src = p.o_accum + (s * total_rows + row) * d;
-#pragma unroll
-            for (int c = 0; c < COMBINE_MAX_COLS; ++c) {
-                if (lane + 32 * c < d) acc[c] += w * src[lane + 32 * c];
-            }
-        }
-    }
-#pragma unroll
-    for (int c = 0; c < COMBINE_MAX_COLS; ++c) {
-        if (lane + 32 * c < d) p.o[row * d + lane + 32 * c] = acc[c];
-    }
-    if (lane == 0) p.lse[row] = lse;
-}
-
 // ------------------------------------------------------------------------------------------
 // Entry points. FLASH_ONLY(DT, DP) restricts the module to one variant (the runtime path
-// compiles only what it launches); without it every variant is instantiated. flash_combine is
-// in every module.
+// compiles only what it launches); without it every variant is instantiated. flash_combine
+// (kernels/flash_combine.cu, appended to this source by the host) is in every module.
 // ------------------------------------------------------------------------------------------
 #define FLASH_ENTRY(DT, IS_BF16, DP)                                                                           \
     extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##DT##_d##DP(const FlashFwdParams p) { \
@@ -533,7 +489,3 @@ FLASH_EXPAND(FLASH_ONLY_DT, FLASH_ONLY_BF16, FLASH_ONLY_DP)
 #else
 FLASH_ALL_VARIANTS(FLASH_ENTRY)
 #endif
-
-extern "C" __global__ void __launch_bounds__(32 * COMBINE_ROWS_PER_BLOCK) flash_combine(const FlashFwdParams p) {
-    flash_combine_body(p);
-}

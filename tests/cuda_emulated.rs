@@ -36,8 +36,9 @@ type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
 type ConfigFn = unsafe extern "C" fn(i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
 
-const SOURCES: [&str; 3] = [
+const SOURCES: [&str; 4] = [
     include_str!("../kernels/flash_fwd.cu"),
+    include_str!("../kernels/flash_combine.cu"),
     include_str!("../kernels/cuda_host_emu.hpp"),
     include_str!("../kernels/emu/driver.cpp"),
 ];

@@ -4,6 +4,7 @@
 #define ATTNKIT_EMU 1
 #include "../cuda_host_emu.hpp"
 #include "../flash_fwd.cu"
+#include "../flash_combine.cu"
 
 #include <cstddef>
 
