@@ -14,8 +14,12 @@
 //   (groupID = lane>>2, threadID_in_group = lane%4), f16 or bf16 operands.
 // - ldmatrix.m8n8.x4[.trans].b16: lanes 8i..8i+7 supply the row addresses of matrix i; lane l
 //   receives row l/4, columns 2(l%4), 2(l%4)+1 of each matrix (of its transpose with .trans).
-// - cp.async (16 bytes, src-size zero-fill): executed synchronously; commit/wait are no-ops.
-//   This is one legal schedule of the asynchronous copy.
+// - cp.async (16 bytes, src-size zero-fill) with commit_group / wait_group N, under one of two
+//   legal schedules chosen per launch (emu::set_lazy_copies): eager (each copy lands when issued:
+//   exposes a copy into a buffer other warps still read) or lazy (copies land only when a
+//   wait_group retires their group: exposes smem read before its wait + barrier, which then sees
+//   the 0xFF fill, a NaN). Shared addresses are 32-bit offsets into the block's buffer.
+// - __any_sync: a warp vote through the same scratch slots.
 // - cvt.rn.{f16,bf16}x2.f32: round to nearest even; ex2/lg2.approx: std::exp2/std::log2.
 // Checked as it runs: ldmatrix/cp.async destinations inside the block's shared memory and
 // 16-byte aligned, cp.async sources inside a registered global buffer. Violations are recorded
@@ -69,18 +73,28 @@ struct Block {
     std::barrier<>* bar;
 };
 
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+};
+
 struct ThreadCtx {
     Dim3 tid, bid, bdim, gdim;
     Warp* warp;
     Block* block;
     int lane;
     unsigned phase;
+    bool lazy;
+    std::vector<Copy> open_group;              // cp.async issued since the last commit
+    std::vector<std::vector<Copy>> committed;  // oldest first
 };
 
 inline thread_local ThreadCtx ctx;
 
 struct Global {
     std::mutex mu;
+    bool lazy_copies = false;
     std::string first_error;
     std::vector<std::pair<const unsigned char*, size_t>> buffers;
 };
@@ -133,6 +147,16 @@ inline uint16_t f32_to_bf16(float f) {
     return static_cast<uint16_t>(u >> 16);
 }
 
+inline void set_lazy_copies(bool lazy) {
+    std::lock_guard<std::mutex> l(global().mu);
+    global().lazy_copies = lazy;
+}
+
+inline void do_copy(const Copy& c) {
+    std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+    std::memset(static_cast<unsigned char*>(c.dst) + c.bytes, 0, static_cast<size_t>(16 - c.bytes));
+}
+
 // Runs `kernel` over the grid, blocks one after another, one OS thread per CUDA thread.
 template <class F>
 void launch(Dim3 grid, Dim3 block, size_t smem_bytes, F kernel) {
@@ -140,6 +164,11 @@ void launch(Dim3 grid, Dim3 block, size_t smem_bytes, F kernel) {
     if (nthreads % 32 != 0) {
         fail("block size must be a multiple of 32");
         return;
+    }
+    bool lazy;
+    {
+        std::lock_guard<std::mutex> l(global().mu);
+        lazy = global().lazy_copies;
     }
     std::vector<unsigned char> smem(smem_bytes + 16);
     unsigned char* base = smem.data() + ((16 - reinterpret_cast<uintptr_t>(smem.data()) % 16) % 16);
@@ -163,7 +192,12 @@ void launch(Dim3 grid, Dim3 block, size_t smem_bytes, F kernel) {
                         ctx.block = &blk;
                         ctx.lane = static_cast<int>(t % 32);
                         ctx.phase = 0;
+                        ctx.lazy = lazy;
+                        ctx.open_group.clear();
+                        ctx.committed.clear();
                         kernel();
+                        if (!ctx.open_group.empty() || !ctx.committed.empty())
+                            fail("cp.async: thread exited with copies not waited for");
                     });
                 }
             }
@@ -203,6 +237,12 @@ inline float neg_inf() { return -std::numeric_limits<float>::infinity(); }
 inline float fast_exp2(float x) { return std::exp2(x); }
 inline float fast_log2(float x) { return std::log2(x); }
 
+inline unsigned smem_addr(const void* p) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    if (!emu::in_smem(p, 0)) emu::fail("smem_addr: pointer outside shared memory");
+    return static_cast<unsigned>(c - emu::ctx.block->smem);
+}
+
 inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
     if (reinterpret_cast<uintptr_t>(smem_dst) % 16 != 0 || !emu::in_smem(smem_dst, 16)) {
         emu::fail("cp.async: destination outside shared memory or not 16-byte aligned");
@@ -217,18 +257,45 @@ inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
         emu::fail("cp.async: source outside the global buffers or not 16-byte aligned");
         return;
     }
-    std::memcpy(smem_dst, gmem_src, static_cast<size_t>(src_bytes));
-    std::memset(static_cast<unsigned char*>(smem_dst) + src_bytes, 0, static_cast<size_t>(16 - src_bytes));
+    const emu::Copy c{smem_dst, gmem_src, src_bytes};
+    if (emu::ctx.lazy)
+        emu::ctx.open_group.push_back(c);
+    else
+        emu::do_copy(c);
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+inline void cp_async_commit() {
+    emu::ctx.committed.push_back(std::move(emu::ctx.open_group));
+    emu::ctx.open_group.clear();
+}
+// Retires (lands) every committed group but the newest N. Copies not yet committed stay pending,
+// as on the GPU, where wait_group does not cover them.
+template <int N>
+inline void cp_async_wait() {
+    auto& q = emu::ctx.committed;
+    while (q.size() > static_cast<size_t>(N)) {
+        for (const emu::Copy& c : q.front()) emu::do_copy(c);
+        q.erase(q.begin());
+    }
+}
+
+inline bool __any_sync(unsigned mask, bool pred) {
+    if (mask != 0xffffffffu) emu::fail("__any_sync: only full-warp masks are emulated");
+    emu::LaneSlot mine{};
+    mine.r[0] = pred ? 1u : 0u;
+    const emu::LaneSlot* all = emu::exchange(mine);
+    bool any = false;
+    for (int l = 0; l < 32; ++l) any |= all[l].r[0] != 0;
+    return any;
+}
 
 template <bool TRANS>
-inline void ldmatrix_x4_impl(unsigned (&r)[4], const unsigned short* p) {
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || !emu::in_smem(p, 16)) {
+inline void ldmatrix_x4_impl(unsigned (&r)[4], unsigned saddr) {
+    const emu::Block& b = *emu::ctx.block;
+    const unsigned short* p = nullptr;
+    if (saddr % 16 != 0 || static_cast<size_t>(saddr) + 16 > b.smem_bytes)
         emu::fail("ldmatrix: row address outside shared memory or not 16-byte aligned");
-        p = nullptr;
-    }
+    else
+        p = reinterpret_cast<const unsigned short*>(b.smem + saddr);
     emu::LaneSlot mine{};
     mine.p = p;
     const emu::LaneSlot* all = emu::exchange(mine);
@@ -244,8 +311,8 @@ inline void ldmatrix_x4_impl(unsigned (&r)[4], const unsigned short* p) {
             r[i] = elem(l / 4, (l % 4) * 2) | (elem(l / 4, (l % 4) * 2 + 1) << 16);
     }
 }
-inline void ldmatrix_x4(unsigned (&r)[4], const unsigned short* p) { ldmatrix_x4_impl<false>(r, p); }
-inline void ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* p) { ldmatrix_x4_impl<true>(r, p); }
+inline void ldmatrix_x4(unsigned (&r)[4], unsigned saddr) { ldmatrix_x4_impl<false>(r, saddr); }
+inline void ldmatrix_x4_trans(unsigned (&r)[4], unsigned saddr) { ldmatrix_x4_impl<true>(r, saddr); }
 
 template <bool BF16>
 inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {

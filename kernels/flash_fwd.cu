@@ -1,51 +1,49 @@
-// flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out).
+// flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out),
+// with split-KV (flash-decoding); kernels/flash_combine.cu merges the split partials.
 //
 // Entry points: flash_fwd_{f16,bf16}_d{DP}(FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
-// one struct argument passed by value. DP is the *padded* head dim the variant is compiled for;
-// the runtime head dim d (a multiple of 8, d ≤ DP) is a field of the argument and columns d..DP
-// are zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
+// one struct argument passed by value. DP is the *padded* head
+// dim; the runtime head dim d (a multiple of 8, d ≤ DP) is a field and columns d..DP are
+// zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
 //
-// Design (one thread block = one tile of BR query rows of one (batch, head)):
-// - Grid (ceil(N_q/BR), H, B); 128 threads = 4 warps; warp w owns MT m16 row tiles (16·MT rows),
-//   so BR = 64·MT. The KV head is h / (H/H_kv): GQA and MQA are only an index mapping.
-// - Shared memory (dynamic only): Q tile BR×DP, one K tile BC×DP and one V tile BC×DP, rows padded
-//   by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank groups
-//   (conflict-free without a swizzle). Tiles are loaded with 16-byte cp.async; rows past N and
-//   columns past d are zero-filled by cp.async's src-size operand, which is how ragged tails are
-//   handled (no branchy scalar tail loop, no out-of-bounds reads).
-// - Pipeline (FA2's): K_j is in flight while the previous P·V_{j-1} runs, V_j is in flight while
-//   S_j = Q·K_jᵀ and the softmax run. One buffer each for K and V; two __syncthreads per KV tile.
+// Design (one thread block = one tile of BR query rows of one (batch, head[, key split])):
+// - Grid (ceil(rows/BR), H/pack, B·splits); 128 threads = 4 warps; warp w owns MT m16 row tiles
+//   (16·MT rows), BR = 64·MT. The KV head is h / (H/H_kv): GQA and MQA are an index mapping.
+//   Decode with GQA (N_q = 1) packs the pack = H/H_kv query heads of one KV head into the rows of
+//   one block (FA2's "seqlen_q ↔ ngroups swap"): they are contiguous in Q, O and LSE, share K/V,
+//   and all sit at query position 0, so one K/V read serves the whole group.
+// - Split-KV (flash-decoding): when (row tiles · heads · batch) blocks cannot fill the GPU, the
+//   key range is cut into num_splits ranges of keys_per_split keys (a multiple of BC); each block
+//   writes its normalized partial O and natural-log LSE to o_accum/lse_accum, and flash_combine
+//   (kernels/flash_combine.cu) merges them per row (the counterpart of attnkit::merge_partials).
+// - Shared memory (dynamic only): Q tile BR×DP and two stages of (K, V) tiles BC×DP, rows padded
+//   by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank groups.
+//   Tiles are loaded with 16-byte cp.async; rows past N and columns past d are zero-filled by
+//   cp.async's src-size operand (ragged tails without scalar loops or out-of-bounds reads).
+// - Pipeline: two K/V stages, one __syncthreads per key tile. At the top of tile j each thread
+//   waits for its copies of tile j (the only group in flight), the barrier publishes them and
+//   proves every warp finished tile j−1, and the copy of tile j+1 into the freed stage is issued
+//   before any math of tile j, so it overlaps the whole of tile j's Q·Kᵀ, softmax and P·V.
 // - S = Q·Kᵀ and O += P·V use mma.sync.m16n8k16 (f16 or bf16 inputs, fp32 accumulators).
 //   Operands come from ldmatrix (.trans for V). The S accumulator fragment is re-packed in
 //   registers as the A operand of P·V (the FA2 register trick: no round trip through smem).
 // - Online softmax in the log2 domain: scores stay unscaled in the accumulator, the running max m
 //   is kept per row, p = exp2(s·c − m·c) with c = scale·log2(e) folded into one FFMA; the row sum
-//   l is kept as per-lane partials and reduced with two shuffles only at the end. O is normalized
-//   once at the end; LSE = (m·c + log2 l)·ln 2 is written alongside it. Empty rows: O = 0, LSE = −∞.
-// - Masks: causal and sliding window are one contiguous key band per row. KV tiles outside the
-//   block's band are never visited (whole-tile skipping); tiles entirely inside every row's band
-//   run unmasked; only boundary tiles (and the ragged last tile) evaluate the per-element mask.
-// - Q fragments live in registers for DP ≤ 128 (QREG); for DP ≥ 160 they are re-read from smem
-//   by ldmatrix every KV tile to stay under 255 registers without spilling.
-// - No N×N buffer anywhere: global traffic is Q, K, V once per (q tile, kv tile) pair, O and LSE.
+//   l is kept as per-lane partials, reduced with two shuffles at the end. The O rescale by
+//   exp2(m_old − m_new) is skipped when no row of the warp raised its max (__any_sync vote), the
+//   common case once the first tiles have been seen. O is normalized once at the end;
+//   LSE = (m·c + log2 l)·ln 2. Empty rows: O = 0, LSE = −∞.
+// - Masks: causal and sliding window are one contiguous key band per row. Key tiles outside the
+//   block's band are never visited; tiles inside every row's band run unmasked; only boundary
+//   tiles (and the ragged last tile) evaluate the per-element mask.
+// - Q fragments stay in registers (QREG) only where registers allow; elsewhere they are re-read
+//   from smem by ldmatrix every key tile, as FA2 does at d128.
+// - The next tile's Q·Kᵀ is not issued before the current softmax (FA3's intra-warp overlap):
+//   it needs a second S accumulator, MT·BC/2 more registers per thread, which no variant here has
+//   left (see kernels/README.md for registers per variant).
 //
-// Tile configuration per padded head dim (FlashCfg below): BC keys per KV tile, MT m16 row
-// tiles per warp (BR = 64·MT query rows per block), Q in registers or re-read from smem. They were
-// chosen so ptxas reports zero spills for both sm_80 and sm_90 under 255 registers:
-//   DP 32/48: BC 64, MT 2, Q in regs | DP 64: BC 32, MT 2, Q in regs | DP 80/96: BC 64, MT 1
-//   DP 128: BC 32, MT 1, Q in regs   | DP 160/192: BC 32, MT 1, Q from smem | DP 256: BC 16, MT 1
-//
-// Expected bottlenecks: (1) registers: every variant uses 167–255 registers, so 2 blocks (8 warps,
-// 12.5% occupancy) are resident per SM (3 on sm_80 for DP 32/80/128) — FA2 has the same
-// register-bound regime; latency is hidden by the cp.async overlap and ILP inside each warp's
-// 16·MT rows, not by occupancy. (2) shared-memory bandwidth of the K/V ldmatrix reads: each B
-// fragment feeds MT mma's, so MT = 1 variants (DP ≥ 80) read twice the smem per FLOP of FA2's
-// 128-row tiles. (3) The exp2/max/shuffle softmax between the two GEMMs is not overlapped with
-// tensor-core work (no warp specialization; FA2 on sm_80 has the same limit, FA3 removes it on
-// sm_90 with wgmma/TMA, which this kernel does not use). (4) Two __syncthreads per KV tile, which
-// matters most for BC = 16/32. Output is written directly from the accumulator fragments as
-// float2 (32-byte sectors fully used), not staged through smem. No split-KV: with few
-// (batch·head·q-tile) blocks — decode-like shapes — the GPU is under-filled.
+// Tile configuration per padded head dim: FlashCfg below (FA2's shapes where two K/V stages fit
+// the shared memory: see kernels/README.md for the table, registers, smem and blocks per SM).
 //
 // The same source compiles for the CPU as C++20 with kernels/cuda_host_emu.hpp (ATTNKIT_EMU),
 // which supplies the primitives below with their documented PTX semantics.
@@ -71,17 +69,23 @@ DEVI void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
                  "r"(src_bytes));
 }
 DEVI void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-DEVI void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed cp.async groups are still in flight.
+template <int N>
+DEVI void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
-DEVI void ldmatrix_x4(unsigned (&r)[4], const unsigned short* p) {
+// ldmatrix takes a 32-bit shared-window address, so constant tile offsets fold into the
+// instruction's immediate instead of occupying one register per fragment address.
+DEVI void ldmatrix_x4(unsigned (&r)[4], unsigned saddr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(saddr));
 }
-DEVI void ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* p) {
+DEVI void ldmatrix_x4_trans(unsigned (&r)[4], unsigned saddr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(saddr));
 }
 
 // D = A·B + D for one m16n8k16 tile; A row-major 16×16, B column-major 16×8, fp32 accumulators.
@@ -127,10 +131,9 @@ DEVI float fast_log2(float x) {
 #endif  // !ATTNKIT_EMU
 
 // ------------------------------------------------------------------------------------------
-// The kernel's one argument, passed by value (as FlashAttention's Flash_fwd_params). Mirrors
+// The kernels' one argument, passed by value (as FlashAttention's Flash_fwd_params). Mirrors
 // FlashFwdParams in src/cuda/params.rs field for field; tests/cuda_emulated.rs compares the two
-// layouts (offsetof here, offset_of! there). Arguments by value live in the constant bank, so
-// passing a struct costs no registers over 13 scalars.
+// layouts (offsetof here, offset_of! there). Arguments by value live in the constant bank.
 // ------------------------------------------------------------------------------------------
 struct FlashFwdParams {
     const unsigned short* q;  // B·H·N_q·d, 16-bit
@@ -138,10 +141,14 @@ struct FlashFwdParams {
     const unsigned short* v;  // B·H_kv·N_k·d, 16-bit
     float* o;                 // B·H·N_q·d
     float* lse;               // B·H·N_q
+    float* o_accum;           // num_splits·B·H·N_q·d partial O (num_splits > 1 only)
+    float* lse_accum;         // num_splits·B·H·N_q partial LSE (num_splits > 1 only)
     int batch, heads, kv_heads, nq, nk, d;
     float scale_log2;         // softmax scale · log2(e)
     int win_left, win_right;  // pre-clamped band, causal folded in; −1 = unbounded
-    int pad;                  // explicit tail padding (0)
+    int num_splits;           // key ranges per row (1: no split, O/LSE written directly)
+    int keys_per_split;       // a multiple of the variant's BC
+    int pack;                 // query heads per block row set: H/H_kv when packed (needs N_q = 1), else 1
 };
 
 // ------------------------------------------------------------------------------------------
@@ -151,19 +158,22 @@ struct FlashFwdParams {
 template <int DP>
 struct FlashCfg;
 // clang-format off
-template <> struct FlashCfg<32>  { enum { BC = 64, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<48>  { enum { BC = 64, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<64>  { enum { BC = 32, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<80>  { enum { BC = 64, MT = 1, QREG = 1 }; };
-template <> struct FlashCfg<96>  { enum { BC = 64, MT = 1, QREG = 1 }; };
-template <> struct FlashCfg<128> { enum { BC = 32, MT = 1, QREG = 1 }; };
-template <> struct FlashCfg<160> { enum { BC = 32, MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<192> { enum { BC = 32, MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<256> { enum { BC = 16, MT = 1, QREG = 0 }; };
+template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1 }; };
+template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0 }; };
+template <> struct FlashCfg<64>  { enum { BC = 64,  MT = 2, QREG = 1 }; };
+template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
+template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
+template <> struct FlashCfg<128> { enum { BC = 32,  MT = 2, QREG = 0 }; };
+template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0 }; };
+template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0 }; };
+template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
 #define FLASH_WARPS 4
+#define FLASH_STAGES 2
+#define COMBINE_ROWS_PER_BLOCK 4  // one warp per row
+#define COMBINE_MAX_COLS 8        // d ≤ 32·8 = 256 columns per lane
 
 template <int DP>
 struct FlashGeom {
@@ -173,7 +183,7 @@ struct FlashGeom {
         QREG = FlashCfg<DP>::QREG,
         BR = 16 * MT * FLASH_WARPS,
         STRIDE = DP + 8,  // halves per smem row (16-byte pad)
-        SMEM_BYTES = (BR + 2 * BC) * STRIDE * 2,
+        SMEM_BYTES = (BR + 2 * FLASH_STAGES * BC) * STRIDE * 2,
     };
 };
 
@@ -198,49 +208,53 @@ DEVI void load_tile(unsigned short* s, const unsigned short* g, int row0, int ro
     }
 }
 
-// Key band of query row i: [lo, hi). Window bounds are pre-clamped by the host (−1 = unbounded,
-// causal folded into right = 0), so nothing here overflows 32 bits.
+// Key band of query position i: [lo, hi). Window bounds are pre-clamped by the host (−1 =
+// unbounded, causal folded into right = 0), so nothing here overflows 32 bits.
 DEVI int band_lo(int i, int off, int left) { return left >= 0 ? max(0, i + off - left) : 0; }
 DEVI int band_hi(int i, int off, int right, int nk) { return right >= 0 ? min(nk, i + off + right + 1) : nk; }
 
 template <int DP, bool BF16>
-DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned short* __restrict__ K,
-                         const unsigned short* __restrict__ V, float* __restrict__ O, float* __restrict__ LSE,
-                         int heads, int kv_heads, int nq, int nk, int d, float scale_log2, int win_left,
-                         int win_right) {
+DEVI void flash_fwd_body(const FlashFwdParams& p) {
     typedef FlashGeom<DP> G;
     constexpr int BC = G::BC, MT = G::MT, BR = G::BR, STR = G::STRIDE;
     constexpr bool QREG = G::QREG != 0;
-    constexpr int KS = DP / 16;     // k-steps of Q·Kᵀ
-    constexpr int NTS = BC / 8;     // n8 tiles of S
-    constexpr int NTO = DP / 8;     // n8 tiles of O
-    constexpr int KSP = BC / 16;    // k-steps of P·V
-    // Q·Kᵀ k-steps unrolled: all of them, except for DP = 256 on sm_90, where full unrolling of
-    // the smem-fed A fragments leaves ptxas one register short (16 bytes of spills).
-    [[maybe_unused]] constexpr int KS_UNROLL = DP >= 256 ? 8 : KS;  // unused by the emulator (g++ ignores the pragma)
+    constexpr int KS = DP / 16;   // k-steps of Q·Kᵀ
+    constexpr int NTS = BC / 8;   // n8 tiles of S
+    constexpr int NTO = DP / 8;   // n8 tiles of O
+    constexpr int KSP = BC / 16;  // k-steps of P·V
+    constexpr int STAGE = 2 * BC * STR;  // halves per (K, V) stage
 
     DECLARE_DYNAMIC_SMEM(smem_raw);
     unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
-    unsigned short* sK = sQ + BR * STR;
-    unsigned short* sV = sK + BC * STR;
+    unsigned short* sKV = sQ + BR * STR;  // stage s: K at sKV + s·STAGE, V right after it
+    // Byte addresses in the shared window for ldmatrix: a per-lane part computed once, plus
+    // compile-time tile offsets.
+    const unsigned aQ = smem_addr(sQ), aKV = aQ + BR * STR * 2;
 
+    const int nk = p.nk, d = p.d, pack = p.pack;
+    const float scale_log2 = p.scale_log2;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;  // groupID, threadID_in_group (PTX ISA fragment layout)
+    const int rows = p.nq * pack;           // query rows of this (batch, packed head)
     const int q0 = blockIdx.x * BR;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (heads / kv_heads);
-    const long long bh = (long long)b * heads + h;
-    const unsigned short* gQ = Q + bh * nq * d;
-    const long long kv_base = ((long long)b * kv_heads + kvh) * nk * d;
-    const unsigned short* gK = K + kv_base;
-    const unsigned short* gV = V + kv_base;
+    const int h0 = blockIdx.y * pack;       // first query head of the block
+    const int split = blockIdx.z % p.num_splits, b = blockIdx.z / p.num_splits;
+    const int kvh = h0 / (p.heads / p.kv_heads);
+    const long long row0 = ((long long)b * p.heads + h0) * p.nq;  // global index of row 0
+    const unsigned short* gQ = p.q + row0 * d;
+    const long long kv_base = ((long long)b * p.kv_heads + kvh) * nk * d;
+    const unsigned short* gK = p.k + kv_base;
+    const unsigned short* gV = p.v + kv_base;
 
-    const int off = nk - nq;
-    const int q_last = min(q0 + BR, nq) - 1;
-    const int tile_lo = band_lo(q0, off, win_left);            // smallest lo over the block's rows
-    const int tile_hi = band_hi(q_last, off, win_right, nk);   // largest hi
-    const int full_lo = band_lo(q_last, off, win_left);        // keys ≥ this are ≥ lo of every row
-    const int full_hi = band_hi(q0, off, win_right, nk);       // keys < this are < hi of every row
+    // Query position of a row: the row itself, or 0 for every packed head (pack > 1 ⇒ N_q = 1).
+    const int off = nk - p.nq;
+    const int q_last = min(q0 + BR, rows) - 1;
+    const int pos_first = pack > 1 ? 0 : q0, pos_last = pack > 1 ? 0 : q_last;
+    const int key_lo = split * p.keys_per_split, key_hi = min(nk, key_lo + p.keys_per_split);
+    const int tile_lo = max(key_lo, band_lo(pos_first, off, p.win_left));    // smallest lo of the block
+    const int tile_hi = min(key_hi, band_hi(pos_last, off, p.win_right, nk)); // largest hi
+    const int full_lo = band_lo(pos_last, off, p.win_left);        // keys ≥ this are ≥ lo of every row
+    const int full_hi = band_hi(pos_first, off, p.win_right, nk);  // keys < this are < hi of every row
     const int j_begin = tile_lo < tile_hi ? tile_lo / BC : 0;
     const int j_end = tile_lo < tile_hi ? (tile_hi + BC - 1) / BC : 0;
 
@@ -258,28 +272,38 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
     }
     unsigned qf[QREG ? MT : 1][QREG ? KS : 1][4];
 
-    // Rows of this thread: row_of(mt, rr) = q0 + warp·16·MT + mt·16 + g + 8·rr.
+    // Rows of this thread: q0 + warp·16·MT + mt·16 + g + 8·rr.
     const int row_base = q0 + warp * 16 * MT + g;
+    // ldmatrix lane roles (PTX ISA): Q (A, row-major) rows lane%16, column half lane/16; K (B)
+    // key lane%8 + 8·bit4, column half bit3; V (B, .trans) key lane%8 + 8·bit3, column half bit4.
+    const unsigned lq = aQ + ((warp * 16 * MT + (lane & 15)) * STR + (lane >> 4) * 8) * 2;
+    const unsigned lk = (((lane >> 4) & 1) * 8 + (lane & 7)) * STR * 2 + ((lane >> 3) & 1) * 16;
+    const unsigned lv = (((lane >> 3) & 1) * 8 + (lane & 7)) * STR * 2 + (lane >> 4) * 16;
 
     if (j_begin < j_end) {
-        load_tile<BR, DP>(sQ, gQ, q0, nq, d, tid);
-        load_tile<BC, DP>(sK, gK, j_begin * BC, nk, d, tid);
+        load_tile<BR, DP>(sQ, gQ, q0, rows, d, tid);
+        load_tile<BC, DP>(sKV, gK, j_begin * BC, nk, d, tid);
+        load_tile<BC, DP>(sKV + BC * STR, gV, j_begin * BC, nk, d, tid);
         cp_async_commit();
 
         for (int j = j_begin; j < j_end; ++j) {
             const int n0 = j * BC;
-            cp_async_wait_all();
-            __syncthreads();  // K_j (and Q) visible; every warp is done reading V_{j-1}
-            load_tile<BC, DP>(sV, gV, n0, nk, d, tid);
-            cp_async_commit();
+            const unsigned aK = aKV + ((j - j_begin) & 1) * STAGE * 2, aV = aK + BC * STR * 2;
+            cp_async_wait<0>();  // this thread's copies of tile j (the one group in flight) landed
+            __syncthreads();     // everyone's copies visible; every warp is done with tile j−1's stage
+            if (j + 1 < j_end) {
+                unsigned short* nK = sKV + ((j + 1 - j_begin) & 1) * STAGE;
+                load_tile<BC, DP>(nK, gK, n0 + BC, nk, d, tid);
+                load_tile<BC, DP>(nK + BC * STR, gV, n0 + BC, nk, d, tid);
+                cp_async_commit();
+            }
 
             if (QREG && j == j_begin) {
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                     for (int kk = 0; kk < KS; ++kk) {
-                        const int r = warp * 16 * MT + mt * 16 + (lane & 15);
-                        ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], sQ + r * STR + kk * 16 + (lane >> 4) * 8);
+                        ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], lq + (mt * 16 * STR + kk * 16) * 2);
                     }
                 }
             }
@@ -294,21 +318,19 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
                     for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
                 }
             }
-#pragma unroll KS_UNROLL
+#pragma unroll
             for (int kk = 0; kk < KS; ++kk) {
                 unsigned a_tmp[QREG ? 1 : MT][4];
                 if (!QREG) {
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        const int r = warp * 16 * MT + mt * 16 + (lane & 15);
-                        ldmatrix_x4(a_tmp[QREG ? 0 : mt], sQ + r * STR + kk * 16 + (lane >> 4) * 8);
+                        ldmatrix_x4(a_tmp[QREG ? 0 : mt], lq + (mt * 16 * STR + kk * 16) * 2);
                     }
                 }
 #pragma unroll
                 for (int np = 0; np < NTS / 2; ++np) {
                     unsigned bk[4];
-                    const int key = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
-                    ldmatrix_x4(bk, sK + key * STR + kk * 16 + ((lane >> 3) & 1) * 8);
+                    ldmatrix_x4(bk, aK + lk + (np * 16 * STR + kk * 16) * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
@@ -324,8 +346,8 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
                 for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                     for (int rr = 0; rr < 2; ++rr) {
-                        const int row = row_base + mt * 16 + 8 * rr;
-                        const int lo = band_lo(row, off, win_left), hi = band_hi(row, off, win_right, nk);
+                        const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
+                        const int lo = band_lo(pos, off, p.win_left), hi = band_hi(pos, off, p.win_right, nk);
 #pragma unroll
                         for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
@@ -339,6 +361,8 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
             }
 
             // Online softmax (log2 domain).
+            float alpha[MT][2];
+            bool raised = false;
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -350,61 +374,69 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
                     // A row with no allowed key yet keeps m = −∞; subtract 0 so p = exp2(−∞) = 0, not NaN.
                     const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
-                    const float alpha = fast_exp2(m_i[mt][rr] * scale_log2 - m_scaled);
+                    alpha[mt][rr] = fast_exp2(m_i[mt][rr] * scale_log2 - m_scaled);
+                    raised |= mx > m_i[mt][rr];
                     m_i[mt][rr] = mx;
                     float sum = 0.f;
 #pragma unroll
                     for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
-                            const float p = fast_exp2(s[mt][nt][2 * rr + e] * scale_log2 - m_scaled);
-                            s[mt][nt][2 * rr + e] = p;
-                            sum += p;
+                            const float pe = fast_exp2(s[mt][nt][2 * rr + e] * scale_log2 - m_scaled);
+                            s[mt][nt][2 * rr + e] = pe;
+                            sum += pe;
                         }
                     }
-                    l_i[mt][rr] = l_i[mt][rr] * alpha + sum;
+                    l_i[mt][rr] = l_i[mt][rr] * alpha[mt][rr] + sum;
+                }
+            }
+            // alpha = 1 exactly for every row whose max did not rise: skip the rescale when that
+            // holds for the whole warp (a warp-uniform branch).
+            if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                     for (int nt = 0; nt < NTO; ++nt) {
-                        acc_o[mt][nt][2 * rr] *= alpha;
-                        acc_o[mt][nt][2 * rr + 1] *= alpha;
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) acc_o[mt][nt][e] *= alpha[mt][e >> 1];
                     }
                 }
             }
 
-            cp_async_wait_all();
-            __syncthreads();  // V_j visible; every warp is done reading K_j
-            if (j + 1 < j_end) {
-                load_tile<BC, DP>(sK, gK, n0 + BC, nk, d, tid);
-                cp_async_commit();
+            // O += P·V_j. P's accumulator fragment is the A operand once packed to 16 bits; all of
+            // P is packed first, so S's fp32 registers are dead before the P·V loop (FA2 does the same).
+            unsigned pa[MT][KSP][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int kk = 0; kk < KSP; ++kk) {
+                    pa[mt][kk][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    pa[mt][kk][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    pa[mt][kk][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
             }
-
-            // O += P·V_j; P's accumulator fragment is the A operand after packing to 16 bits.
 #pragma unroll
             for (int kk = 0; kk < KSP; ++kk) {
-                unsigned pa[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    pa[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-                }
 #pragma unroll
                 for (int np = 0; np < NTO / 2; ++np) {
                     unsigned bv[4];
-                    const int key = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-                    ldmatrix_x4_trans(bv, sV + key * STR + np * 16 + (lane >> 4) * 8);
+                    ldmatrix_x4_trans(bv, aV + lv + (kk * 16 * STR + np * 16) * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(acc_o[mt][2 * np], pa[mt], bv[0], bv[1]);
-                        mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt], bv[2], bv[3]);
+                        mma_16816<BF16>(acc_o[mt][2 * np], pa[mt][kk], bv[0], bv[1]);
+                        mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt][kk], bv[2], bv[3]);
                     }
                 }
             }
         }
     }
 
-    // Epilogue: finish the row sums, normalize, write O and LSE.
+    // Epilogue: finish the row sums, normalize, write O and LSE (or this split's partials).
+    const bool partial = p.num_splits > 1;
+    const long long total_rows = (long long)p.batch * p.heads * p.nq;
+    float* o_out = partial ? p.o_accum + split * total_rows * d : p.o;
+    float* lse_out = partial ? p.lse_accum + split * total_rows : p.lse;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -414,8 +446,8 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             const float inv = l == 0.f ? 0.f : 1.f / l;
             const int row = row_base + mt * 16 + 8 * rr;
-            if (row < nq) {
-                float* o_row = O + (bh * nq + row) * d;
+            if (row < rows) {
+                float* o_row = o_out + (row0 + row) * d;
 #pragma unroll
                 for (int nt = 0; nt < NTO; ++nt) {
                     const int col = nt * 8 + 2 * t;
@@ -427,7 +459,7 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
                     }
                 }
                 if (t == 0) {
-                    LSE[bh * nq + row] =
+                    lse_out[row0 + row] =
                         l == 0.f ? neg_inf() : (m_i[mt][rr] * scale_log2 + fast_log2(l)) * 0.6931471805599453f;
                 }
             }
@@ -437,12 +469,12 @@ DEVI void flash_fwd_body(const unsigned short* __restrict__ Q, const unsigned sh
 
 // ------------------------------------------------------------------------------------------
 // Entry points. FLASH_ONLY(DT, DP) restricts the module to one variant (the runtime path
-// compiles only what it launches); without it every variant is instantiated.
+// compiles only what it launches); without it every variant is instantiated. flash_combine
+// (kernels/flash_combine.cu, appended to this source by the host) is in every module.
 // ------------------------------------------------------------------------------------------
 #define FLASH_ENTRY(DT, IS_BF16, DP)                                                                           \
     extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##DT##_d##DP(const FlashFwdParams p) { \
-        flash_fwd_body<DP, IS_BF16>(p.q, p.k, p.v, p.o, p.lse, p.heads, p.kv_heads, p.nq, p.nk, p.d,            \
-                                    p.scale_log2, p.win_left, p.win_right);                                    \
+        flash_fwd_body<DP, IS_BF16>(p);                                                                        \
     }
 
 #define FLASH_ALL_VARIANTS(X)                                                                                  \

@@ -7,7 +7,13 @@
 //! cross-attention, empty rows, GQA, MQA, f16 and bf16, every compiled head dim.
 //!
 //! Shapes: the shared cross-validation table (tests/common) × {f16, bf16}, plus a few extra rows
-//! so every compiled head-dim variant runs. Tolerance: `attnkit::validate::exact_tolerance`
+//! so every compiled head-dim variant runs, and decode shapes that take the split-KV path
+//! (partials + flash_combine; N_q = 1, GQA packing, ragged N_k, causal, windows). The f16 run of
+//! a table shape is planned for a 1-SM GPU (never split: the whole key range goes through the
+//! two-stage pipeline in one block), the bf16 run for `DEFAULT_SMS` (split where the plan
+//! chooses it); `split_*` shapes always use the default. cp.async runs eagerly or lazily
+//! (landing only at its wait_group) alternating over cases and dtypes, so both a copy into a
+//! buffer still in use and a read before the wait would show. Tolerance: `attnkit::validate::exact_tolerance`
 //! (FlashAttention's rule, the same as tests/cross_validation.rs); LSE within 1e-4·max(1, |LSE|),
 //! −∞ exactly where the band is empty. O is pre-filled with NaN, so an unwritten element fails.
 //!
@@ -22,7 +28,7 @@
 mod common;
 
 use attnkit::backends::reference::attention_f64;
-use attnkit::cuda::{FlashFwdParams, FlashLaunch, variants};
+use attnkit::cuda::{DEFAULT_SMS, FlashFwdParams, FlashLaunch, variants};
 use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{AttnArgs, DType, Problem, Tensor, Window};
 use std::ffi::c_char;
@@ -30,11 +36,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 type RunFn = unsafe extern "C" fn(i32, i32, u32, u32, u32, FlashFwdParams, *mut c_char, usize) -> i32;
+type CombineFn = unsafe extern "C" fn(u32, FlashFwdParams, *mut c_char, usize) -> i32;
+type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
 type ConfigFn = unsafe extern "C" fn(i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
 
-const SOURCES: [&str; 3] = [
+const SOURCES: [&str; 4] = [
     include_str!("../kernels/flash_fwd.cu"),
+    include_str!("../kernels/flash_combine.cu"),
     include_str!("../kernels/cuda_host_emu.hpp"),
     include_str!("../kernels/emu/driver.cpp"),
 ];
@@ -146,6 +155,12 @@ const EXTRA: &[(&str, usize, usize, usize, usize, usize, usize, bool, (i64, i64)
     ("d64_narrow_window_skips_tiles", 1, 1, 1, 450, 450, 64, false, (30, 0)),
     ("d128_gqa_batch2_causal", 2, 4, 2, 90, 90, 128, true, (-1, -1)),
     ("d80_decode_like", 1, 2, 2, 3, 190, 80, true, (-1, -1)),
+    // Split-KV (few blocks): N_q = 1 with GQA packing, ragged N_k, causal, windows, MQA, d256.
+    ("split_decode_gqa_ragged", 2, 8, 2, 1, 333, 64, false, (-1, -1)),
+    ("split_decode_mqa_causal_d128", 1, 4, 1, 1, 201, 128, true, (-1, -1)),
+    ("split_decode_window_d256", 1, 2, 2, 1, 150, 256, false, (40, 0)),
+    ("split_decode_gqa_window_d32", 1, 4, 2, 1, 700, 32, true, (300, -1)),
+    ("split_multirow_causal_window", 1, 2, 1, 5, 260, 80, true, (100, -1)),
 ];
 
 fn cases() -> Vec<common::Case> {
@@ -168,7 +183,9 @@ fn emulate(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-) -> Result<(Vec<f32>, Vec<f32>), String> {
+    sms: usize,
+    lazy: bool,
+) -> Result<(Vec<f32>, Vec<f32>, usize), String> {
     let bits = |t: &Tensor| -> Vec<u16> {
         match t {
             Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
@@ -177,37 +194,60 @@ fn emulate(
         }
     };
     let (qb, kb, vb) = (bits(q), bits(k), bits(v));
-    let l = FlashLaunch::plan(p, p.dtype).map_err(|r| r.join("; "))?;
+    let l = FlashLaunch::plan_for(p, p.dtype, sms).map_err(|r| r.join("; "))?;
     let mut o = vec![f32::NAN; p.out_len()];
     let mut lse = vec![f32::NAN; p.lse_len()];
+    let (ao, al) = l.accum_elems();
+    let (mut o_acc, mut lse_acc) = (vec![f32::NAN; ao], vec![f32::NAN; al]);
     let mut err = vec![0 as c_char; 512];
-    // SAFETY: symbol type matches attnkit_emu_flash_fwd in kernels/emu/driver.cpp.
-    let run: libloading::Symbol<RunFn> = unsafe { lib.get(b"attnkit_emu_flash_fwd") }.map_err(|e| e.to_string())?;
+    // SAFETY: symbol types match attnkit_emu_flash_fwd / _flash_combine / _set_lazy_copies in
+    // kernels/emu/driver.cpp.
+    let (run, combine, set_lazy) = unsafe {
+        let run: libloading::Symbol<RunFn> = lib.get(b"attnkit_emu_flash_fwd").map_err(|e| e.to_string())?;
+        let combine: libloading::Symbol<CombineFn> =
+            lib.get(b"attnkit_emu_flash_combine").map_err(|e| e.to_string())?;
+        let set_lazy: libloading::Symbol<LazyFn> =
+            lib.get(b"attnkit_emu_set_lazy_copies").map_err(|e| e.to_string())?;
+        (run, combine, set_lazy)
+    };
+    // SAFETY: plain setter of the emulator's copy schedule.
+    unsafe { set_lazy(lazy as i32) };
     let addr = |p: *const u16| p as usize as u64;
-    let params = l.params.with_buffers(
-        addr(qb.as_ptr()),
-        addr(kb.as_ptr()),
-        addr(vb.as_ptr()),
-        o.as_mut_ptr() as usize as u64,
-        lse.as_mut_ptr() as usize as u64,
-    );
+    let params = l
+        .params
+        .with_buffers(
+            addr(qb.as_ptr()),
+            addr(kb.as_ptr()),
+            addr(vb.as_ptr()),
+            o.as_mut_ptr() as usize as u64,
+            lse.as_mut_ptr() as usize as u64,
+        )
+        .with_accum(o_acc.as_mut_ptr() as usize as u64, lse_acc.as_mut_ptr() as usize as u64);
     let (gx, gy, gz) = l.grid;
     // SAFETY: the params' buffers live until the call returns and have the lengths the problem
     // implies (the same contract as the GPU launch); err has err.len() bytes.
     let rc =
         unsafe { run(l.variant.bf16 as i32, l.variant.dp as i32, gx, gy, gz, params, err.as_mut_ptr(), err.len()) };
+    let msg = |err: &[c_char]| -> String { err.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect() };
     if rc != 0 {
-        return Err(err.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect());
+        return Err(msg(&err));
     }
-    Ok((o, lse))
+    if let Some(blocks) = l.combine_blocks {
+        // SAFETY: as above; o_acc/lse_acc hold accum_elems() floats, written by the run above.
+        let rc = unsafe { combine(blocks, params, err.as_mut_ptr(), err.len()) };
+        if rc != 0 {
+            return Err(format!("flash_combine: {}", msg(&err)));
+        }
+    }
+    Ok((o, lse, l.splits()))
 }
 
 #[test]
 fn emulated_kernel_matches_reference() {
     let lib = require_emu!();
     let mut failures = Vec::new();
-    let mut checked = 0;
-    for case in cases() {
+    let (mut checked, mut split_runs) = (0, 0);
+    for (ci, case) in cases().into_iter().enumerate() {
         for dtype in [DType::F16, DType::BF16] {
             let p = case.problem.clone().with_dtype(dtype);
             let reasons = attnkit::cuda::unsupported_reasons(&p);
@@ -218,7 +258,9 @@ fn emulated_kernel_matches_reference() {
             let t = std::time::Instant::now();
             let (q, k, v) = common::qkv(&p, 7);
             let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-            let (o, lse) = match emulate(lib, &p, &q, &k, &v) {
+            let lazy = (ci % 2 == 1) != (dtype == DType::BF16);
+            let sms = if dtype == DType::F16 && !case.name.starts_with("split_") { 1 } else { DEFAULT_SMS };
+            let (o, lse, splits) = match emulate(lib, &p, &q, &k, &v, sms, lazy) {
                 Ok(r) => r,
                 Err(e) => {
                     failures.push(format!("{} {dtype}: emulator fault: {e}", case.name));
@@ -226,6 +268,7 @@ fn emulated_kernel_matches_reference() {
                 }
             };
             checked += 1;
+            split_runs += (splits > 1) as usize;
             let (oracle, oracle_lse) = attention_f64(&args);
             let stats = compare(&o, &oracle);
             let tol = exact_tolerance(&args, &oracle, dtype);
@@ -240,12 +283,15 @@ fn emulated_kernel_matches_reference() {
                 }
             }
             eprintln!(
-                "{:<32} {:<4} max|O-ref| {:.3e}  naive {:.3e}  bound {:.3e}  LSE rel {:.1e}  ({:.1}s)",
+                "{:<32} {:<4} {} splits {:>2}  max|O-ref| {:.3e}  naive {:.3e}  bound {:.3e} (ratio {:.3})  LSE rel {:.1e}  ({:.1}s)",
                 case.name,
                 dtype.as_str(),
+                if lazy { "lazy " } else { "eager" },
+                splits,
                 stats.max_abs,
                 tol.naive_err,
                 tol.bound,
+                stats.max_abs / tol.bound,
                 lse_err,
                 t.elapsed().as_secs_f64()
             );
@@ -257,6 +303,7 @@ fn emulated_kernel_matches_reference() {
             }
         }
     }
-    assert!(checked > 0, "nothing was checked");
+    assert!(checked >= 2 * cases().len() - 4, "only {checked} runs were checked");
+    assert!(split_runs >= 10, "only {split_runs} runs took the split-KV path");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

@@ -37,7 +37,7 @@ fn check_all_variants(major: i32) -> usize {
     assert_eq!(attnkit::cuda::ptxas_major(&ptxas), Some(major), "{} is not ptxas {major}", ptxas.display());
     let archs = ["sm_80".to_string(), "sm_90".to_string()];
     let reports = compile_report_with(&nvrtc, Some(&ptxas), &archs).expect("compile_report");
-    assert_eq!(reports.len(), archs.len() * variants().len());
+    assert_eq!(reports.len(), archs.len() * (variants().len() + 1), "every variant + flash_combine per arch");
     eprintln!("NVRTC {:?} from {}, ptxas {}", nvrtc.version(), nvrtc.path().display(), ptxas.display());
     eprintln!("{:<22} {:<6} {:>5} {:>6} {:>7} {:>7} {:>6}", "kernel", "arch", "regs", "spill", "smem", "blk/SM", "occ");
     for r in &reports {
@@ -64,13 +64,13 @@ fn check_all_variants(major: i32) -> usize {
 #[test]
 fn every_variant_compiles_with_nvrtc_12_without_spills() {
     let n = check_all_variants(12);
-    assert!(n == 0 || n == 2 * variants().len(), "checked {n}");
+    assert!(n == 0 || n == 2 * (variants().len() + 1), "checked {n}");
 }
 
 #[test]
 fn every_variant_compiles_with_nvrtc_13_without_spills() {
     let n = check_all_variants(13);
-    assert!(n == 0 || n == 2 * variants().len(), "checked {n}");
+    assert!(n == 0 || n == 2 * (variants().len() + 1), "checked {n}");
 }
 
 #[test]
@@ -82,7 +82,8 @@ fn single_variant_module_holds_only_that_entry_and_a_cubin() {
     let v = variants().into_iter().find(|v| v.bf16 && v.dp == 128).expect("bf16 d128 variant");
     let c = compile(FLASH_FWD_SRC, "sm_80", &v.only_defines()).expect("compile");
     assert!(c.ptx.contains(&format!(".entry {}(", v.kernel_name())), "entry missing");
-    assert_eq!(c.ptx.matches(".entry ").count(), 1, "FLASH_ONLY_* should restrict the module to one entry");
+    assert!(c.ptx.contains(&format!(".entry {}(", attnkit::cuda::COMBINE_KERNEL)), "combine kernel missing");
+    assert_eq!(c.ptx.matches(".entry ").count(), 2, "FLASH_ONLY_* should leave one variant (+ flash_combine)");
     assert!(c.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "bf16 mma missing");
     // One by-value struct argument of FlashFwdParams' size (80 bytes), not 13 scalars.
     let size = std::mem::size_of::<attnkit::cuda::FlashFwdParams>();
@@ -114,7 +115,7 @@ fn kernels_subcommand_reports_every_variant_as_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), variants().len(), "one line per variant");
+    assert_eq!(lines.len(), variants().len() + 1, "one line per variant + flash_combine");
     for v in &lines {
         for key in ["kernel", "arch", "nvrtc", "compiled", "registers", "spill_bytes", "shared_bytes"] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");

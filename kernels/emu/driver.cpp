@@ -4,6 +4,7 @@
 #define ATTNKIT_EMU 1
 #include "../cuda_host_emu.hpp"
 #include "../flash_fwd.cu"
+#include "../flash_combine.cu"
 
 #include <cstddef>
 
@@ -48,14 +49,44 @@ extern "C" int attnkit_emu_config(int bf16, int dp, int* br, int* bc, int* smem_
 extern "C" int attnkit_emu_params_layout(char* out, size_t len) {
     std::string s;
 #define EMU_FIELD(F) s += std::string(#F "=") + std::to_string(offsetof(FlashFwdParams, F)) + ",";
-    EMU_FIELD(q) EMU_FIELD(k) EMU_FIELD(v) EMU_FIELD(o) EMU_FIELD(lse) EMU_FIELD(batch) EMU_FIELD(heads)
-    EMU_FIELD(kv_heads) EMU_FIELD(nq) EMU_FIELD(nk) EMU_FIELD(d) EMU_FIELD(scale_log2) EMU_FIELD(win_left)
-    EMU_FIELD(win_right) EMU_FIELD(pad)
+    EMU_FIELD(q) EMU_FIELD(k) EMU_FIELD(v) EMU_FIELD(o) EMU_FIELD(lse) EMU_FIELD(o_accum) EMU_FIELD(lse_accum)
+    EMU_FIELD(batch) EMU_FIELD(heads) EMU_FIELD(kv_heads) EMU_FIELD(nq) EMU_FIELD(nk) EMU_FIELD(d)
+    EMU_FIELD(scale_log2) EMU_FIELD(win_left) EMU_FIELD(win_right) EMU_FIELD(num_splits) EMU_FIELD(keys_per_split)
+    EMU_FIELD(pack)
 #undef EMU_FIELD
     s += "size=" + std::to_string(sizeof(FlashFwdParams)) + ",align=" + std::to_string(alignof(FlashFwdParams));
     copy_msg(s, out, len);
     return static_cast<int>(s.size());
 }
+
+// Chooses the cp.async schedule of later launches: 0 = eager (copies land when issued), 1 = lazy
+// (copies land at the wait_group that retires them). See ../cuda_host_emu.hpp.
+extern "C" void attnkit_emu_set_lazy_copies(int lazy) { emu::set_lazy_copies(lazy != 0); }
+
+namespace {
+// Clears the fault record and the registered buffers, registers the inputs the kernel may
+// cp.async from, runs `body`, and reports the first fault (−2) or success (0).
+template <class F>
+int run_checked(const FlashFwdParams& p, char* err, size_t err_len, F body) {
+    {
+        std::lock_guard<std::mutex> l(emu::global().mu);
+        emu::global().buffers.clear();
+        emu::global().first_error.clear();
+    }
+    const size_t q_elems = static_cast<size_t>(p.batch) * p.heads * p.nq * p.d;
+    const size_t kv_elems = static_cast<size_t>(p.batch) * p.kv_heads * p.nk * p.d;
+    emu::register_buffer(p.q, q_elems * 2);
+    emu::register_buffer(p.k, kv_elems * 2);
+    emu::register_buffer(p.v, kv_elems * 2);
+    body();
+    std::lock_guard<std::mutex> l(emu::global().mu);
+    if (!emu::global().first_error.empty()) {
+        copy_msg(emu::global().first_error, err, err_len);
+        return -2;
+    }
+    return 0;
+}
+}  // namespace
 
 // Runs the emulated kernel over `grid` (the host's launch plan) with `p` exactly as the GPU
 // launch passes it. Returns 0 on success, −1 for an unknown variant, −2 when the emulator caught
@@ -67,22 +98,16 @@ extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, unsigned grid_x, unsigned
         copy_msg("no such variant", err, err_len);
         return -1;
     }
-    {
-        std::lock_guard<std::mutex> l(emu::global().mu);
-        emu::global().buffers.clear();
-        emu::global().first_error.clear();
-    }
-    const size_t q_elems = static_cast<size_t>(p.batch) * p.heads * p.nq * p.d;
-    const size_t kv_elems = static_cast<size_t>(p.batch) * p.kv_heads * p.nk * p.d;
-    emu::register_buffer(p.q, q_elems * 2);
-    emu::register_buffer(p.k, kv_elems * 2);
-    emu::register_buffer(p.v, kv_elems * 2);
-    emu::launch(emu::Dim3{grid_x, grid_y, grid_z}, emu::Dim3{FLASH_THREADS, 1, 1}, static_cast<size_t>(var->smem),
-                [&] { var->fn(p); });
-    std::lock_guard<std::mutex> l(emu::global().mu);
-    if (!emu::global().first_error.empty()) {
-        copy_msg(emu::global().first_error, err, err_len);
-        return -2;
-    }
-    return 0;
+    return run_checked(p, err, err_len, [&] {
+        emu::launch(emu::Dim3{grid_x, grid_y, grid_z}, emu::Dim3{FLASH_THREADS, 1, 1},
+                    static_cast<size_t>(var->smem), [&] { var->fn(p); });
+    });
+}
+
+// Runs the emulated flash_combine over `grid_x` blocks of COMBINE_ROWS_PER_BLOCK warps.
+extern "C" int attnkit_emu_flash_combine(unsigned grid_x, const FlashFwdParams p, char* err, size_t err_len) {
+    return run_checked(p, err, err_len, [&] {
+        emu::launch(emu::Dim3{grid_x, 1, 1}, emu::Dim3{32 * COMBINE_ROWS_PER_BLOCK, 1, 1}, 0,
+                    [&] { flash_combine(p); });
+    });
 }

@@ -4,7 +4,8 @@
 //! staged in shared memory with cp.async, S = QKᵀ and PV on tensor cores (mma.sync m16n8k16, f16
 //! or bf16 in, fp32 accumulate), online softmax in the exp2 domain, O normalized once and LSE
 //! written alongside; causal/window masks skip whole KV tiles and mask only boundary tiles; GQA
-//! and MQA by head-index mapping; any head_dim that is a multiple of 8 up to 256 (padded to the
+//! and MQA by head-index mapping; decode (few blocks) splits the keys over blocks and merges the
+//! partials with a second kernel (flash-decoding), packing GQA heads when N_q = 1; any head_dim that is a multiple of 8 up to 256 (padded to the
 //! next compiled variant: 32, 48, 64, 80, 96, 128, 160, 192, 256). See `kernels/README.md`.
 //!
 //! Host side: the source is embedded with `include_str!`, compiled by NVRTC on first use for the
@@ -20,8 +21,8 @@
 //! every value fits f16's range (|x| ≤ 65504), else to bf16 (2⁻⁸); the kernel then has that
 //! dtype's accuracy, not f32's. f16/bf16 inputs are passed through bit-exactly.
 //!
-//! Caveats: sm_80 or newer only (cp.async, bf16 mma); no split-KV, so problems with very few
-//! (batch·head·q-tile) blocks under-fill the GPU. Not yet run on a GPU (none was available), so
+//! Caveats: sm_80 or newer only (cp.async, bf16 mma); split-KV adds a partial-result buffer of
+//! splits·B·H·N_q·(D+1) floats, counted in the working set. Not yet run on a GPU (none was available), so
 //! `auto` picks it only with `ATTNKIT_AUTO_CUDA=1`; correctness and speed on a GPU are checked by
 //! `scripts/gpu-check/` and recorded in `kernels/README.md`.
 
@@ -53,7 +54,10 @@ struct Gpu {
     stream: Arc<CudaStream>,
     arch: String,
     max_smem_optin: usize,
-    functions: Mutex<HashMap<Variant, CudaFunction>>,
+    /// Multiprocessors, for the split-KV choice.
+    sms: usize,
+    /// Per variant: its forward kernel and the module's `flash_combine`.
+    functions: Mutex<HashMap<Variant, (CudaFunction, CudaFunction)>>,
 }
 
 /// The `flash-cuda` backend. Cheap to construct; the GPU is initialized on first use.
@@ -98,12 +102,14 @@ fn init_gpu() -> std::result::Result<Gpu, String> {
         let max_smem_optin = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
             .max(0) as usize;
+        let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
         let stream = ctx.default_stream();
         Ok(Gpu {
             ctx,
             stream,
             arch: format!("sm_{major}{minor}"),
             max_smem_optin,
+            sms,
             functions: Mutex::new(HashMap::new()),
         })
     })
@@ -111,8 +117,8 @@ fn init_gpu() -> std::result::Result<Gpu, String> {
 }
 
 impl Gpu {
-    /// The variant's kernel, compiled and loaded on first use.
-    fn function(&self, v: Variant) -> Result<CudaFunction> {
+    /// The variant's kernel and the combine kernel, compiled and loaded on first use.
+    fn function(&self, v: Variant) -> Result<(CudaFunction, CudaFunction)> {
         let mut map = self.functions.lock().map_err(|_| AttnError::Cuda("kernel cache poisoned".into()))?;
         if let Some(f) = map.get(&v) {
             return Ok(f.clone());
@@ -136,19 +142,20 @@ impl Gpu {
         };
         let module = self.ctx.load_module(image)?;
         let f = module.load_function(&v.kernel_name())?;
+        let combine = module.load_function(cuda::COMBINE_KERNEL)?;
         if v.smem_bytes() > DEFAULT_SMEM_LIMIT {
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 v.smem_bytes() as i32,
             )?;
         }
-        map.insert(v, f.clone());
-        Ok(f)
+        map.insert(v, (f.clone(), combine.clone()));
+        Ok((f, combine))
     }
 
     /// Refuses allocations over the memory budget or the device's free memory.
     fn check_memory(&self, bytes: u64) -> Result<()> {
-        check_budget(NAME, "device buffers (Q, K, V, O, LSE)", Some(bytes))?;
+        check_budget(NAME, "device buffers (Q, K, V, O, LSE, split-KV partials)", Some(bytes))?;
         let (free, _) = self.ctx.mem_get_info()?;
         if bytes > free as u64 {
             return Err(AttnError::MemoryBudget {
@@ -170,6 +177,8 @@ pub struct DeviceBuffers {
     v: CudaSlice<u16>,
     o: CudaSlice<f32>,
     lse: CudaSlice<f32>,
+    /// Split-KV partial O and LSE (only when the launch splits the keys).
+    accum: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
 impl DeviceBuffers {
@@ -179,11 +188,12 @@ impl DeviceBuffers {
     }
 }
 
-/// Device bytes for one call: 16-bit Q, K, V and f32 O, LSE.
-fn device_bytes(p: &Problem) -> Option<u64> {
+/// Device bytes for one call: 16-bit Q, K, V, f32 O, LSE and the split-KV partials of `launch`.
+fn device_bytes(p: &Problem, launch: Option<&FlashLaunch>) -> Option<u64> {
     let halves = (p.q_len() as u64).checked_add((p.kv_len() as u64).checked_mul(2)?)?.checked_mul(2)?;
-    let floats = (p.out_len() as u64).checked_add(p.lse_len() as u64)?.checked_mul(4)?;
-    halves.checked_add(floats)
+    let (ao, al) = launch.map_or((0, 0), FlashLaunch::accum_elems);
+    let floats = (p.out_len() as u64).checked_add(p.lse_len() as u64)?.checked_add(ao as u64 + al as u64)?;
+    halves.checked_add(floats.checked_mul(4)?)
 }
 
 /// The 16-bit dtype f32 data is rounded to: f16 when every finite value fits its range.
@@ -216,8 +226,9 @@ impl FlashCuda {
             .map_err(|reason| AttnError::Unavailable { backend: NAME.into(), reason: reason.clone() })
     }
 
-    fn plan(p: &Problem, kernel_dtype: DType) -> Result<FlashLaunch> {
-        FlashLaunch::plan(p, kernel_dtype).map_err(|reasons| AttnError::Unsupported { backend: NAME.into(), reasons })
+    fn plan(p: &Problem, kernel_dtype: DType, sms: usize) -> Result<FlashLaunch> {
+        FlashLaunch::plan_for(p, kernel_dtype, sms)
+            .map_err(|reasons| AttnError::Unsupported { backend: NAME.into(), reasons })
     }
 
     /// Copies validated inputs to the device (f32 rounded per [`f32_kernel_dtype`]) and allocates
@@ -232,8 +243,8 @@ impl FlashCuda {
             }
             d => d,
         };
-        let launch = Self::plan(p, kernel_dtype)?;
-        gpu.check_memory(device_bytes(p).unwrap_or(u64::MAX))?;
+        let launch = Self::plan(p, kernel_dtype, gpu.sms)?;
+        gpu.check_memory(device_bytes(p, Some(&launch)).unwrap_or(u64::MAX))?;
         let (q, k, v) =
             (to_bits(args.q(), kernel_dtype), to_bits(args.k(), kernel_dtype), to_bits(args.v(), kernel_dtype));
         guarded("upload", || {
@@ -245,6 +256,10 @@ impl FlashCuda {
                 v: s.clone_htod(v.as_ref())?,
                 o: s.alloc_zeros::<f32>(p.out_len())?,
                 lse: s.alloc_zeros::<f32>(p.lse_len())?,
+                accum: match launch.accum_elems() {
+                    (0, _) => None,
+                    (ao, al) => Some((s.alloc_zeros::<f32>(ao)?, s.alloc_zeros::<f32>(al)?)),
+                },
             })
         })
     }
@@ -257,9 +272,14 @@ impl FlashCuda {
     /// Prepares the launch, calls `just_before` (e.g. records a start event), then launches.
     fn launch_between(&self, bufs: &mut DeviceBuffers, just_before: impl FnOnce() -> Result<()>) -> Result<()> {
         let gpu = self.gpu()?;
-        let f = gpu.function(bufs.launch.variant)?;
+        let (f, combine) = gpu.function(bufs.launch.variant)?;
         let l = bufs.launch;
         let cfg = LaunchConfig { grid_dim: l.grid, block_dim: (cuda::THREADS, 1, 1), shared_mem_bytes: l.smem_bytes };
+        let combine_cfg = l.combine_blocks.map(|blocks| LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (32 * cuda::COMBINE_ROWS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        });
         guarded("kernel launch", || {
             let s = &gpu.stream;
             // The guards record the buffers' use on the stream when dropped, after the launch.
@@ -268,7 +288,15 @@ impl FlashCuda {
             let (v, _gv) = bufs.v.device_ptr(s);
             let (o, _go) = bufs.o.device_ptr_mut(s);
             let (lse, _gl) = bufs.lse.device_ptr_mut(s);
-            let params = l.params.with_buffers(q, k, v, o, lse);
+            let (accum, _ga) = match bufs.accum.as_mut() {
+                Some((ao, al)) => {
+                    let (ao, g1) = ao.device_ptr_mut(s);
+                    let (al, g2) = al.device_ptr_mut(s);
+                    ((ao, al), Some((g1, g2)))
+                }
+                None => ((0, 0), None),
+            };
+            let params = l.params.with_buffers(q, k, v, o, lse).with_accum(accum.0, accum.1);
             let mut b = s.launch_builder(&f);
             b.arg(&params);
             just_before()?;
@@ -279,6 +307,15 @@ impl FlashCuda {
             // H and H_kv via h / (H/H_kv)), and the dynamic smem size is what the variant
             // declares and was enabled on the function when above 48 KB.
             unsafe { b.launch(cfg) }?;
+            if let Some(cc) = combine_cfg {
+                let mut c = s.launch_builder(&combine);
+                c.arg(&params);
+                // SAFETY: flash_combine takes the same FlashFwdParams; with a split launch o_accum
+                // and lse_accum hold num_splits·B·H·N_q·d and num_splits·B·H·N_q floats
+                // (accum_elems), written by the launch above on the same stream, and it writes
+                // only rows < B·H·N_q, columns < d of o and lse.
+                unsafe { c.launch(cc) }?;
+            }
             Ok(())
         })
     }
@@ -309,8 +346,8 @@ impl FlashCuda {
             p.dtype = DType::F16;
         }
         p.validate()?;
-        Self::plan(&p, p.dtype)?;
-        gpu.check_memory(device_bytes(&p).unwrap_or(u64::MAX))?;
+        let launch = Self::plan(&p, p.dtype, gpu.sms)?;
+        gpu.check_memory(device_bytes(&p, Some(&launch)).unwrap_or(u64::MAX))?;
         let (q, k, v) = crate::seeded::normal_qkv(&p, 0x5eed);
         let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
         let mut bufs = self.upload(&args)?;
@@ -361,9 +398,10 @@ impl Attention for FlashCuda {
         cuda::unsupported_reasons(problem)
     }
 
-    /// Device memory: 16-bit Q, K, V and f32 O, LSE.
+    /// Device memory: 16-bit Q, K, V, f32 O, LSE and split-KV partials (planned for
+    /// [`cuda::DEFAULT_SMS`] SMs: no GPU is touched here).
     fn working_bytes(&self, problem: &Problem) -> Option<u64> {
-        device_bytes(problem)
+        device_bytes(problem, FlashLaunch::plan(problem, DType::F16).ok().as_ref())
     }
 
     /// f32 inputs are rounded to f16, or to bf16 when a value is out of f16's range.
@@ -403,6 +441,13 @@ mod tests {
     fn device_bytes_counts_every_buffer() {
         let p = Problem::new(1, 2, 10, 8).with_kv_heads(1).with_seq_k(6);
         // Q 160 + K,V 2·48 halves → 512 bytes; O 160 + LSE 20 floats → 720 bytes.
-        assert_eq!(device_bytes(&p), Some(512 + 720));
+        assert_eq!(device_bytes(&p, None), Some(512 + 720));
+        // With 600 keys the 10-row problem splits them: the partials are counted too.
+        let long = p.clone().with_seq_k(600);
+        let l = FlashLaunch::plan(&long, DType::F16).unwrap();
+        let (ao, al) = l.accum_elems();
+        assert_eq!((ao, al), (l.splits() * 20 * 8, l.splits() * 20));
+        assert!(l.splits() > 1, "{l:?}");
+        assert_eq!(device_bytes(&long, Some(&l)), Some(device_bytes(&long, None).unwrap() + 4 * (ao + al) as u64));
     }
 }

@@ -10,8 +10,13 @@ pub struct KernelsArgs {
     #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90")]
     pub arch: Vec<String>,
     /// One JSON object per variant and arch.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
+    /// The static cost table of kernels/README.md (markdown): every toolchain named by
+    /// ATTNKIT_NVRTC_12/ATTNKIT_PTXAS_12 and ATTNKIT_NVRTC_13/ATTNKIT_PTXAS_13 (as
+    /// .ci/cuda-wheels.sh sets them), or the default NVRTC when neither is set.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -22,8 +27,48 @@ pub fn run(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
     Err(AttnError::Cuda("this attnkit was built without the `cuda` feature (no NVRTC); rebuild with it".into()))
 }
 
+/// The cost table over every toolchain the environment names (see [`KernelsArgs::markdown`]).
+#[cfg(feature = "cuda")]
+fn markdown(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
+    use attnkit::cuda::{Nvrtc, compile_report_with, cost_table_markdown, variants};
+    for arch in &a.arch {
+        attnkit::cuda::validate_arch(arch)?;
+    }
+    let mut toolchains = Vec::new();
+    for major in [12, 13] {
+        let var = |what: &str| std::env::var_os(format!("ATTNKIT_{what}_{major}")).map(std::path::PathBuf::from);
+        let (Some(lib), Some(ptxas)) = (var("NVRTC"), var("PTXAS")) else {
+            continue;
+        };
+        let nvrtc = Nvrtc::load(&lib).map_err(AttnError::Cuda)?;
+        let name = format!("CUDA {}.{}", nvrtc.version().0, nvrtc.version().1);
+        toolchains.push((name, compile_report_with(&nvrtc, Some(&ptxas), &a.arch)?));
+    }
+    if toolchains.is_empty() {
+        let nvrtc = attnkit::cuda::nvrtc().map_err(AttnError::Cuda)?;
+        toolchains.push((
+            format!("CUDA {}.{}", nvrtc.version().0, nvrtc.version().1),
+            attnkit::cuda::compile_report(&a.arch)?,
+        ));
+    }
+    print!("{}", cost_table_markdown(&variants(), &toolchains, &a.arch));
+    let bad: Vec<String> = toolchains
+        .iter()
+        .flat_map(|(t, r)| r.iter().map(move |r| (t, r)))
+        .filter(|(_, r)| !r.compiled || r.spill_bytes != Some(0))
+        .map(|(t, r)| format!("{} {} ({t})", r.kernel, r.arch))
+        .collect();
+    if !bad.is_empty() {
+        return Err(AttnError::Cuda(format!("failed to compile, spilled or had no ptxas figures: {}", bad.join(", "))));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(feature = "cuda")]
 pub fn run(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
+    if a.markdown {
+        return markdown(a);
+    }
     let nvrtc = attnkit::cuda::nvrtc().map_err(AttnError::Cuda)?;
     if !a.json {
         outln!("NVRTC {}.{}: {}", nvrtc.version().0, nvrtc.version().1, nvrtc.path().display())?;

@@ -7,6 +7,7 @@
 //! argument and the ptxas parser build without the `cuda` feature (the emulator tests use them);
 //! the driver probe, NVRTC and [`compile_report`] need it.
 
+mod cost;
 #[cfg(feature = "cuda")]
 mod driver;
 #[cfg(feature = "cuda")]
@@ -15,19 +16,29 @@ mod params;
 mod ptxas;
 mod variants;
 
+pub use cost::{TileCost, ToolchainReport, cost_table_markdown};
 #[cfg(feature = "cuda")]
 pub use driver::{DriverInfo, driver_info};
 #[cfg(feature = "cuda")]
 pub use nvrtc::{Compiled, Nvrtc, compile, find_nvrtc, include_paths, nvrtc, nvrtc_available};
 pub use params::FlashFwdParams;
 pub use ptxas::{PtxasInfo, parse_ptxas, ptxas_for, ptxas_major, ptxas_path, run_ptxas};
-pub use variants::{FlashLaunch, HEAD_DIMS, THREADS, Variant, unsupported_reasons, variant_for, variants};
+pub use variants::{
+    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, STAGES, THREADS, Variant,
+    unsupported_reasons, variant_for, variants,
+};
 
 use crate::error::{AttnError, Result};
 use serde::Serialize;
 
-/// The forward kernel's source, compiled at run time by NVRTC.
-pub const FLASH_FWD_SRC: &str = include_str!("../../kernels/flash_fwd.cu");
+/// The kernels' source, compiled at run time by NVRTC: the forward kernel with the split-KV
+/// combine kernel appended (it uses the forward kernel's parameter struct and primitives).
+pub const FLASH_FWD_SRC: &str =
+    concat!(include_str!("../../kernels/flash_fwd.cu"), include_str!("../../kernels/flash_combine.cu"));
+
+/// Entry point that merges split-KV partials; present in every module compiled from
+/// [`FLASH_FWD_SRC`].
+pub const COMBINE_KERNEL: &str = "flash_combine";
 
 /// Checks an arch string of the form `sm_80`, `sm_90a`.
 pub fn validate_arch(arch: &str) -> Result<()> {
@@ -103,8 +114,9 @@ pub fn theoretical_occupancy(arch: &str, registers: u32, shared_bytes: u32, thre
     (blocks, (blocks * warps_per_block) as f64 / lim.max_warps as f64)
 }
 
-/// Compiles every kernel variant for every arch in `archs` through NVRTC and, when `ptxas` is on
-/// PATH, assembles the PTX and reports registers, spills, shared memory and occupancy.
+/// Compiles every kernel variant (and `flash_combine`, the last row per arch) for every arch in
+/// `archs` through NVRTC and, when `ptxas` is on PATH, assembles the PTX and reports registers,
+/// spills, shared memory and occupancy.
 ///
 /// Errors (instead of panicking) when libnvrtc is absent or an arch string is malformed. A
 /// variant that fails to compile is reported with `compiled: false` and NVRTC's log.
@@ -140,18 +152,13 @@ pub fn compile_report_with(
                 Err(e) => ptxas_err = Some(e.to_string()),
             }
         }
-        for v in variants() {
-            let name = v.kernel_name();
-            let error = match &whole {
-                Ok(_) => ptxas_err.clone(),
-                Err(_) => nvrtc.compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
-            };
-            let compiled = whole.is_ok() || error.is_none();
-            let info = per_entry.iter().find(|(n, _)| *n == name).map(|(_, i)| i.clone());
-            let shared = v.smem_bytes() as u32 + info.as_ref().map_or(0, |i| i.static_smem);
-            let occ = info.as_ref().map(|i| theoretical_occupancy(arch, i.registers, shared, THREADS));
-            reports.push(KernelCompileReport {
-                kernel: name,
+        // One row: entry `kernel` launched with `threads` threads and `dyn_smem` dynamic smem.
+        let row = |kernel: String, dyn_smem: u32, threads: u32, compiled: bool, error: Option<String>| {
+            let info = per_entry.iter().find(|(n, _)| *n == kernel).map(|(_, i)| i.clone());
+            let shared = dyn_smem + info.as_ref().map_or(0, |i| i.static_smem);
+            let occ = info.as_ref().map(|i| theoretical_occupancy(arch, i.registers, shared, threads));
+            KernelCompileReport {
+                kernel,
                 arch: arch.clone(),
                 nvrtc: format!("{}.{}", nvrtc.version().0, nvrtc.version().1),
                 compiled,
@@ -160,11 +167,23 @@ pub fn compile_report_with(
                 spill_bytes: info.as_ref().map(|i| i.spill_stores + i.spill_loads),
                 shared_bytes: Some(shared),
                 ptxas: info.is_some(),
-                block_threads: THREADS,
+                block_threads: threads,
                 blocks_per_sm: occ.map(|o| o.0),
                 occupancy: occ.map(|o| o.1),
-            });
+            }
+        };
+        for v in variants() {
+            let error = match &whole {
+                Ok(_) => ptxas_err.clone(),
+                Err(_) => nvrtc.compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
+            };
+            let compiled = whole.is_ok() || error.is_none();
+            reports.push(row(v.kernel_name(), v.smem_bytes() as u32, THREADS, compiled, error));
         }
+        // flash_combine is in every module (and in none alone): reported when the module compiled.
+        let combine_threads = 32 * COMBINE_ROWS_PER_BLOCK as u32;
+        let combine_err = whole.as_ref().err().map(|e| e.to_string()).or(ptxas_err.clone());
+        reports.push(row(COMBINE_KERNEL.to_string(), 0, combine_threads, whole.is_ok(), combine_err));
     }
     Ok(reports)
 }

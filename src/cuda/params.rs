@@ -20,6 +20,10 @@ pub struct FlashFwdParams {
     pub o: u64,
     /// f32 LSE, B·H·N_q elements.
     pub lse: u64,
+    /// f32 partial O, num_splits·B·H·N_q·d elements (split-KV only, else 0).
+    pub o_accum: u64,
+    /// f32 partial LSE, num_splits·B·H·N_q elements (split-KV only, else 0).
+    pub lse_accum: u64,
     pub batch: i32,
     pub heads: i32,
     pub kv_heads: i32,
@@ -31,18 +35,24 @@ pub struct FlashFwdParams {
     /// Window bounds with causal folded in, clamped to the sequence lengths; −1 = unbounded.
     pub win_left: i32,
     pub win_right: i32,
-    /// Explicit tail padding (always 0), so every byte the driver copies is initialized.
-    pub pad: i32,
+    /// Key ranges per query row (1: O and LSE written directly; more: partials + `flash_combine`).
+    pub num_splits: i32,
+    /// Keys per split, a multiple of the variant's key tile (≥ N_k when unsplit).
+    pub keys_per_split: i32,
+    /// Query heads packed into one block's rows (H/H_kv for GQA decode, N_q = 1 only), else 1.
+    pub pack: i32,
 }
 
 impl FlashFwdParams {
     /// (field, byte offset) in declaration order; the C side prints the same list.
-    pub const LAYOUT: [(&'static str, usize); 15] = [
+    pub const LAYOUT: [(&'static str, usize); 19] = [
         ("q", offset_of!(Self, q)),
         ("k", offset_of!(Self, k)),
         ("v", offset_of!(Self, v)),
         ("o", offset_of!(Self, o)),
         ("lse", offset_of!(Self, lse)),
+        ("o_accum", offset_of!(Self, o_accum)),
+        ("lse_accum", offset_of!(Self, lse_accum)),
         ("batch", offset_of!(Self, batch)),
         ("heads", offset_of!(Self, heads)),
         ("kv_heads", offset_of!(Self, kv_heads)),
@@ -52,7 +62,9 @@ impl FlashFwdParams {
         ("scale_log2", offset_of!(Self, scale_log2)),
         ("win_left", offset_of!(Self, win_left)),
         ("win_right", offset_of!(Self, win_right)),
-        ("pad", offset_of!(Self, pad)),
+        ("num_splits", offset_of!(Self, num_splits)),
+        ("keys_per_split", offset_of!(Self, keys_per_split)),
+        ("pack", offset_of!(Self, pack)),
     ];
 
     /// The layout as `name=offset,…,size=S,align=A`, the format the emulator driver prints.
@@ -65,6 +77,11 @@ impl FlashFwdParams {
     pub fn with_buffers(self, q: u64, k: u64, v: u64, o: u64, lse: u64) -> Self {
         Self { q, k, v, o, lse, ..self }
     }
+
+    /// These params with the split-KV partial buffers filled in.
+    pub fn with_accum(self, o_accum: u64, lse_accum: u64) -> Self {
+        Self { o_accum, lse_accum, ..self }
+    }
 }
 
 #[cfg(test)]
@@ -73,14 +90,14 @@ mod tests {
 
     #[test]
     fn layout_has_no_hidden_padding() {
-        // 5 pointers + 10 four-byte fields, 8-aligned: every byte belongs to a named field.
-        assert_eq!(size_of::<FlashFwdParams>(), 5 * 8 + 10 * 4);
+        // 7 pointers + 12 four-byte fields, 8-aligned: every byte belongs to a named field.
+        assert_eq!(size_of::<FlashFwdParams>(), 7 * 8 + 12 * 4);
         let mut end = 0;
         for (name, off) in FlashFwdParams::LAYOUT {
             assert_eq!(off, end, "{name} is not packed after the previous field");
-            end += if off < 40 { 8 } else { 4 };
+            end += if off < 56 { 8 } else { 4 };
         }
         assert_eq!(end, size_of::<FlashFwdParams>());
-        assert!(FlashFwdParams::layout_string().ends_with("pad=76,size=80,align=8"));
+        assert!(FlashFwdParams::layout_string().ends_with("pack=100,size=104,align=8"));
     }
 }

@@ -1,4 +1,5 @@
-//! The compiled variants of `kernels/flash_fwd.cu` and the launch plan for one problem.
+//! The compiled variants of `kernels/flash_fwd.cu` and the launch plan for one problem: tile
+//! variant, GQA head packing for decode, and the split-KV (flash-decoding) choice.
 //!
 //! The table here mirrors `FlashCfg<DP>` in the kernel source; tests/cuda_emulated.rs checks
 //! the two agree through the emulator's `attnkit_emu_config`.
@@ -12,17 +13,30 @@ pub const THREADS: u32 = 128;
 /// Padded head dims with a compiled variant; head_dim d runs on the smallest DP ≥ d.
 pub const HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
 
-/// (DP, BC, MT, Q in registers), as in `FlashCfg<DP>`.
+/// K/V stages in shared memory (`FLASH_STAGES`): tile j+1 is copied while tile j is computed.
+pub const STAGES: usize = 2;
+
+/// Rows merged per block by `flash_combine` (one warp each).
+pub const COMBINE_ROWS_PER_BLOCK: usize = 4;
+
+/// Most key splits per row (keeps the partial buffers and the combine loop small).
+pub const MAX_SPLITS: usize = 128;
+
+/// SMs assumed when the caller does not know the device (an H100 SXM has 132).
+pub const DEFAULT_SMS: usize = 132;
+
+/// (DP, BC, MT, Q in registers), as in `FlashCfg<DP>`: FA2's 128-row tiles where two K/V stages
+/// and the registers allow, chosen so ptxas 12 and 13 report zero spills (kernels/README.md).
 const CFG: [(usize, usize, usize, bool); 9] = [
-    (32, 64, 2, true),
-    (48, 64, 2, true),
-    (64, 32, 2, true),
-    (80, 64, 1, true),
-    (96, 64, 1, true),
-    (128, 32, 1, true),
+    (32, 128, 2, true),
+    (48, 128, 2, false),
+    (64, 64, 2, true),
+    (80, 64, 2, false),
+    (96, 64, 2, false),
+    (128, 32, 2, false),
     (160, 32, 1, false),
     (192, 32, 1, false),
-    (256, 16, 1, false),
+    (256, 32, 1, false),
 ];
 
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
@@ -44,9 +58,10 @@ impl Variant {
     pub fn br(&self) -> usize {
         16 * self.mt * (THREADS as usize / 32)
     }
-    /// Dynamic shared memory per block: Q, K and V tiles with rows padded by 8 halves.
+    /// Dynamic shared memory per block: the Q tile and [`STAGES`] (K, V) tiles, rows padded by 8
+    /// halves.
     pub fn smem_bytes(&self) -> usize {
-        (self.br() + 2 * self.bc) * (self.dp + 8) * 2
+        (self.br() + 2 * STAGES * self.bc) * (self.dp + 8) * 2
     }
     pub fn dtype_name(&self) -> &'static str {
         if self.bf16 { "bf16" } else { "f16" }
@@ -109,17 +124,29 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FlashLaunch {
     pub variant: Variant,
-    /// (q tiles, heads, batch).
+    /// (row tiles, heads / pack, batch · splits).
     pub grid: (u32, u32, u32),
     pub smem_bytes: u32,
+    /// Blocks of `flash_combine` (rows / [`COMBINE_ROWS_PER_BLOCK`]) when split, else `None`.
+    pub combine_blocks: Option<u32>,
     /// The kernel argument with every scalar set and the buffer addresses still 0
-    /// (see [`FlashFwdParams::with_buffers`]).
+    /// (see [`FlashFwdParams::with_buffers`] and [`FlashFwdParams::with_accum`]).
     pub params: FlashFwdParams,
 }
 
 impl FlashLaunch {
-    /// The launch for `p` with 16-bit inputs of `kernel_dtype`. `Err` lists why it cannot run.
+    /// The launch for `p` with 16-bit inputs of `kernel_dtype`, for a GPU of [`DEFAULT_SMS`] SMs.
     pub fn plan(p: &Problem, kernel_dtype: DType) -> Result<FlashLaunch, Vec<String>> {
+        Self::plan_for(p, kernel_dtype, DEFAULT_SMS)
+    }
+
+    /// The launch for `p` on a GPU with `sms` multiprocessors. `Err` lists why it cannot run.
+    ///
+    /// Decode with GQA (N_q = 1, H > H_kv) packs the H/H_kv query heads of a KV head into one
+    /// block. When the blocks would fill under 80% of one wave of `sms`, the keys are split into
+    /// up to `min(⌈sms/blocks⌉, key tiles, MAX_SPLITS)` ranges of whole key tiles (FA2's
+    /// flash-decoding heuristic, simplified) and `flash_combine` merges the partials.
+    pub fn plan_for(p: &Problem, kernel_dtype: DType, sms: usize) -> Result<FlashLaunch, Vec<String>> {
         let mut reasons = unsupported_reasons(p);
         let variant = variant_for(kernel_dtype, p.head_dim);
         if variant.is_none() && reasons.is_empty() {
@@ -133,11 +160,24 @@ impl FlashLaunch {
         let (left, right) = p.effective_window();
         let win_left = left.map_or(-1, |l| l.min(p.seq_k) as i32);
         let win_right = right.map_or(-1, |r| r.min(p.seq_q) as i32);
-        let q_tiles = p.seq_q.div_ceil(variant.br());
+        let pack = if p.seq_q == 1 && p.heads > p.kv_heads { p.heads / p.kv_heads } else { 1 };
+        let q_tiles = (p.seq_q * pack).div_ceil(variant.br());
+        let blocks = q_tiles * (p.heads / pack) * p.batch;
+        let key_tiles = p.seq_k.div_ceil(variant.bc).max(1);
+        let mut splits = if blocks * 5 >= sms * 4 {
+            1
+        } else {
+            sms.div_ceil(blocks.max(1)).min(key_tiles).min(MAX_SPLITS).min(65_535 / p.batch.max(1)).max(1)
+        };
+        // Whole key tiles per split, and no split left empty by the rounding.
+        let tiles_per_split = key_tiles.div_ceil(splits);
+        splits = key_tiles.div_ceil(tiles_per_split);
+        let rows = p.batch * p.heads * p.seq_q;
         Ok(FlashLaunch {
             variant,
-            grid: (q_tiles as u32, p.heads as u32, p.batch as u32),
+            grid: (q_tiles as u32, (p.heads / pack) as u32, (p.batch * splits) as u32),
             smem_bytes: variant.smem_bytes() as u32,
+            combine_blocks: (splits > 1).then(|| rows.div_ceil(COMBINE_ROWS_PER_BLOCK) as u32),
             params: FlashFwdParams {
                 batch: p.batch as i32,
                 heads: p.heads as i32,
@@ -148,9 +188,27 @@ impl FlashLaunch {
                 scale_log2: p.scale * std::f32::consts::LOG2_E,
                 win_left,
                 win_right,
+                num_splits: splits as i32,
+                keys_per_split: (tiles_per_split * variant.bc) as i32,
+                pack: pack as i32,
                 ..FlashFwdParams::default()
             },
         })
+    }
+
+    /// Key splits per row (1 = no split-KV).
+    pub fn splits(&self) -> usize {
+        self.params.num_splits as usize
+    }
+
+    /// f32 elements of the partial O and partial LSE buffers (0, 0 when unsplit).
+    pub fn accum_elems(&self) -> (usize, usize) {
+        if self.splits() <= 1 {
+            return (0, 0);
+        }
+        let p = &self.params;
+        let rows = p.batch as usize * p.heads as usize * p.nq as usize;
+        (self.splits() * rows * p.d as usize, self.splits() * rows)
     }
 }
 
@@ -187,12 +245,38 @@ mod tests {
             .with_seq_k(300)
             .with_window(Window::new(1 << 40, 1 << 40))
             .with_dtype(DType::F16);
-        let l = FlashLaunch::plan(&p, DType::F16).unwrap();
+        let l = FlashLaunch::plan_for(&p, DType::F16, 1).unwrap();
         assert_eq!((l.params.win_left, l.params.win_right), (300, 100));
-        assert_eq!(l.grid, (100u32.div_ceil(128), 4, 2));
+        assert_eq!(l.grid, (100u32.div_ceil(128), 4, 2), "one SM: no split");
         let c = p.clone().with_causal(true);
         assert_eq!(FlashLaunch::plan(&c, DType::F16).unwrap().params.win_right, 0);
         let r = FlashLaunch::plan(&Problem::new(1, 1, 8, 60), DType::F16).unwrap_err();
         assert!(r[0].contains("multiple of 8"), "{r:?}");
+    }
+
+    #[test]
+    fn decode_packs_gqa_heads_and_splits_keys() {
+        // 32 query heads on 8 KV heads, one query, 4096 keys: 8 packed blocks, far under a wave.
+        let p = Problem::new(1, 32, 1, 128).with_kv_heads(8).with_seq_k(4096);
+        let l = FlashLaunch::plan_for(&p, DType::F16, 132).unwrap();
+        assert_eq!(l.params.pack, 4);
+        assert_eq!((l.grid.0, l.grid.1), (1, 8));
+        // ⌈132/8⌉ = 17 wanted; 128 key tiles of 32 in whole ranges of ⌈128/17⌉ = 8 tiles → 16.
+        assert_eq!(l.splits(), 16, "{l:?}");
+        assert_eq!(l.grid.2, 16);
+        let kps = l.params.keys_per_split as usize;
+        assert!(kps.is_multiple_of(l.variant.bc) && kps * l.splits() >= 4096 && kps * (l.splits() - 1) < 4096);
+        assert_eq!(l.combine_blocks, Some(32u32.div_ceil(4)));
+        assert_eq!(l.accum_elems(), (16 * 32 * 128, 16 * 32));
+        // Enough blocks for a wave: no split, keys_per_split covers every key.
+        let big = Problem::new(8, 32, 2048, 128);
+        let l = FlashLaunch::plan_for(&big, DType::F16, 132).unwrap();
+        assert_eq!((l.splits(), l.params.pack, l.combine_blocks), (1, 1, None));
+        assert!(l.params.keys_per_split >= 2048);
+        // N_q > 1 never packs; splits never exceed the key tiles.
+        let few = Problem::new(1, 2, 3, 64).with_kv_heads(1).with_seq_k(100);
+        let l = FlashLaunch::plan_for(&few, DType::F16, 132).unwrap();
+        assert_eq!(l.params.pack, 1);
+        assert_eq!(l.splits(), 100usize.div_ceil(l.variant.bc));
     }
 }
