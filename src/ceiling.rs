@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn bandwidth_ceiling_is_positive_and_refuses_tiny_buffers() {
-        let c = crate::bench::with_threads(Some(1), || bandwidth_ceiling(8 << 20, 2)).unwrap().unwrap();
+        let c = crate::threads::with_threads(Some(1), || bandwidth_ceiling(8 << 20, 2)).unwrap().unwrap();
         assert!(c.gb_per_s > 0.0 && c.threads == 1 && c.bytes == 8 << 20);
         assert!(bandwidth_ceiling(1000, 1).is_err());
     }
