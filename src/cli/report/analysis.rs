@@ -13,6 +13,16 @@ use attnkit::inputs::InputFamily;
 /// the first comparator.
 pub const ERROR_BUDGETS: [f64; 3] = [0.1, 0.01, 0.001];
 
+/// The row with the smallest `f` (rows without one last).
+fn smallest<'a>(rows: &[&'a Row], f: impl Fn(&Row) -> Option<f64>) -> Option<&'a Row> {
+    rows.iter().copied().min_by(|a, b| f(a).unwrap_or(f64::MAX).total_cmp(&f(b).unwrap_or(f64::MAX)))
+}
+
+/// `1.23e-2`, or `–` when absent.
+pub fn sci(x: Option<f64>) -> String {
+    x.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into())
+}
+
 /// Least-squares slope of log y against log x over points with x ≥ `min_x` and y > 0.
 pub fn loglog_slope(points: &[(f64, f64)], min_x: f64) -> Option<f64> {
     let pts: Vec<(f64, f64)> =
@@ -86,8 +96,12 @@ pub fn wins(rows: &[Row], family: InputFamily) -> Vec<String> {
             continue;
         }
         let approx = |i: &&usize| fr[**i].approximates();
-        let frontier: Vec<String> =
-            at.iter().filter(approx).filter(|&&i| on[i]).map(|&i| format!("`{}`", points[i].label)).collect();
+        let frontier: Vec<String> = at
+            .iter()
+            .filter(approx)
+            .filter(|&&i| on[i])
+            .map(|&i| format!("`{}`{}", points[i].label, fr[i].baseline_mark()))
+            .collect();
         let mut beating: Vec<(f64, &str)> = at
             .iter()
             .filter(approx)
@@ -98,7 +112,7 @@ pub fn wins(rows: &[Row], family: InputFamily) -> Vec<String> {
         let verdict = match beating.first() {
             None => format!("no approximation beats the mean-of-V baseline (rel. error {base:.3})"),
             Some(&(g, l)) => format!(
-                "{} of {} approximations beat the mean-of-V baseline (rel. error {base:.3}); best `{l}`, {g:.0}× smaller error",
+                "{} of {} approximations beat the mean-of-V baseline (rel. error {base:.3}); best `{l}`, {g:.2}× smaller error",
                 beating.len(),
                 at.iter().filter(approx).count()
             ),
@@ -271,33 +285,26 @@ pub fn reading(rows: &[Row]) -> Vec<String> {
     if !skipped.is_empty() {
         out.push(format!("Refused by the memory budget: {}.", skipped.join(", ")));
     }
-    for n in FRONTIER_NS {
-        let fr: Vec<&Row> = rows
-            .iter()
-            .filter(|r| {
-                r.frontier
-                    && r.rec.seq == n
-                    && !r.rec.causal
-                    && r.rec.inputs == rows[0].rec.inputs
-                    && r.err_max_abs.is_some()
-            })
-            .collect();
-        if fr.is_empty() {
-            continue;
-        }
-        let best =
-            fr.iter().min_by(|a, b| a.err_max_abs.unwrap_or(f64::MAX).total_cmp(&b.err_max_abs.unwrap_or(f64::MAX)));
-        let fastest =
-            fr.iter().min_by(|a, b| a.rec.median_s.unwrap_or(f64::MAX).total_cmp(&b.rec.median_s.unwrap_or(f64::MAX)));
-        if let (Some(b), Some(f)) = (best, fastest) {
+    // The sweep family's frontier, by relative error beside the baseline's.
+    if let Some(family) = rows.first().map(|r| r.rec.inputs) {
+        let fr = frontier_rows(rows, family);
+        for n in FRONTIER_NS {
+            let at: Vec<&Row> = fr.iter().copied().filter(|r| r.rec.seq == n && r.approximates()).collect();
+            let (Some(b), Some(f)) = (smallest(&at, |r| r.rel_err), smallest(&at, |r| r.rec.median_s)) else {
+                continue;
+            };
             out.push(format!(
-                "At N = {n} (non-causal), the most accurate approximation is `{}` (max abs error {:.2e}, {}); the fastest is `{}` ({}, error {:.2e}).",
+                "At N = {n} (non-causal, `{family}` inputs), the most accurate approximation is `{}` (relative error {}{}, {}); \
+                 the fastest is `{}` ({}, error {}{}); the mean of V has error {}.",
                 b.label,
-                b.err_max_abs.unwrap_or(0.0),
+                sci(b.rel_err),
+                b.baseline_mark(),
                 fmt_secs(b.rec.median_s.unwrap_or(0.0)),
                 f.label,
                 fmt_secs(f.rec.median_s.unwrap_or(0.0)),
-                f.err_max_abs.unwrap_or(0.0)
+                sci(f.rel_err),
+                f.baseline_mark(),
+                sci(b.baseline_rel_err)
             ));
         }
     }
@@ -335,12 +342,12 @@ mod tests {
         let w = wins(&rows, s);
         assert_eq!(w.len(), 2);
         assert!(
-            w[1].starts_with("N = 4096: 1 of 3 approximations beat the mean-of-V baseline (rel. error 0.500); best `nystrom(m=64)`, 50× smaller"),
+            w[1].starts_with("N = 4096: 1 of 3 approximations beat the mean-of-V baseline (rel. error 0.500); best `nystrom(m=64)`, 50.00× smaller"),
             "{w:?}"
         );
         assert!(
-            w[1].ends_with("frontier: `nystrom(m=64)`, `performer(m=64)`."),
-            "dominated performer(m=256) left out: {w:?}"
+            w[1].ends_with("frontier: `nystrom(m=64)`, `performer(m=64)` (!)."),
+            "dominated performer(m=256) left out, the one losing to the baseline marked: {w:?}"
         );
         assert!(
             wins(&rows, InputFamily::Normal)[0]

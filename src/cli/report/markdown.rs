@@ -2,8 +2,8 @@
 //! one results table per backend.
 
 use super::analysis::{
-    ERROR_BUDGETS, crossovers, equal_error_crossovers, frontier_points, frontier_rows, loglog_slope, reading, series,
-    sweep_labels, wins,
+    ERROR_BUDGETS, crossovers, equal_error_crossovers, frontier_points, frontier_rows, loglog_slope, reading, sci,
+    series, sweep_labels, wins,
 };
 use super::figures::{Heatmaps, heatmap_file};
 use super::meta::Meta;
@@ -14,11 +14,6 @@ use attnkit::bench::Status;
 use attnkit::bench::plan::FRONTIER_NS;
 use attnkit::inputs::InputFamily;
 use std::fmt::Write as _;
-
-/// `1.23e-2`, or `–` when absent.
-fn sci(x: Option<f64>) -> String {
-    x.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into())
-}
 
 /// The relative error with its mark (`(!)`: an approximation that does not beat the baseline).
 fn rel_err_cell(r: &Row) -> String {
@@ -71,9 +66,10 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String
     );
     let _ = writeln!(
         s,
-        "- Error: max |O − O_ref| and the relative error ‖O − O_ref‖_F/‖O_ref‖_F on head 0. For N ≤ {} against the f64 oracle; above that against flash-cpu (or sdpa when flash-cpu \
+        "- Error: max |O − O_ref| and the relative error ‖O − O_ref‖_F/‖O_ref‖_F on head 0. For N ≤ {} and in the frontier cells (N ∈ {{{}}}, non-causal) against the f64 oracle; above that against flash-cpu (or sdpa when flash-cpu \
          is absent) — see the *error vs* column. Approximations and `local` are compared with *full* attention, so their error is the approximation error.",
-        meta.oracle_max_n
+        meta.oracle_max_n,
+        FRONTIER_NS.map(|n| n.to_string()).join(", ")
     );
     let _ = writeln!(
         s,

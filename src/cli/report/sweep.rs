@@ -1,13 +1,13 @@
 //! Running the sweep: every variant of the plan on every cell through
 //! [`attnkit::bench::run_cell`], and each measured output's error against the f64 oracle (head 0,
-//! N ≤ the oracle limit) or, beyond it, against the comparator's output of the same cell: max
+//! N ≤ the oracle limit, and in the non-causal frontier cells) or, beyond it, against the comparator's output of the same cell: max
 //! abs/rel error, relative Frobenius error, and beside it the relative error of the mean-of-V
 //! baseline ([`mean_of_v`]) of the same cell and head.
 
 use super::results::Row;
 use attnkit::approx_eval::{mean_of_v, rel_fro};
 use attnkit::backends::reference::attention_f64;
-use attnkit::bench::plan::SEED;
+use attnkit::bench::plan::{FRONTIER_NS, SEED};
 use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, SweepPlan, Variant, run_cell};
 use attnkit::validate::compare;
 use attnkit::{AttnArgs, AttnError, Problem};
@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Config {
     pub reps: usize,
     pub run_budget_s: f64,
-    /// Largest N at which the f64 oracle (head 0) is computed.
+    /// Largest N at which the f64 oracle (head 0) is computed (and at the frontier N, non-causal).
     pub oracle_max_n: usize,
 }
 
@@ -58,6 +58,9 @@ pub fn sweep(plan: &SweepPlan, vars: &[Variant], cfg: &Config, ceiling: &LazyCei
         let inputs = LazyInputs::new(&base, cell.family, SEED);
         let mut oracle: Option<Vec<f64>> = None;
         let mut comparator: Option<(String, Vec<f64>)> = None;
+        // The frontier's errors are all against the oracle, so its exact points have an error too
+        // and every family's table compares like with like.
+        let frontier_cell = plan.frontier && !causal && FRONTIER_NS.contains(&n);
         // The mean-of-V baseline's relative error against this cell's exact output, once known.
         let mut baseline: Option<f64> = None;
         for var in vars.iter().filter(|v| plan.runs_in(v, cell)) {
@@ -85,7 +88,7 @@ pub fn sweep(plan: &SweepPlan, vars: &[Variant], cfg: &Config, ceiling: &LazyCei
             history.note(&var.label, &row.rec);
             if let (Some(out), true) = (output, row.rec.status.is_ok()) {
                 let head = &out[..n * base.head_dim];
-                if oracle.is_none() && n <= cfg.oracle_max_n {
+                if oracle.is_none() && (n <= cfg.oracle_max_n || frontier_cell) {
                     let (qf, kf, vf) = head0_inputs(&base, &inputs);
                     let (p1, q1, k1, v1) = head0(&base, &qf, &kf, &vf);
                     oracle = Some(attention_f64(&AttnArgs::new(&p1, q1, k1, v1)?).0);
