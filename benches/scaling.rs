@@ -15,6 +15,7 @@
 
 use attnkit::alloc_counter::CountingAllocator;
 use attnkit::bench::{LazyInputs, SweepPlan, device_timing, plan::SEED, refusal};
+use attnkit::inputs::InputFamily;
 use attnkit::{AttnArgs, Device};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -38,7 +39,7 @@ fn scaling(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
         for &n in &plan.ns {
             let base = plan.base_problem(n, causal);
-            let inputs = LazyInputs::new(&base, SEED);
+            let inputs = LazyInputs::new(&base, InputFamily::Normal, SEED);
             for (var, b) in &backends {
                 let p = var.problem(&base);
                 if refusal(b.as_ref(), &p, plan.plan_skip(var, n).as_deref()).is_some() {

@@ -8,8 +8,9 @@
 //! beat it ([`Accuracy::beats_baseline`]).
 //!
 //! [`FrontierPoint`] and [`pareto`] give the accuracy–speed frontier per input family (a point is
-//! on it when no other point is both at least as fast and at least as accurate), and
-//! [`crossover_n`] the first N at which one backend's measured time drops below another's.
+//! on it when no other point is both at least as fast and at least as accurate),
+//! [`crossover_n`] the first N at which one backend's measured time drops below another's, and
+//! [`crossover_at_error`] that N for the fastest approximation within an error budget.
 
 use crate::attention::{Attention, AttnArgs};
 use crate::error::Result;
@@ -149,6 +150,30 @@ pub fn crossover_n(fast: &[(usize, f64)], slow: &[(usize, f64)]) -> Option<usize
     })
 }
 
+/// The first N at which an approximation within the error budget `max_err` runs faster than
+/// `exact` (a label) on `family`: at each N where `exact` was measured, the fastest other point
+/// with rel_err ≤ `max_err` races it ([`crossover_n`]). Returns (N, that point's label); `None`
+/// when no point within the budget is faster at any measured N. This is the crossover "at equal
+/// error": exact attention's own error is ~1e-7, so the comparison fixes the error a reader
+/// accepts and asks from which N an approximation delivers it faster.
+pub fn crossover_at_error(
+    points: &[FrontierPoint],
+    family: InputFamily,
+    exact: &str,
+    max_err: f64,
+) -> Option<(usize, String)> {
+    let of_family = || points.iter().filter(|p| p.family == family);
+    let slow: Vec<(usize, f64)> = of_family().filter(|p| p.label == exact).map(|p| (p.seq, p.seconds)).collect();
+    let fastest_at = |n: usize| {
+        of_family()
+            .filter(|p| p.seq == n && p.label != exact && p.rel_err <= max_err)
+            .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+    };
+    let fast: Vec<(usize, f64)> = slow.iter().filter_map(|&(n, _)| fastest_at(n).map(|p| (n, p.seconds))).collect();
+    let n = crossover_n(&fast, &slow)?;
+    fastest_at(n).map(|p| (n, p.label.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +203,32 @@ mod tests {
         assert_eq!(crossover_n(&fast, &slow), Some(4096));
         assert_eq!(crossover_n(&slow, &fast), Some(1024));
         assert_eq!(crossover_n(&fast[..1], &slow), None);
+    }
+
+    #[test]
+    fn crossover_at_error_races_the_fastest_point_within_the_budget() {
+        let s = InputFamily::Structured { sharpness: 8.0 };
+        let at = |label: &str, family, seq, rel_err, seconds| FrontierPoint {
+            label: label.into(),
+            family,
+            seq,
+            rel_err,
+            seconds,
+        };
+        let pts = [
+            at("flash-cpu", s, 1024, 1e-7, 1.0),
+            at("flash-cpu", s, 4096, 1e-7, 16.0),
+            at("rough", s, 1024, 0.2, 0.1),
+            at("rough", s, 4096, 0.2, 0.4),
+            at("fine", s, 1024, 0.005, 2.0),
+            at("fine", s, 4096, 0.005, 8.0),
+            at("finer-but-slow", s, 4096, 0.004, 9.0),
+            at("fine", InputFamily::Normal, 1024, 0.001, 0.01),
+        ];
+        assert_eq!(crossover_at_error(&pts, s, "flash-cpu", 0.5), Some((1024, "rough".into())));
+        assert_eq!(crossover_at_error(&pts, s, "flash-cpu", 0.01), Some((4096, "fine".into())));
+        assert_eq!(crossover_at_error(&pts, s, "flash-cpu", 1e-3), None, "nothing that accurate but exact");
+        assert_eq!(crossover_at_error(&pts, InputFamily::Normal, "flash-cpu", 0.5), None, "no exact series");
     }
 
     #[test]

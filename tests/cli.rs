@@ -353,13 +353,26 @@ fn report_writes_all_artefacts() {
         "memory_vs_n.svg",
         "error_vs_n.svg",
         "error_vs_speed.svg",
-        "weights_heatmap.svg",
+        "weights_normal.svg",
+        "weights_structured.svg",
+        "weights_local-global.svg",
     ] {
         assert!(target.join(f).is_file(), "{f} missing");
     }
     assert!(!target.join("stale.txt").exists(), "the old report must be replaced, not merged");
     let readme = std::fs::read_to_string(target.join("README.md")).unwrap();
-    for section in ["## Reading", "## Scaling", "## Crossovers", "## Results per backend", "### sdpa", "GEMM ceiling"] {
+    for section in [
+        "## Reading",
+        "## Input families",
+        "### `local-global`",
+        "## Scaling",
+        "## Crossovers",
+        "## Accuracy–speed frontier per input family",
+        "## Results per backend",
+        "### sdpa",
+        "mean-of-V rel. error",
+        "GEMM ceiling",
+    ] {
         assert!(readme.contains(section), "README lacks {section}");
     }
     let json: serde_json::Value =
@@ -368,6 +381,10 @@ fn report_writes_all_artefacts() {
     assert!(
         rows.iter().any(|r| r["backend"] == "sdpa" && r["status"] == "ok" && r["err_max_abs"].as_f64().unwrap() < 1e-5)
     );
+    // The mean-of-V baseline sits beside every measured error, on the sweep's input family.
+    let scored: Vec<&serde_json::Value> = rows.iter().filter(|r| r["rel_err"].is_f64()).collect();
+    assert!(scored.len() >= 4, "at N = 256 every measured backend is scored against the oracle: {}", scored.len());
+    assert!(scored.iter().all(|r| r["baseline_rel_err"].as_f64().unwrap() > 0.1 && r["inputs"] == "normal"));
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -1,5 +1,6 @@
 //! `attnkit check --inputs …`: the input families reach `check`, the mean-of-V baseline is
-//! printed beside every approximation, and an approximation that does not beat it is marked.
+//! printed beside every approximation, and an approximation that does not beat it is marked;
+//! `bench --inputs …` runs on the family and records it in every row.
 
 use std::process::{Command, Output};
 
@@ -50,6 +51,7 @@ fn structured_inputs_beat_the_baseline_and_local_global_ones_are_marked() {
 fn bad_family_and_option_values_are_one_line_errors() {
     for (args, want) in [
         (&["check", "--inputs", "uniform"][..], "uniform"),
+        (&["bench", "--inputs", "noise"], "noise"),
         (&["check", "--inputs", "structured:-2"], "structured:-2"),
         (&["check", "--kernel", "gelu"], "gelu"),
         (&["check", "--projection", "random"], "random"),
@@ -57,5 +59,35 @@ fn bad_family_and_option_values_are_one_line_errors() {
         let out = attnkit(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn bench_records_the_input_family_of_every_row() {
+    for (family, want) in [("structured:4", "structured:4"), ("local-global", "local-global"), ("normal", "normal")] {
+        let out = attnkit(&[
+            "bench",
+            "--inputs",
+            family,
+            "--backends",
+            "sdpa,nystrom",
+            "--seq",
+            "64",
+            "--dim",
+            "8",
+            "--heads",
+            "1",
+            "--reps",
+            "1",
+            "--json",
+        ]);
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<serde_json::Value> =
+            s.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+        assert_eq!(rows.len(), 2, "{s}");
+        for r in &rows {
+            assert_eq!((r["inputs"].as_str(), r["status"].as_str()), (Some(want), Some("ok")), "{r}");
+        }
     }
 }

@@ -37,19 +37,17 @@
 //! it equals the exact LSE only when E = I and otherwise is **not** an estimate of it.
 //!
 //! Accuracy: pooled projections beat the mean of V where attention is smooth along the sequence
-//! and are on par with it on N(0, 1) inputs (tables per input family in reports/, from
-//! `examples/approx_frontier.rs`). Untrained Gaussian projections do **not** approximate softmax
-//! attention: each projected key and value is a random mixture of all N_k rows, of norm
-//! ≈ √(N_k/k)·‖k‖, so the scores are √(N_k/k) times too large and the softmax picks a few
-//! projected values of norm ≈ √(N_k/k)·‖v‖, while exact attention over N(0, 1) data averages
-//! many values into a small ‖O‖. `examples/approx_scaling.rs errors` measured relative Frobenius
-//! errors of 3.2 (N = 512), 10.3 (1024) and 91 (4096) at k = 256, D = 64, more at smaller k.
-//! Gaussian Linformer is only useful with projections learned together with the model.
+//! and are on par with it on N(0, 1) inputs. Untrained Gaussian projections do **not**
+//! approximate softmax attention: each projected key and value is a random mixture of all N_k
+//! rows, of norm ≈ √(N_k/k)·‖k‖, so the scores are √(N_k/k) times too large and the softmax picks
+//! a few projected values of norm ≈ √(N_k/k)·‖v‖, while exact attention over N(0, 1) data
+//! averages many values into a small ‖O‖; the error grows with N_k/k. Gaussian Linformer is only
+//! useful with projections learned together with the model.
 //!
-//! Speed (`examples/approx_scaling.rs speed`, Gaussian, B = 1, H = 8, D = 64, k = 256, f32, on
-//! 2 shared vCPUs, ratios from alternating runs): 13–23× faster than `sdpa` at N = 4096; time
-//! linear in N (log-log slope 4096→32768 of 0.95–1.16 over five loaded runs, 0.99 in the calmest);
-//! 0.94 MiB peak extra heap per warm call at N = 65536 plus the 1 GiB of cached projections.
+//! Measured figures (relative error beside the mean-of-V baseline per input family, pooled and
+//! Gaussian, speed against `flash-cpu`, time and memory slopes) live in reports/README.md,
+//! sections *Accuracy–speed frontier per input family* and *Results per backend* (written by
+//! `attnkit report`); `examples/approx_frontier.rs` reproduces them at other sizes.
 
 pub use super::linformer_proj::Sharing;
 use super::linformer_proj::{Mat, ProjSet, supplied_set, transpose};

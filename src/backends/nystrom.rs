@@ -42,8 +42,10 @@
 //!
 //! Accuracy: good when attention is smooth along the sequence (the structured input family), no
 //! better than the mean of V on unstructured N(0, 1) inputs and worse than it where attention is
-//! local (the local-global family); measured tables per family in reports/, from
-//! `examples/approx_frontier.rs`.
+//! local (the local-global family). Measured figures (relative error beside the mean-of-V
+//! baseline per input family and landmark count, speed against `flash-cpu`, time and memory
+//! slopes) live in reports/README.md, sections *Accuracy–speed frontier per input family* and
+//! *Results per backend* (written by `attnkit report`).
 
 use super::segments;
 use crate::attention::{Attention, AttnArgs, Device, Exactness};

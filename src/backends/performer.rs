@@ -47,39 +47,19 @@
 //! the FAVOR+ estimate of Σ_j exp(s·q_i·k_j). It is an estimate of the exact LSE, not the LSE.
 //! With the ReLU kernel it is the log of that kernel's normalizer, not an estimate of the LSE.
 //!
-//! Accuracy (measured with `examples/approx_scaling.rs`): the estimator is unbiased for each
-//! exp(q̃·k̃) but its relative variance is (exp(‖q̃ + k̃‖²) − 1)/m for i.i.d. features (paper,
-//! Lemma 2; orthogonal ones are slightly better), so the error grows exponentially with the
-//! input norms. Against `reference`, N = 256, D = 64, H = 4, m = 256, Q, K ~ N(0, σ²),
-//! V ~ N(0, 1), mean of 4 seeds (`approx_scaling norms`):
+//! Accuracy: the estimator is unbiased for each exp(q̃·k̃) but its relative variance is
+//! (exp(‖q̃ + k̃‖²) − 1)/m for i.i.d. features (paper, Lemma 2; orthogonal ones are slightly
+//! better), so the error grows exponentially with the input norms: the log-normalizer's error
+//! grows without bound, while the output error saturates at a few units because both O and its
+//! estimate are (near-)convex combinations of the values. Plain N(0, 1) inputs at D = 64 are
+//! already far outside the useful range (`examples/approx_scaling.rs norms` tabulates the error
+//! against the input scale). On small-norm inputs the error falls like m^(−1/2)
+//! (tests/performer.rs fits the slope and accepts −0.75 … −0.25).
 //!
-//! | σ    | mean ‖q‖ | ‖q̃‖ = ‖q‖·D^(−1/4) | rel. Frobenius error of O | mean \|LSE − LSE_exact\| (nats) |
-//! |------|----------|--------------------|---------------------------|--------------------------------|
-//! | 0.25 | 2.0      | 0.71               | 0.053                     | 0.037                          |
-//! | 0.5  | 4.0      | 1.41               | 0.41                      | 0.12                           |
-//! | 0.75 | 6.0      | 2.12               | 1.7                       | 0.35                           |
-//! | 1.0  | 8.0      | 2.82               | 2.7                       | 0.94                           |
-//! | 1.25 | 10.0     | 3.53               | 2.3                       | 2.3                            |
-//! | 1.5  | 12.0     | 4.23               | 1.8                       | 5.0                            |
-//! | 2.0  | 16.0     | 5.64               | 1.4                       | 14.5                           |
-//!
-//! The log-normalizer error grows exponentially; the output error saturates at a few units
-//! because both O and its estimate are (near-)convex combinations of the values. Plain N(0, 1)
-//! inputs at D = 64 (σ = 1) are already far outside the useful range.
-//! On small-norm inputs the error falls like m^(−1/2): tests/performer.rs fits a log-log slope
-//! of −0.43 (m = 16…1024, N = 64, D = 16, σ = 0.5, 8 seeds), `approx_scaling features` −0.38
-//! (N = 256, D = 64, σ = 0.5: errors 1.15, 0.67, 0.41, 0.23 at m = 16, 64, 256, 1024).
-//!
-//! Speed (`examples/approx_scaling.rs speed`: B = 1, H = 8, D = 64, m = 256, f32, 2 vCPUs shared
-//! with other builds, so we quote ratios between backends/sizes timed in the same alternating run):
-//! - N = 4096: non-causal 13.7–14.5× faster than `sdpa` in the two calmest runs (11–14.5× across
-//!   all runs; 42–83 ms vs 0.6–1.2 s); causal 8.9–9.3× (6.8–9.3×). LRA reports ≈5.7× at 4K.
-//! - Time is linear in N: log-log slope 4096→32768 of 0.99 (non-causal) and 0.98 (causal) in the
-//!   calmest run; 0.99–1.15 and 0.98–1.13 from medians (1.00–1.01 and 1.00–1.02 from same-round
-//!   ratios) over five interleaved runs at load average 5–80. (A first, non-interleaved run that
-//!   timed each N at a different moment gave 1.18–1.20: load drift, not the algorithm.)
-//! - Memory at N = 65536: 1.07 MiB (non-causal) / 1.19 MiB (causal) peak extra heap per call,
-//!   constant in N, plus the 64 KiB ω cache. Q, K, V, O themselves are 512 MiB.
+//! Measured figures (relative error beside the mean-of-V baseline per input family, softmax and
+//! ReLU kernels, speed against `flash-cpu` and `sdpa`, time and memory slopes, causal and not)
+//! live in reports/README.md, sections *Accuracy–speed frontier per input family* and
+//! *Results per backend* (written by `attnkit report`).
 
 use super::performer_features::FeatureMap;
 pub use super::performer_features::{RELU_STABILIZER, iid_features, orthogonal_features};

@@ -21,7 +21,7 @@ pub mod runner;
 
 pub use ceiling::{GEMM_CEILING_REPS, GEMM_CEILING_SIZE, GemmCeiling, LazyCeiling, gemm_ceiling};
 pub use measure::{Measurement, Timing, device_timing, measure, measure_into};
-pub use plan::{SweepPlan, Variant};
+pub use plan::{PlanCell, SweepPlan, Variant};
 pub use record::{BenchRecord, Status};
 pub use runner::{
     Cell, CellOutcome, History, LazyInputs, Policy, expected_exponent, extrapolate, is_skip, refusal, run_cell,

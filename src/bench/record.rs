@@ -6,11 +6,13 @@
 //! `"cuda"`, `window` `"L,R"`, `dtype` `"f32"`/`"f16"`/`"bf16"`. Two changes, both `null` where
 //! there is nothing to say: `device` is `null` (was `""`) when the backend could not be built, and
 //! `gemm_gflops` is `null` when the ceiling was not measured (no CPU cell ran before this one).
-//! `device_timing_error` is new: why a CUDA backend's device timer failed, so it was host-timed.
+//! `device_timing_error` is new: why a CUDA backend's device timer failed, so it was host-timed;
+//! `inputs` is new: the input family of the cell (`bench --inputs`).
 
 use super::ceiling::GemmCeiling;
 use super::measure::{Measurement, Timing};
 use crate::attention::Device;
+use crate::inputs::InputFamily;
 use crate::problem::{DType, Problem, Window};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -90,6 +92,9 @@ pub struct BenchRecord {
     #[serde(serialize_with = "serialize_display")]
     pub window: Window,
     pub dtype: DType,
+    /// The input family the cell ran on (`normal`, `structured`, `local-global`).
+    #[serde(serialize_with = "serialize_display")]
+    pub inputs: InputFamily,
     pub threads: usize,
     #[serde(flatten)]
     pub status: Status,
@@ -129,6 +134,7 @@ impl BenchRecord {
             causal: p.causal,
             window: p.window,
             dtype: p.dtype,
+            inputs: InputFamily::Normal,
             threads,
             status: Status::Skipped(String::new()),
             reps: 0,
@@ -142,6 +148,12 @@ impl BenchRecord {
             decode: None,
             bandwidth_gb_per_s: None,
         }
+    }
+
+    /// Sets the input family (default [`InputFamily::Normal`]).
+    pub fn with_inputs(mut self, family: InputFamily) -> Self {
+        self.inputs = family;
+        self
     }
 
     /// Marks the record skipped, with the reason.

@@ -16,6 +16,7 @@ use super::record::BenchRecord;
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
+use crate::inputs::InputFamily;
 use crate::problem::Problem;
 use crate::tensor::Tensor;
 use std::sync::OnceLock;
@@ -64,22 +65,28 @@ pub fn refusal(backend: &dyn Attention, p: &Problem, plan_skip: Option<&str>) ->
     check_budget(backend.name(), "its working set", backend.working_bytes(p)).err().map(|e| e.to_string())
 }
 
-/// Seeded standard-normal Q, K, V for one problem shape, generated on first use.
+/// Seeded Q, K, V of one input family for one problem shape, generated on first use.
 pub struct LazyInputs {
     problem: Problem,
+    family: InputFamily,
     seed: u64,
     cell: OnceLock<(Tensor, Tensor, Tensor)>,
 }
 
 impl LazyInputs {
-    /// Inputs of `problem`'s shape and dtype from [`crate::seeded::normal_qkv`] with `seed`.
-    pub fn new(problem: &Problem, seed: u64) -> Self {
-        LazyInputs { problem: problem.clone(), seed, cell: OnceLock::new() }
+    /// Inputs of `problem`'s shape and dtype from [`crate::inputs::generate`] (`family`, `seed`).
+    pub fn new(problem: &Problem, family: InputFamily, seed: u64) -> Self {
+        LazyInputs { problem: problem.clone(), family, seed, cell: OnceLock::new() }
+    }
+
+    /// The family the inputs are drawn from (recorded in every [`BenchRecord`] of the cell).
+    pub fn family(&self) -> InputFamily {
+        self.family
     }
 
     /// Q, K, V, generating them now if this is the first call.
     pub fn get(&self) -> &(Tensor, Tensor, Tensor) {
-        self.cell.get_or_init(|| crate::seeded::normal_qkv(&self.problem, self.seed))
+        self.cell.get_or_init(|| crate::inputs::generate(self.family, &self.problem, self.seed))
     }
 
     /// Whether they have been generated.
@@ -123,7 +130,8 @@ pub struct CellOutcome {
 /// backend does wrong ends up in the record's status.
 pub fn run_cell(cell: &Cell<'_>, inputs: &LazyInputs, ceiling: &LazyCeiling, policy: &Policy) -> Result<CellOutcome> {
     let (b, p) = (cell.backend, cell.problem);
-    let record = BenchRecord::new(b.name(), cell.variant, p, Some(b.device()), rayon::current_num_threads());
+    let record = BenchRecord::new(b.name(), cell.variant, p, Some(b.device()), rayon::current_num_threads())
+        .with_inputs(inputs.family());
     let skipped = |reason: String| Ok(CellOutcome { record: record.clone().skipped(reason), output: None });
     if let Some(reason) = refusal(b, p, cell.plan_skip.as_deref()) {
         return skipped(reason);
@@ -192,7 +200,7 @@ mod tests {
         p: &Problem,
         previous: Option<(usize, f64)>,
     ) -> (CellOutcome, LazyInputs, LazyCeiling) {
-        let (inputs, ceiling) = (LazyInputs::new(p, 0), LazyCeiling::new(32, 1));
+        let (inputs, ceiling) = (LazyInputs::new(p, InputFamily::Normal, 0), LazyCeiling::new(32, 1));
         let cell = Cell { backend, variant: "", problem: p, plan_skip: None, previous };
         let o = run_cell(&cell, &inputs, &ceiling, &POLICY).unwrap();
         (o, inputs, ceiling)

@@ -7,6 +7,7 @@
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, fmt_mib, fmt_percent, fmt_secs, resolve_backends};
 use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
 use attnkit::ceiling::LazyBandwidth;
+use attnkit::inputs::InputFamily;
 use attnkit::threads::with_threads;
 use attnkit::{AttnError, Problem};
 use clap::Args;
@@ -26,6 +27,10 @@ pub struct BenchArgs {
     pub seq_kv: Vec<usize>,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Input family, seeded by --seed: normal, structured[:S], local-global (see
+    /// `attnkit::inputs`). Times hardly depend on the values; the family is recorded per row.
+    #[arg(long, default_value = "normal", value_parser = super::parse_named::<InputFamily>)]
+    pub inputs: InputFamily,
     /// Threads in the rayon pool the backends (and the GEMM ceiling) run in; default all cores.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -95,6 +100,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
 fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Result<Vec<BenchRecord>, AttnError> {
     if !a.json {
         outln!("GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time")?;
+        outln!("inputs: {} ({}), seed {}", a.inputs, a.inputs.description(), a.shape.seed)?;
         outln!(
             "{:<12} {:>7} {:>7} {:>11} {:>9} {:>7} {:>10} {:>5}",
             "backend",
@@ -115,10 +121,12 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Resul
     let mut history = History::default();
     let mut records = Vec::new();
     for p in problems {
-        let inputs = LazyInputs::new(p, a.shape.seed);
+        let inputs = LazyInputs::new(p, a.inputs, a.shape.seed);
         for name in names {
             let record = match attnkit::backend_with(name, &opts) {
-                Err(e) => BenchRecord::new(name, "", p, None, rayon::current_num_threads()).failed(e.to_string()),
+                Err(e) => BenchRecord::new(name, "", p, None, rayon::current_num_threads())
+                    .with_inputs(a.inputs)
+                    .failed(e.to_string()),
                 Ok(b) => {
                     let cell = Cell {
                         backend: b.as_ref(),

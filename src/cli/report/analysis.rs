@@ -4,8 +4,24 @@
 use super::results::Row;
 use crate::cli::fmt_secs;
 use attnkit::Exactness;
+use attnkit::approx_eval::{FrontierPoint, crossover_at_error, pareto};
 use attnkit::bench::Status;
 use attnkit::bench::plan::{COMPARATORS, FRONTIER_NS};
+use attnkit::inputs::InputFamily;
+
+/// Error budgets (relative error) at which the frontier section races approximations against
+/// the first comparator.
+pub const ERROR_BUDGETS: [f64; 3] = [0.1, 0.01, 0.001];
+
+/// The row with the smallest `f` (rows without one last).
+fn smallest<'a>(rows: &[&'a Row], f: impl Fn(&Row) -> Option<f64>) -> Option<&'a Row> {
+    rows.iter().copied().min_by(|a, b| f(a).unwrap_or(f64::MAX).total_cmp(&f(b).unwrap_or(f64::MAX)))
+}
+
+/// `1.23e-2`, or `–` when absent.
+pub fn sci(x: Option<f64>) -> String {
+    x.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into())
+}
 
 /// Least-squares slope of log y against log x over points with x ≥ `min_x` and y > 0.
 pub fn loglog_slope(points: &[(f64, f64)], min_x: f64) -> Option<f64> {
@@ -34,6 +50,111 @@ pub fn sweep_labels(rows: &[Row]) -> Vec<String> {
         }
     }
     labels
+}
+
+/// The frontier rows of `family`: measured, non-causal, at [`FRONTIER_NS`], with a relative
+/// error; the frontier variants and the comparators (the exact points), in row order.
+pub fn frontier_rows(rows: &[Row], family: InputFamily) -> Vec<&Row> {
+    rows.iter()
+        .filter(|r| {
+            r.rec.inputs == family
+                && !r.rec.causal
+                && FRONTIER_NS.contains(&r.rec.seq)
+                && r.rec.status.is_ok()
+                && r.rel_err.is_some()
+                && (r.frontier || COMPARATORS.contains(&r.label.as_str()))
+        })
+        .collect()
+}
+
+/// The rows as frontier points (rows without a time or error are left out).
+pub fn frontier_points(rows: &[&Row]) -> Vec<FrontierPoint> {
+    rows.iter()
+        .filter_map(|r| {
+            Some(FrontierPoint {
+                label: r.label.clone(),
+                family: r.rec.inputs,
+                seq: r.rec.seq,
+                rel_err: r.rel_err?,
+                seconds: r.rec.median_s?,
+            })
+        })
+        .collect()
+}
+
+/// Where each method wins on `family`: per frontier N, the approximations on the accuracy–speed
+/// frontier, and which approximations beat the mean-of-V baseline (the best by its gain), or
+/// that none does.
+pub fn wins(rows: &[Row], family: InputFamily) -> Vec<String> {
+    let fr = frontier_rows(rows, family);
+    let points = frontier_points(&fr);
+    let on = pareto(&points);
+    let mut out = Vec::new();
+    for n in FRONTIER_NS {
+        let at: Vec<usize> = (0..points.len()).filter(|&i| points[i].seq == n).collect();
+        if at.is_empty() {
+            continue;
+        }
+        let approx = |i: &&usize| fr[**i].approximates();
+        let frontier: Vec<String> = at
+            .iter()
+            .filter(approx)
+            .filter(|&&i| on[i])
+            .map(|&i| format!("`{}`{}", points[i].label, fr[i].baseline_mark()))
+            .collect();
+        let mut beating: Vec<(f64, &str)> = at
+            .iter()
+            .filter(approx)
+            .filter_map(|&i| fr[i].accuracy().filter(|a| a.beats_baseline()).map(|a| (a.gain(), fr[i].label.as_str())))
+            .collect();
+        beating.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let base = fr.iter().find(|r| r.rec.seq == n).and_then(|r| r.baseline_rel_err).unwrap_or(f64::NAN);
+        let verdict = match beating.first() {
+            None => format!("no approximation beats the mean-of-V baseline (rel. error {base:.3})"),
+            Some(&(g, l)) => format!(
+                "{} of {} approximations beat the mean-of-V baseline (rel. error {base:.3}); best `{l}`, {g:.2}× smaller error",
+                beating.len(),
+                at.iter().filter(approx).count()
+            ),
+        };
+        let front = if frontier.is_empty() { "none".to_string() } else { frontier.join(", ") };
+        out.push(format!("N = {n}: {verdict}. Approximations on the accuracy–speed frontier: {front}."));
+    }
+    out
+}
+
+/// Per error budget of [`ERROR_BUDGETS`], the first frontier N at which the fastest
+/// approximation within it beats the first comparator measured on `family` (non-causal).
+pub fn equal_error_crossovers(rows: &[Row], family: InputFamily) -> Vec<String> {
+    let fr = frontier_rows(rows, family);
+    let Some(exact) = COMPARATORS.iter().find(|c| fr.iter().any(|r| r.label == **c)) else {
+        return vec!["no exact comparator measured on this family".into()];
+    };
+    // Only approximations compete, each beside the exact series.
+    let pts: Vec<FrontierPoint> = frontier_points(&fr)
+        .into_iter()
+        .zip(&fr)
+        .filter(|(p, r)| p.label == *exact || r.approximates())
+        .map(|(p, _)| p)
+        .collect();
+    ERROR_BUDGETS
+        .iter()
+        .map(|&eps| match crossover_at_error(&pts, family, exact, eps) {
+            Some((n, label)) => {
+                let t = |l: &str| pts.iter().find(|p| p.seq == n && p.label == l).map_or(f64::NAN, |p| p.seconds);
+                format!(
+                    "error ≤ {eps}: `{label}` is faster than `{exact}` from N = {n} ({} vs {}, {:.1}×)",
+                    fmt_secs(t(&label)),
+                    fmt_secs(t(exact)),
+                    t(exact) / t(&label)
+                )
+            }
+            None => format!(
+                "error ≤ {eps}: no approximation within it is faster than `{exact}` at N ∈ {{{}}}",
+                FRONTIER_NS.map(|n| n.to_string()).join(", ")
+            ),
+        })
+        .collect()
 }
 
 /// Approximations vs exact backends: from which N the approximation is faster.
@@ -164,25 +285,26 @@ pub fn reading(rows: &[Row]) -> Vec<String> {
     if !skipped.is_empty() {
         out.push(format!("Refused by the memory budget: {}.", skipped.join(", ")));
     }
-    for n in FRONTIER_NS {
-        let fr: Vec<&Row> =
-            rows.iter().filter(|r| r.frontier && r.rec.seq == n && !r.rec.causal && r.err_max_abs.is_some()).collect();
-        if fr.is_empty() {
-            continue;
-        }
-        let best =
-            fr.iter().min_by(|a, b| a.err_max_abs.unwrap_or(f64::MAX).total_cmp(&b.err_max_abs.unwrap_or(f64::MAX)));
-        let fastest =
-            fr.iter().min_by(|a, b| a.rec.median_s.unwrap_or(f64::MAX).total_cmp(&b.rec.median_s.unwrap_or(f64::MAX)));
-        if let (Some(b), Some(f)) = (best, fastest) {
+    // The sweep family's frontier, by relative error beside the baseline's.
+    if let Some(family) = rows.first().map(|r| r.rec.inputs) {
+        let fr = frontier_rows(rows, family);
+        for n in FRONTIER_NS {
+            let at: Vec<&Row> = fr.iter().copied().filter(|r| r.rec.seq == n && r.approximates()).collect();
+            let (Some(b), Some(f)) = (smallest(&at, |r| r.rel_err), smallest(&at, |r| r.rec.median_s)) else {
+                continue;
+            };
             out.push(format!(
-                "At N = {n} (non-causal), the most accurate approximation is `{}` (max abs error {:.2e}, {}); the fastest is `{}` ({}, error {:.2e}).",
+                "At N = {n} (non-causal, `{family}` inputs), the most accurate approximation is `{}` (relative error {}{}, {}); \
+                 the fastest is `{}` ({}, error {}{}); the mean of V has error {}.",
                 b.label,
-                b.err_max_abs.unwrap_or(0.0),
+                sci(b.rel_err),
+                b.baseline_mark(),
                 fmt_secs(b.rec.median_s.unwrap_or(0.0)),
                 f.label,
                 fmt_secs(f.rec.median_s.unwrap_or(0.0)),
-                f.err_max_abs.unwrap_or(0.0)
+                sci(f.rel_err),
+                f.baseline_mark(),
+                sci(b.baseline_rel_err)
             ));
         }
     }
@@ -197,6 +319,50 @@ mod tests {
     use super::*;
     use crate::cli::report::results::tests::row;
     use attnkit::Exactness::{Approximate, Exact};
+
+    /// A frontier row on `family` at `n`: time `t`, relative error `err`, baseline error 0.5.
+    fn fr(label: &str, exactness: Exactness, family: InputFamily, n: usize, t: f64, err: f64) -> Row {
+        let mut r = row(label, exactness, n, false, Some(t), Some(err));
+        r.rec.inputs = family;
+        r.frontier = exactness == Approximate;
+        r
+    }
+
+    #[test]
+    fn wins_and_equal_error_crossovers_read_the_family_rows() {
+        let s = InputFamily::Structured { sharpness: 8.0 };
+        let mut rows = Vec::new();
+        for (n, scale) in [(1024, 1.0), (4096, 16.0)] {
+            rows.push(fr("flash-cpu", Exact, s, n, scale, 1e-7));
+            rows.push(fr("nystrom(m=64)", Approximate, s, n, 2.0 * scale.sqrt(), 0.01));
+            rows.push(fr("performer(m=64)", Approximate, s, n, 0.5 * scale.sqrt(), 0.8));
+            rows.push(fr("performer(m=256)", Approximate, s, n, 3.0 * scale.sqrt(), 0.9));
+            rows.push(fr("nystrom(m=64)", Approximate, InputFamily::Normal, n, 0.1, 0.9));
+        }
+        let w = wins(&rows, s);
+        assert_eq!(w.len(), 2);
+        assert!(
+            w[1].starts_with("N = 4096: 1 of 3 approximations beat the mean-of-V baseline (rel. error 0.500); best `nystrom(m=64)`, 50.00× smaller"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].ends_with("frontier: `nystrom(m=64)`, `performer(m=64)` (!)."),
+            "dominated performer(m=256) left out, the one losing to the baseline marked: {w:?}"
+        );
+        assert!(
+            wins(&rows, InputFamily::Normal)[0]
+                .contains("no approximation beats the mean-of-V baseline (rel. error 0.500)")
+        );
+        let c = equal_error_crossovers(&rows, s);
+        assert!(
+            c[0].starts_with(
+                "error ≤ 0.1: `nystrom(m=64)` is faster than `flash-cpu` from N = 4096 (8.00 s vs 16.00 s, 2.0×)"
+            ),
+            "{c:?}"
+        );
+        assert!(c[2].starts_with("error ≤ 0.001: no approximation within it"), "{c:?}");
+        assert_eq!(equal_error_crossovers(&rows, InputFamily::Normal), ["no exact comparator measured on this family"]);
+    }
 
     #[test]
     fn slope_of_power_law_is_its_exponent() {

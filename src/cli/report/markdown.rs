@@ -1,17 +1,26 @@
 //! The report's README.md: settings, reading, plots, slopes, crossovers, the frontier table and
 //! one results table per backend.
 
-use super::analysis::{crossovers, loglog_slope, reading, series, sweep_labels};
-use super::figures::Heatmaps;
+use super::analysis::{
+    ERROR_BUDGETS, crossovers, equal_error_crossovers, frontier_points, frontier_rows, loglog_slope, reading, sci,
+    series, sweep_labels, wins,
+};
+use super::figures::{Heatmaps, heatmap_file};
 use super::meta::Meta;
 use super::results::{Row, reason};
 use crate::cli::{fmt_mib, fmt_percent, fmt_secs};
-use attnkit::Exactness;
+use attnkit::approx_eval::pareto;
 use attnkit::bench::Status;
-use attnkit::bench::plan::{FRONTIER_NS, ORACLE};
+use attnkit::bench::plan::FRONTIER_NS;
+use attnkit::inputs::InputFamily;
 use std::fmt::Write as _;
 
-pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String]) -> String {
+/// The relative error with its mark (`(!)`: an approximation that does not beat the baseline).
+fn rel_err_cell(r: &Row) -> String {
+    format!("{}{}", sci(r.rel_err), r.baseline_mark())
+}
+
+pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# attnkit report\n");
     let _ = writeln!(s, "- Machine: {} ({} logical cores), {} thread(s) used", meta.cpu, meta.cores, meta.threads);
@@ -20,8 +29,8 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String])
     let _ = writeln!(s, "- Took: {}", fmt_secs(meta.elapsed_s));
     let _ = writeln!(
         s,
-        "- Problem: B={}, H={}, D={}, {} inputs, standard normal (seed {}), N_q = N_k = N, non-causal and causal",
-        meta.batch, meta.heads, meta.dim, meta.dtype, meta.seed
+        "- Problem: B={}, H={}, D={}, {} inputs, family `{}` (seed {}; see *Input families*), N_q = N_k = N, non-causal and causal",
+        meta.batch, meta.heads, meta.dim, meta.dtype, meta.inputs, meta.seed
     );
     match &meta.gemm {
         Some(g) => writeln!(
@@ -57,9 +66,16 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String])
     );
     let _ = writeln!(
         s,
-        "- Error: max |O − O_ref| on head 0. For N ≤ {} against the f64 oracle; above that against flash-cpu (or sdpa when flash-cpu \
+        "- Error: max |O − O_ref| and the relative error ‖O − O_ref‖_F/‖O_ref‖_F on head 0. For N ≤ {} and in the frontier cells (N ∈ {{{}}}, non-causal) against the f64 oracle; above that against flash-cpu (or sdpa when flash-cpu \
          is absent) — see the *error vs* column. Approximations and `local` are compared with *full* attention, so their error is the approximation error.",
-        meta.oracle_max_n
+        meta.oracle_max_n,
+        FRONTIER_NS.map(|n| n.to_string()).join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "- Baseline: *mean of V* is uniform attention over each row's allowed keys (O(N·D), no scores), its relative error \
+         taken on the same cell, head and reference. **(!)** marks every approximation (or window) whose relative error does \
+         not beat it."
     );
     if !meta.unavailable.is_empty() {
         let _ = writeln!(s, "- Unavailable here: {}", meta.unavailable.join("; "));
@@ -73,22 +89,14 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String])
     let _ = writeln!(s);
 
     let _ = writeln!(s, "## Plots\n");
-    for n in plot_notes {
+    for n in plot_notes.iter().filter(|n| !n.starts_with("weights_")) {
         if n.ends_with(".svg") {
             let _ = writeln!(s, "![{n}]({n})\n");
         } else {
             let _ = writeln!(s, "- {n}");
         }
     }
-    if !heat.notes.is_empty() {
-        let _ = writeln!(s, "Heatmap notes: {}\n", heat.notes.join("; "));
-    }
-    let _ = writeln!(
-        s,
-        "The heatmaps show effective attention weights on one structured input (N = D = 64, position-like Q = K \
-         with a sink at key 0, V = I so output row i is weight row i), computed through the public trait.\n"
-    );
-
+    input_families(&mut s, heat, plot_notes);
     let _ = writeln!(s, "## Scaling (least-squares log-log slopes over N ≥ 1024)\n");
     let _ = writeln!(s, "| backend | causal | time slope | memory slope | points |");
     let _ = writeln!(s, "|---|---|---|---|---|");
@@ -120,48 +128,29 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String])
     }
     let _ = writeln!(s);
 
-    let _ = writeln!(s, "## Accuracy–speed frontier (N ∈ {{1024, 4096}})\n");
-    let _ = writeln!(s, "| N | causal | variant | median | max abs error | error vs | status |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    for r in rows.iter().filter(|r| {
-        r.frontier
-            || (FRONTIER_NS.contains(&r.rec.seq) && r.exactness == Some(Exactness::Exact) && r.rec.backend != ORACLE)
-    }) {
-        if !FRONTIER_NS.contains(&r.rec.seq) {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.rec.seq,
-            if r.rec.causal { "yes" } else { "no" },
-            r.label,
-            r.rec.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
-            r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
-            r.err_vs,
-            status_text(r)
-        );
-    }
-    let _ = writeln!(s);
-
+    frontier(&mut s, rows, &meta.families);
     let _ = writeln!(s, "## Results per backend\n");
     for l in sweep_labels(rows) {
         let _ = writeln!(s, "### {l}\n");
-        let _ =
-            writeln!(s, "| N | causal | median | GFLOP/s | % GEMM | peak MiB | max abs error | error vs | status |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| N | causal | median | GFLOP/s | % GEMM | peak MiB | max abs error | rel. error | mean-of-V rel. error | error vs | status |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for r in rows.iter().filter(|r| !r.frontier && r.label == l) {
             let c = &r.rec;
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.seq,
                 if c.causal { "yes" } else { "no" },
                 c.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
                 c.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "–".into()),
                 fmt_percent(c.gemm_fraction),
                 if c.status.is_ok() { fmt_mib(c.peak_bytes) } else { "–".into() },
-                r.err_max_abs.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "–".into()),
+                sci(r.err_max_abs),
+                rel_err_cell(r),
+                sci(r.baseline_rel_err),
                 if r.err_vs.is_empty() { "–" } else { &r.err_vs },
                 status_text(r)
             );
@@ -170,6 +159,76 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &Heatmaps, plot_notes: &[String])
     }
     let _ = writeln!(s, "Raw data: [results.json](results.json), [results.csv](results.csv).");
     s
+}
+
+/// The families, each with its description and heatmap.
+fn input_families(s: &mut String, heat: &[Heatmaps], plot_notes: &[String]) {
+    let _ = writeln!(s, "## Input families\n");
+    let _ = writeln!(
+        s,
+        "Seeded by the run's seed (`attnkit::inputs`; `bench --inputs`, `check --inputs`, `report --inputs` for the sweep). \
+         Each heatmap shows effective attention weights on one input of the family at N = D = 64, one head (Q, K of the \
+         family, V = I, so output row i is weight row i), computed through the public trait; red marks negative weights.\n"
+    );
+    for h in heat {
+        let _ = writeln!(s, "### `{}`\n\n{}.\n", h.family, h.family.description());
+        let file = heatmap_file(h.family);
+        match plot_notes.iter().find(|n| n.starts_with(&file)) {
+            Some(n) if *n == file => writeln!(s, "![{file}]({file})\n"),
+            Some(n) => writeln!(s, "- {n}\n"),
+            None => writeln!(s, "- no heatmap: no backend ran\n"),
+        }
+        .ok();
+        if !h.notes.is_empty() {
+            let _ = writeln!(s, "Heatmap notes: {}\n", h.notes.join("; "));
+        }
+    }
+}
+
+/// Per family: where each method wins, the crossover against the comparator at equal error,
+/// and the frontier table (every frontier point with its baseline and gain).
+fn frontier(s: &mut String, rows: &[Row], families: &[InputFamily]) {
+    let ns = FRONTIER_NS.map(|n| n.to_string()).join(", ");
+    let _ = writeln!(s, "## Accuracy–speed frontier per input family (N ∈ {{{ns}}}, non-causal)\n");
+    let _ = writeln!(
+        s,
+        "Plot: `error_vs_speed.svg` above. A point is *on the frontier* when no other point of its family and N is both \
+         at least as fast and at least as accurate. *Gain* = mean-of-V error ÷ the row's error (> 1: beats the baseline). \
+         *At equal error*: for each error budget, the first N at which the fastest approximation within it runs faster \
+         than the exact comparator (exact attention's own error is ~1e-7, so the budget is what a reader accepts).\n"
+    );
+    for &family in families {
+        let fr = frontier_rows(rows, family);
+        let _ = writeln!(s, "### `{family}`\n");
+        if fr.is_empty() {
+            let _ = writeln!(s, "No frontier point was measured on this family.\n");
+            continue;
+        }
+        for line in wins(rows, family) {
+            let _ = writeln!(s, "- {line}");
+        }
+        let _ = writeln!(s, "\nAt equal error ({}):\n", ERROR_BUDGETS.map(|e| e.to_string()).join(", "));
+        for line in equal_error_crossovers(rows, family) {
+            let _ = writeln!(s, "- {line}");
+        }
+        let on = pareto(&frontier_points(&fr));
+        let _ = writeln!(s, "\n| N | variant | median | rel. error | mean-of-V rel. error | gain | on frontier |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for (r, on) in fr.iter().zip(on) {
+            let gain = r.accuracy().filter(|_| r.approximates()).map_or("–".into(), |a| format!("{:.2}", a.gain()));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {gain} | {} |",
+                r.rec.seq,
+                r.label,
+                r.rec.median_s.map(fmt_secs).unwrap_or_else(|| "–".into()),
+                rel_err_cell(r),
+                sci(r.baseline_rel_err),
+                if on { "yes" } else { "" }
+            );
+        }
+        let _ = writeln!(s);
+    }
 }
 
 /// The status column: `ok (N reps)`, with a device-timing failure when there was one, or the
@@ -187,6 +246,7 @@ pub fn status_text(r: &Row) -> String {
 mod tests {
     use super::*;
     use crate::cli::report::results::tests::row;
+    use attnkit::Exactness;
 
     #[test]
     fn status_text_says_what_happened() {

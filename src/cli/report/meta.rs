@@ -2,7 +2,9 @@
 
 use attnkit::DType;
 use attnkit::bench::GemmCeiling;
-use serde::Serialize;
+use attnkit::bench::record::serialize_display;
+use attnkit::inputs::InputFamily;
+use serde::{Serialize, Serializer};
 
 #[derive(Serialize)]
 pub struct Meta {
@@ -19,12 +21,22 @@ pub struct Meta {
     pub batch: usize,
     pub dtype: DType,
     pub seed: u64,
+    /// The sweep's input family.
+    #[serde(serialize_with = "serialize_display")]
+    pub inputs: InputFamily,
+    /// The families the accuracy–speed frontier runs on.
+    #[serde(serialize_with = "family_names")]
+    pub families: Vec<InputFamily>,
     pub reps: usize,
     pub run_budget_s: f64,
     pub oracle_max_n: usize,
     pub mem_budget_bytes: u64,
     pub elapsed_s: f64,
     pub unavailable: Vec<String>,
+}
+
+fn family_names<S: Serializer>(fs: &[InputFamily], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(fs.iter().map(|f| f.to_string()))
 }
 
 /// The CPU's model name from /proc/cpuinfo.

@@ -5,10 +5,14 @@
 //! - the sweep: N = 256 … 65536 (`--quick`: … 8192), every available registered backend
 //!   except `auto` (it only forwards to one of the others) at its default options; `local`
 //!   gets a window of w = 256 ((w, w), or (w, 0) when causal) because it needs one;
-//! - the frontier: at N ∈ {1024, 4096}, linformer k ∈ {64,128,256}, performer m ∈ {64,128,256}
-//!   and local w ∈ {64,256}, for the accuracy–speed plot;
-//! - the weight heatmaps: one structured N = 64 input, effective N×N weights per backend,
-//!   read off as the output for V = I through the public trait.
+//! - the sweep runs on one input family (`--inputs`, default `normal`);
+//! - the frontier: at N ∈ {1024, 4096}, non-causal, the frontier variants of the plan (nystrom m,
+//!   linformer pooled/gaussian k, performer softmax/relu m, local w) on every input family
+//!   (the sweep's own from the sweep, the others in cells of their own with the comparators),
+//!   each with its relative error beside the mean-of-V baseline's, for the per-family
+//!   accuracy–speed plot and tables;
+//! - the weight heatmaps: one N = D = 64 input per family (Q, K of the family, V = I), effective
+//!   N×N weights per backend, read off as the output for V = I through the public trait.
 //!
 //! Errors are measured on head 0: against the f64 oracle for N ≤ the oracle limit, beyond
 //! that against the flash-cpu (or sdpa) output of the same cell, and the table says which.
@@ -34,6 +38,7 @@ mod sweep;
 use crate::cli::fmt_secs;
 use attnkit::bench::plan::{DIM, HEADS, SEED};
 use attnkit::bench::{LazyCeiling, Status, SweepPlan};
+use attnkit::inputs::InputFamily;
 use attnkit::threads::with_threads;
 use attnkit::{AttnError, DType};
 use clap::Args;
@@ -58,10 +63,15 @@ pub struct ReportArgs {
     /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256.
     #[arg(long)]
     pub max_n: Option<usize>,
+    /// Input family of the sweep, seeded: normal, structured[:S], local-global. The frontier
+    /// runs on every family regardless.
+    #[arg(long, default_value = "normal", value_parser = crate::cli::parse_named::<InputFamily>)]
+    pub inputs: InputFamily,
 }
 
 pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
     let mut plan = SweepPlan::report(a.quick);
+    plan.inputs = a.inputs;
     let cfg = sweep::Config {
         reps: if a.quick { 3 } else { 5 },
         run_budget_s: a.max_run_time.unwrap_or(if a.quick { 6.0 } else { 120.0 }),
@@ -102,7 +112,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let ceiling = LazyCeiling::standard();
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
-    let heat = figures::heatmaps(&available);
+    let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -117,6 +127,8 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         batch: 1,
         dtype: DType::F32,
         seed: SEED,
+        inputs: plan.inputs,
+        families: plan.families.clone(),
         reps: cfg.reps,
         run_budget_s: cfg.run_budget_s,
         oracle_max_n: cfg.oracle_max_n,

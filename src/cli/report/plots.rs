@@ -11,8 +11,8 @@ pub struct Series {
 
 type PlotResult = Result<(), String>;
 
-/// A panel title and its (label, error, seconds) points.
-pub type FrontierPanel = (String, Vec<(String, f64, f64)>);
+/// A panel title, its (label, relative error, seconds) points and the mean-of-V baseline's error.
+pub type FrontierPanel = (String, Vec<(String, f64, f64)>, Option<f64>);
 
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -118,18 +118,22 @@ pub fn loglog_panels(
     root.present().map_err(err)
 }
 
-/// Error (x) vs time (y) scatter per panel, each point labelled.
+/// Error (x) vs time (y) scatter per panel, each point labelled; the baseline's error as a
+/// dashed vertical line (points right of it lose to the mean of V).
 pub fn frontier(path: &Path, panels: &[FrontierPanel]) -> PlotResult {
     let cols = 2;
     let rows = panels.len().div_ceil(cols).max(1);
     let root = SVGBackend::new(path, (1280, 480 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root
-        .titled("accuracy–speed frontier: max abs error (head 0) vs median time", ("sans-serif", 22))
+        .titled(
+            "accuracy–speed frontier per input family: relative error (head 0) vs median time; dashed: mean of V",
+            ("sans-serif", 20),
+        )
         .map_err(err)?;
     let areas = root.split_evenly((rows, cols));
-    for ((name, pts), area) in panels.iter().zip(areas.iter()) {
-        let (x0, x1) = log_range(pts.iter().map(|p| p.1));
+    for ((name, pts, baseline), area) in panels.iter().zip(areas.iter()) {
+        let (x0, x1) = log_range(pts.iter().map(|p| p.1).chain(*baseline));
         let (y0, y1) = log_range(pts.iter().map(|p| p.2));
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 18))
@@ -140,18 +144,26 @@ pub fn frontier(path: &Path, panels: &[FrontierPanel]) -> PlotResult {
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("max abs error")
+            .x_desc("relative error")
             .y_desc("seconds")
             .x_label_formatter(&|x| format!("{x:.0e}"))
             .y_label_formatter(&|y| format!("{y:.1e}"))
             .draw()
             .map_err(err)?;
+        if let Some(b) = baseline.filter(|b| b.is_finite() && *b > 0.0) {
+            let dashes = (0..24).map(|i| {
+                let f = |t: f64| y0 * (y1 / y0).powf(t);
+                PathElement::new(vec![(b, f(i as f64 / 24.0)), (b, f((i as f64 + 0.5) / 24.0))], BLACK.stroke_width(1))
+            });
+            chart.draw_series(dashes).map_err(err)?;
+        }
         for (label, x, y) in pts {
-            let family = label.split('(').next().unwrap_or(label);
-            let i = match family {
+            let backend = label.split('(').next().unwrap_or(label);
+            let i = match backend {
                 "linformer" => 1,
                 "performer" => 2,
                 "local" => 3,
+                "nystrom" => 4,
                 _ => 0,
             };
             let c = color(i);

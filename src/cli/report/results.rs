@@ -1,6 +1,7 @@
 //! The report's rows and its raw data files, results.json and results.csv.
 
 use super::meta::Meta;
+use attnkit::approx_eval::Accuracy;
 use attnkit::bench::BenchRecord;
 use attnkit::{AttnError, Exactness};
 use serde::{Serialize, Serializer};
@@ -19,7 +20,31 @@ pub struct Row {
     pub frontier: bool,
     pub err_max_abs: Option<f64>,
     pub err_max_rel: Option<f64>,
+    /// Relative Frobenius error ‖O − O_ref‖/‖O_ref‖ (head 0), against the same reference.
+    pub rel_err: Option<f64>,
+    /// The same error of the mean-of-V baseline on the same cell (input, mask, head 0).
+    pub baseline_rel_err: Option<f64>,
     pub err_vs: String,
+}
+
+impl Row {
+    /// Whether the row approximates full attention: an approximate backend, or a window.
+    pub fn approximates(&self) -> bool {
+        self.exactness == Some(Exactness::Approximate) || !self.rec.window.is_unbounded()
+    }
+
+    /// Its error beside the baseline's, when both were measured.
+    pub fn accuracy(&self) -> Option<Accuracy> {
+        Some(Accuracy { rel_err: self.rel_err?, baseline_rel_err: self.baseline_rel_err? })
+    }
+
+    /// `(!)` on an approximation that does not beat the mean-of-V baseline, else "".
+    pub fn baseline_mark(&self) -> &'static str {
+        match self.accuracy() {
+            Some(a) if self.approximates() && !a.beats_baseline() => " (!)",
+            _ => "",
+        }
+    }
 }
 
 fn exactness_text<S: Serializer>(e: &Option<Exactness>, s: S) -> Result<S::Ok, S::Error> {
@@ -37,7 +62,7 @@ pub fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnEr
 /// One header line and one line per row; text fields quoted, absent numbers empty.
 pub fn csv(rows: &[Row]) -> String {
     let mut csv = String::from(
-        "label,backend,variant,exactness,device,seq,seq_kv,dim,heads,batch,causal,window,dtype,threads,status,reps,timing,median_s,gflops,gemm_gflops,gemm_fraction,peak_bytes,err_max_abs,err_max_rel,err_vs,frontier,reason\n",
+        "label,backend,variant,exactness,device,inputs,seq,seq_kv,dim,heads,batch,causal,window,dtype,threads,status,reps,timing,median_s,gflops,gemm_gflops,gemm_fraction,peak_bytes,err_max_abs,err_max_rel,rel_err,baseline_rel_err,err_vs,frontier,reason\n",
     );
     let opt = |x: Option<f64>| x.map(|v| format!("{v:e}")).unwrap_or_default();
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
@@ -45,12 +70,13 @@ pub fn csv(rows: &[Row]) -> String {
         let c = &r.rec;
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             quote(&r.label),
             c.backend,
             quote(&c.variant),
             r.exactness.map(|e| e.to_string()).unwrap_or_default(),
             c.device.map(|d| d.to_string()).unwrap_or_default(),
+            c.inputs,
             c.seq,
             c.seq_kv,
             c.dim,
@@ -70,6 +96,8 @@ pub fn csv(rows: &[Row]) -> String {
             c.peak_bytes.map(|b| b.to_string()).unwrap_or_default(),
             opt(r.err_max_abs),
             opt(r.err_max_rel),
+            opt(r.rel_err),
+            opt(r.baseline_rel_err),
             quote(&r.err_vs),
             r.frontier,
             quote(&reason(c)),
@@ -119,8 +147,25 @@ pub mod tests {
             frontier: false,
             err_max_abs: err,
             err_max_rel: err,
+            rel_err: err,
+            baseline_rel_err: err.map(|_| 0.5),
             err_vs: String::new(),
         }
+    }
+
+    #[test]
+    fn only_approximations_that_lose_to_the_baseline_are_marked() {
+        let mut r = row("nystrom", Exactness::Approximate, 4096, false, Some(1e-3), Some(0.6));
+        assert_eq!(r.baseline_mark(), " (!)", "0.6 ≥ the baseline's 0.5");
+        r.rel_err = Some(0.01);
+        assert_eq!((r.baseline_mark(), r.accuracy().map(|a| a.gain())), ("", Some(50.0)));
+        let exact = row("flash-cpu", Exactness::Exact, 4096, false, Some(1e-3), Some(0.6));
+        assert_eq!(exact.baseline_mark(), "", "exact backends are not judged against it");
+        let mut local = exact.clone();
+        local.rec.window = attnkit::Window::new(64, 64);
+        assert_eq!(local.baseline_mark(), " (!)", "a window approximates full attention");
+        let unmeasured = row("nystrom", Exactness::Approximate, 4096, false, None, None);
+        assert_eq!(unmeasured.baseline_mark(), "");
     }
 
     #[test]
@@ -134,9 +179,10 @@ pub mod tests {
         let text = csv(&[r.clone(), Row { rec: r.rec.clone().failed("output has 3 non-finite values"), ..r }]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        // 27 columns; the window "L,R" is the one quoted field holding a comma.
-        assert_eq!((lines[0].split(',').count(), lines[1].split(',').count()), (27, 28));
-        assert!(lines[1].contains(",approx,cpu,256,") && lines[1].contains(",ok,1,host,"), "{}", lines[1]);
+        // 30 columns; the window "L,R" is the one quoted field holding a comma.
+        assert_eq!((lines[0].split(',').count(), lines[1].split(',').count()), (30, 31));
+        assert!(lines[1].contains(",approx,cpu,normal,256,") && lines[1].contains(",ok,1,host,"), "{}", lines[1]);
+        assert!(lines[1].contains(",1e-6,5e-1,"), "rel error then the baseline's: {}", lines[1]);
         assert!(
             lines[2].contains(",error,") && lines[2].ends_with("\"output has 3 non-finite values\""),
             "{}",
