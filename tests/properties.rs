@@ -62,7 +62,7 @@ proptest! {
         l in -3i64..3, r in -3i64..3, scale in prop_oneof![Just(f32::NAN), Just(-1.0f32), Just(0.0f32), Just(0.5f32), Just(f32::INFINITY)],
     ) {
         let p = Problem { batch: b, heads: h, kv_heads: hkv, seq_q: nq, seq_k: nk, head_dim: d, scale,
-            causal: false, window: Window::new(l, r), dtype: DType::F32 };
+            causal: false, window: Window::new(l, r), dtype: DType::F32, mods: Default::default() };
         let valid = p.validate().is_ok();
         // Buffers sized by saturating products so even invalid problems get a plausible length.
         let q = vec![0.5f32; b * h * nq * d];

@@ -50,7 +50,7 @@ impl FlashCpu {
     }
 
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
-        Plan { name: self.name(), isa, packing: Packing::WholeHeads, range: Box::new(move |i| p.key_range(i)) }
+        Plan { name: self.name(), isa, packing: Packing::WholeHeads, range: Box::new(move |b, i| p.key_range_at(b, i)) }
     }
 }
 

@@ -62,7 +62,7 @@ impl Local {
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
         let rows = segment_rows(p, 8 * isa.shape().mr);
         let packing = Packing::Segments { rows, band: band_keys(p, rows) };
-        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
+        Plan { name: self.name(), isa, packing, range: Box::new(move |b, i| p.key_range_at(b, i)) }
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod flash;
 pub mod scalar;
+pub mod score_mod;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_neon;
@@ -47,6 +48,8 @@ pub trait Simd: Copy + Send + Sync {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b` (IEEE division; used by the softcap's tanh).
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a·b + c` (fused where the ISA has FMA).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise max; when a lane of `b` is NaN the result is NaN (x86 `maxps` order), so NaN

@@ -8,6 +8,7 @@
 
 use super::Plan;
 use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes, tile_keys};
+use super::modify::{CallMods, zero_unused_values};
 use crate::attention::AttnArgs;
 use crate::budget::check_budget;
 use crate::error::Result;
@@ -47,7 +48,6 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     let nkv = p.batch * p.kv_heads;
     let threads = rayon::current_num_threads().max(1);
     let tasks_per_kv = g * nq.div_ceil(bq);
-    let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
     let (per_head, scratch) = wave_bytes(p, shape);
     // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
     // packed panels so small heads do not pay one pool barrier each.
@@ -58,23 +58,31 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     let inflight = wanted.min(fits).max(1);
     let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));
     check_budget(plan.name, "packed K/V panels of the KV heads in flight", need)?;
+    let mods = CallMods::new(args);
 
     for w0 in (0..nkv).step_by(inflight) {
         let w1 = (w0 + inflight).min(nkv);
-        let packed: Vec<(Vec<f32>, Vec<f32>)> = (w0..w1)
+        let packed: Vec<(Vec<f32>, Vec<f32>, usize)> = (w0..w1)
             .into_par_iter()
             .map(|kvh| {
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                pack_k(args.k(), kvh * nk * d, 0, nk, d, shape.kp, &mut kb);
-                pack_v(args.v(), kvh * nk * d, 0, nk, d, shape.kp, &mut vb);
-                (kb, vb)
+                let b = kvh / p.kv_heads;
+                // Keys past a batch entry's used length are not even read.
+                let used = match (&p.mods.seqused_k, &p.mods.varlen) {
+                    (Some(u), None) => u[b],
+                    _ => nk,
+                };
+                let nkeys = pack_k(args.k(), kvh * nk * d, 0, used, d, shape.kp, &mut kb);
+                pack_v(args.v(), kvh * nk * d, 0, used, d, shape.kp, &mut vb);
+                zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
+                (kb, vb, nkeys)
             })
             .collect();
         let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
         let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
         let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
         tasks.into_par_iter().for_each_init(Scratch::default, |scr, (hi, bi, o, l)| {
-            let (kb, vb) = &packed[hi / g];
+            let (kb, vb, nkeys) = &packed[hi / g];
             let spec = BlockSpec {
                 isa,
                 shape,
@@ -84,8 +92,9 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                 i0: bi * bq,
                 kbase: 0,
                 range: &*plan.range,
-                nkeys: packed_keys,
+                nkeys: *nkeys,
                 tile,
+                mods: Some(&mods),
             };
             run_query_block(&spec, kb, vb, scr, o, l);
         });
