@@ -1,5 +1,6 @@
 //! `attnkit bench`: median time, GFLOP/s, peak heap and the GEMM ceiling, per backend and N.
 
+use super::modifiers::{ModifierArgs, PairOwned};
 use super::{ShapeArgs, fmt_mib, fmt_secs, resolve_backends};
 use attnkit::bench::{
     BenchRecord, expected_exponent, extrapolate, gemm_ceiling, is_skip, measure, skip_reason, with_threads,
@@ -22,6 +23,8 @@ pub struct BenchArgs {
     pub seq_kv: Vec<usize>,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    #[command(flatten)]
+    pub mods: ModifierArgs,
     /// Threads in the rayon pool the backends (and the GEMM ceiling) run in; default all cores.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -66,13 +69,17 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
                 1 => a.seq_kv[0],
                 _ => a.seq_kv[i],
             };
-            a.shape.problem(8, n, nk)
+            a.mods.apply(a.shape.problem(8, n, nk)?, a.shape.seed)
         })
         .collect::<Result<Vec<_>, _>>()?;
     with_threads(a.threads, || bench_in_pool(a, &names, &problems))?
 }
 
-fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem]) -> Result<ExitCode, AttnError> {
+fn bench_in_pool(
+    a: &BenchArgs,
+    names: &[String],
+    problems: &[(attnkit::Problem, PairOwned)],
+) -> Result<ExitCode, AttnError> {
     let threads = rayon::current_num_threads();
     let gemm = gemm_ceiling(attnkit::bench::GEMM_CEILING_SIZE, 5)?;
     if !a.json {
@@ -94,9 +101,9 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[attnkit::Problem])
     let mut errors = 0usize;
     // Last successful (N, seconds) per backend, for the time-budget extrapolation.
     let mut last: Vec<Option<(usize, f64)>> = vec![None; names.len()];
-    for p in problems {
+    for (p, pair) in problems {
         let (q, k, v) = attnkit::seeded::normal_qkv(p, a.shape.seed);
-        let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref())?;
+        let args = AttnArgs::new_with(p, q.as_ref(), k.as_ref(), v.as_ref(), pair.as_pair())?;
         for (bi, name) in names.iter().enumerate() {
             let rec = BenchRecord::new(name, "", p, threads, gemm.gflops);
             let rec = match attnkit::backend_with(name, &opts) {

@@ -1,5 +1,6 @@
 //! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs.
 
+use super::modifiers::ModifierArgs;
 use super::{ShapeArgs, resolve_backends};
 use attnkit::bench::{is_skip, skip_reason};
 use attnkit::validate::{Tolerance, compare, exact_tolerance, oracle};
@@ -20,6 +21,8 @@ pub struct CheckArgs {
     pub seq_kv: Option<usize>,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    #[command(flatten)]
+    pub mods: ModifierArgs,
 }
 
 /// Exit code when a backend named explicitly on the command line was skipped.
@@ -28,9 +31,10 @@ const EXIT_NAMED_SKIPPED: u8 = 3;
 pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
+    let (p, pair) = a.mods.apply(p, a.shape.seed)?;
     let opts = a.shape.options();
     let (q, k, v) = attnkit::seeded::normal_qkv(&p, a.shape.seed);
-    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
+    let args = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair.as_pair())?;
     let want = oracle(&args);
     // Tolerances per precision, computed on first use (the naive pass costs as much as the oracle).
     let mut tolerances: Vec<(DType, Tolerance)> = Vec::new();

@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod kernels;
 mod list;
+mod modifiers;
 mod plots;
 mod report;
 mod run;
