@@ -341,16 +341,25 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
                 // Runs of panels the boolean mask leaves non-empty; empty panels are skipped, and
                 // a run of panels the mask allows wholly skips the per-pair mask.
                 Some(cover) => {
+                    // One look at the whole range first: most strips of a sparse mask skip it.
+                    match cover(r0, a, b) {
+                        Cover::Empty => continue,
+                        Cover::Full => {
+                            strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, a, b, false);
+                            continue;
+                        }
+                        Cover::Partial => {}
+                    }
                     let (mut pnl, end) = (a / kp, b / kp);
                     while pnl < end {
-                        let c = cover(r0, pnl * kp);
+                        let c = cover(r0, pnl * kp, (pnl + 1) * kp);
                         pnl += 1;
                         if c == Cover::Empty {
                             continue;
                         }
                         let (start, mut partial) = (pnl - 1, c == Cover::Partial);
                         while pnl < end {
-                            match cover(r0, pnl * kp) {
+                            match cover(r0, pnl * kp, (pnl + 1) * kp) {
                                 Cover::Empty => break,
                                 c => partial |= c == Cover::Partial,
                             }
@@ -378,20 +387,22 @@ pub enum Cover {
 
 /// Score modifiers of one query block (see [`super::score_mod`]).
 pub struct BlockMods<'a> {
-    pub score: ScoreOnly,
+    /// Scale, softcap and ALiBi; `None` when only a mask is set (raw scores then stay in the
+    /// plain path's units, the scale folded into the exponent, and −∞ is −∞ in any unit).
+    pub score: Option<ScoreOnly>,
     /// Per block row, ALiBi slope and diagonal in packed key coordinates.
     pub rows: &'a [RowMod],
     /// Adds the bias and applies the boolean mask (when the flag is set) to block row `r`'s
     /// scores over packed keys `[key0, key0 + len)`.
     pub pair: Option<&'a PairFn<'a>>,
-    /// Mask coverage of the strip starting at block row `r0` over the panel at packed key `key0`.
+    /// Mask coverage of the strip starting at block row `r0` over packed keys `[key0, key1)`.
     pub panels: Option<&'a CoverFn<'a>>,
 }
 
 /// See [`BlockMods::pair`].
 pub type PairFn<'a> = dyn Fn(usize, usize, &mut [f32], bool) + Sync + 'a;
 /// See [`BlockMods::panels`].
-pub type CoverFn<'a> = dyn Fn(usize, usize) -> Cover + Sync + 'a;
+pub type CoverFn<'a> = dyn Fn(usize, usize, usize) -> Cover + Sync + 'a;
 
 /// One strip of `MR` rows over packed keys `[a, b)` (whole panels inside one tile): S = Q·Kᵀ,
 /// score modifiers, band mask, online softmax, O += P·V. `pair_mask`: apply the boolean mask.
@@ -429,8 +440,10 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
     if let Some(m) = job.mods {
         for i in 0..MR {
             let row = &mut sbuf[i * tile..i * tile + n];
-            let rm = m.rows.get(r0 + i).copied().unwrap_or_default();
-            modify(s, &m.score, RowMod { diag: rm.diag - a as f32, ..rm }, row);
+            if let Some(score) = &m.score {
+                let rm = m.rows.get(r0 + i).copied().unwrap_or_default();
+                modify(s, score, RowMod { diag: rm.diag - a as f32, ..rm }, row);
+            }
             if let Some(pair) = m.pair {
                 pair(r0 + i, a, row, pair_mask);
             }

@@ -87,7 +87,9 @@ pub(super) fn run_query_block(
     scr.s.resize(spec.shape.mr * spec.tile, 0.0);
     scr.m.resize(rows_pad, 0.0);
     scr.l.resize(rows_pad, 0.0);
-    let cm = spec.mods.filter(|c| c.scores);
+    let cm = spec.mods.filter(|c| c.p.mods.changes_scores());
+    // Softcap, ALiBi and bias need natural-unit scores; a mask alone does not.
+    let natural = cm.is_some_and(|c| c.scores);
     let last = spec.i0 + rows - 1;
     scr.rowmods.clear();
     if let Some(c) = cm
@@ -99,7 +101,7 @@ pub(super) fn run_query_block(
             scr.rowmods.push(RowMod { slope: p.alibi_slope(b, i, h), diag: diag as f32 });
         }
     }
-    let (kbase, i0, kp) = (spec.kbase, spec.i0, spec.shape.kp);
+    let (kbase, i0) = (spec.kbase, spec.i0);
     let pair = |r: usize, key0: usize, xs: &mut [f32], with_mask: bool| {
         let c = cm.expect("pair terms only run with modifiers");
         let (i, j0) = ((i0 + r).min(last), kbase + key0);
@@ -107,14 +109,18 @@ pub(super) fn run_query_block(
             t.apply(xs, p.seq_k - j0);
         }
     };
-    let cover = |r0: usize, key0: usize| -> Cover {
+    let cover = |r0: usize, key0: usize, key1: usize| -> Cover {
         let c = cm.expect("mask cover only runs with modifiers");
         let Some(sm) = c.summary.as_ref() else { return Cover::Partial };
-        let (j0, ia) = (kbase + key0, i0 + r0);
-        sm.cover(c.mask_slice(b, h), ia, (ia + spec.shape.mr).min(last + 1), j0, (j0 + kp).min(p.seq_k))
+        let ia = i0 + r0;
+        sm.cover(c.mask_slice(b, h), ia, (ia + spec.shape.mr).min(last + 1), kbase + key0, (kbase + key1).min(p.seq_k))
     };
     let bm = cm.map(|c| BlockMods {
-        score: ScoreOnly { scale: p.scale, softcap: p.mods.softcap, alibi: p.mods.alibi_slopes.is_some() },
+        score: natural.then_some(ScoreOnly {
+            scale: p.scale,
+            softcap: p.mods.softcap,
+            alibi: p.mods.alibi_slopes.is_some(),
+        }),
         rows: &scr.rowmods,
         pair: c.has_pair().then_some(&pair as _),
         panels: c.summary.is_some().then_some(&cover as _),
@@ -122,7 +128,7 @@ pub(super) fn run_query_block(
     let mut job = BlockJob {
         d,
         q: &scr.q,
-        scale_log2: if cm.is_some() { std::f32::consts::LOG2_E } else { p.scale * std::f32::consts::LOG2_E },
+        scale_log2: if natural { std::f32::consts::LOG2_E } else { p.scale * std::f32::consts::LOG2_E },
         ranges: &scr.ranges,
         kpack,
         vpack,

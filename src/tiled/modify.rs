@@ -34,9 +34,20 @@ impl MaskSummary {
             let (slice, rb) = (idx / nrb, idx % nrb);
             for i in rb * CELL..((rb + 1) * CELL).min(nq) {
                 let row = &mask[(slice * nq + i) * nk..(slice * nq + i + 1) * nk];
-                for (c, chunk) in out.iter_mut().zip(row.chunks(CELL)) {
-                    let t = chunk.iter().filter(|&&x| x).count();
-                    *c |= if t > 0 { ANY_TRUE } else { 0 } | if t < chunk.len() { ANY_FALSE } else { 0 };
+                // SAFETY: bool is one byte holding 0 or 1, so its slice reads as the same
+                // number of u8 of the same values.
+                let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len()) };
+                let (whole, tail) = bytes.split_at(bytes.len() / CELL * CELL);
+                for (c, chunk) in out.iter_mut().zip(whole.chunks_exact(CELL)) {
+                    // Two words per cell row: any byte set / every byte set.
+                    let w0 = u64::from_ne_bytes(chunk[..8].try_into().unwrap_or([0; 8]));
+                    let w1 = u64::from_ne_bytes(chunk[8..].try_into().unwrap_or([0; 8]));
+                    let ones = 0x0101_0101_0101_0101u64;
+                    *c |= if w0 | w1 != 0 { ANY_TRUE } else { 0 } | if w0 & w1 != ones { ANY_FALSE } else { 0 };
+                }
+                if let Some(c) = out.last_mut().filter(|_| !tail.is_empty()) {
+                    let t = tail.iter().filter(|&&x| x != 0).count();
+                    *c |= if t > 0 { ANY_TRUE } else { 0 } | if t < tail.len() { ANY_FALSE } else { 0 };
                 }
             }
         });
@@ -72,7 +83,8 @@ impl MaskSummary {
 /// Per-call modifier state shared by every block.
 pub(super) struct CallMods<'a> {
     pub p: &'a Problem,
-    /// The kernel must modify scores (softcap, ALiBi, bias or mask); sinks alone do not.
+    /// The kernel must modify scores in natural units (softcap, ALiBi or bias); a mask alone
+    /// and sinks do not.
     pub scores: bool,
     bias: Option<(TensorRef<'a>, PairShape)>,
     mask: Option<(&'a [bool], PairShape)>,
@@ -85,7 +97,9 @@ impl<'a> CallMods<'a> {
         let bias = args.bias().zip(p.mods.bias);
         let mask = args.mask().zip(p.mods.mask);
         let summary = mask.map(|(m, shape)| MaskSummary::build(p, m, shape));
-        CallMods { p, scores: p.mods.changes_scores(), bias, mask, summary }
+        let m = &p.mods;
+        let scores = m.softcap.is_some() || m.alibi_slopes.is_some() || m.bias.is_some();
+        CallMods { p, scores, bias, mask, summary }
     }
 
     /// The mask slice index of query head `(b, h)`.
