@@ -38,7 +38,8 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
-use super::score_mod::{RowMod, ScoreOnly, modify};
+pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
+use super::score_mod::{RowMod, modify};
 use crate::tensor::TensorRef;
 
 /// Padded row length of V and of the O accumulator: D rounded up to 16 floats.
@@ -374,36 +375,6 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
     }
 }
 
-/// How much of a strip × panel a boolean mask allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cover {
-    /// No pair: skip the panel.
-    Empty,
-    /// Every pair: no per-pair mask needed.
-    Full,
-    /// Some pairs.
-    Partial,
-}
-
-/// Score modifiers of one query block (see [`super::score_mod`]).
-pub struct BlockMods<'a> {
-    /// Scale, softcap and ALiBi; `None` when only a mask is set (raw scores then stay in the
-    /// plain path's units, the scale folded into the exponent, and −∞ is −∞ in any unit).
-    pub score: Option<ScoreOnly>,
-    /// Per block row, ALiBi slope and diagonal in packed key coordinates.
-    pub rows: &'a [RowMod],
-    /// Adds the bias and applies the boolean mask (when the flag is set) to block row `r`'s
-    /// scores over packed keys `[key0, key0 + len)`.
-    pub pair: Option<&'a PairFn<'a>>,
-    /// Mask coverage of the strip starting at block row `r0` over packed keys `[key0, key1)`.
-    pub panels: Option<&'a CoverFn<'a>>,
-}
-
-/// See [`BlockMods::pair`].
-pub type PairFn<'a> = dyn Fn(usize, usize, &mut [f32], bool) + Sync + 'a;
-/// See [`BlockMods::panels`].
-pub type CoverFn<'a> = dyn Fn(usize, usize, usize) -> Cover + Sync + 'a;
-
 /// One strip of `MR` rows over packed keys `[a, b)` (whole panels inside one tile): S = Q·Kᵀ,
 /// score modifiers, band mask, online softmax, O += P·V. `pair_mask`: apply the boolean mask.
 #[inline(always)]
@@ -497,53 +468,6 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
 /// A row with no allowed key (l = 0) gets zeros and LSE = −∞.
 pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32], lse: Option<&mut [f32]>) {
     finish_rows_with_sink(acc, m, l, d, out, lse, None)
-}
-
-/// [`finish_rows`] with an attention sink: the logit `sink` (natural units) joins each row's
-/// denominator with no value. `m` is in base-2 units (`log2 e` times the natural scores), as
-/// the online-softmax step keeps it. A row with no allowed key gets zeros and LSE = sink.
-pub fn finish_rows_with_sink(
-    acc: &[f32],
-    m: &[f32],
-    l: &[f32],
-    d: usize,
-    out: &mut [f32],
-    lse: Option<&mut [f32]>,
-    sink: Option<f32>,
-) {
-    let dp = padded_dim(d);
-    let rows = out.len() / d;
-    let mut lse = lse;
-    for (r, o) in out.chunks_exact_mut(d).enumerate() {
-        // (factor on acc, ln of the denominator in natural units)
-        let (inv, ln_den) = match sink {
-            _ if l[r] == 0.0 => (0.0, sink.unwrap_or(f32::NEG_INFINITY)),
-            None => (1.0 / l[r], m[r] * std::f32::consts::LN_2 + l[r].ln()),
-            Some(sg) => {
-                // Rescale to M = max(m, sink) so neither term overflows.
-                let s2 = sg * std::f32::consts::LOG2_E;
-                let big = if m[r] > s2 { m[r] } else { s2 };
-                let lr = l[r] * (m[r] - big).exp2() + (s2 - big).exp2();
-                ((m[r] - big).exp2() / lr, big * std::f32::consts::LN_2 + lr.ln())
-            }
-        };
-        if l[r] == 0.0 {
-            o.fill(0.0);
-        } else if sink.is_none() {
-            for (x, a) in o.iter_mut().zip(&acc[r * dp..r * dp + d]) {
-                *x = a / l[r];
-            }
-        } else {
-            for (x, a) in o.iter_mut().zip(&acc[r * dp..r * dp + d]) {
-                *x = a * inv;
-            }
-        }
-        if let Some(lse) = lse.as_deref_mut()
-            && r < rows
-        {
-            lse[r] = ln_den;
-        }
-    }
 }
 
 /// Packs keys `k0..k1` of the head whose key 0 starts at element `base` into `D × kp` panels
