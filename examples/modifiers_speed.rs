@@ -5,8 +5,8 @@
 //! ```text
 //! cargo run --release --example modifiers_speed -- [mods|varlen|mask|all] [ROUNDS]
 //! ```
-//! - `mods`: N = 4096, D = 64, H = 8 (non-causal): plain vs ALiBi, softcap 30, sinks, and all
-//!   three (issue 11 target: each ≤ 1.15× plain).
+//! - `mods`: N = 4096, D = 64, H = 8 (non-causal): plain vs ALiBi, softcap 30, sinks, all
+//!   three (issue 11 target: each ≤ 1.15× plain), and an f32 bias broadcast over heads.
 //! - `varlen`: eight packed causal sequences of 4096 (total 32768, H = 2) vs eight separate
 //!   causal 4096 runs (target ≤ 1.2×), and one causal 32768 run for scale (one round).
 //! - `mask`: N = 16384, H = 1: a block-sparse boolean mask allowing 10% of 64×64 blocks vs
@@ -23,10 +23,11 @@ struct Variant {
     name: String,
     problems: Vec<Problem>,
     mask: Option<Vec<bool>>,
+    bias: Option<Vec<f32>>,
 }
 
 fn variant(name: &str, problems: Vec<Problem>) -> Variant {
-    Variant { name: name.into(), problems, mask: None }
+    Variant { name: name.into(), problems, mask: None, bias: None }
 }
 
 /// Seconds for one pass over the variant's problems (inputs prepared outside the timing).
@@ -45,7 +46,7 @@ impl<'a> Prepared<'a> {
     fn once(&mut self, b: &dyn Attention) -> f64 {
         let t = Instant::now();
         for ((p, (q, k, vv)), out) in self.v.problems.iter().zip(&self.inputs).zip(&mut self.outs) {
-            let pair = PairData { bias: None, mask: self.v.mask.as_deref() };
+            let pair = PairData { bias: self.v.bias.as_ref().map(|b| b.into()), mask: self.v.mask.as_deref() };
             let args = AttnArgs::new_with(p, q.as_ref(), k.as_ref(), vv.as_ref(), pair).expect("valid");
             b.forward_into(&args, out, None).expect("runs");
         }
@@ -96,6 +97,8 @@ fn main() {
         if what == "mods" || what == "all" {
             let p = Problem::new(1, 8, 4096, 64);
             let all = p.clone().with_alibi(alibi_slopes(8)).with_softcap(30.0).with_sinks(vec![0.5; 8]);
+            let mut bias = variant("bias_f32_11NN", vec![p.clone().with_bias(1, 1)]);
+            bias.bias = Some(attnkit::seeded::normal_values(4096 * 4096, 3));
             compare(
                 "mods_n4096_d64_h8",
                 &[
@@ -104,6 +107,7 @@ fn main() {
                     variant("softcap30", vec![p.clone().with_softcap(30.0)]),
                     variant("sinks", vec![p.clone().with_sinks(vec![0.5; 8])]),
                     variant("alibi+softcap+sinks", vec![all]),
+                    bias,
                 ],
                 rounds,
             );

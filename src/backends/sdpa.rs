@@ -74,7 +74,7 @@ fn one_head(
                 bias: args.bias().zip(p.mods.bias).map(|(t, s)| (t, pair(s))),
                 mask: args.mask().zip(p.mods.mask).map(|(m, s)| &m[pair(s)..]),
             };
-            terms.apply(band, hi - lo);
+            terms.apply(Portable, band, hi - lo);
         }
         // NaN-propagating max: a NaN score must poison its row, not vanish (`f32::max` drops it).
         let m = band.iter().fold(f32::NEG_INFINITY, |m, &s| if s.is_nan() || m.is_nan() { f32::NAN } else { m.max(s) });

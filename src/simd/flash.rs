@@ -416,7 +416,9 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
                 modify(s, score, RowMod { diag: rm.diag - a as f32, ..rm }, row);
             }
             if let Some(pair) = m.pair {
-                pair(r0 + i, a, row, pair_mask);
+                if let Some((terms, real)) = pair(r0 + i, a, pair_mask) {
+                    terms.apply(s, row, real);
+                }
             }
         }
     }

@@ -113,13 +113,21 @@ pub struct PairTerms<'a> {
 
 impl PairTerms<'_> {
     /// Adds the bias and drops (−∞) masked pairs over the first `n` entries of `xs`; entries
-    /// past `n` (pad keys) are left for the band mask.
-    #[inline]
-    pub fn apply(&self, xs: &mut [f32], n: usize) {
+    /// past `n` (pad keys) are left for the band mask. An f32 bias is added `W` lanes at a time.
+    #[inline(always)]
+    pub fn apply<S: Simd>(&self, s: S, xs: &mut [f32], n: usize) {
         let n = n.min(xs.len());
         if let Some((bias, start)) = self.bias {
             match bias {
-                TensorRef::F32(b) => xs[..n].iter_mut().zip(&b[start..start + n]).for_each(|(x, b)| *x += b),
+                TensorRef::F32(b) => {
+                    let b = &b[start..start + n];
+                    let whole = n / S::W * S::W;
+                    for (x, y) in xs[..whole].chunks_exact_mut(S::W).zip(b.chunks_exact(S::W)) {
+                        // SAFETY: both chunks hold exactly W floats.
+                        unsafe { s.store(x.as_mut_ptr(), s.add(s.load(x.as_ptr()), s.load(y.as_ptr()))) };
+                    }
+                    xs[whole..n].iter_mut().zip(&b[whole..]).for_each(|(x, b)| *x += b);
+                }
                 TensorRef::F16(b) => xs[..n].iter_mut().zip(&b[start..start + n]).for_each(|(x, b)| *x += b.to_f32()),
                 TensorRef::BF16(b) => xs[..n].iter_mut().zip(&b[start..start + n]).for_each(|(x, b)| *x += b.to_f32()),
             }
@@ -152,15 +160,16 @@ pub struct BlockMods<'a> {
     pub score: Option<ScoreOnly>,
     /// Per block row, ALiBi slope and diagonal in packed key coordinates.
     pub rows: &'a [RowMod],
-    /// Adds the bias and applies the boolean mask (when the flag is set) to block row `r`'s
-    /// scores over packed keys `[key0, key0 + len)`.
+    /// The bias and (when the flag is set) boolean-mask rows of block row `r` from packed key
+    /// `key0`, with how many keys from there are real; the kernel applies them
+    /// ([`PairTerms::apply`]).
     pub pair: Option<&'a PairFn<'a>>,
     /// Mask coverage of the strip starting at block row `r0` over packed keys `[key0, key1)`.
     pub panels: Option<&'a CoverFn<'a>>,
 }
 
 /// See [`BlockMods::pair`].
-pub type PairFn<'a> = dyn Fn(usize, usize, &mut [f32], bool) + Sync + 'a;
+pub type PairFn<'a> = dyn Fn(usize, usize, bool) -> Option<(PairTerms<'a>, usize)> + Sync + 'a;
 /// See [`BlockMods::panels`].
 pub type CoverFn<'a> = dyn Fn(usize, usize, usize) -> Cover + Sync + 'a;
 

@@ -102,12 +102,10 @@ pub(super) fn run_query_block(
         }
     }
     let (kbase, i0) = (spec.kbase, spec.i0);
-    let pair = |r: usize, key0: usize, xs: &mut [f32], with_mask: bool| {
+    let pair = |r: usize, key0: usize, with_mask: bool| {
         let c = cm.expect("pair terms only run with modifiers");
         let (i, j0) = ((i0 + r).min(last), kbase + key0);
-        if let Some(t) = c.pair_terms(b, h, i, j0, with_mask) {
-            t.apply(xs, p.seq_k - j0);
-        }
+        c.pair_terms(b, h, i, j0, with_mask).map(|t| (t, p.seq_k - j0))
     };
     let cover = |r0: usize, key0: usize, key1: usize| -> Cover {
         let c = cm.expect("mask cover only runs with modifiers");
