@@ -415,10 +415,8 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
                 let rm = m.rows.get(r0 + i).copied().unwrap_or_default();
                 modify(s, score, RowMod { diag: rm.diag - a as f32, ..rm }, row);
             }
-            if let Some(pair) = m.pair {
-                if let Some((terms, real)) = pair(r0 + i, a, pair_mask) {
-                    terms.apply(s, row, real);
-                }
+            if let Some((terms, real)) = m.pair.and_then(|pair| pair(r0 + i, a, pair_mask)) {
+                terms.apply(s, row, real);
             }
         }
     }
