@@ -146,11 +146,15 @@ fn shape_table_times_each_modifier_matches_the_oracle() {
     let table = shape_table();
     for (ci, case) in table.iter().enumerate() {
         for s in variants(&case.problem, ci as u64) {
+            // The 1000×1000 case costs as much as the rest of the table: combined modifiers only.
+            if case.name == "ragged1000" && s.label != "all" {
+                continue;
+            }
             checked += check_setup(&s, DType::F32, 100 + ci as u64);
         }
     }
-    // sdpa and flash-cpu on every (case, variant); local on the windowed ones.
-    assert!(checked >= 2 * table.len() * 9, "only {checked} runs checked");
+    // sdpa and flash-cpu on every (case, variant) but 8 of ragged1000's; local on the windowed.
+    assert!(checked >= 2 * (table.len() * 9 - 8), "only {checked} runs checked");
 }
 
 #[test]
