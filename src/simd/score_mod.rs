@@ -36,7 +36,11 @@ pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
     for &b in &B[1..] {
         q = s.fma(q, x2, s.splat(b));
     }
-    s.div(s.mul(p, x), q)
+    // p·x / q with the ISA's reciprocal estimate and one Newton step (r ← r·(2 − q·r)): the
+    // division was the costliest instruction of the softcap.
+    let r = s.recip_estimate(q);
+    let r = s.mul(r, s.fma(s.sub(s.splat(0.0), q), r, s.splat(2.0)));
+    s.mul(s.mul(p, x), r)
 }
 
 /// Per-row parameters of [`modify`]: ALiBi slope and the row's diagonal key minus the row
@@ -65,17 +69,15 @@ pub fn modify<S: Simd>(s: S, m: &ScoreOnly, row: RowMod, xs: &mut [f32]) {
     debug_assert!(xs.len().is_multiple_of(w) && w <= IOTA.len());
     let scale = s.splat(m.scale);
     let (cap, inv_cap) = m.softcap.map_or((1.0, 1.0), |c| (c, 1.0 / c));
-    let (capv, inv_capv) = (s.splat(cap), s.splat(inv_cap));
+    let (capv, scale_over_cap) = (s.splat(cap), s.splat(m.scale * inv_cap));
     let neg_slope = s.splat(-row.slope);
     // SAFETY: IOTA holds 16 ≥ W floats.
     let iota = unsafe { s.load(IOTA.as_ptr()) };
     for (c, ch) in xs.chunks_exact_mut(w).enumerate() {
         // SAFETY: chunks_exact_mut yields exactly W floats.
         unsafe {
-            let mut x = s.mul(s.load(ch.as_ptr()), scale);
-            if m.softcap.is_some() {
-                x = s.mul(capv, tanh(s, s.mul(x, inv_capv)));
-            }
+            let mut x = s.load(ch.as_ptr());
+            x = if m.softcap.is_some() { s.mul(capv, tanh(s, s.mul(x, scale_over_cap))) } else { s.mul(x, scale) };
             if m.alibi {
                 // Distances are integers below 2^24, exact in f32.
                 let t = s.sub(s.splat(row.diag - (c * w) as f32), iota);
