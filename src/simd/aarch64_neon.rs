@@ -53,10 +53,6 @@ impl Simd for Neon {
         unsafe { vmulq_f32(vrecpeq_f32(a), vrecpsq_f32(a, vrecpeq_f32(a))) }
     }
     #[inline(always)]
-    fn div(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        unsafe { vdivq_f32(a, b) }
-    }
-    #[inline(always)]
     fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
         unsafe { vmulq_f32(a, b) }
     }

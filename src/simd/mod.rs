@@ -48,8 +48,6 @@ pub trait Simd: Copy + Send + Sync {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
-    /// `a / b` (IEEE division).
-    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// An estimate of `1/a` with at least 11 correct bits (the ISA's reciprocal instruction;
     /// exact on the portable path), for callers that refine it with a Newton step.
     fn recip_estimate(self, a: Self::V) -> Self::V;

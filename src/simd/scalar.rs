@@ -48,10 +48,6 @@ impl Simd for Portable {
         lanes(|i| 1.0 / a[i])
     }
     #[inline(always)]
-    fn div(self, a: V4, b: V4) -> V4 {
-        lanes(|i| a[i] / b[i])
-    }
-    #[inline(always)]
     fn mul(self, a: V4, b: V4) -> V4 {
         lanes(|i| a[i] * b[i])
     }

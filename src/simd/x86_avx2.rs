@@ -53,10 +53,6 @@ impl Simd for Avx2Fma {
         unsafe { _mm256_rcp_ps(a) }
     }
     #[inline(always)]
-    fn div(self, a: __m256, b: __m256) -> __m256 {
-        unsafe { _mm256_div_ps(a, b) }
-    }
-    #[inline(always)]
     fn mul(self, a: __m256, b: __m256) -> __m256 {
         unsafe { _mm256_mul_ps(a, b) }
     }
