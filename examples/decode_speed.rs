@@ -38,7 +38,12 @@ fn flash(isa: Isa) -> impl Fn(&AttnArgs<'_>, &mut [f32]) {
 fn whole_heads(isa: Isa) -> impl Fn(&AttnArgs<'_>, &mut [f32]) {
     move |a, o| {
         let p = a.problem();
-        let plan = Plan { name: "whole-heads", isa, packing: Packing::WholeHeads, range: Box::new(|i| p.key_range(i)) };
+        let plan = Plan {
+            name: "whole-heads",
+            isa,
+            packing: Packing::WholeHeads,
+            range: Box::new(|b, i| p.key_range_at(b, i)),
+        };
         plan.run(a, o, None).expect("runs")
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! where `band(i)` is [`Problem::key_range`] (causal bottom-right, FlashAttention window) and the
 //! K/V head is [`Problem::kv_head_of`]. A row whose band is empty gets O = 0 and LSE = −∞.
+//!
+//! With modifiers ([`Problem::mods`]: ALiBi, softcap, sinks, additive bias, boolean mask,
+//! packed varlen sequences, used key lengths) the score and the band change as
+//! [`crate::modifiers`] defines, `band` becomes [`Problem::key_range_at`]`(b, i)`, and sinks join
+//! the denominator. A backend that does not implement a modifier lists it in
+//! `not_supported_reasons`. Bias and mask data arrive through [`AttnArgs::new_with`].
 //! Approximate backends (`Exactness::Approximate`) compute their own estimator of O; their LSE,
 //! when they can return one, is documented per backend.
 //!
@@ -78,25 +84,92 @@ impl fmt::Display for Device {
     }
 }
 
-/// Validated inputs for one call: the problem plus Q, K, V whose dtypes and lengths match it.
-/// The only way to build one is [`AttnArgs::new`], so a backend can index without re-checking.
+/// The data-sized per-pair inputs whose shapes [`Problem::mods`] declares: an additive bias
+/// (f32, f16 or bf16, any of them regardless of the Q/K/V dtype) and a boolean mask (true =
+/// attend), each laid out (batch|1, heads|1, N_q, N_k) row-major.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PairData<'a> {
+    pub bias: Option<TensorRef<'a>>,
+    pub mask: Option<&'a [bool]>,
+}
+
+/// Owned bias/mask data for one problem (what the CLI loads or synthesizes, and what a
+/// benchmark cell keeps beside its Q, K, V); [`PairOwned::as_pair`] lends it to [`AttnArgs::new_with`].
+#[derive(Clone, Debug, Default)]
+pub struct PairOwned {
+    pub bias: Option<crate::tensor::Tensor>,
+    pub mask: Option<Vec<bool>>,
+}
+
+impl PairOwned {
+    pub fn as_pair(&self) -> PairData<'_> {
+        PairData { bias: self.bias.as_ref().map(|b| b.as_ref()), mask: self.mask.as_deref() }
+    }
+}
+
+/// Validated inputs for one call: the problem plus Q, K, V whose dtypes and lengths match it,
+/// and the bias/mask data the problem declares. The only way to build one is [`AttnArgs::new`]
+/// or [`AttnArgs::new_with`], so a backend can index without re-checking.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnArgs<'a> {
     problem: &'a Problem,
     q: TensorRef<'a>,
     k: TensorRef<'a>,
     v: TensorRef<'a>,
+    pair: PairData<'a>,
 }
 
 impl<'a> AttnArgs<'a> {
-    /// Validates the problem and checks each tensor's dtype and length against it.
+    /// Validates the problem and checks each tensor's dtype and length against it. A problem
+    /// that declares a bias or mask needs [`AttnArgs::new_with`].
     pub fn new(
         problem: &'a Problem,
         q: impl Into<TensorRef<'a>>,
         k: impl Into<TensorRef<'a>>,
         v: impl Into<TensorRef<'a>>,
     ) -> Result<Self> {
+        Self::new_with(problem, q, k, v, PairData::default())
+    }
+
+    /// [`AttnArgs::new`] plus the bias/mask data, each checked against the shape the problem
+    /// declares (present exactly when declared, of the declared length).
+    pub fn new_with(
+        problem: &'a Problem,
+        q: impl Into<TensorRef<'a>>,
+        k: impl Into<TensorRef<'a>>,
+        v: impl Into<TensorRef<'a>>,
+        pair: PairData<'a>,
+    ) -> Result<Self> {
         problem.validate()?;
+        let lens = [
+            ("bias", problem.mods.bias, pair.bias.map(|b| b.len())),
+            ("mask", problem.mods.mask, pair.mask.map(|m| m.len())),
+        ];
+        for (name, shape, got) in lens {
+            match (shape, got) {
+                (None, None) => {}
+                (Some(s), None) => {
+                    return Err(AttnError::invalid(format!(
+                        "the problem declares a {name} of shape ({}, {}, N_q, N_k) but none was passed",
+                        s.batch, s.heads
+                    )));
+                }
+                (None, Some(_)) => {
+                    return Err(AttnError::invalid(format!(
+                        "a {name} was passed but the problem declares none (set it with Problem::with_{name})"
+                    )));
+                }
+                (Some(s), Some(n)) => {
+                    let want = s.len(problem).unwrap_or(usize::MAX);
+                    if n != want {
+                        return Err(AttnError::shape(format!(
+                            "{name} has {n} elements, expected {want} for shape ({}, {}, {}, {})",
+                            s.batch, s.heads, problem.seq_q, problem.seq_k
+                        )));
+                    }
+                }
+            }
+        }
         let (q, k, v) = (q.into(), k.into(), v.into());
         for (name, t, want) in [("q", &q, problem.q_len()), ("k", &k, problem.kv_len()), ("v", &v, problem.kv_len())] {
             if t.dtype() != problem.dtype {
@@ -113,7 +186,7 @@ impl<'a> AttnArgs<'a> {
                 )));
             }
         }
-        Ok(AttnArgs { problem, q, k, v })
+        Ok(AttnArgs { problem, q, k, v, pair })
     }
 
     pub fn problem(&self) -> &'a Problem {
@@ -127,6 +200,18 @@ impl<'a> AttnArgs<'a> {
     }
     pub fn v(&self) -> TensorRef<'a> {
         self.v
+    }
+    /// The additive bias data (present exactly when `problem().mods.bias` is set).
+    pub fn bias(&self) -> Option<TensorRef<'a>> {
+        self.pair.bias
+    }
+    /// The boolean mask data (present exactly when `problem().mods.mask` is set).
+    pub fn mask(&self) -> Option<&'a [bool]> {
+        self.pair.mask
+    }
+    /// Both, as passed.
+    pub fn pair_data(&self) -> PairData<'a> {
+        self.pair
     }
 }
 

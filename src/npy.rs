@@ -172,6 +172,25 @@ fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
             ));
         }
     };
+    let (shape, data) = checked_data(&header, file.into_inner(), elem_bytes, &descr.to_string(), origin)?;
+    let read_err = |e: std::io::Error| npy_err(origin, format!("reading data: {e}"));
+    let tensor = if elem_bytes == 4 {
+        Tensor::F32(NpyFile::with_header(header, data).into_vec::<f32>().map_err(read_err)?)
+    } else {
+        Tensor::F16(NpyFile::with_header(header, data).into_vec::<f16>().map_err(read_err)?)
+    };
+    Ok((tensor, shape))
+}
+
+/// Element count from the header (checked), and the data section checked to be exactly as long
+/// as the shape says.
+fn checked_data<'b>(
+    header: &npyz::NpyHeader,
+    data: &'b [u8],
+    elem_bytes: u64,
+    descr: &str,
+    origin: &str,
+) -> Result<(Vec<usize>, &'b [u8])> {
     let mut count: u64 = 1;
     for &d in header.shape() {
         count = count
@@ -180,7 +199,6 @@ fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
             .ok_or_else(|| npy_err(origin, format!("shape {:?} has too many elements", header.shape())))?;
     }
     let shape: Vec<usize> = header.shape().iter().map(|&d| d as usize).collect();
-    let data = file.into_inner();
     let need = count * elem_bytes;
     if (data.len() as u64) < need {
         return Err(npy_err(
@@ -198,13 +216,61 @@ fn parse_named(bytes: &[u8], origin: &str) -> Result<(Tensor, Vec<usize>)> {
             format!("{} trailing bytes after the data of shape {}", data.len() as u64 - need, fmt_shape(&shape)),
         ));
     }
-    let read_err = |e: std::io::Error| npy_err(origin, format!("reading data: {e}"));
-    let tensor = if elem_bytes == 4 {
-        Tensor::F32(NpyFile::with_header(header, data).into_vec::<f32>().map_err(read_err)?)
+    Ok((shape, data))
+}
+
+/// Reads an integer `.npy` (int32 or int64, any rank), for offsets and lengths such as
+/// `cu_seqlens`. Returns the values widened to i64 and the shape.
+pub fn read_ints(path: impl AsRef<Path>) -> Result<(Vec<i64>, Vec<usize>)> {
+    let (origin, bytes) = read_bytes(path.as_ref())?;
+    let (header, data, size) =
+        open_plain(&bytes, &origin, &[(TypeChar::Int, 4), (TypeChar::Int, 8)], "int32 (<i4) or int64 (<i8)")?;
+    let (shape, data) = checked_data(&header, data, size, &header.dtype().descr().to_string(), &origin)?;
+    let read_err = |e: std::io::Error| npy_err(&origin, format!("reading data: {e}"));
+    let vals = if size == 4 {
+        NpyFile::with_header(header, data).into_vec::<i32>().map_err(read_err)?.into_iter().map(i64::from).collect()
     } else {
-        Tensor::F16(NpyFile::with_header(header, data).into_vec::<f16>().map_err(read_err)?)
+        NpyFile::with_header(header, data).into_vec::<i64>().map_err(read_err)?
     };
-    Ok((tensor, shape))
+    Ok((vals, shape))
+}
+
+/// Reads a boolean `.npy` (bool or uint8, any rank; nonzero = true), for attention masks.
+pub fn read_bools(path: impl AsRef<Path>) -> Result<(Vec<bool>, Vec<usize>)> {
+    let (origin, bytes) = read_bytes(path.as_ref())?;
+    let (header, data, size) =
+        open_plain(&bytes, &origin, &[(TypeChar::Bool, 1), (TypeChar::Uint, 1)], "bool (|b1) or uint8 (|u1)")?;
+    let (shape, data) = checked_data(&header, data, size, &header.dtype().descr().to_string(), &origin)?;
+    Ok((data.iter().map(|&b| b != 0).collect(), shape))
+}
+
+fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| npy_err(&origin, format!("cannot read: {e}")))?;
+    Ok((origin, bytes))
+}
+
+/// Header of a C-order file whose plain dtype is one of `accept` (type, bytes): the header,
+/// the data section and the element size.
+fn open_plain<'b>(
+    bytes: &'b [u8],
+    origin: &str,
+    accept: &[(TypeChar, u64)],
+    want: &str,
+) -> Result<(npyz::NpyHeader, &'b [u8], u64)> {
+    check_preamble(bytes, origin)?;
+    let file = NpyFile::new(bytes).map_err(|e| npy_err(origin, format!("malformed header: {e}")))?;
+    let header = file.header().clone();
+    if header.order() == Order::Fortran {
+        return Err(npy_err(origin, "Fortran-order arrays are not supported; save a C-order array"));
+    }
+    let size = match header.dtype() {
+        npyz::DType::Plain(ts) if accept.iter().any(|&(c, n)| ts.type_char() == c && ts.size_field() == n) => {
+            ts.size_field()
+        }
+        d => return Err(npy_err(origin, format!("dtype {} is not supported; expected {want}", d.descr()))),
+    };
+    Ok((header, file.into_inner(), size))
 }
 
 /// Reads a `.npy` file of any rank (float32 or float16).

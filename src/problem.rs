@@ -16,8 +16,13 @@
 //! Causal is the same as `right = 0`, and the two combine by intersection. Every mask is
 //! therefore one contiguous band of keys per row, which [`Problem::key_range`] returns. A row
 //! whose band is empty outputs zeros and has LSE = −∞.
+//!
+//! Packed variable-length sequences and used key lengths make the band depend on the batch
+//! entry: [`Problem::key_range_at`] is the general form. ALiBi, softcap, sinks, additive bias
+//! and boolean masks are in [`Problem::mods`]; their semantics are in [`crate::modifiers`].
 
 use crate::error::{AttnError, Result};
+use crate::modifiers::Modifiers;
 use serde::Serialize;
 use std::fmt;
 
@@ -139,6 +144,8 @@ pub struct Problem {
     pub window: Window,
     /// Element type of Q, K and V.
     pub dtype: DType,
+    /// ALiBi, softcap, sinks, varlen, used key lengths, bias and mask shapes (none by default).
+    pub mods: Modifiers,
 }
 
 impl Problem {
@@ -155,6 +162,7 @@ impl Problem {
             causal: false,
             window: Window::UNBOUNDED,
             dtype: DType::F32,
+            mods: Modifiers::default(),
         }
     }
     pub fn with_kv_heads(mut self, kv_heads: usize) -> Self {
@@ -226,7 +234,7 @@ impl Problem {
                 self.window.left, self.window.right
             )));
         }
-        Ok(())
+        crate::modifiers::validate(self)
     }
 
     fn q_len_checked(&self) -> Option<usize> {
@@ -271,44 +279,66 @@ impl Problem {
         (left, right)
     }
 
-    /// True when some (query, key) pair is masked out.
+    /// True when some (query, key) pair is masked out by the band (causal, window, varlen,
+    /// used key lengths; a boolean mask is not counted here).
     pub fn is_masked(&self) -> bool {
-        self.causal || !self.window.is_unbounded()
+        self.causal || !self.window.is_unbounded() || self.mods.varlen.is_some() || self.mods.seqused_k.is_some()
     }
 
     /// The half-open range `[lo, hi)` of keys that query row `i` may attend; `lo == hi` if none.
+    /// Ignores varlen and used key lengths: use [`Problem::key_range_at`] when they may be set.
     #[inline]
     pub fn key_range(&self, i: usize) -> (usize, usize) {
+        self.band(i, self.seq_q, self.seq_k)
+    }
+
+    /// Causal/window band of row `i` of an `nq × nk` sequence (bottom-right aligned).
+    #[inline]
+    pub(crate) fn band(&self, i: usize, nq: usize, nk: usize) -> (usize, usize) {
         let (left, right) = self.effective_window();
-        let diag = i as i64 + self.seq_k as i64 - self.seq_q as i64;
+        let diag = i as i64 + nk as i64 - nq as i64;
         let lo = match left {
             Some(l) => (diag - l as i64).max(0),
             None => 0,
         };
         let hi = match right {
-            Some(r) => (diag + r as i64 + 1).min(self.seq_k as i64),
-            None => self.seq_k as i64,
+            Some(r) => (diag + r as i64 + 1).min(nk as i64),
+            None => nk as i64,
         };
         if hi <= lo { (0, 0) } else { (lo as usize, hi as usize) }
     }
 
-    /// Allowed (query, key) pairs in one (batch, head) slice.
+    /// Allowed (query, key) pairs in one (batch, head) slice, averaged over the batch when
+    /// used key lengths differ per entry (a boolean mask is not counted).
     pub fn allowed_pairs_per_head(&self) -> u64 {
+        self.allowed_pairs() / self.batch.max(1) as u64
+    }
+
+    /// Allowed (query, key) pairs of one head summed over the batch (a boolean mask is not
+    /// counted).
+    pub fn allowed_pairs(&self) -> u64 {
         if !self.is_masked() {
-            return self.seq_q as u64 * self.seq_k as u64;
+            return (self.batch * self.seq_q) as u64 * self.seq_k as u64;
         }
-        (0..self.seq_q)
-            .map(|i| {
-                let (lo, hi) = self.key_range(i);
-                (hi - lo) as u64
-            })
-            .sum()
+        let per_entry = |b: usize| -> u64 {
+            (0..self.seq_q)
+                .map(|i| {
+                    let (lo, hi) = self.key_range_at(b, i);
+                    (hi - lo) as u64
+                })
+                .sum()
+        };
+        if self.mods.seqused_k.is_none() {
+            return per_entry(0) * self.batch as u64;
+        }
+        (0..self.batch).map(per_entry).sum()
     }
 
     /// FLOPs of exact attention over the allowed pairs: 4·D per pair (2·D for QKᵀ, 2·D for PV),
-    /// times B·H. Every backend's GFLOP/s uses this count so they are comparable.
+    /// times H, summed over the batch. Every backend's GFLOP/s uses this count so they are
+    /// comparable.
     pub fn flops(&self) -> f64 {
-        4.0 * self.head_dim as f64 * self.allowed_pairs_per_head() as f64 * (self.batch * self.heads) as f64
+        4.0 * self.head_dim as f64 * self.allowed_pairs() as f64 * self.heads as f64
     }
 }
 
@@ -328,7 +358,11 @@ impl fmt::Display for Problem {
             self.window.left,
             self.window.right,
             self.dtype
-        )
+        )?;
+        for m in self.mods.active() {
+            write!(f, " +{}", m.as_str())?;
+        }
+        Ok(())
     }
 }
 

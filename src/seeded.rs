@@ -64,6 +64,25 @@ pub fn gaussian(seed: u64, n: usize, std: f64) -> Vec<f32> {
         .collect()
 }
 
+/// A block-sparse boolean mask (N_q × N_k, true = attend): each `block × block` tile is
+/// allowed with probability `density`, independently and reproducibly for `seed` (the
+/// synthetic masks of `bench`/`check --mask-density` and the mask benchmarks).
+pub fn block_sparse_mask(nq: usize, nk: usize, block: usize, density: f64, seed: u64) -> Vec<bool> {
+    let block = block.max(1);
+    let nkb = nk.div_ceil(block);
+    let allowed = |rb: usize, cb: usize| {
+        let u = (derive_seed(seed, &[0x6d61_736b, (rb * nkb + cb) as u64]) >> 11) as f64 / (1u64 << 53) as f64;
+        u < density
+    };
+    let mut m = vec![false; nq * nk];
+    for (i, row) in m.chunks_mut(nk.max(1)).enumerate() {
+        for (cb, chunk) in row.chunks_mut(block).enumerate() {
+            chunk.fill(allowed(i / block, cb));
+        }
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -188,3 +188,24 @@ fn bf16_kernel_forced_on_and_off() {
     println!("bf16 decode kernel: worst error / bound = {worst:.3}");
     assert!(worst > 0.0);
 }
+
+/// The decode path through the public backend with `Problem::with_seqused_k` (issue 11's key
+/// lengths, aligned per batch entry), and a modifier the decode kernel lacks (ALiBi), which must
+/// route the problem to whole-head waves instead; both against the f64 oracle.
+#[test]
+fn decode_takes_seqused_k_from_the_problem_and_leaves_other_modifiers_to_the_waves() {
+    let base = Problem::new(3, 8, 1, 64).with_kv_heads(2).with_seq_k(4_000).with_causal(true);
+    let lens = base.clone().with_seqused_k(vec![4_000, 1_234, 0]);
+    assert!(decode::decode_applies(&lens), "seqused_k alone keeps the decode path");
+    let (q, k, v) = qkv(&lens, 5);
+    let args = AttnArgs::new(&lens, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    let got = FlashCpu::new().forward(&args, false).unwrap().out;
+    check(&got, &args, "flash-cpu decode with seqused_k");
+    let via_closure = run_decode(Isa::best(), &args, Some(&[4_000, 1_234, 0]));
+    assert_eq!(got, via_closure, "Problem::key_range_at and key_lengths_range agree");
+
+    let alibi = base.with_alibi(attnkit::alibi_slopes(8));
+    assert!(!decode::decode_applies(&alibi), "ALiBi has no decode kernel step");
+    let args = AttnArgs::new(&alibi, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    check(&FlashCpu::new().forward(&args, false).unwrap().out, &args, "flash-cpu with ALiBi on a decode shape");
+}

@@ -1,6 +1,7 @@
 //! Fuzzes problem descriptions end to end: arbitrary dims, scale, window, dtype and data go
-//! through validation and, when valid and small, through every available CPU backend. Any panic
-//! or abort is a bug; errors are fine.
+//! through validation and, when valid and small, through every available CPU backend. Score
+//! modifiers (ALiBi, softcap, sinks, varlen offsets, used key lengths, bias, boolean mask) are
+//! drawn from the input too, including invalid ones. Any panic or abort is a bug; errors are fine.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -21,6 +22,15 @@ struct Input {
     right: i16,
     dtype: u8,
     data: Vec<f32>,
+    alibi: Option<Vec<f32>>,
+    softcap: Option<f32>,
+    sinks: Option<Vec<f32>>,
+    /// Sequence lengths (query, key) for varlen; offsets are their prefix sums.
+    varlen: Option<Vec<(u8, u8)>>,
+    seqused_k: Option<Vec<u16>>,
+    /// (batch, heads) broadcast dims of the bias and mask, and the mask's bits.
+    bias: Option<(u8, u8)>,
+    mask: Option<(u8, u8, Vec<bool>)>,
 }
 
 fuzz_target!(|inp: Input| {
@@ -36,7 +46,29 @@ fuzz_target!(|inp: Input| {
         causal: inp.causal,
         window: Window::new(inp.left as i64, inp.right as i64),
         dtype,
+        mods: Default::default(),
     };
+    let mut p = p;
+    p.mods.alibi_slopes = inp.alibi.clone();
+    p.mods.softcap = inp.softcap;
+    p.mods.sinks = inp.sinks.clone();
+    if let Some(lens) = &inp.varlen {
+        let cu = |f: fn(&(u8, u8)) -> u8| {
+            std::iter::once(0).chain(lens.iter().scan(0usize, move |acc, l| {
+                *acc += f(l) as usize;
+                Some(*acc)
+            }))
+            .collect::<Vec<usize>>()
+        };
+        p = p.with_varlen(cu(|l| l.0), cu(|l| l.1));
+    }
+    p.mods.seqused_k = inp.seqused_k.as_ref().map(|u| u.iter().map(|&x| x as usize).collect());
+    if let Some((b, h)) = inp.bias {
+        p = p.with_bias(b as usize, h as usize);
+    }
+    if let Some((b, h, _)) = &inp.mask {
+        p = p.with_mask(*b as usize, *h as usize);
+    }
     if p.validate().is_err() {
         return;
     }
@@ -53,7 +85,16 @@ fuzz_target!(|inp: Input| {
         Tensor::from_f32(&fill(p.kv_len(), 7), dtype),
         Tensor::from_f32(&fill(p.kv_len(), 13), dtype),
     );
-    let Ok(args) = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()) else { return };
+    let pair_len = |s: Option<attnkit::PairShape>| s.and_then(|s| s.len(&p)).unwrap_or(0);
+    if pair_len(p.mods.bias) > 1 << 16 || pair_len(p.mods.mask) > 1 << 16 {
+        return;
+    }
+    let bias = p.mods.bias.map(|s| Tensor::from_f32(&fill(pair_len(Some(s)), 3), dtype));
+    let mask: Option<Vec<bool>> = inp.mask.as_ref().zip(p.mods.mask).map(|((_, _, bits), s)| {
+        (0..pair_len(Some(s))).map(|i| bits.get(i % bits.len().max(1)).copied().unwrap_or(true)).collect()
+    });
+    let pair = attnkit::PairData { bias: bias.as_ref().map(|b| b.as_ref()), mask: mask.as_deref() };
+    let Ok(args) = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair) else { return };
     for name in backend_names() {
         let Ok(b) = backend(name) else { continue };
         if b.device() != Device::Cpu || b.availability().is_err() {

@@ -28,6 +28,12 @@
 //! ([`crate::simd::Isa::selected`], `ATTNKIT_SIMD` override) or forced with
 //! [`FlashCpu::with_isa`]; exp2 accuracy is documented in `src/simd/flash.rs`.
 //!
+//! Modifiers ([`crate::modifiers`]): all of them — ALiBi, softcap, sinks, additive bias, boolean
+//! mask, packed varlen sequences, used key lengths — applied in the kernel's one score step
+//! ([`crate::simd::score_mod`]). Rows' bands come from [`Problem::key_range_at`], so tiles
+//! outside every packed sequence are skipped like causal tiles; key panels a boolean mask
+//! leaves empty are skipped through a per-call 16×16 block summary of the mask.
+//!
 //! Caveats: head_dim ≤ 256 (larger D is refused in `not_supported_reasons`); D not a multiple of
 //! 16 pads V/O rows to the next multiple of 16. Narrow windows are better served by `local`.
 //! Measured speed (against the GEMM ceiling and PyTorch) lives in `reports/README.md`; decode
@@ -62,7 +68,7 @@ impl FlashCpu {
 
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
         let packing = if decode_applies(p) { Packing::Decode } else { Packing::WholeHeads };
-        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
+        Plan { name: self.name(), isa, packing, range: Box::new(move |b, i| p.key_range_at(b, i)) }
     }
 }
 

@@ -395,7 +395,9 @@ impl Attention for FlashCuda {
     }
 
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        cuda::unsupported_reasons(problem)
+        let mut r = cuda::unsupported_reasons(problem);
+        r.extend(problem.mods.refusals("flash-cuda", "the CUDA kernel has no score modifiers yet; use flash-cpu"));
+        r
     }
 
     /// Device memory: 16-bit Q, K, V, f32 O, LSE and split-KV partials (planned for

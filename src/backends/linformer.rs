@@ -360,7 +360,9 @@ impl Attention for Linformer {
     }
 
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        let mut reasons = Vec::new();
+        let mut reasons = problem
+            .mods
+            .refusals("linformer", "its projected keys mix every position, so per-pair terms have no key to apply to");
         if problem.causal {
             reasons.push(
                 "causal masking is impossible: E·K mixes every key (future ones included) into each of the k projected \

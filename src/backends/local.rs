@@ -24,6 +24,8 @@
 //! dense causal attention with smaller blocks; `flash-cpu` is the better choice there. Both
 //! sides unbounded is refused (it is not local attention; use `flash-cpu`).
 //!
+//! Modifiers: the same as `flash-cpu` (same runner and score step), within the window band.
+//!
 //! Why it exists next to `flash-cpu` (which also skips masked tiles): flash-cpu packs every
 //! key of each KV head up front (8 MiB per head at N = 16K, D = 64) and waits for a wave of
 //! heads to be packed before computing; at narrow windows that packing traffic is as large as
@@ -62,7 +64,7 @@ impl Local {
     fn plan<'a>(&'a self, isa: Isa, p: &'a Problem) -> Plan<'a> {
         let rows = segment_rows(p, 8 * isa.shape().mr);
         let packing = Packing::Segments { rows, band: band_keys(p, rows) };
-        Plan { name: self.name(), isa, packing, range: Box::new(move |i| p.key_range(i)) }
+        Plan { name: self.name(), isa, packing, range: Box::new(move |b, i| p.key_range_at(b, i)) }
     }
 }
 

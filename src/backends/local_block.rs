@@ -55,7 +55,7 @@ impl LocalBlock {
         let bq = 8 * isa.shape().mr;
         let rows = self.block.clamp(4 * bq, 2048).div_ceil(bq) * bq;
         let packing = Packing::Segments { rows, band: rows + 2 * self.block };
-        Plan { name: "local-block", isa, packing, range: Box::new(move |i| self.key_range(p, i)) }
+        Plan { name: "local-block", isa, packing, range: Box::new(move |_, i| self.key_range(p, i)) }
     }
 
     pub fn block(&self) -> usize {
@@ -91,7 +91,13 @@ impl Attention for LocalBlock {
         self.isa.resolve().map(|_| ())
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        head_dim_reasons(problem)
+        let mut r = head_dim_reasons(problem);
+        r.extend(
+            problem
+                .mods
+                .refusals("local-block", "its block pattern replaces the problem's band; use flash-cpu or local"),
+        );
+        r
     }
 
     fn working_bytes(&self, p: &Problem) -> Option<u64> {

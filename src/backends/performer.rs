@@ -395,14 +395,17 @@ impl Attention for Performer {
     }
 
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
+        let mut r =
+            problem.mods.refusals("performer", "FAVOR+ never forms per-pair scores, so there is no score to modify");
         if problem.window.is_unbounded() {
-            return Vec::new();
+            return r;
         }
-        vec![format!(
+        r.push(format!(
             "a sliding window ({}) is not supported: FAVOR+ would need differences of prefix sums of \
              positive features, which cancel catastrophically; use causal=true without a window, or an exact backend",
             problem.window
-        )]
+        ));
+        r
     }
 
     /// The m×D feature matrix (with its construction scratch) plus the per-task state and

@@ -6,6 +6,11 @@
 //! only so the test suite stays quick; nothing here is tuned. Every other backend is checked
 //! against this one, so it is deliberately the most obvious code in the crate.
 //!
+//! Modifiers ([`crate::modifiers`]) are applied per pair straight from their definitions by
+//! [`modified_score`], in f64; `tests/modifiers.rs` checks this against independent
+//! formulations (ALiBi as an explicit bias, varlen as a block-diagonal mask, sinks as an extra
+//! key with a zero value).
+//!
 //! Also here: [`naive_same_precision`], the textbook computation *in the input precision*
 //! that FlashAttention's tolerance rule compares against (see tests/cross_validation.rs).
 
@@ -17,6 +22,27 @@ use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Reference;
+
+/// The score of pair `(b, h, i, j)` after the modifiers, from its scaled score `s`: softcap,
+/// ALiBi, bias, then `None` when the boolean mask drops it (the band is the caller's check).
+pub fn modified_score(args: &AttnArgs<'_>, (b, h, i, j): (usize, usize, usize, usize), s: f64) -> Option<f64> {
+    let p = args.problem();
+    let mut s = s;
+    if let Some(c) = p.mods.softcap {
+        let c = c as f64;
+        s = c * (s / c).tanh();
+    }
+    if p.mods.alibi_slopes.is_some() {
+        s -= p.alibi_slope(b, i, h) as f64 * (p.row_seq(b, i).diag() - j as i64).abs() as f64;
+    }
+    if let (Some(bias), Some(shape)) = (args.bias(), p.mods.bias) {
+        s += bias.get_f32(shape.row_offset(p, b, h, i) + j) as f64;
+    }
+    match (args.mask(), p.mods.mask) {
+        (Some(mask), Some(shape)) if !mask[shape.row_offset(p, b, h, i) + j] => None,
+        _ => Some(s),
+    }
+}
 
 /// Exact attention in f64. Returns (O, LSE) in the contract's layouts, as f64.
 pub fn attention_f64(args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
@@ -30,22 +56,24 @@ pub fn attention_f64(args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
         let (b, h) = (bh / p.heads, bh % p.heads);
         let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * p.seq_k * d;
         let q_base = row * d;
-        let (lo, hi) = p.key_range(i);
-        if lo == hi {
-            return;
-        }
-        let scores: Vec<f64> = (lo..hi)
-            .map(|j| {
+        let (lo, hi) = p.key_range_at(b, i);
+        let scores: Vec<(usize, f64)> = (lo..hi)
+            .filter_map(|j| {
                 let dot: f64 =
                     (0..d).map(|t| q.get_f32(q_base + t) as f64 * k.get_f32(kv_base + j * d + t) as f64).sum();
-                dot * p.scale as f64
+                modified_score(args, (b, h, i, j), dot * p.scale as f64).map(|s| (j, s))
             })
             .collect();
-        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        // A row whose max is ±∞ or NaN propagates that per the NaN/Inf policy; no special case.
-        let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-        let sum: f64 = weights.iter().sum();
-        for (w, j) in weights.iter().zip(lo..hi) {
+        let sink = p.sink(h).map(f64::from);
+        let m = scores.iter().map(|x| x.1).fold(sink.unwrap_or(f64::NEG_INFINITY), f64::max);
+        // No allowed key, or every allowed score −∞ (a −∞ bias): O = 0, LSE = sink or −∞.
+        if m == f64::NEG_INFINITY && !scores.iter().any(|x| x.1.is_nan()) {
+            return;
+        }
+        // A row whose max is +∞ or NaN propagates that per the NaN/Inf policy; no special case.
+        let weights: Vec<f64> = scores.iter().map(|(_, s)| (s - m).exp()).collect();
+        let sum: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |sg| (sg - m).exp());
+        for (w, (j, _)) in weights.iter().zip(&scores) {
             let w = w / sum;
             for (t, ot) in o.iter_mut().enumerate() {
                 *ot += w * v.get_f32(kv_base + j * d + t) as f64;
@@ -53,6 +81,14 @@ pub fn attention_f64(args: &AttnArgs<'_>) -> (Vec<f64>, Vec<f64>) {
         }
         *l = m + sum.ln();
     });
+    if let Some(sinks) = &p.mods.sinks {
+        // Rows with no allowed key: LSE = sink.
+        for (row, l) in lse.iter_mut().enumerate() {
+            if *l == f64::NEG_INFINITY {
+                *l = sinks[(row / p.seq_q) % p.heads] as f64;
+            }
+        }
+    }
     (out, lse)
 }
 
@@ -74,20 +110,26 @@ pub fn naive_same_precision(args: &AttnArgs<'_>) -> Vec<f32> {
         let (bh, i) = (row / p.seq_q, row % p.seq_q);
         let (b, h) = (bh / p.heads, bh % p.heads);
         let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * p.seq_k * d;
-        let (lo, hi) = p.key_range(i);
-        if lo == hi {
-            return;
-        }
-        let s: Vec<f32> = (lo..hi)
-            .map(|j| {
+        let (lo, hi) = p.key_range_at(b, i);
+        let s: Vec<(usize, f32)> = (lo..hi)
+            .filter_map(|j| {
                 let dot: f32 = (0..d).map(|t| q.get_f32(row * d + t) * k.get_f32(kv_base + j * d + t)).sum();
-                round(dot * p.scale)
+                let s = round(dot * p.scale);
+                if !p.mods.changes_scores() {
+                    return Some((j, s));
+                }
+                modified_score(args, (b, h, i, j), s as f64).map(|x| (j, round(x as f32)))
             })
             .collect();
-        let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
-        let sum: f32 = e.iter().sum();
-        for (w, j) in e.iter().zip(lo..hi) {
+        let sink = p.sink(h);
+        let m = s.iter().map(|x| x.1).fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
+        if m == f32::NEG_INFINITY && !s.iter().any(|x| x.1.is_nan()) {
+            return;
+        }
+        let e: Vec<f32> = s.iter().map(|(_, x)| (x - m).exp()).collect();
+        let sum: f32 = e.iter().sum::<f32>() + sink.map_or(0.0, |sg| (sg - m).exp());
+        for (w, (j, _)) in e.iter().zip(&s) {
+            let j = *j;
             let w = round(w / sum);
             for (t, ot) in o.iter_mut().enumerate() {
                 *ot += w * v.get_f32(kv_base + j * d + t);

@@ -9,6 +9,10 @@
 //! Parallelism: (batch, head) pairs across rayon when there are at least as many as threads,
 //! otherwise heads in turn with each GEMM spread over the pool.
 //!
+//! Modifiers ([`crate::modifiers`]): each row's band is [`Problem::key_range_at`], scores go
+//! through the same score step as the tiled kernels ([`crate::simd::score_mod`], portable
+//! path), and a sink joins the max and the denominator. A boolean mask is applied, not skipped.
+//!
 //! Caveats: the masked GEMM still computes masked scores (the textbook way), so causal runs do
 //! full work; the problem is refused up front with `MemoryBudget` when the score matrices in
 //! flight would exceed [`crate::budget::mem_budget`]. f16/bf16 inputs are widened per head.
@@ -17,7 +21,10 @@ use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::Result;
 use crate::linalg::{MatRef, Par, sgemm};
+use crate::modifiers::PairShape;
 use crate::problem::Problem;
+use crate::simd::scalar::Portable;
+use crate::simd::score_mod::{PairTerms, RowMod, ScoreOnly, modify_slice};
 use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,31 +45,58 @@ impl Sdpa {
     }
 }
 
-/// One (batch, head): S = scale·QKᵀ, banded softmax in place, O = PV. Returns nothing; writes
-/// `o` (N_q×D) and `lse` (N_q).
+/// One (batch, head) `bh`: S = scale·QKᵀ, score modifiers, banded softmax in place, O = PV.
+/// Returns nothing; writes `o` (N_q×D) and `lse` (N_q).
 fn one_head(
-    p: &Problem,
+    args: &AttnArgs<'_>,
+    bh: usize,
     (q, k, v): (&[f32], &[f32], &[f32]),
     scores: &mut [f32],
     o: &mut [f32],
     lse: &mut [f32],
     par: Par,
 ) -> Result<()> {
+    let p = args.problem();
     let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    let (b, h) = (bh / p.heads, bh % p.heads);
     sgemm(MatRef::row_major(q, nq, d), MatRef::transposed(k, nk, d), scores, nk, p.scale, 0.0, par)?;
+    let score = ScoreOnly { scale: 1.0, softcap: p.mods.softcap, alibi: p.mods.alibi_slopes.is_some() };
+    let sink = p.sink(h);
     for (i, (row, l)) in scores.chunks_mut(nk).zip(lse.iter_mut()).enumerate() {
-        let (lo, hi) = p.key_range(i);
+        let (lo, hi) = p.key_range_at(b, i);
         let band = &mut row[lo..hi];
+        if p.mods.changes_scores() {
+            // The same score step as the tiled kernel (crate::simd::score_mod), on this row.
+            let rm = RowMod { slope: p.alibi_slope(b, i, h), diag: (p.row_seq(b, i).diag() - lo as i64) as f32 };
+            modify_slice(Portable, &score, rm, band);
+            let pair = |s: PairShape| s.row_offset(p, b, h, i) + lo;
+            let terms = PairTerms {
+                bias: args.bias().zip(p.mods.bias).map(|(t, s)| (t, pair(s))),
+                mask: args.mask().zip(p.mods.mask).map(|(m, s)| &m[pair(s)..]),
+            };
+            terms.apply(Portable, band, hi - lo);
+        }
         // NaN-propagating max: a NaN score must poison its row, not vanish (`f32::max` drops it).
         let m = band.iter().fold(f32::NEG_INFINITY, |m, &s| if s.is_nan() || m.is_nan() { f32::NAN } else { m.max(s) });
+        // A sink joins the max and the denominator with no value.
+        let m = match sink {
+            Some(sg) if !m.is_nan() => m.max(sg),
+            _ => m,
+        };
+        if m == f32::NEG_INFINITY {
+            // No allowed key, or every allowed score −∞: O = 0, LSE = −∞.
+            row.fill(0.0);
+            *l = f32::NEG_INFINITY;
+            continue;
+        }
         // The shared SIMD exp (one code path for every backend's exponentials).
         crate::simd::exp_shifted(band, m);
-        let sum: f32 = band.iter().sum();
+        let sum: f32 = band.iter().sum::<f32>() + sink.map_or(0.0, |sg| (sg - m).exp());
         let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
         band.iter_mut().for_each(|s| *s *= inv);
         row[..lo].fill(0.0);
         row[hi..].fill(0.0);
-        *l = if lo == hi { f32::NEG_INFINITY } else { m + sum.ln() };
+        *l = if sum > 0.0 || sum.is_nan() { m + sum.ln() } else { f32::NEG_INFINITY };
     }
     sgemm(MatRef::row_major(scores, nq, nk), MatRef::row_major(v, nk, d), o, d, 1.0, 0.0, par)
 }
@@ -110,7 +144,7 @@ impl Attention for Sdpa {
             args.k().read_f32(kvh * nk * d, &mut kf);
             args.v().read_f32(kvh * nk * d, &mut vf);
             let mut scores = vec![0.0f32; nq * nk];
-            one_head(p, (&qf, &kf, &vf), &mut scores, o, l, par)
+            one_head(args, bh, (&qf, &kf, &vf), &mut scores, o, l, par)
         };
         let heads = p.batch * p.heads;
         if heads >= rayon::current_num_threads() {

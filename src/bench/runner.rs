@@ -13,7 +13,7 @@ use super::ceiling::LazyCeiling;
 use super::fmt_secs;
 use super::measure::measure_into;
 use super::record::BenchRecord;
-use crate::attention::{Attention, AttnArgs, Device, Exactness};
+use crate::attention::{Attention, AttnArgs, Device, Exactness, PairOwned};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::inputs::InputFamily;
@@ -70,13 +70,21 @@ pub struct LazyInputs {
     problem: Problem,
     family: InputFamily,
     seed: u64,
+    /// Bias/mask data the problem's modifiers declare (none for plain problems).
+    pair: PairOwned,
     cell: OnceLock<(Tensor, Tensor, Tensor)>,
 }
 
 impl LazyInputs {
     /// Inputs of `problem`'s shape and dtype from [`crate::inputs::generate`] (`family`, `seed`).
     pub fn new(problem: &Problem, family: InputFamily, seed: u64) -> Self {
-        LazyInputs { problem: problem.clone(), family, seed, cell: OnceLock::new() }
+        LazyInputs { problem: problem.clone(), family, seed, pair: PairOwned::default(), cell: OnceLock::new() }
+    }
+
+    /// The same, with the bias/mask data `problem`'s modifiers need.
+    pub fn with_pair(mut self, pair: PairOwned) -> Self {
+        self.pair = pair;
+        self
     }
 
     /// The family the inputs are drawn from (recorded in every [`BenchRecord`] of the cell).
@@ -151,7 +159,7 @@ pub fn run_cell(cell: &Cell<'_>, inputs: &LazyInputs, ceiling: &LazyCeiling, pol
     // A GPU row has no CPU-GEMM fraction, so only a CPU cell pays for the ceiling.
     let gemm = if b.device() == Device::Cpu { Some(*ceiling.get()?) } else { ceiling.measured().copied() };
     let (q, k, v) = inputs.get();
-    let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref())?;
+    let args = AttnArgs::new_with(p, q.as_ref(), k.as_ref(), v.as_ref(), inputs.pair.as_pair())?;
     let mut out = vec![0.0f32; p.out_len()];
     let record = match measure_into(b, &args, policy.reps, policy.max_measure_s, &mut out) {
         Ok(m) => record.with_measurement(p, &m, gemm.as_ref()),

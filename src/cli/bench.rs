@@ -4,6 +4,7 @@
 //! (unsupported, over the memory budget) is refused before any input is generated or the GEMM
 //! ceiling measured, so a hopeless request answers at once.
 
+use super::modifiers::{ModifierArgs, PairOwned};
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, fmt_mib, fmt_percent, fmt_secs, resolve_backends};
 use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
 use attnkit::ceiling::LazyBandwidth;
@@ -31,6 +32,8 @@ pub struct BenchArgs {
     /// `attnkit::inputs`). Times hardly depend on the values; the family is recorded per row.
     #[arg(long, default_value = "normal", value_parser = super::parse_named::<InputFamily>)]
     pub inputs: InputFamily,
+    #[command(flatten)]
+    pub mods: ModifierArgs,
     /// Threads in the rayon pool the backends (and the GEMM ceiling) run in; default all cores.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -75,7 +78,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
                 1 => a.seq_kv[0],
                 _ => a.seq_kv[i],
             };
-            a.shape.problem(8, n, nk)
+            a.mods.apply(a.shape.problem(8, n, nk)?, a.shape.seed)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let records = with_threads(a.threads, || bench_in_pool(a, &names, &problems))??;
@@ -97,7 +100,11 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
 }
 
 /// Runs every (problem, backend) cell in the current pool, printing each record as it comes.
-fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Result<Vec<BenchRecord>, AttnError> {
+fn bench_in_pool(
+    a: &BenchArgs,
+    names: &[String],
+    problems: &[(Problem, PairOwned)],
+) -> Result<Vec<BenchRecord>, AttnError> {
     if !a.json {
         outln!("GFLOP/s = FLOPs of exact attention over allowed pairs (4·D per pair) / median time")?;
         outln!("inputs: {} ({}), seed {}", a.inputs, a.inputs.description(), a.shape.seed)?;
@@ -120,8 +127,8 @@ fn bench_in_pool(a: &BenchArgs, names: &[String], problems: &[Problem]) -> Resul
     let policy = Policy { reps: a.reps, max_measure_s: a.max_time, max_predicted_s: a.max_time };
     let mut history = History::default();
     let mut records = Vec::new();
-    for p in problems {
-        let inputs = LazyInputs::new(p, a.inputs, a.shape.seed);
+    for (p, pair) in problems {
+        let inputs = LazyInputs::new(p, a.inputs, a.shape.seed).with_pair(pair.clone());
         for name in names {
             let record = match attnkit::backend_with(name, &opts) {
                 Err(e) => BenchRecord::new(name, "", p, None, rayon::current_num_threads())

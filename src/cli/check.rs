@@ -1,6 +1,7 @@
 //! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs of
 //! one input family, beside the mean-of-V baseline (uniform attention over the allowed keys).
 
+use super::modifiers::ModifierArgs;
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, resolve_backends};
 use attnkit::approx_eval::{mean_of_v, rel_fro};
 use attnkit::bench::{is_skip, skip_reason};
@@ -27,14 +28,17 @@ pub struct CheckArgs {
     pub inputs: InputFamily,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    #[command(flatten)]
+    pub mods: ModifierArgs,
 }
 
 pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
+    let (p, pair) = a.mods.apply(p, a.shape.seed)?;
     let opts = a.shape.options();
     let (q, k, v) = attnkit::inputs::generate(a.inputs, &p, a.shape.seed);
-    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
+    let args = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair.as_pair())?;
     let want = oracle(&args);
     let baseline = mean_of_v(&args);
     let base_err = rel_fro(&baseline, &want);

@@ -51,7 +51,7 @@ fn markdown(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
             attnkit::cuda::compile_report(&a.arch)?,
         ));
     }
-    print!("{}", cost_table_markdown(&variants(), &toolchains, &a.arch));
+    outln!("{}", cost_table_markdown(&variants(), &toolchains, &a.arch).trim_end())?;
     let bad: Vec<String> = toolchains
         .iter()
         .flat_map(|(t, r)| r.iter().map(move |r| (t, r)))
@@ -66,6 +66,10 @@ fn markdown(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
 
 #[cfg(feature = "cuda")]
 pub fn run(a: &KernelsArgs) -> Result<ExitCode, AttnError> {
+    // A bad arch is refused before NVRTC is even looked for.
+    for arch in &a.arch {
+        attnkit::cuda::validate_arch(arch)?;
+    }
     if a.markdown {
         return markdown(a);
     }

@@ -12,6 +12,7 @@ mod bench;
 mod check;
 mod kernels;
 mod list;
+mod modifiers;
 mod report;
 mod run;
 

@@ -5,6 +5,7 @@
 //! accepted as B = 1 (all three must then be rank 3) and the output keeps the rank of q. All
 //! three inputs must share one dtype (float32 or float16); the output (and LSE) is float32.
 
+use super::modifiers::ModifierArgs;
 use super::parse_window;
 use attnkit::interop::{common_dtype, problem_from_shapes};
 use attnkit::npy::{read_tensor, write_f32};
@@ -64,6 +65,8 @@ pub struct RunArgs {
     /// local-block's block size.
     #[arg(long)]
     pub block_size: Option<usize>,
+    #[command(flatten)]
+    pub mods: ModifierArgs,
 }
 
 /// One input: a `.npy` path, or with `--safetensors` a tensor name in that file.
@@ -104,8 +107,8 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, AttnError> {
     if let Some(s) = a.scale {
         p = p.with_scale(s);
     }
-    p.validate()?;
-    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref())?;
+    let (p, pair) = a.mods.apply(p, a.seed)?;
+    let args = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair.as_pair())?;
     let out = with_threads(a.threads, || backend.forward(&args, a.lse.is_some()))??;
     write_output(&a.out, "out", &qs, &out.out)?;
     if let (Some(path), Some(lse)) = (&a.lse, &out.lse) {

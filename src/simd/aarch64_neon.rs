@@ -49,6 +49,10 @@ impl Simd for Neon {
         unsafe { vsubq_f32(a, b) }
     }
     #[inline(always)]
+    fn recip_estimate(self, a: float32x4_t) -> float32x4_t {
+        unsafe { vmulq_f32(vrecpeq_f32(a), vrecpsq_f32(a, vrecpeq_f32(a))) }
+    }
+    #[inline(always)]
     fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
         unsafe { vmulq_f32(a, b) }
     }

@@ -38,6 +38,8 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
+pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
+use super::score_mod::{RowMod, modify};
 use crate::tensor::TensorRef;
 
 /// Padded row length of V and of the O accumulator: D rounded up to 16 floats.
@@ -169,6 +171,8 @@ pub struct BlockJob<'a> {
     pub m: &'a mut [f32],
     /// Running sum per row.
     pub l: &'a mut [f32],
+    /// Score modifiers (`None`: the plain path, the scale folded into the exponent).
+    pub mods: Option<&'a BlockMods<'a>>,
 }
 
 /// `S = Q·Kᵀ` for `MR` rows and one panel of `KPV·W` keys.
@@ -319,7 +323,6 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
         return;
     };
 
-    let nvec = dp / w;
     let mut t0 = lo_all / tile * tile;
     while t0 < hi_all {
         let t1 = (t0 + tile).min(job.nkeys);
@@ -334,62 +337,37 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
             if a >= b {
                 continue;
             }
-            let n = b - a;
-            let sbuf = &mut *job.s;
-            for pnl in a / kp..b / kp {
-                // SAFETY: rows r0..r0+MR < rows so q spans MR·d; panel pnl < nkeys/kp so kpack
-                // spans d·kp from pnl·d·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp.
-                unsafe {
-                    qk_panel::<S, MR, KPV, SPLIT>(
-                        s,
-                        job.q.as_ptr().add(r0 * d),
-                        d,
-                        job.kpack.as_ptr().add(pnl * d * kp),
-                        sbuf.as_mut_ptr().add(pnl * kp - a),
-                        tile,
-                    );
-                }
-            }
-            if !strip.iter().all(|&(lo, hi)| lo <= a && b <= hi) {
-                for (i, &(lo, hi)) in strip.iter().enumerate() {
-                    let row = &mut sbuf[i * tile..i * tile + n];
-                    let (lo, hi) = (lo.clamp(a, b) - a, hi.clamp(a, b) - a);
-                    if lo >= hi {
-                        row.fill(f32::NEG_INFINITY);
-                    } else {
-                        row[..lo].fill(f32::NEG_INFINITY);
-                        row[hi..].fill(f32::NEG_INFINITY);
+            match job.mods.and_then(|m| m.panels) {
+                None => strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, a, b, true),
+                // Runs of panels the boolean mask leaves non-empty; empty panels are skipped, and
+                // a run of panels the mask allows wholly skips the per-pair mask.
+                Some(cover) => {
+                    // One look at the whole range first: most strips of a sparse mask skip it.
+                    match cover(r0, a, b) {
+                        Cover::Empty => continue,
+                        Cover::Full => {
+                            strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, a, b, false);
+                            continue;
+                        }
+                        Cover::Partial => {}
                     }
-                }
-            }
-            let mut alpha = [1.0f32; MR];
-            for i in 0..MR {
-                let row = &mut sbuf[i * tile..i * tile + n];
-                alpha[i] = online_softmax_step(s, row, job.scale_log2, &mut job.m[r0 + i], &mut job.l[r0 + i]);
-            }
-            let mut c = 0;
-            while c < nvec {
-                let left = nvec - c;
-                // SAFETY: P is MR rows of ld = tile holding n keys; V rows a..b < nkeys of DP
-                // floats, columns c·W.. + chunk·W ≤ DP; O rows r0.. of DP floats, same columns.
-                unsafe {
-                    let p = sbuf.as_ptr();
-                    let v = job.vpack.as_ptr().add(a * dp + c * w);
-                    let o = job.acc.as_mut_ptr().add(r0 * dp + c * w);
-                    let step = if left >= NV {
-                        pv_chunk::<S, MR, NV>(s, p, tile, n, v, dp, o, dp, &alpha);
-                        NV
-                    } else if left >= 3 {
-                        pv_chunk::<S, MR, 3>(s, p, tile, n, v, dp, o, dp, &alpha);
-                        3
-                    } else if left >= 2 {
-                        pv_chunk::<S, MR, 2>(s, p, tile, n, v, dp, o, dp, &alpha);
-                        2
-                    } else {
-                        pv_chunk::<S, MR, 1>(s, p, tile, n, v, dp, o, dp, &alpha);
-                        1
-                    };
-                    c += step;
+                    let (mut pnl, end) = (a / kp, b / kp);
+                    while pnl < end {
+                        let c = cover(r0, pnl * kp, (pnl + 1) * kp);
+                        pnl += 1;
+                        if c == Cover::Empty {
+                            continue;
+                        }
+                        let (start, mut partial) = (pnl - 1, c == Cover::Partial);
+                        while pnl < end {
+                            match cover(r0, pnl * kp, (pnl + 1) * kp) {
+                                Cover::Empty => break,
+                                c => partial |= c == Cover::Partial,
+                            }
+                            pnl += 1;
+                        }
+                        strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, start * kp, pnl * kp, partial);
+                    }
                 }
             }
         }
@@ -397,25 +375,99 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
     }
 }
 
-/// Normalizes `rows` accumulator rows into `out` (`rows × D`) and writes the natural-log LSE.
-/// A row with no allowed key (l = 0) gets zeros and LSE = −∞.
-pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32], lse: Option<&mut [f32]>) {
+/// One strip of `MR` rows over packed keys `[a, b)` (whole panels inside one tile): S = Q·Kᵀ,
+/// score modifiers, band mask, online softmax, O += P·V. `pair_mask`: apply the boolean mask.
+#[inline(always)]
+fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const SPLIT: bool>(
+    s: S,
+    job: &mut BlockJob<'_>,
+    r0: usize,
+    a: usize,
+    b: usize,
+    pair_mask: bool,
+) {
+    let w = S::W;
+    let kp = KPV * w;
+    let (d, tile) = (job.d, job.tile);
     let dp = padded_dim(d);
-    let rows = out.len() / d;
-    for (r, o) in out.chunks_exact_mut(d).enumerate() {
-        if l[r] == 0.0 {
-            o.fill(0.0);
-        } else {
-            for (x, a) in o.iter_mut().zip(&acc[r * dp..r * dp + d]) {
-                *x = a / l[r];
+    let nvec = dp / w;
+    let strip = &job.ranges[r0..r0 + MR];
+    let n = b - a;
+    let sbuf = &mut *job.s;
+    for pnl in a / kp..b / kp {
+        // SAFETY: rows r0..r0+MR < rows so q spans MR·d; panel pnl < nkeys/kp so kpack
+        // spans d·kp from pnl·d·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp.
+        unsafe {
+            qk_panel::<S, MR, KPV, SPLIT>(
+                s,
+                job.q.as_ptr().add(r0 * d),
+                d,
+                job.kpack.as_ptr().add(pnl * d * kp),
+                sbuf.as_mut_ptr().add(pnl * kp - a),
+                tile,
+            );
+        }
+    }
+    if let Some(m) = job.mods {
+        for i in 0..MR {
+            let row = &mut sbuf[i * tile..i * tile + n];
+            if let Some(score) = &m.score {
+                let rm = m.rows.get(r0 + i).copied().unwrap_or_default();
+                modify(s, score, RowMod { diag: rm.diag - a as f32, ..rm }, row);
+            }
+            if let Some((terms, real)) = m.pair.and_then(|pair| pair(r0 + i, a, pair_mask)) {
+                terms.apply(s, row, real);
             }
         }
     }
-    if let Some(lse) = lse {
-        for r in 0..rows {
-            lse[r] = if l[r] == 0.0 { f32::NEG_INFINITY } else { m[r] * std::f32::consts::LN_2 + l[r].ln() };
+    if !strip.iter().all(|&(lo, hi)| lo <= a && b <= hi) {
+        for (i, &(lo, hi)) in strip.iter().enumerate() {
+            let row = &mut sbuf[i * tile..i * tile + n];
+            let (lo, hi) = (lo.clamp(a, b) - a, hi.clamp(a, b) - a);
+            if lo >= hi {
+                row.fill(f32::NEG_INFINITY);
+            } else {
+                row[..lo].fill(f32::NEG_INFINITY);
+                row[hi..].fill(f32::NEG_INFINITY);
+            }
         }
     }
+    let mut alpha = [1.0f32; MR];
+    for i in 0..MR {
+        let row = &mut sbuf[i * tile..i * tile + n];
+        alpha[i] = online_softmax_step(s, row, job.scale_log2, &mut job.m[r0 + i], &mut job.l[r0 + i]);
+    }
+    let mut c = 0;
+    while c < nvec {
+        let left = nvec - c;
+        // SAFETY: P is MR rows of ld = tile holding n keys; V rows a..b < nkeys of DP
+        // floats, columns c·W.. + chunk·W ≤ DP; O rows r0.. of DP floats, same columns.
+        unsafe {
+            let p = sbuf.as_ptr();
+            let v = job.vpack.as_ptr().add(a * dp + c * w);
+            let o = job.acc.as_mut_ptr().add(r0 * dp + c * w);
+            let step = if left >= NV {
+                pv_chunk::<S, MR, NV>(s, p, tile, n, v, dp, o, dp, &alpha);
+                NV
+            } else if left >= 3 {
+                pv_chunk::<S, MR, 3>(s, p, tile, n, v, dp, o, dp, &alpha);
+                3
+            } else if left >= 2 {
+                pv_chunk::<S, MR, 2>(s, p, tile, n, v, dp, o, dp, &alpha);
+                2
+            } else {
+                pv_chunk::<S, MR, 1>(s, p, tile, n, v, dp, o, dp, &alpha);
+                1
+            };
+            c += step;
+        }
+    }
+}
+
+/// Normalizes `rows` accumulator rows into `out` (`rows × D`) and writes the natural-log LSE.
+/// A row with no allowed key (l = 0) gets zeros and LSE = −∞.
+pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32], lse: Option<&mut [f32]>) {
+    finish_rows_with_sink(acc, m, l, d, out, lse, None)
 }
 
 /// Packs keys `k0..k1` of the head whose key 0 starts at element `base` into `D × kp` panels

@@ -19,6 +19,7 @@ pub mod bf16_block;
 pub mod decode;
 pub mod flash;
 pub mod scalar;
+pub mod score_mod;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64_neon;
@@ -52,6 +53,9 @@ pub trait Simd: Copy + Send + Sync {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// An estimate of `1/a` with at least 11 correct bits (the ISA's reciprocal instruction;
+    /// exact on the portable path), for callers that refine it with a Newton step.
+    fn recip_estimate(self, a: Self::V) -> Self::V;
     /// `a·b + c` (fused where the ISA has FMA).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise max; when a lane of `b` is NaN the result is NaN (x86 `maxps` order), so NaN

@@ -44,6 +44,10 @@ impl Simd for Portable {
         lanes(|i| a[i] - b[i])
     }
     #[inline(always)]
+    fn recip_estimate(self, a: V4) -> V4 {
+        lanes(|i| 1.0 / a[i])
+    }
+    #[inline(always)]
     fn mul(self, a: V4, b: V4) -> V4 {
         lanes(|i| a[i] * b[i])
     }

@@ -49,6 +49,10 @@ impl Simd for Avx2Fma {
         unsafe { _mm256_sub_ps(a, b) }
     }
     #[inline(always)]
+    fn recip_estimate(self, a: __m256) -> __m256 {
+        unsafe { _mm256_rcp_ps(a) }
+    }
+    #[inline(always)]
     fn mul(self, a: __m256, b: __m256) -> __m256 {
         unsafe { _mm256_mul_ps(a, b) }
     }

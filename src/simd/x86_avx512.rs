@@ -48,6 +48,10 @@ impl Simd for Avx512 {
         unsafe { _mm512_sub_ps(a, b) }
     }
     #[inline(always)]
+    fn recip_estimate(self, a: __m512) -> __m512 {
+        unsafe { _mm512_rcp14_ps(a) }
+    }
+    #[inline(always)]
     fn mul(self, a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_mul_ps(a, b) }
     }

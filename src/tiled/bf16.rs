@@ -13,8 +13,10 @@ use crate::simd::flash::{finish_rows, padded_dim};
 use crate::tensor::TensorRef;
 
 /// The bf16 kernel's token when `isa` and the inputs call for it.
+/// The bf16 block kernel has no score-modifier step: problems with modifiers take the f32 path.
 pub(super) fn applies(isa: Isa, p: &Problem) -> Option<Avx512Bf16> {
-    (isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && isa.shape().mr == MR && isa.shape().kp == KP)
+    let plain = p.mods.active().is_empty();
+    (plain && isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && isa.shape().mr == MR && isa.shape().kp == KP)
         .then(Avx512Bf16::new)
         .flatten()
 }
@@ -68,8 +70,9 @@ pub(super) fn run_query_block(
     let rows_pad = rows.div_ceil(MR) * MR;
     pack_q_pairs(q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, &mut scr.q);
     scr.ranges.clear();
+    let b = spec.bh / p.heads;
     scr.ranges.extend((spec.i0..spec.i0 + rows).map(|i| {
-        let (lo, hi) = (spec.range)(i);
+        let (lo, hi) = (spec.range)(b, i);
         if lo < hi { (lo, hi) } else { (0, 0) }
     }));
     // Pad rows copy the last real row's band so they never force masking; their output is dropped.

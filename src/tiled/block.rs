@@ -4,10 +4,12 @@
 
 use crate::problem::Problem;
 use crate::simd::Isa;
-use crate::simd::flash::{BlockJob, KernelShape, finish_rows, pack_q, padded_dim};
+use crate::simd::flash::{BlockJob, BlockMods, Cover, KernelShape, finish_rows_with_sink, pack_q, padded_dim};
+use crate::simd::score_mod::{RowMod, ScoreOnly};
 use crate::tensor::TensorRef;
 
 use super::RowRange;
+use super::modify::CallMods;
 
 /// Keys per L2 tile: K and V panels of one tile take about 192 KiB.
 pub(super) fn tile_keys(d: usize, kp: usize) -> usize {
@@ -25,6 +27,7 @@ pub(super) struct Scratch {
     s: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
+    rowmods: Vec<RowMod>,
     pub(super) kpack: Vec<f32>,
     pub(super) vpack: Vec<f32>,
 }
@@ -50,6 +53,8 @@ pub(super) struct BlockSpec<'a> {
     pub range: &'a RowRange<'a>,
     pub nkeys: usize,
     pub tile: usize,
+    /// Score modifiers and sinks of the call (`None`: none set).
+    pub mods: Option<&'a CallMods<'a>>,
 }
 
 /// Runs one query block on packed K/V: loads Q, builds row ranges, runs the ISA kernel,
@@ -66,10 +71,11 @@ pub(super) fn run_query_block(
     let d = p.head_dim;
     let rows = out.len() / d;
     let rows_pad = rows.div_ceil(spec.shape.mr) * spec.shape.mr;
+    let (b, h) = (spec.bh / p.heads, spec.bh % p.heads);
     pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
-        let (lo, hi) = (spec.range)(i);
+        let (lo, hi) = (spec.range)(b, i);
         let (lo, hi) = (lo.max(spec.kbase) - spec.kbase, hi.max(spec.kbase) - spec.kbase);
         scr.ranges.push(if lo < hi { (lo, hi) } else { (0, 0) });
     }
@@ -81,10 +87,46 @@ pub(super) fn run_query_block(
     scr.s.resize(spec.shape.mr * spec.tile, 0.0);
     scr.m.resize(rows_pad, 0.0);
     scr.l.resize(rows_pad, 0.0);
+    let cm = spec.mods.filter(|c| c.p.mods.changes_scores());
+    // Softcap, ALiBi and bias need natural-unit scores; a mask alone does not.
+    let natural = cm.is_some_and(|c| c.scores);
+    let last = spec.i0 + rows - 1;
+    scr.rowmods.clear();
+    if let Some(c) = cm
+        && c.p.mods.alibi_slopes.is_some()
+    {
+        for r in 0..rows_pad {
+            let i = (spec.i0 + r).min(last);
+            let diag = p.row_seq(b, i).diag() - spec.kbase as i64;
+            scr.rowmods.push(RowMod { slope: p.alibi_slope(b, i, h), diag: diag as f32 });
+        }
+    }
+    let (kbase, i0) = (spec.kbase, spec.i0);
+    let pair = |r: usize, key0: usize, with_mask: bool| {
+        let c = cm.expect("pair terms only run with modifiers");
+        let (i, j0) = ((i0 + r).min(last), kbase + key0);
+        c.pair_terms(b, h, i, j0, with_mask).map(|t| (t, p.seq_k - j0))
+    };
+    let cover = |r0: usize, key0: usize, key1: usize| -> Cover {
+        let c = cm.expect("mask cover only runs with modifiers");
+        let Some(sm) = c.summary.as_ref() else { return Cover::Partial };
+        let ia = i0 + r0;
+        sm.cover(c.mask_slice(b, h), ia, (ia + spec.shape.mr).min(last + 1), kbase + key0, (kbase + key1).min(p.seq_k))
+    };
+    let bm = cm.map(|c| BlockMods {
+        score: natural.then_some(ScoreOnly {
+            scale: p.scale,
+            softcap: p.mods.softcap,
+            alibi: p.mods.alibi_slopes.is_some(),
+        }),
+        rows: &scr.rowmods,
+        pair: c.has_pair().then_some(&pair as _),
+        panels: c.summary.is_some().then_some(&cover as _),
+    });
     let mut job = BlockJob {
         d,
         q: &scr.q,
-        scale_log2: p.scale * std::f32::consts::LOG2_E,
+        scale_log2: if natural { std::f32::consts::LOG2_E } else { p.scale * std::f32::consts::LOG2_E },
         ranges: &scr.ranges,
         kpack,
         vpack,
@@ -94,9 +136,10 @@ pub(super) fn run_query_block(
         s: &mut scr.s,
         m: &mut scr.m,
         l: &mut scr.l,
+        mods: bm.as_ref(),
     };
     spec.isa.run_block(&mut job);
-    finish_rows(&scr.acc, &scr.m, &scr.l, d, out, lse);
+    finish_rows_with_sink(&scr.acc, &scr.m, &scr.l, d, out, lse, p.sink(h));
 }
 
 /// Splits `out` (and `lse`) of consecutive query heads into per-block pieces: item

@@ -37,8 +37,12 @@ pub const DECODE_MAX_ROWS: usize = 16;
 pub type BatchRowRange<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
 
 /// Whether `flash-cpu` runs `p` with the decode strategy.
+/// Modifiers: the decode kernel has no score-modifier step, so only `seqused_k` (which only
+/// narrows each batch entry's key range, through [`Problem::key_range_at`]) takes this path;
+/// any other modifier runs on whole-head waves.
 pub fn decode_applies(p: &Problem) -> bool {
-    p.seq_q.saturating_mul(p.group_size()) <= DECODE_MAX_ROWS
+    let modifiers_ok = p.mods.active().iter().all(|m| *m == crate::modifiers::Modifier::SequsedK);
+    modifiers_ok && p.seq_q.saturating_mul(p.group_size()) <= DECODE_MAX_ROWS
 }
 
 /// Keys per chunk: N_k / 64 rounded up to a multiple of 256, between 256 and 16384. A function

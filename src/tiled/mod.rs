@@ -4,11 +4,16 @@
 //! rows) of the keys a group of query rows may see, then run blocks of query rows over them with
 //! the SIMD microkernels and the online softmax of [`crate::simd::flash`]. The backends differ in
 //! two things only, and say them in a [`Plan`]:
-//! - **which keys row `i` may see** ([`RowRange`]: `Problem::key_range` for the problem's own
-//!   mask, or a narrower pattern such as `local-block`'s) — the one place a mask enters;
+//! - **which keys row `i` may see** ([`RowRange`]: `Problem::key_range_at` for the problem's
+//!   own mask, or a narrower pattern such as `local-block`'s) — the one place a band enters;
 //! - **how K/V are packed** ([`Packing`]): whole KV heads in waves ([`waves`], best when rows see
 //!   most keys) or per segment of query rows, only the segment's band ([`segments`], best for
 //!   narrow bands; nothing N_k-sized is allocated).
+//!
+//! Score modifiers (softcap, ALiBi, bias, boolean mask; [`crate::modifiers`]) enter in one
+//! place, the kernel's score step ([`crate::simd::score_mod`]); the runner prepares them once
+//! per call ([`modify`]: the mask's block summary, so empty panels are skipped), and sinks
+//! join the denominator when rows are finished.
 //!
 //! Both strategies are bitwise deterministic for any thread count: block and segment sizes
 //! depend on the problem only, and a row's key loop is never split across threads.
@@ -20,6 +25,7 @@ mod bf16;
 mod bf16;
 mod block;
 pub mod decode;
+mod modify;
 mod segments;
 mod waves;
 
@@ -32,8 +38,9 @@ pub use decode::{DECODE_MAX_ROWS, decode_applies};
 /// Largest head dimension the tiled CPU backends accept.
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Row `i`'s allowed keys `[lo, hi)` in absolute key indices.
-pub type RowRange<'a> = dyn Fn(usize) -> (usize, usize) + Sync + 'a;
+/// Row `i` of batch entry `b`: its allowed keys `[lo, hi)` in absolute key indices
+/// (`Problem::key_range_at` for the problem's own mask).
+pub type RowRange<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
 
 /// How a plan packs K and V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,11 +66,12 @@ pub struct Plan<'a> {
 impl Plan<'_> {
     /// The least working memory the plan can run in (see [`crate::Attention::working_bytes`]).
     pub fn working_bytes(&self, p: &Problem) -> Option<u64> {
-        match self.packing {
+        let packs = match self.packing {
             Packing::WholeHeads => waves::min_bytes(p, self.isa),
             Packing::Segments { band, .. } => segments::bytes(p, self.isa, band),
             Packing::Decode => decode::working_bytes(p),
-        }
+        };
+        packs?.checked_add(p.mods.mask.map_or(0, |s| modify::MaskSummary::bytes(p, s)))
     }
 
     /// Runs the plan into `out` (and `lse`), both laid out as the attention contract says.
@@ -71,7 +79,7 @@ impl Plan<'_> {
         match self.packing {
             Packing::WholeHeads => waves::run(self, args, out, lse),
             Packing::Segments { rows, band } => segments::run(self, args, out, lse, rows, band),
-            Packing::Decode => decode::run(self.name, self.isa, &|_b, i| (self.range)(i), args, out, lse),
+            Packing::Decode => decode::run(self.name, self.isa, &*self.range, args, out, lse),
         }
     }
 }

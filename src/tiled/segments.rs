@@ -9,6 +9,7 @@
 
 use super::Plan;
 use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes};
+use super::modify::{CallMods, zero_unused_values};
 use crate::attention::AttnArgs;
 use crate::budget::check_budget;
 use crate::error::Result;
@@ -41,14 +42,16 @@ pub(super) fn run(
     check_budget(plan.name, "per-thread band panels", bytes(p, isa, band))?;
     let bq = 8 * shape.mr;
     let range = &*plan.range;
+    let mods = CallMods::new(args);
 
     let tasks = block_tasks(out, lse, nq, d, seg);
     tasks.into_par_iter().for_each_init(Scratch::default, |scr, (bh, si, o, mut l)| {
         let i0 = si * seg;
         let rows = o.len() / d;
+        let (b, h) = (bh / p.heads, bh % p.heads);
         let (mut lo, mut hi) = (usize::MAX, 0);
         for i in i0..i0 + rows {
-            let (a, b) = range(i);
+            let (a, b) = range(b, i);
             if a < b {
                 lo = lo.min(a);
                 hi = hi.max(b);
@@ -57,13 +60,13 @@ pub(super) fn run(
         if lo >= hi {
             (lo, hi) = (0, 0);
         }
-        let (b, h) = (bh / p.heads, bh % p.heads);
         let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
         // Pack the segment's band once; its blocks slide over it.
         let mut kpack = std::mem::take(&mut scr.kpack);
         let mut vpack = std::mem::take(&mut scr.vpack);
         let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
         pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
+        zero_unused_values(p, b, lo, hi, padded_dim(d), &mut vpack);
         for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
             let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
             let spec = BlockSpec {
@@ -77,6 +80,7 @@ pub(super) fn run(
                 range,
                 nkeys,
                 tile: nkeys.max(shape.kp),
+                mods: Some(&mods),
             };
             run_query_block(&spec, &kpack, &vpack, scr, ob, lb);
         }

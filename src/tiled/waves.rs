@@ -7,6 +7,7 @@
 //! Memory: O(N_k·D) per KV head in flight plus O(block·D) scratch per thread.
 
 use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes, tile_keys};
+use super::modify::{CallMods, zero_unused_values};
 use super::{Plan, bf16};
 use crate::attention::AttnArgs;
 use crate::budget::check_budget;
@@ -18,7 +19,8 @@ use rayon::prelude::*;
 
 /// One KV head's packed K/V: f32 panels, or bf16 pairs for the AVX512_BF16 kernel.
 enum Packed {
-    F32(Vec<f32>, Vec<f32>),
+    /// K panels, V rows, and the packed key count (short of N_k when seqused_k cuts it).
+    F32(Vec<f32>, Vec<f32>, usize),
     Bf16(bf16::Packed),
 }
 
@@ -68,6 +70,7 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     let inflight = wanted.min(fits).max(1);
     let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));
     check_budget(plan.name, "packed K/V panels of the KV heads in flight", need)?;
+    let mods = CallMods::new(args);
 
     for w0 in (0..nkv).step_by(inflight) {
         let w1 = (w0 + inflight).min(nkv);
@@ -78,9 +81,16 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     return Packed::Bf16(bf16::pack_head(args, kvh * nk * d));
                 }
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                pack_k(args.k(), kvh * nk * d, 0, nk, d, shape.kp, &mut kb);
-                pack_v(args.v(), kvh * nk * d, 0, nk, d, shape.kp, &mut vb);
-                Packed::F32(kb, vb)
+                let b = kvh / p.kv_heads;
+                // Keys past a batch entry's used length are not even read.
+                let used = match (&p.mods.seqused_k, &p.mods.varlen) {
+                    (Some(u), None) => u[b],
+                    _ => nk,
+                };
+                let nkeys = pack_k(args.k(), kvh * nk * d, 0, used, d, shape.kp, &mut kb);
+                pack_v(args.v(), kvh * nk * d, 0, used, d, shape.kp, &mut vb);
+                zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
+                Packed::F32(kb, vb, nkeys)
             })
             .collect();
         let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
@@ -89,6 +99,10 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
         tasks.into_par_iter().for_each_init(
             Default::default,
             |(scr, scr16): &mut (Scratch, bf16::Scratch), (hi, bi, o, l)| {
+                let nkeys = match &packed[hi / g] {
+                    Packed::F32(_, _, n) => *n,
+                    Packed::Bf16(_) => packed_keys,
+                };
                 let spec = BlockSpec {
                     isa,
                     shape,
@@ -98,11 +112,13 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     i0: bi * bq,
                     kbase: 0,
                     range: &*plan.range,
-                    nkeys: packed_keys,
+                    nkeys,
                     tile,
+                    mods: Some(&mods),
                 };
                 match (&packed[hi / g], bf16_kernel) {
-                    (Packed::F32(kb, vb), _) => run_query_block(&spec, kb, vb, scr, o, l),
+                    (Packed::F32(kb, vb, _), _) => run_query_block(&spec, kb, vb, scr, o, l),
+                    // bf16::applies admits only problems without modifiers (see there).
                     (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
                     (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
                 }
