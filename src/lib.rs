@@ -15,7 +15,6 @@ pub mod attention;
 pub mod backends;
 pub mod bench;
 pub mod budget;
-pub mod ceiling;
 pub mod cuda;
 pub mod error;
 pub mod inputs;
@@ -23,7 +22,6 @@ pub mod interop;
 pub mod layer;
 pub mod linalg;
 pub mod lse;
-pub mod modifiers;
 pub mod npy;
 pub mod options;
 pub mod problem;
@@ -38,9 +36,14 @@ pub mod tiled;
 pub mod validate;
 
 pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness, PairData};
+/// The bandwidth and bf16-dot ceilings and decode rates (`bench::bandwidth`), at the crate root
+/// because examples and the report read them as `attnkit::ceiling`.
+pub use bench::bandwidth as ceiling;
 pub use error::{AttnError, Result};
 pub use lse::merge_partials;
 pub use modifiers::{Modifier, Modifiers, PairShape, Varlen, alibi_slopes};
+/// Score modifiers and masks (`problem::modifiers`), at the crate root for short paths.
+pub use problem::modifiers;
 pub use problem::{DType, Problem, Window};
 pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
 pub use tensor::{Tensor, TensorRef};

@@ -22,7 +22,9 @@
 //! and boolean masks are in [`Problem::mods`]; their semantics are in [`crate::modifiers`].
 
 use crate::error::{AttnError, Result};
-use crate::modifiers::Modifiers;
+pub mod modifiers;
+
+use modifiers::Modifiers;
 use serde::Serialize;
 use std::fmt;
 
@@ -234,7 +236,7 @@ impl Problem {
                 self.window.left, self.window.right
             )));
         }
-        crate::modifiers::validate(self)
+        modifiers::validate(self)
     }
 
     fn q_len_checked(&self) -> Option<usize> {

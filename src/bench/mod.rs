@@ -11,6 +11,7 @@
 //! of exact attention) divided by the median time, whatever the backend actually computes, so
 //! an approximation that skips work shows up as "more GFLOP/s", i.e. as effective throughput.
 
+pub mod bandwidth;
 pub mod ceiling;
 #[cfg(test)]
 mod fake;

@@ -112,7 +112,7 @@ pub struct BenchRecord {
     pub gemm_fraction: Option<f64>,
     /// For decode-shaped CPU rows (few query rows per KV head, memory-bound): bytes moved, GB/s
     /// and the fraction of the streaming-read ceiling measured in the same run.
-    pub decode: Option<crate::ceiling::DecodeRate>,
+    pub decode: Option<super::bandwidth::DecodeRate>,
     /// That streaming-read ceiling, GB/s, once measured.
     pub bandwidth_gb_per_s: Option<f64>,
 }
@@ -185,15 +185,15 @@ impl BenchRecord {
     }
 
     /// Whether this row is reported against the bandwidth ceiling: measured, on the CPU, and
-    /// decode-shaped ([`crate::ceiling::is_decode_shaped`]).
+    /// decode-shaped ([`super::bandwidth::is_decode_shaped`]).
     pub fn wants_bandwidth(&self, p: &Problem) -> bool {
-        self.status.is_ok() && self.device == Some(Device::Cpu) && crate::ceiling::is_decode_shaped(p)
+        self.status.is_ok() && self.device == Some(Device::Cpu) && super::bandwidth::is_decode_shaped(p)
     }
 
     /// Fills in bytes moved, GB/s and the fraction of `ceiling` for a decode-shaped row.
-    pub fn with_bandwidth(mut self, p: &Problem, ceiling: &crate::ceiling::BandwidthCeiling) -> Self {
+    pub fn with_bandwidth(mut self, p: &Problem, ceiling: &super::bandwidth::BandwidthCeiling) -> Self {
         if let (true, Some(t)) = (self.wants_bandwidth(p), self.median_s) {
-            self.decode = crate::ceiling::decode_rate(p, t, ceiling);
+            self.decode = super::bandwidth::decode_rate(p, t, ceiling);
             self.bandwidth_gb_per_s = Some(ceiling.gb_per_s);
         }
         self
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn only_decode_shaped_cpu_rows_get_a_bandwidth_fraction() {
-        let bw = crate::ceiling::BandwidthCeiling { bytes: 1, threads: 1, median_s: 1.0, gb_per_s: 10.0 };
+        let bw = crate::bench::bandwidth::BandwidthCeiling { bytes: 1, threads: 1, median_s: 1.0, gb_per_s: 10.0 };
         let decode = Problem::new(1, 8, 1, 64).with_kv_heads(2).with_seq_k(4096);
         let prefill = Problem::new(1, 8, 4096, 64);
         let row = |p: &Problem, d| {
@@ -227,7 +227,7 @@ mod tests {
         };
         let r = row(&decode, Device::Cpu).with_bandwidth(&decode, &bw);
         let rate = r.decode.expect("decode-shaped CPU row");
-        assert_eq!(rate.bytes, crate::ceiling::bytes_moved(&decode));
+        assert_eq!(rate.bytes, crate::bench::bandwidth::bytes_moved(&decode));
         assert!((rate.gb_per_s - rate.bytes as f64 / 1e-3 / 1e9).abs() < 1e-9);
         assert!((rate.fraction_of_ceiling - rate.gb_per_s / 10.0).abs() < 1e-12);
         assert!(row(&prefill, Device::Cpu).with_bandwidth(&prefill, &bw).decode.is_none());

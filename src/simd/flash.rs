@@ -38,14 +38,10 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
+pub use super::padded_dim;
 pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
 use super::score_mod::{RowMod, modify};
 use crate::tensor::TensorRef;
-
-/// Padded row length of V and of the O accumulator: D rounded up to 16 floats.
-pub fn padded_dim(d: usize) -> usize {
-    d.div_ceil(16) * 16
-}
 
 /// Register geometry of one ISA's kernel: rows per strip and keys per packed K panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

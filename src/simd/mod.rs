@@ -13,6 +13,12 @@
 //! ISA the CPU lacks yields a typed error ([`Isa::require`]) and never executes an illegal
 //! instruction.
 
+/// Padded row length of V and of the O accumulator: D rounded up to 16 floats (one AVX-512
+/// vector), shared by the packing in [`flash`] and the score step in [`score_mod`].
+pub fn padded_dim(d: usize) -> usize {
+    d.div_ceil(16) * 16
+}
+
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_block;

@@ -13,7 +13,7 @@
 //! its error against f64 on the portable path (no FMA) at 8 f32 ulp (6.7 measured).
 
 use super::Simd;
-use super::flash::padded_dim;
+use super::padded_dim;
 use crate::tensor::TensorRef;
 
 const TANH_CLAMP: f32 = 7.905_311;

@@ -36,8 +36,8 @@
 //!
 //! Bias and mask index the packed coordinates (N_q = total_q, N_k = total_k) under varlen.
 
+use super::Problem;
 use crate::error::{AttnError, Result};
-use crate::problem::Problem;
 use serde::Serialize;
 
 /// Broadcast shape of a per-pair tensor (bias or boolean mask): (batch, heads, N_q, N_k) with

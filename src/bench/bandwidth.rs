@@ -1,5 +1,5 @@
 //! Machine ceilings for memory-bound and bf16 attention, measured in the same run as the
-//! kernels they judge (the f32 GEMM ceiling lives in [`crate::bench`]).
+//! kernels they judge (the f32 GEMM ceiling is in [`super::ceiling`]).
 //!
 //! - [`bandwidth_ceiling`]: a streaming read of a buffer much larger than the last-level cache,
 //!   split over the current rayon pool's threads, so decode (one query per head over a long KV
@@ -9,7 +9,7 @@
 //! - [`bytes_moved`] and [`is_decode_shaped`]: what a decode call must move at least (Q, K, V
 //!   read once, O written once) and which problems to report that way.
 
-use crate::bench::median;
+use super::median;
 use crate::error::{AttnError, Result};
 use crate::problem::{DType, Problem};
 use rayon::prelude::*;
