@@ -22,16 +22,24 @@
 //! time extrapolated from the previous N (N², or N for linear-time methods) exceeds the
 //! per-run budget; a run whose output holds NaN/Inf is an error and is not drawn.
 //!
+//! - decode and bf16 ([`decode`]): `flash-cpu` decode GB/s against N_k beside the streaming-read
+//!   ceiling (and PyTorch when `ATTNKIT_TORCH_PYTHON`/`ATTNKIT_PEERS` are set), bf16 vs f32 prefill;
+//! - masks and varlen speed ([`masks`]): modifier, packed-varlen and block-sparse-mask costs as
+//!   ratios measured alternately, each against its issue's target.
+//!
 //! Modules: [`sweep`] runs the cells, [`results`] holds the rows and writes JSON/CSV,
 //! [`analysis`] reads them (slopes, crossovers, observations), [`figures`] and [`plots`] draw,
-//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder.
+//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder, [`section`] runs the two extra sections' cases.
 
 mod analysis;
+mod decode;
 mod figures;
 mod markdown;
+mod masks;
 mod meta;
 mod plots;
 mod results;
+mod section;
 mod swap;
 mod sweep;
 
@@ -112,6 +120,8 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let ceiling = LazyCeiling::standard();
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
+    let dec = decode::run(quick, &ceiling)?;
+    let mask = masks::run(quick, &ceiling)?;
     let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
@@ -136,9 +146,12 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         elapsed_s: elapsed,
         unavailable,
     };
-    results::write_results(dir, &meta, &rows)?;
+    let sections: Vec<section::SectionRow> = dec.rows.iter().chain(&mask.rows).cloned().collect();
+    results::write_results(dir, &meta, &rows, &sections)?;
     let plot_notes = figures::write_plots(dir, &rows, &heat)?;
-    std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes))?;
+    let decode_plot = decode::plot(dir, &dec);
+    let extra = format!("{}{}", decode::markdown(&dec, &decode_plot), masks::markdown(&mask, quick));
+    std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes, &extra))?;
     let count = |f: fn(&Status) -> bool| rows.iter().filter(|r| f(&r.rec.status)).count();
     let ceiling_text = meta.gemm.map_or("not measured".into(), |g| format!("{:.1} GFLOP/s", g.gflops));
     Ok(format!(
