@@ -174,6 +174,12 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
          GB/s = bytes moved (Q, K, V read once in their dtype, O written in f32) ÷ median time. Streaming-read ceiling: {bw}.\n"
     );
     let _ = writeln!(s, "- {}", reading(d));
+    if d.rows.iter().any(|r| r.rec.decode.is_some_and(|x| x.fraction_of_ceiling > 1.0)) {
+        let _ = writeln!(
+            s,
+            "- Rows above 100% read K and V from cache: at small N_k they fit in the last-level cache (the ceiling streams 512 MiB)."
+        );
+    }
     if let Some(note) = &d.torch_note {
         let _ = writeln!(s, "- PyTorch: {note}.");
     }
@@ -184,7 +190,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
     for r in d.rows.iter().filter(|r| r.section == "decode") {
         let c = &r.rec;
         let torch = match (&d.torch_note, r.torch_median_s) {
-            (Some(_), _) => "not measured (set ATTNKIT_TORCH_PYTHON)".to_string(),
+            (Some(_), _) => "not measured".to_string(),
             (None, Some(t)) => fmt_secs(t),
             (None, None) => "failed".to_string(),
         };
@@ -204,7 +210,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
     let (n, dim, h) = PREFILL;
     let _ = writeln!(s, "\n### bf16 vs f32 prefill (N = {n}, D = {dim}, H = {h}, non-causal, measured alternately)\n");
     let pre: Vec<&SectionRow> = d.rows.iter().filter(|r| r.section == "prefill-bf16").collect();
-    let _ = writeln!(s, "| case | median | GFLOP/s | time ÷ f32 time | status |");
+    let _ = writeln!(s, "| case | median over rounds | GFLOP/s | time ÷ f32 time | status |");
     let _ = writeln!(s, "|---|---|---|---|---|");
     for r in &pre {
         let _ = writeln!(
@@ -214,7 +220,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
             r.rec.median_s.map_or("–".into(), fmt_secs),
             r.rec.gflops.map_or("–".into(), |g| format!("{g:.1}")),
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
-            super::markdown::status_of(&r.rec)
+            super::markdown::status_of(&r.rec).replace("reps", "rounds")
         );
     }
     let _ = writeln!(s, "\n- {}\n", prefill_reading(&pre, d.dot.as_ref()));

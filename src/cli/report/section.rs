@@ -64,7 +64,8 @@ pub fn run_one(
 
 /// Runs every case `rounds` times in turn (case 0, 1, …, then again), each part a [`run_one`]
 /// with `policy`; a case whose part is not ok stops being run. Returns per case its record
-/// (the first part's, with the summed median and FLOPs of all parts) and its per-round times.
+/// (the first part's, with the median over rounds of all parts' summed time, their
+/// summed FLOPs and `reps` = the rounds measured) and its per-round times.
 pub fn alternate(
     cases: &[Case],
     rounds: usize,
@@ -100,14 +101,15 @@ pub fn alternate(
         .zip(out)
         .map(|(case, (rec, times))| {
             let mut rec = rec.expect("every case ran at least once");
-            if rec.status.is_ok() && case.parts.len() > 1 {
+            if rec.status.is_ok() {
+                // One timed call per round: the row's time is the median over rounds, its rate
+                // that of all parts together, and `reps` counts the rounds.
                 let flops: f64 = case.parts.iter().map(|(p, _)| p.flops()).sum();
                 let t = median(&times);
                 rec.median_s = Some(t);
+                rec.reps = times.len();
                 rec.gflops = Some(flops / t / 1e9);
                 rec.gemm_fraction = rec.gemm_gflops.map(|g| flops / t / 1e9 / g);
-            } else if rec.status.is_ok() {
-                rec.median_s = Some(median(&times));
             }
             (rec, times)
         })
@@ -181,6 +183,28 @@ mod tests {
         assert_eq!(round_ratio(&[2.0, 3.0, 10.0], &[1.0, 1.0, 1.0]), Some(3.0));
         assert_eq!(round_ratio(&[2.0, 4.0], &[1.0]), Some(2.0), "only rounds both ran in");
         assert_eq!(round_ratio(&[], &[1.0]), None);
+    }
+
+    /// Two rounds of a one-part and a two-part case: each measured every round, the two-part
+    /// case's FLOPs summed, a refused case run once and left out of later rounds.
+    #[test]
+    fn alternate_runs_every_case_each_round_and_sums_parts() {
+        let p = Problem::new(1, 1, 32, 8);
+        let inputs = || LazyInputs::new(&p, InputFamily::Normal, SEED);
+        let bad = Problem::new(1, 1, 32, 1024);
+        let cases = [
+            Case::single("one", p.clone(), PairOwned::default()),
+            Case { label: "two".into(), parts: vec![(p.clone(), inputs()), (p.clone(), inputs())] },
+            Case::single("refused", bad, PairOwned::default()),
+        ];
+        let policy = Policy { reps: 1, max_measure_s: 1.0, max_predicted_s: 10.0 };
+        let out = alternate(&cases, 2, &LazyCeiling::new(32, 1), &policy).unwrap();
+        assert_eq!(out.iter().map(|(_, t)| t.len()).collect::<Vec<_>>(), [2, 2, 0]);
+        let (two, times) = &out[1];
+        assert_eq!(two.reps, 2);
+        let want = 2.0 * p.flops() / median(times) / 1e9;
+        assert!((two.gflops.unwrap() - want).abs() <= 1e-9 * want, "{two:?}");
+        assert!(!out[2].0.status.is_ok(), "D = 1024 is beyond flash-cpu's head dimension");
     }
 
     #[test]
