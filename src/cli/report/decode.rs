@@ -39,6 +39,8 @@ pub struct Decode {
     pub dot: Option<DotCeiling>,
     /// Why the PyTorch column is empty, when it is.
     pub torch_note: Option<String>,
+    /// Wall time of the whole section.
+    pub elapsed_s: f64,
 }
 
 /// The decode problem of `shape` at `nk` in `dtype`.
@@ -47,6 +49,7 @@ pub fn decode_problem(h: usize, hkv: usize, d: usize, nk: usize, dtype: DType) -
 }
 
 pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
+    let started = std::time::Instant::now();
     let bw = LazyBandwidth::default();
     let policy = Policy { reps: if quick { 3 } else { 5 }, max_measure_s: 3.0, max_predicted_s: 60.0 };
     let torch = torch_env();
@@ -84,7 +87,8 @@ pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
         row.ratio_to = cases[0].label.clone();
         rows.push(row);
     }
-    Ok(Decode { rows, bandwidth: bw.measured().copied(), dot: bf16_dot_ceiling(3), torch_note: torch.err() })
+    let (dot, elapsed_s) = (bf16_dot_ceiling(3), started.elapsed().as_secs_f64());
+    Ok(Decode { rows, bandwidth: bw.measured().copied(), dot, torch_note: torch.err(), elapsed_s })
 }
 
 /// The python with torch and the peers folder, or why the PyTorch column stays empty.
@@ -171,7 +175,8 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
     let _ = writeln!(
         s,
         "N_q = 1 over N_k keys, B = 1, non-causal (for one query row the same as bottom-right causal), seeded normal inputs. \
-         GB/s = bytes moved (Q, K, V read once in their dtype, O written in f32) ÷ median time. Streaming-read ceiling: {bw}.\n"
+         GB/s = bytes moved (Q, K, V read once in their dtype, O written in f32) ÷ median time. Streaming-read ceiling: {bw}. The section took {}.\n",
+        fmt_secs(d.elapsed_s)
     );
     let _ = writeln!(s, "- {}", reading(d));
     if d.rows.iter().any(|r| r.rec.decode.is_some_and(|x| x.fraction_of_ceiling > 1.0)) {
@@ -318,12 +323,12 @@ mod tests {
         small.torch_median_s = Some(2.0);
         let big = decode_row("MHA H=4 D=64 f32", 4096, 1e-4, &bw);
         let gbs = big.rec.decode.unwrap().gb_per_s;
-        let d = Decode { rows: vec![small, big], bandwidth: Some(bw), dot: None, torch_note: None };
+        let d = Decode { rows: vec![small, big], bandwidth: Some(bw), dot: None, torch_note: None, elapsed_s: 0.0 };
         let line = reading(&d);
         assert!(line.contains("largest N_k = 4096") && line.contains("10.0 GB/s streaming-read ceiling"), "{line}");
         assert!(line.contains(&format!("MHA H=4 D=64 f32: {gbs:.1} GB/s = {:.0}%", 10.0 * gbs)), "{line}");
         assert!(!line.contains("PyTorch") && !line.contains("GQA"), "{line}");
-        let none = Decode { rows: vec![], bandwidth: None, dot: None, torch_note: None };
+        let none = Decode { rows: vec![], bandwidth: None, dot: None, torch_note: None, elapsed_s: 0.0 };
         assert!(reading(&none).starts_with("No decode row"));
     }
 

@@ -106,9 +106,12 @@ fn sparse_group(quick: bool) -> Group {
 pub struct Masks {
     pub rows: Vec<SectionRow>,
     pub lines: Vec<String>,
+    /// Wall time of the whole section.
+    pub elapsed_s: f64,
 }
 
 pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Masks, AttnError> {
+    let started = std::time::Instant::now();
     let policy = Policy { reps: 1, max_measure_s: 10.0, max_predicted_s: 120.0 };
     let rounds = if quick { 2 } else { 3 };
     let (mut rows, mut lines) = (Vec::new(), Vec::new());
@@ -126,7 +129,7 @@ pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Masks, AttnError> {
             rows.push(row);
         }
     }
-    Ok(Masks { rows, lines })
+    Ok(Masks { rows, lines, elapsed_s: started.elapsed().as_secs_f64() })
 }
 
 /// `ALiBi: 1.07× the time of plain — measured 1.07× (target ≤ 1.15×): pass`. For the sparse
@@ -174,9 +177,10 @@ pub fn markdown(m: &Masks, quick: bool) -> String {
          sequences of {len}, H = {vh}. Sparse: N = {}, H = {sh}, {:.0}% of {block}×{block} blocks allowed (seeded), non-causal; \
          its ratio is dense ÷ sparse. GFLOP/s counts every pair the band allows (`Problem::flops`): \
          the boolean mask's dropped blocks are not subtracted, so the sparse row's rate is an effective one. \
-         *rounds* = rounds measured.\n",
+         *rounds* = rounds measured. The section took {}.\n",
         sparse_n(quick),
-        100.0 * density
+        100.0 * density,
+        fmt_secs(m.elapsed_s)
     );
     for l in &m.lines {
         let _ = writeln!(s, "- {l}");
