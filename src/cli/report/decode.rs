@@ -9,7 +9,7 @@
 //! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores.
 
 use super::plots::{self, Series};
-use super::section::{Case, SectionRow, alternate, round_ratio, run_one, verdict};
+use super::section::{Case, Scale, SectionRow, alternate, round_ratio, run_one, verdict};
 use crate::cli::fmt_secs;
 use attnkit::attention::PairOwned;
 use attnkit::bench::plan::SEED;
@@ -26,10 +26,10 @@ pub const SHAPES: [(&str, usize, usize, usize); 2] = [("MHA H=4 D=64", 4, 4, 64)
 pub const PREFILL: (usize, usize, usize) = (4096, 64, 8);
 pub const PLOT_FILE: &str = "decode_bandwidth.svg";
 
-/// N_k = 1K … 256K (… 32K with `quick`), powers of two.
-pub fn decode_nks(quick: bool) -> Vec<usize> {
-    let top = if quick { 15 } else { 18 };
-    (10..=top).map(|e| 1usize << e).collect()
+/// N_k = 1K … 256K (… 32K with `quick`), powers of two, up to `--max-n` (at least 1K).
+pub fn decode_nks(sc: &Scale) -> Vec<usize> {
+    let top = sc.n(1 << 18, 1 << 15).max(1 << 10);
+    (10..=18).map(|e| 1usize << e).filter(|&n| n <= top).collect()
 }
 
 /// What the section measured.
@@ -48,15 +48,15 @@ pub fn decode_problem(h: usize, hkv: usize, d: usize, nk: usize, dtype: DType) -
     Problem::new(1, h, 1, d).with_kv_heads(hkv).with_seq_k(nk).with_dtype(dtype)
 }
 
-pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
+pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
     let started = std::time::Instant::now();
     let bw = LazyBandwidth::default();
-    let policy = Policy { reps: if quick { 3 } else { 5 }, max_measure_s: 3.0, max_predicted_s: 60.0 };
+    let policy = Policy { reps: if sc.quick { 3 } else { 5 }, max_measure_s: 3.0, max_predicted_s: 60.0 };
     let torch = torch_env();
     let mut rows = Vec::new();
     for &(label, h, hkv, d) in &SHAPES {
         for dtype in [DType::F32, DType::BF16] {
-            for &nk in &decode_nks(quick) {
+            for &nk in &decode_nks(sc) {
                 let p = decode_problem(h, hkv, d, nk, dtype);
                 let inputs = LazyInputs::new(&p, InputFamily::Normal, SEED);
                 let rec = run_one(&p, &inputs, ceiling, &policy)?;
@@ -69,7 +69,7 @@ pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
             }
         }
     }
-    let (n, d, h) = PREFILL;
+    let (n, d, h) = (sc.n(PREFILL.0, PREFILL.0), PREFILL.1, PREFILL.2);
     let prefill = |dtype| {
         Case::single(
             format!("prefill N={n} D={d} H={h} {dtype}"),
@@ -78,8 +78,8 @@ pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
         )
     };
     let cases = [prefill(DType::F32), prefill(DType::BF16)];
-    let pol = Policy { reps: if quick { 1 } else { 2 }, ..policy };
-    let timed = alternate(&cases, if quick { 2 } else { 3 }, ceiling, &pol)?;
+    let pol = Policy { reps: if sc.quick { 1 } else { 2 }, ..policy };
+    let timed = alternate(&cases, if sc.quick { 2 } else { 3 }, ceiling, &pol)?;
     let f32_times = timed[0].1.clone();
     for (case, (rec, times)) in cases.iter().zip(timed) {
         let mut row = SectionRow::new("prefill-bf16", case.label.clone(), rec);
@@ -212,9 +212,9 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
             super::markdown::status_of(c),
         );
     }
-    let (n, dim, h) = PREFILL;
-    let _ = writeln!(s, "\n### bf16 vs f32 prefill (N = {n}, D = {dim}, H = {h}, non-causal, measured alternately)\n");
     let pre: Vec<&SectionRow> = d.rows.iter().filter(|r| r.section == "prefill-bf16").collect();
+    let (n, dim, h) = pre.first().map_or(PREFILL, |r| (r.rec.seq, r.rec.dim, r.rec.heads));
+    let _ = writeln!(s, "\n### bf16 vs f32 prefill (N = {n}, D = {dim}, H = {h}, non-causal, measured alternately)\n");
     let _ = writeln!(s, "| case | median over rounds | GFLOP/s | time ÷ f32 time | status |");
     let _ = writeln!(s, "|---|---|---|---|---|");
     for r in &pre {
@@ -308,9 +308,11 @@ mod tests {
 
     #[test]
     fn sizes_follow_the_issue_and_quick_stops_at_32k() {
-        assert_eq!(decode_nks(false).first().copied(), Some(1024));
-        assert_eq!(decode_nks(false).last().copied(), Some(256 << 10));
-        assert_eq!(decode_nks(true).last().copied(), Some(32 << 10));
+        let nks = |quick, cap| decode_nks(&Scale { quick, cap });
+        assert_eq!(nks(false, None).first().copied(), Some(1024));
+        assert_eq!(nks(false, None).last().copied(), Some(256 << 10));
+        assert_eq!(nks(true, None).last().copied(), Some(32 << 10));
+        assert_eq!(nks(true, Some(256)), [1024], "--max-n keeps one point");
         let p = decode_problem(8, 2, 128, 1 << 18, DType::F32);
         assert_eq!(bytes_moved(&p) >> 20, 512, "K and V of the largest GQA cache: 512 MiB");
         assert!(attnkit::ceiling::is_decode_shaped(&p));

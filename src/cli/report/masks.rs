@@ -7,7 +7,7 @@
 //! - a block-sparse boolean mask with 10% of 64×64 blocks allowed vs dense, N = 8192 (2048 with
 //!   `quick`), H = 2, non-causal (≥ 5× faster).
 
-use super::section::{Case, SectionRow, alternate, round_ratio, verdict};
+use super::section::{Case, Scale, SectionRow, alternate, round_ratio, verdict};
 use crate::cli::fmt_secs;
 use attnkit::attention::PairOwned;
 use attnkit::bench::plan::SEED;
@@ -24,11 +24,14 @@ pub const VARLEN: (usize, usize) = (8, 4);
 /// Sparse mask: block, density, heads.
 pub const SPARSE: (usize, f64, usize) = (64, 0.1, 2);
 
-pub fn varlen_len(quick: bool) -> usize {
-    if quick { 512 } else { 2048 }
+pub fn mods_n(sc: &Scale) -> usize {
+    sc.n(MODS.0, MODS.0)
 }
-pub fn sparse_n(quick: bool) -> usize {
-    if quick { 2048 } else { 8192 }
+pub fn varlen_len(sc: &Scale) -> usize {
+    sc.n(2048, 512)
+}
+pub fn sparse_n(sc: &Scale) -> usize {
+    sc.n(8192, 2048)
 }
 
 /// One comparison group: its cases (case 0 is what the others are divided by) and targets.
@@ -40,8 +43,8 @@ struct Group {
 }
 
 /// The modifier group: plain, then each modifier alone, all three, and the bias.
-fn modifier_group() -> Group {
-    let (n, d, h) = MODS;
+fn modifier_group(sc: &Scale) -> Group {
+    let (n, d, h) = (mods_n(sc), MODS.1, MODS.2);
     let base = Problem::new(1, h, n, d);
     let sinks = vec![1.0f32; h];
     let bias = PairOwned { bias: Some(Tensor::from_f32(&normal_values(n * n, SEED ^ 0xb1a5), DType::F32)), mask: None };
@@ -63,8 +66,8 @@ fn modifier_group() -> Group {
 }
 
 /// Packed varlen vs the same sequences run one by one vs one causal run of the total length.
-fn varlen_group(quick: bool) -> Group {
-    let ((s, h), len, d) = (VARLEN, varlen_len(quick), MODS.1);
+fn varlen_group(sc: &Scale) -> Group {
+    let ((s, h), len, d) = (VARLEN, varlen_len(sc), MODS.1);
     let total = s * len;
     let cu: Vec<usize> = (0..=s).map(|i| i * len).collect();
     let packed = Problem::new(1, h, total, d).with_causal(true).with_varlen(cu.clone(), cu);
@@ -86,9 +89,9 @@ fn varlen_group(quick: bool) -> Group {
 }
 
 /// Dense vs a block-sparse boolean mask (ratio: dense time ÷ sparse time, so ≥ 5 is the target).
-fn sparse_group(quick: bool) -> Group {
+fn sparse_group(sc: &Scale) -> Group {
     let (block, density, h) = SPARSE;
-    let n = sparse_n(quick);
+    let n = sparse_n(sc);
     let dense = Problem::new(1, h, n, MODS.1);
     let mask = PairOwned { bias: None, mask: Some(block_sparse_mask(n, n, block, density, SEED)) };
     let cases = vec![
@@ -110,12 +113,12 @@ pub struct Masks {
     pub elapsed_s: f64,
 }
 
-pub fn run(quick: bool, ceiling: &LazyCeiling) -> Result<Masks, AttnError> {
+pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Masks, AttnError> {
     let started = std::time::Instant::now();
     let policy = Policy { reps: 1, max_measure_s: 10.0, max_predicted_s: 120.0 };
-    let rounds = if quick { 2 } else { 3 };
+    let rounds = if sc.quick { 2 } else { 3 };
     let (mut rows, mut lines) = (Vec::new(), Vec::new());
-    for g in [modifier_group(), varlen_group(quick), sparse_group(quick)] {
+    for g in [modifier_group(sc), varlen_group(sc), sparse_group(sc)] {
         let timed = alternate(&g.cases, rounds, ceiling, &policy)?;
         let base_times = timed[0].1.clone();
         let base = g.cases[0].label.clone();
@@ -163,10 +166,10 @@ fn ratio_text(r: Option<f64>) -> String {
     r.map_or("an unmeasured multiple of".into(), |r| format!("{r:.2}×"))
 }
 
-pub fn markdown(m: &Masks, quick: bool) -> String {
+pub fn markdown(m: &Masks, sc: &Scale) -> String {
     let mut s = String::new();
-    let (n, d, h) = MODS;
-    let ((seqs, vh), len) = (VARLEN, varlen_len(quick));
+    let (n, d, h) = (mods_n(sc), MODS.1, MODS.2);
+    let ((seqs, vh), len) = (VARLEN, varlen_len(sc));
     let (block, density, sh) = SPARSE;
     let _ = writeln!(s, "## Masks and varlen speed (`flash-cpu`)\n");
     let _ = writeln!(
@@ -178,7 +181,7 @@ pub fn markdown(m: &Masks, quick: bool) -> String {
          its ratio is dense ÷ sparse. GFLOP/s counts every pair the band allows (`Problem::flops`): \
          the boolean mask's dropped blocks are not subtracted, so the sparse row's rate is an effective one. \
          *rounds* = rounds measured. The section took {}.\n",
-        sparse_n(quick),
+        sparse_n(sc),
         100.0 * density,
         fmt_secs(m.elapsed_s)
     );
@@ -213,7 +216,8 @@ mod tests {
 
     #[test]
     fn groups_have_one_target_per_compared_case_and_valid_problems() {
-        for g in [modifier_group(), varlen_group(true), sparse_group(true)] {
+        let quick = Scale { quick: true, cap: None };
+        for g in [modifier_group(&quick), varlen_group(&quick), sparse_group(&quick)] {
             assert_eq!(g.targets.len(), g.cases.len() - 1, "{}", g.name);
             for c in &g.cases {
                 for (p, _) in &c.parts {
@@ -221,7 +225,7 @@ mod tests {
                 }
             }
         }
-        let v = varlen_group(false);
+        let v = varlen_group(&Scale { quick: false, cap: None });
         assert_eq!(v.cases[0].parts.len(), VARLEN.0);
         assert_eq!(v.cases[1].parts[0].0.seq_q, VARLEN.0 * 2048);
         let pairs = |c: &Case| c.parts.iter().map(|(p, _)| p.allowed_pairs()).sum::<u64>();

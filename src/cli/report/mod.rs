@@ -68,7 +68,8 @@ pub struct ReportArgs {
     /// Per-run time budget in seconds (default 6 with --quick, 120 otherwise).
     #[arg(long)]
     pub max_run_time: Option<f64>,
-    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256.
+    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256. It
+    /// also caps every N of the decode and masks sections (decode keeps N_k = 1024).
     #[arg(long)]
     pub max_n: Option<usize>,
     /// Input family of the sweep, seeded: normal, structured[:S], local-global. The frontier
@@ -96,7 +97,8 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
     }
     let tmp = swap::temp_sibling(&a.out, "tmp")?;
     std::fs::create_dir_all(&tmp)?;
-    let summary = match with_threads(a.threads, || generate(&plan, &cfg, a.quick, &tmp)) {
+    let scale = section::Scale { quick: a.quick, cap: a.max_n };
+    let summary = match with_threads(a.threads, || generate(&plan, &cfg, &scale, &tmp)) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) | Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -110,7 +112,7 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
 }
 
 /// Runs the sweep and writes every artefact into `dir`; returns the one-line summary.
-fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> Result<String, AttnError> {
+fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: &Path) -> Result<String, AttnError> {
     let started = Instant::now();
     let threads = rayon::current_num_threads();
     let infos = attnkit::list_backends();
@@ -120,8 +122,8 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let ceiling = LazyCeiling::standard();
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
-    let dec = decode::run(quick, &ceiling)?;
-    let mask = masks::run(quick, &ceiling)?;
+    let dec = decode::run(scale, &ceiling)?;
+    let mask = masks::run(scale, &ceiling)?;
     let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
@@ -130,7 +132,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         cpu: meta::cpu_model(),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads,
-        quick,
+        quick: scale.quick,
         gemm: ceiling.measured().copied(),
         dim: DIM,
         heads: HEADS,
@@ -150,7 +152,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
     results::write_results(dir, &meta, &rows, &sections)?;
     let plot_notes = figures::write_plots(dir, &rows, &heat)?;
     let decode_plot = decode::plot(dir, &dec);
-    let extra = format!("{}{}", decode::markdown(&dec, &decode_plot), masks::markdown(&mask, quick));
+    let extra = format!("{}{}", decode::markdown(&dec, &decode_plot), masks::markdown(&mask, scale));
     std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes, &extra))?;
     let count = |f: fn(&Status) -> bool| rows.iter().filter(|r| f(&r.rec.status)).count();
     let ceiling_text = meta.gemm.map_or("not measured".into(), |g| format!("{:.1} GFLOP/s", g.gflops));

@@ -11,6 +11,22 @@ use attnkit::{AttnError, Problem};
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// How big the sections run: `--quick` picks the smaller sizes, and `--max-n` caps every
+/// section's N as it caps the sweep's (so a tiny test report stays tiny).
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub quick: bool,
+    pub cap: Option<usize>,
+}
+
+impl Scale {
+    /// `full` or, with `--quick`, `quick`, capped by `--max-n`.
+    pub fn n(&self, full: usize, quick: usize) -> usize {
+        let n = if self.quick { quick } else { full };
+        self.cap.map_or(n, |c| n.min(c))
+    }
+}
+
 /// The one backend the sections time.
 pub const BACKEND: &str = "flash-cpu";
 
@@ -205,6 +221,13 @@ mod tests {
         let want = 2.0 * p.flops() / median(times) / 1e9;
         assert!((two.gflops.unwrap() - want).abs() <= 1e-9 * want, "{two:?}");
         assert!(!out[2].0.status.is_ok(), "D = 1024 is beyond flash-cpu's head dimension");
+    }
+
+    #[test]
+    fn scale_picks_quick_then_caps() {
+        let s = |quick, cap| Scale { quick, cap };
+        assert_eq!((s(false, None).n(4096, 512), s(true, None).n(4096, 512)), (4096, 512));
+        assert_eq!(s(true, Some(256)).n(4096, 512), 256);
     }
 
     #[test]
