@@ -356,6 +356,8 @@ fn report_writes_all_artefacts() {
         "weights_normal.svg",
         "weights_structured.svg",
         "weights_local-global.svg",
+        "sections.csv",
+        "decode_bandwidth.svg",
     ] {
         assert!(target.join(f).is_file(), "{f} missing");
     }
@@ -372,11 +374,19 @@ fn report_writes_all_artefacts() {
         "### sdpa",
         "mean-of-V rel. error",
         "GEMM ceiling",
+        "## Decode and bf16",
+        "### bf16 vs f32 prefill (N = 256",
+        "## Masks and varlen speed",
+        "`packed varlen 8 × 256` takes",
     ] {
         assert!(readme.contains(section), "README lacks {section}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(target.join("results.json")).unwrap()).unwrap();
+    let sections = json["sections"].as_array().unwrap();
+    let decode = sections.iter().filter(|r| r["section"] == "decode" && r["status"] == "ok").count();
+    assert_eq!(decode, 4, "--max-n 256 keeps N_k = 1024 for each shape and dtype");
+    assert!(sections.iter().any(|r| r["section"] == "masks" && r["ratio"].is_f64()));
     let rows = json["results"].as_array().unwrap();
     assert!(
         rows.iter().any(|r| r["backend"] == "sdpa" && r["status"] == "ok" && r["err_max_abs"].as_f64().unwrap() < 1e-5)

@@ -20,7 +20,8 @@ fn rel_err_cell(r: &Row) -> String {
     format!("{}{}", sci(r.rel_err), r.baseline_mark())
 }
 
-pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String]) -> String {
+/// `extra`: the decode and masks sections' markdown, placed before the per-backend tables.
+pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String], extra: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# attnkit report\n");
     let _ = writeln!(s, "- Machine: {} ({} logical cores), {} thread(s) used", meta.cpu, meta.cores, meta.threads);
@@ -129,6 +130,7 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String
     let _ = writeln!(s);
 
     frontier(&mut s, rows, &meta.families);
+    s.push_str(extra);
     let _ = writeln!(s, "## Results per backend\n");
     for l in sweep_labels(rows) {
         let _ = writeln!(s, "### {l}\n");
@@ -228,6 +230,14 @@ fn frontier(s: &mut String, rows: &[Row], families: &[InputFamily]) {
             );
         }
         let _ = writeln!(s);
+    }
+}
+
+/// A section row's status: `ok (N reps)`, or the status word and its reason.
+pub fn status_of(c: &attnkit::bench::BenchRecord) -> String {
+    match &c.status {
+        Status::Ok => format!("ok ({} reps)", c.reps),
+        st => format!("{st}: {}", c.status.reason().replace('|', "/")),
     }
 }
 

@@ -22,16 +22,24 @@
 //! time extrapolated from the previous N (N², or N for linear-time methods) exceeds the
 //! per-run budget; a run whose output holds NaN/Inf is an error and is not drawn.
 //!
+//! - decode and bf16 ([`decode`]): `flash-cpu` decode GB/s against N_k beside the streaming-read
+//!   ceiling (and PyTorch when `ATTNKIT_TORCH_PYTHON`/`ATTNKIT_PEERS` are set), bf16 vs f32 prefill;
+//! - masks and varlen speed ([`masks`]): modifier, packed-varlen and block-sparse-mask costs as
+//!   ratios measured alternately, each against its issue's target.
+//!
 //! Modules: [`sweep`] runs the cells, [`results`] holds the rows and writes JSON/CSV,
 //! [`analysis`] reads them (slopes, crossovers, observations), [`figures`] and [`plots`] draw,
-//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder.
+//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder, [`section`] runs the two extra sections' cases.
 
 mod analysis;
+mod decode;
 mod figures;
 mod markdown;
+mod masks;
 mod meta;
 mod plots;
 mod results;
+mod section;
 mod swap;
 mod sweep;
 
@@ -60,7 +68,8 @@ pub struct ReportArgs {
     /// Per-run time budget in seconds (default 6 with --quick, 120 otherwise).
     #[arg(long)]
     pub max_run_time: Option<f64>,
-    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256.
+    /// Largest N of the sweep (default 65536, or 8192 with --quick); powers of 2 from 256. It
+    /// also caps every N of the decode and masks sections (decode keeps N_k = 1024).
     #[arg(long)]
     pub max_n: Option<usize>,
     /// Input family of the sweep, seeded: normal, structured[:S], local-global. The frontier
@@ -88,7 +97,8 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
     }
     let tmp = swap::temp_sibling(&a.out, "tmp")?;
     std::fs::create_dir_all(&tmp)?;
-    let summary = match with_threads(a.threads, || generate(&plan, &cfg, a.quick, &tmp)) {
+    let scale = section::Scale { quick: a.quick, cap: a.max_n };
+    let summary = match with_threads(a.threads, || generate(&plan, &cfg, &scale, &tmp)) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) | Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -102,7 +112,7 @@ pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
 }
 
 /// Runs the sweep and writes every artefact into `dir`; returns the one-line summary.
-fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> Result<String, AttnError> {
+fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: &Path) -> Result<String, AttnError> {
     let started = Instant::now();
     let threads = rayon::current_num_threads();
     let infos = attnkit::list_backends();
@@ -112,6 +122,8 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let ceiling = LazyCeiling::standard();
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
+    let dec = decode::run(scale, &ceiling)?;
+    let mask = masks::run(scale, &ceiling)?;
     let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
@@ -120,7 +132,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         cpu: meta::cpu_model(),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads,
-        quick,
+        quick: scale.quick,
         gemm: ceiling.measured().copied(),
         dim: DIM,
         heads: HEADS,
@@ -136,9 +148,12 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, quick: bool, dir: &Path) -> R
         elapsed_s: elapsed,
         unavailable,
     };
-    results::write_results(dir, &meta, &rows)?;
+    let sections: Vec<section::SectionRow> = dec.rows.iter().chain(&mask.rows).cloned().collect();
+    results::write_results(dir, &meta, &rows, &sections)?;
     let plot_notes = figures::write_plots(dir, &rows, &heat)?;
-    std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes))?;
+    let decode_plot = decode::plot(dir, &dec);
+    let extra = format!("{}{}", decode::markdown(&dec, &decode_plot), masks::markdown(&mask, scale));
+    std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes, &extra))?;
     let count = |f: fn(&Status) -> bool| rows.iter().filter(|r| f(&r.rec.status)).count();
     let ceiling_text = meta.gemm.map_or("not measured".into(), |g| format!("{:.1} GFLOP/s", g.gflops));
     Ok(format!(

@@ -1,6 +1,7 @@
 //! The report's rows and its raw data files, results.json and results.csv.
 
 use super::meta::Meta;
+use super::section::SectionRow;
 use attnkit::approx_eval::Accuracy;
 use attnkit::bench::BenchRecord;
 use attnkit::{AttnError, Exactness};
@@ -51,11 +52,14 @@ fn exactness_text<S: Serializer>(e: &Option<Exactness>, s: S) -> Result<S::Ok, S
     s.collect_str(&e.map(|e| e.to_string()).unwrap_or_default())
 }
 
-pub fn write_results(dir: &Path, meta: &Meta, rows: &[Row]) -> Result<(), AttnError> {
-    let json = serde_json::json!({ "meta": meta, "results": rows });
+/// results.json (`meta`, `results`, and the extra sections' rows under `sections`),
+/// results.csv (the sweep) and sections.csv (the extra sections).
+pub fn write_results(dir: &Path, meta: &Meta, rows: &[Row], sections: &[SectionRow]) -> Result<(), AttnError> {
+    let json = serde_json::json!({ "meta": meta, "results": rows, "sections": sections });
     let text = serde_json::to_string_pretty(&json).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
     std::fs::write(dir.join("results.json"), text)?;
     std::fs::write(dir.join("results.csv"), csv(rows))?;
+    std::fs::write(dir.join("sections.csv"), super::section::csv(sections))?;
     Ok(())
 }
 
