@@ -37,7 +37,7 @@
 //! Caveats: head_dim ≤ 256 (larger D is refused in `not_supported_reasons`); D not a multiple of
 //! 16 pads V/O rows to the next multiple of 16. Narrow windows are better served by `local`.
 //! Measured speed (against the GEMM ceiling and PyTorch) lives in `reports/README.md`; decode
-//! and bf16 figures (against the bandwidth and bf16-dot ceilings) in `reports/decode.md`.
+//! and bf16 figures (against the bandwidth and bf16-dot ceilings) in its "Decode" section.
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;

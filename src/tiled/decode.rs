@@ -17,7 +17,7 @@
 //!
 //! Complexity: O(B·H·allowed pairs·D) time, each K/V byte read once per call; memory
 //! O(B·H_kv·chunks·rows·D) for the partials (chunks ≤ 64 for N_k ≤ 2¹⁸) plus O(rows·D + KB·D)
-//! scratch per thread, nothing N_k-sized. Measured speed: `reports/decode.md`.
+//! scratch per thread, nothing N_k-sized. Measured speed: the "Decode" section of `reports/README.md`.
 
 use crate::attention::AttnArgs;
 use crate::budget::check_budget;
