@@ -179,6 +179,9 @@ pub struct DeviceBuffers {
     lse: CudaSlice<f32>,
     /// Split-KV partial O and LSE (only when the launch splits the keys).
     accum: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+    /// Modifier buffers (ALiBi slopes, sinks; cu_seqlens_q/k, seqused_k), when set.
+    mods_f32: [Option<CudaSlice<f32>>; 2],
+    mods_i32: [Option<CudaSlice<i32>>; 3],
 }
 
 impl DeviceBuffers {
@@ -247,9 +250,14 @@ impl FlashCuda {
         gpu.check_memory(device_bytes(p, Some(&launch)).unwrap_or(u64::MAX))?;
         let (q, k, v) =
             (to_bits(args.q(), kernel_dtype), to_bits(args.k(), kernel_dtype), to_bits(args.v(), kernel_dtype));
+        let md = cuda::ModData::of(p);
         guarded("upload", || {
             let s = &gpu.stream;
+            let f32s = |x: &Option<Vec<f32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
+            let i32s = |x: &Option<Vec<i32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
             Ok(DeviceBuffers {
+                mods_f32: [f32s(&md.alibi_slopes)?, f32s(&md.sinks)?],
+                mods_i32: [i32s(&md.cu_seqlens_q)?, i32s(&md.cu_seqlens_k)?, i32s(&md.seqused_k)?],
                 launch,
                 q: s.clone_htod(q.as_ref())?,
                 k: s.clone_htod(k.as_ref())?,
@@ -296,7 +304,12 @@ impl FlashCuda {
                 }
                 None => ((0, 0), None),
             };
-            let params = l.params.with_buffers(q, k, v, o, lse).with_accum(accum.0, accum.1);
+            // The guards of the modifier buffers live until after both launches too.
+            let f_ptrs: Vec<_> = bufs.mods_f32.iter().map(|b| b.as_ref().map(|b| b.device_ptr(s))).collect();
+            let i_ptrs: Vec<_> = bufs.mods_i32.iter().map(|b| b.as_ref().map(|b| b.device_ptr(s))).collect();
+            let addr = |x: &Option<(u64, _)>| x.as_ref().map_or(0, |x| x.0);
+            let mods = [addr(&f_ptrs[0]), addr(&f_ptrs[1]), addr(&i_ptrs[0]), addr(&i_ptrs[1]), addr(&i_ptrs[2])];
+            let params = l.params.with_buffers(q, k, v, o, lse).with_accum(accum.0, accum.1).with_mods(mods);
             let mut b = s.launch_builder(&f);
             b.arg(&params);
             just_before()?;
@@ -305,7 +318,9 @@ impl FlashCuda {
             // B·H_kv·N_k·D, B·H·N_q elements) and stay alive until after the launch; the kernel
             // reads and writes only inside those extents (rows < N_q / N_k, columns < d, heads <
             // H and H_kv via h / (H/H_kv)), and the dynamic smem size is what the variant
-            // declares and was enabled on the function when above 48 KB.
+            // declares and was enabled on the function when above 48 KB. The modifier buffers
+            // hold what ModData::of gives for this validated problem (slopes H or S·H, sinks H,
+            // offsets S+1, used lengths S, all within the problem's extents).
             unsafe { b.launch(cfg) }?;
             if let Some(cc) = combine_cfg {
                 let mut c = s.launch_builder(&combine);
@@ -395,9 +410,7 @@ impl Attention for FlashCuda {
     }
 
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        let mut r = cuda::unsupported_reasons(problem);
-        r.extend(problem.mods.refusals("flash-cuda", "the CUDA kernel has no score modifiers yet; use flash-cpu"));
-        r
+        cuda::unsupported_reasons(problem)
     }
 
     /// Device memory: 16-bit Q, K, V, f32 O, LSE and split-KV partials (planned for
