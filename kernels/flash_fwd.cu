@@ -1,7 +1,7 @@
 // flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out),
 // with split-KV (flash-decoding); kernels/flash_combine.cu merges the split partials.
 //
-// Entry points: flash_fwd_{f16,bf16}_d{DP}(FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
+// Entry points: flash_fwd_{f16,bf16}_d{DP}[_mods](FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
 // one struct argument passed by value. DP is the *padded* head
 // dim; the runtime head dim d (a multiple of 8, d ≤ DP) is a field and columns d..DP are
 // zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
@@ -36,6 +36,14 @@
 // - Masks: causal and sliding window are one contiguous key band per row. Key tiles outside the
 //   block's band are never visited; tiles inside every row's band run unmasked; only boundary
 //   tiles (and the ragged last tile) evaluate the per-element mask.
+// - Score modifiers (the flash_fwd_{DT}_d{DP}_mods entry points, MODS = true; launched only when
+//   one is set, so the plain kernel's registers are untouched): S is turned in place into
+//   scale·s → softcap c·tanh(s/c) → − slope·|i + N_k − N_q − j| before the band mask; varlen
+//   maps blockIdx.z to a packed sequence (its offsets from cu_seqlens_q/k, bands bottom-right
+//   aligned per sequence, blocks past its rows return at once, key tiles outside it are never
+//   visited); seqused_k shortens N_k, so later keys are neither loaded nor counted; a sink
+//   joins the row's denominator in the epilogue, or in flash_combine when the keys are split.
+//   GQA decode packing is off with modifiers (slopes and sinks are per head).
 // - Q fragments stay in registers (QREG) only where registers allow; elsewhere they are re-read
 //   from smem by ldmatrix every key tile, as FA2 does at d128.
 // - The next tile's Q·Kᵀ is not issued before the current softmax (FA3's intra-warp overlap):
@@ -182,8 +190,10 @@ template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 // The _mods entry points: the same tiles, except where the modifiers' extra live values would
-// spill (ptxas 12.9: d48 160–264 B, d64 68 B on sm_90): narrower key tiles / Q from smem there.
+// spill (ptxas 12.9/13.0: d32 112–116 B, d48 160–264 B, d64 68 B on sm_90): narrower key tiles
+// or Q from smem there.
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
+template <> struct FlashCfgM<32, true> { enum { BC = 64, MT = 2, QREG = 1 }; };
 template <> struct FlashCfgM<48, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
 template <> struct FlashCfgM<64, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
 // clang-format on

@@ -193,6 +193,10 @@ fn emulate(
             Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
         }
     };
+    // The emulator's fault record, buffer registry and copy schedule are process-wide: one
+    // launch at a time across the tests of this binary.
+    static EMU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = EMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (qb, kb, vb) = (bits(q), bits(k), bits(v));
     let l = FlashLaunch::plan_for(p, p.dtype, sms).map_err(|r| r.join("; "))?;
     let mut o = vec![f32::NAN; p.out_len()];

@@ -7,6 +7,8 @@
 //! and MQA by head-index mapping; decode (few blocks) splits the keys over blocks and merges the
 //! partials with a second kernel (flash-decoding), packing GQA heads when N_q = 1; any head_dim that is a multiple of 8 up to 256 (padded to the
 //! next compiled variant: 32, 48, 64, 80, 96, 128, 160, 192, 256). See `kernels/README.md`.
+//! Softcap, ALiBi, sinks, packed varlen and seqused_k run on the `_mods` entry points (their
+//! buffers uploaded with Q/K/V); additive bias and boolean mask are refused with the reason.
 //!
 //! Host side: the source is embedded with `include_str!`, compiled by NVRTC on first use for the
 //! device's arch (CUBIN, so an older driver need not JIT newer PTX), one module per (dtype, head
@@ -22,7 +24,8 @@
 //! dtype's accuracy, not f32's. f16/bf16 inputs are passed through bit-exactly.
 //!
 //! Caveats: sm_80 or newer only (cp.async, bf16 mma); split-KV adds a partial-result buffer of
-//! splits·B·H·N_q·(D+1) floats, counted in the working set. Not yet run on a GPU (none was available), so
+//! splits·B·H·N_q·(D+1) floats, counted in the working set. The modifier paths are checked under
+//! CPU emulation and NVRTC/ptxas only. Not yet run on a GPU (none was available), so
 //! `auto` picks it only with `ATTNKIT_AUTO_CUDA=1`; correctness and speed on a GPU are checked by
 //! `scripts/gpu-check/` and recorded in `kernels/README.md`.
 

@@ -41,7 +41,7 @@ const CFG: [(usize, usize, usize, bool); 9] = [
 
 /// `FlashCfgM<DP, true>`: the `_mods` entry points' tiles where they differ from [`CFG`] (the
 /// modifiers' live values would spill there otherwise; kernels/README.md).
-const MODS_CFG: [(usize, usize, usize, bool); 2] = [(48, 64, 2, false), (64, 64, 2, false)];
+const MODS_CFG: [(usize, usize, usize, bool); 3] = [(32, 64, 2, true), (48, 64, 2, false), (64, 64, 2, false)];
 
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
