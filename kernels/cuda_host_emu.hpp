@@ -236,6 +236,7 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
 inline float neg_inf() { return -std::numeric_limits<float>::infinity(); }
 inline float fast_exp2(float x) { return std::exp2(x); }
 inline float fast_log2(float x) { return std::log2(x); }
+inline float fast_rcp(float x) { return 1.f / x; }
 
 inline unsigned smem_addr(const void* p) {
     const auto* c = static_cast<const unsigned char*>(p);

@@ -11,17 +11,21 @@
 // Merges the num_splits partial (O, LSE) of each row: L = log Σ e^{L_s}, O = Σ e^{L_s − L} O_s.
 // One warp per row, COMBINE_ROWS_PER_BLOCK rows per block; lanes own columns lane + 32·c.
 // A row empty in every split stays O = 0, LSE = −∞; a NaN partial LSE makes the row NaN.
+// Attention sinks join here, once per row, as one more partial with LSE = sink and O = 0 (split
+// forward blocks leave them out), so an empty row gets O = 0, LSE = sink.
 DEVI void flash_combine_body(const FlashFwdParams& p) {
     const long long total_rows = (long long)p.batch * p.heads * p.nq;
     const long long row = (long long)blockIdx.x * COMBINE_ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= total_rows) return;  // warp-uniform
     const int lane = threadIdx.x & 31, d = p.d, splits = p.num_splits;
     constexpr float LOG2E = 1.4426950408889634f;
-    float mx = neg_inf();
+    // Rows are B·H·N_q (varlen: 1·H·total), so the head is (row / N_q) mod H.
+    const float sink = p.sinks != nullptr ? p.sinks[(row / p.nq) % p.heads] : neg_inf();
+    float mx = sink;
     for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, p.lse_accum[s * total_rows + row]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.f;
+    float sum = lane == 0 && sink != neg_inf() ? fast_exp2((sink - mx) * LOG2E) : 0.f;
     for (int s = lane; s < splits; s += 32) {
         const float ls = p.lse_accum[s * total_rows + row];
         sum += ls == neg_inf() ? 0.f : fast_exp2((ls - mx) * LOG2E);

@@ -1,7 +1,7 @@
 // flash_fwd.cu — FlashAttention-2-style forward kernel (fp16/bf16 in, fp32 accumulate, fp32 out),
 // with split-KV (flash-decoding); kernels/flash_combine.cu merges the split partials.
 //
-// Entry points: flash_fwd_{f16,bf16}_d{DP}(FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
+// Entry points: flash_fwd_{f16,bf16}_d{DP}[_mods](FlashFwdParams), DP ∈ {32,48,64,80,96,128,160,192,256},
 // one struct argument passed by value. DP is the *padded* head
 // dim; the runtime head dim d (a multiple of 8, d ≤ DP) is a field and columns d..DP are
 // zero-filled in shared memory, so e.g. D=40 runs on the d48 variant.
@@ -36,6 +36,14 @@
 // - Masks: causal and sliding window are one contiguous key band per row. Key tiles outside the
 //   block's band are never visited; tiles inside every row's band run unmasked; only boundary
 //   tiles (and the ragged last tile) evaluate the per-element mask.
+// - Score modifiers (the flash_fwd_{DT}_d{DP}_mods entry points, MODS = true; launched only when
+//   one is set, so the plain kernel's registers are untouched): S is turned in place into
+//   scale·s → softcap c·tanh(s/c) → − slope·|i + N_k − N_q − j| before the band mask; varlen
+//   maps blockIdx.z to a packed sequence (its offsets from cu_seqlens_q/k, bands bottom-right
+//   aligned per sequence, blocks past its rows return at once, key tiles outside it are never
+//   visited); seqused_k shortens N_k, so later keys are neither loaded nor counted; a sink
+//   joins the row's denominator in the epilogue, or in flash_combine when the keys are split.
+//   GQA decode packing is off with modifiers (slopes and sinks are per head).
 // - Q fragments stay in registers (QREG) only where registers allow; elsewhere they are re-read
 //   from smem by ldmatrix every key tile, as FA2 does at d128.
 // - The next tile's Q·Kᵀ is not issued before the current softmax (FA3's intra-warp overlap):
@@ -128,6 +136,11 @@ DEVI float fast_log2(float x) {
     asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+DEVI float fast_rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 #endif  // !ATTNKIT_EMU
 
 // ------------------------------------------------------------------------------------------
@@ -149,6 +162,15 @@ struct FlashFwdParams {
     int num_splits;           // key ranges per row (1: no split, O/LSE written directly)
     int keys_per_split;       // a multiple of the variant's BC
     int pack;                 // query heads per block row set: H/H_kv when packed (needs N_q = 1), else 1
+    // Score modifiers, read only by the _mods entry points (the host launches those whenever one
+    // is set, with pack = 1). Null pointer / 0 = modifier off.
+    float softcap;            // s ← c·tanh(s/c) on the scaled score
+    int alibi_seq_stride;     // 0: slopes per head (H,); H: per (sequence, head) (S, H)
+    const float* alibi_slopes;
+    const float* sinks;       // (H,) natural-log logits joining every row's denominator
+    const int* cu_seqlens_q;  // varlen: S+1 offsets into the packed rows (blockIdx.z / splits = sequence)
+    const int* cu_seqlens_k;
+    const int* seqused_k;     // (S,) keys used per batch entry / sequence; later keys neither read nor counted
 };
 
 // ------------------------------------------------------------------------------------------
@@ -167,6 +189,13 @@ template <> struct FlashCfg<128> { enum { BC = 32,  MT = 2, QREG = 0 }; };
 template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
+// The _mods entry points: the same tiles, except where the modifiers' extra live values would
+// spill (ptxas 12.9/13.0: d32 112–116 B, d48 160–264 B, d64 68 B on sm_90): narrower key tiles
+// or Q from smem there.
+template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
+template <> struct FlashCfgM<32, true> { enum { BC = 64, MT = 2, QREG = 1 }; };
+template <> struct FlashCfgM<48, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
+template <> struct FlashCfgM<64, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
@@ -175,12 +204,12 @@ template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
 #define COMBINE_ROWS_PER_BLOCK 4  // one warp per row
 #define COMBINE_MAX_COLS 8        // d ≤ 32·8 = 256 columns per lane
 
-template <int DP>
+template <int DP, bool MODS = false>
 struct FlashGeom {
     enum {
-        BC = FlashCfg<DP>::BC,
-        MT = FlashCfg<DP>::MT,
-        QREG = FlashCfg<DP>::QREG,
+        BC = FlashCfgM<DP, MODS>::BC,
+        MT = FlashCfgM<DP, MODS>::MT,
+        QREG = FlashCfgM<DP, MODS>::QREG,
         BR = 16 * MT * FLASH_WARPS,
         STRIDE = DP + 8,  // halves per smem row (16-byte pad)
         SMEM_BYTES = (BR + 2 * FLASH_STAGES * BC) * STRIDE * 2,
@@ -213,9 +242,12 @@ DEVI void load_tile(unsigned short* s, const unsigned short* g, int row0, int ro
 DEVI int band_lo(int i, int off, int left) { return left >= 0 ? max(0, i + off - left) : 0; }
 DEVI int band_hi(int i, int off, int right, int nk) { return right >= 0 ? min(nk, i + off + right + 1) : nk; }
 
-template <int DP, bool BF16>
+// tanh(x) = 1 − 2/(e^{2x} + 1): exact limits ±1, absolute error ~1e-7 with ex2.approx.
+DEVI float softcap_tanh(float x) { return 1.f - 2.f * fast_rcp(fast_exp2(x * 2.8853900817779268f) + 1.f); }
+
+template <int DP, bool BF16, bool MODS>
 DEVI void flash_fwd_body(const FlashFwdParams& p) {
-    typedef FlashGeom<DP> G;
+    typedef FlashGeom<DP, MODS> G;
     constexpr int BC = G::BC, MT = G::MT, BR = G::BR, STR = G::STRIDE;
     constexpr bool QREG = G::QREG != 0;
     constexpr int KS = DP / 16;   // k-steps of Q·Kᵀ
@@ -231,23 +263,37 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     // compile-time tile offsets.
     const unsigned aQ = smem_addr(sQ), aKV = aQ + BR * STR * 2;
 
-    const int nk = p.nk, d = p.d, pack = p.pack;
-    const float scale_log2 = p.scale_log2;
+    const int d = p.d, pack = p.pack;
+    // With modifiers the scores are replaced in place by their modified scaled values (scaled,
+    // capped, ALiBi'd), so the softmax below multiplies by log2 e instead of scale·log2 e.
+    const float scale_log2 = MODS ? 1.4426950408889634f : p.scale_log2;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;  // groupID, threadID_in_group (PTX ISA fragment layout)
-    const int rows = p.nq * pack;           // query rows of this (batch, packed head)
     const int q0 = blockIdx.x * BR;
     const int h0 = blockIdx.y * pack;       // first query head of the block
     const int split = blockIdx.z % p.num_splits, b = blockIdx.z / p.num_splits;
     const int kvh = h0 / (p.heads / p.kv_heads);
-    const long long row0 = ((long long)b * p.heads + h0) * p.nq;  // global index of row 0
+    // This block's sequence: batch entry b, or packed sequence b (varlen: B = 1, rows q_start..
+    // of every head). nq/nk are its lengths; seqused_k shortens the keys.
+    int nq = p.nq, nk = p.nk, bb = b, q_start = 0, k_start = 0;
+    if (MODS && p.cu_seqlens_q != nullptr) {
+        bb = 0;
+        q_start = p.cu_seqlens_q[b];
+        nq = p.cu_seqlens_q[b + 1] - q_start;
+        k_start = p.cu_seqlens_k[b];
+        nk = p.cu_seqlens_k[b + 1] - k_start;
+    }
+    if (MODS && p.seqused_k != nullptr) nk = p.seqused_k[b];
+    if (MODS && (int)blockIdx.x * G::BR >= nq) return;  // past this sequence's rows (block-uniform)
+    const long long row0 = ((long long)bb * p.heads + h0) * p.nq + q_start;  // global index of row 0
     const unsigned short* gQ = p.q + row0 * d;
-    const long long kv_base = ((long long)b * p.kv_heads + kvh) * nk * d;
+    const long long kv_base = (((long long)bb * p.kv_heads + kvh) * p.nk + k_start) * d;
     const unsigned short* gK = p.k + kv_base;
     const unsigned short* gV = p.v + kv_base;
 
+    const int rows = nq * pack;  // query rows of this (sequence, packed head)
     // Query position of a row: the row itself, or 0 for every packed head (pack > 1 ⇒ N_q = 1).
-    const int off = nk - p.nq;
+    const int off = nk - nq;
     const int q_last = min(q0 + BR, rows) - 1;
     const int pos_first = pack > 1 ? 0 : q0, pos_last = pack > 1 ? 0 : q_last;
     const int key_lo = split * p.keys_per_split, key_hi = min(nk, key_lo + p.keys_per_split);
@@ -257,6 +303,8 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const int full_hi = band_hi(pos_first, off, p.win_right, nk);  // keys < this are < hi of every row
     const int j_begin = tile_lo < tile_hi ? tile_lo / BC : 0;
     const int j_end = tile_lo < tile_hi ? (tile_hi + BC - 1) / BC : 0;
+    const float slope =
+        MODS && p.alibi_slopes != nullptr ? p.alibi_slopes[b * p.alibi_seq_stride + h0] : 0.f;
 
     float acc_o[MT][NTO][4];
     float m_i[MT][2], l_i[MT][2];
@@ -336,6 +384,29 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                         const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
                         mma_16816<BF16>(s[mt][2 * np], a, bk[0], bk[1]);
                         mma_16816<BF16>(s[mt][2 * np + 1], a, bk[2], bk[3]);
+                    }
+                }
+            }
+
+            if (MODS) {
+                // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
+                // mask below comes after, so masked keys stay −∞.
+                const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                    for (int rr = 0; rr < 2; ++rr) {
+                        const int diag = row_base + mt * 16 + 8 * rr + off;  // pack = 1 with modifiers
+#pragma unroll
+                        for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                            for (int e = 0; e < 2; ++e) {
+                                float x = s[mt][nt][2 * rr + e] * scale;
+                                if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
+                                x -= slope * fabsf((float)(diag - (n0 + nt * 8 + 2 * t + e)));
+                                s[mt][nt][2 * rr + e] = x;
+                            }
+                        }
                     }
                 }
             }
@@ -444,7 +515,18 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             float l = l_i[mt][rr];
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = l == 0.f ? 0.f : 1.f / l;
+            float inv = l == 0.f ? 0.f : 1.f / l;
+            float lse_v = l == 0.f ? neg_inf() : (m_i[mt][rr] * scale_log2 + fast_log2(l)) * 0.6931471805599453f;
+            if (MODS && p.sinks != nullptr && !partial) {
+                // The sink joins the denominator once: here, or in flash_combine when split.
+                const float sk = p.sinks[h0] * 1.4426950408889634f;
+                const float mm = l == 0.f ? neg_inf() : m_i[mt][rr] * scale_log2;
+                const float mf = fmaxf(mm, sk);
+                const float a = l == 0.f ? 0.f : fast_exp2(mm - mf);
+                const float ls = l * a + fast_exp2(sk - mf);
+                inv = a / ls;
+                lse_v = (mf + fast_log2(ls)) * 0.6931471805599453f;
+            }
             const int row = row_base + mt * 16 + 8 * rr;
             if (row < rows) {
                 float* o_row = o_out + (row0 + row) * d;
@@ -458,10 +540,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                         *reinterpret_cast<float2*>(o_row + col) = v2;
                     }
                 }
-                if (t == 0) {
-                    lse_out[row0 + row] =
-                        l == 0.f ? neg_inf() : (m_i[mt][rr] * scale_log2 + fast_log2(l)) * 0.6931471805599453f;
-                }
+                if (t == 0) lse_out[row0 + row] = lse_v;
             }
         }
     }
@@ -472,10 +551,13 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
 // compiles only what it launches); without it every variant is instantiated. flash_combine
 // (kernels/flash_combine.cu, appended to this source by the host) is in every module.
 // ------------------------------------------------------------------------------------------
-#define FLASH_ENTRY(DT, IS_BF16, DP)                                                                           \
-    extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##DT##_d##DP(const FlashFwdParams p) { \
-        flash_fwd_body<DP, IS_BF16>(p);                                                                        \
+// _mods entry points (MODS = true) add softcap, ALiBi, sinks, varlen and seqused_k; the plain
+// ones keep the registers of the unmodified kernel.
+#define FLASH_ENTRY(DT, IS_BF16, DP, SUF, MODS)                                                                 \
+    extern "C" __global__ void __launch_bounds__(FLASH_THREADS) flash_fwd_##DT##_d##DP##SUF(const FlashFwdParams p) { \
+        flash_fwd_body<DP, IS_BF16, MODS>(p);                                                                   \
     }
+#define FLASH_ENTRY_PAIR(DT, IS_BF16, DP) FLASH_ENTRY(DT, IS_BF16, DP, , false) FLASH_ENTRY(DT, IS_BF16, DP, _mods, true)
 
 #define FLASH_ALL_VARIANTS(X)                                                                                  \
     X(f16, false, 32) X(f16, false, 48) X(f16, false, 64) X(f16, false, 80) X(f16, false, 96)                  \
@@ -483,9 +565,9 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     X(bf16, true, 32) X(bf16, true, 48) X(bf16, true, 64) X(bf16, true, 80) X(bf16, true, 96)                  \
     X(bf16, true, 128) X(bf16, true, 160) X(bf16, true, 192) X(bf16, true, 256)
 
-#if defined(FLASH_ONLY_DT) && defined(FLASH_ONLY_DP)
-#define FLASH_EXPAND(DT, BF, DP) FLASH_ENTRY(DT, BF, DP)
-FLASH_EXPAND(FLASH_ONLY_DT, FLASH_ONLY_BF16, FLASH_ONLY_DP)
+#if defined(FLASH_ONLY_DT) && defined(FLASH_ONLY_DP) && defined(FLASH_ONLY_MODS)
+#define FLASH_EXPAND(DT, BF, DP, SUF, M) FLASH_ENTRY(DT, BF, DP, SUF, M)
+FLASH_EXPAND(FLASH_ONLY_DT, FLASH_ONLY_BF16, FLASH_ONLY_DP, FLASH_ONLY_SUF, FLASH_ONLY_MODS)
 #else
-FLASH_ALL_VARIANTS(FLASH_ENTRY)
+FLASH_ALL_VARIANTS(FLASH_ENTRY_PAIR)
 #endif

@@ -28,18 +28,18 @@
 mod common;
 
 use attnkit::backends::reference::attention_f64;
-use attnkit::cuda::{DEFAULT_SMS, FlashFwdParams, FlashLaunch, variants};
+use attnkit::cuda::{DEFAULT_SMS, FlashFwdParams, FlashLaunch, ModData, variants};
 use attnkit::validate::{compare, exact_tolerance};
-use attnkit::{AttnArgs, DType, Problem, Tensor, Window};
+use attnkit::{AttnArgs, DType, Problem, Tensor, Window, alibi_slopes};
 use std::ffi::c_char;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-type RunFn = unsafe extern "C" fn(i32, i32, u32, u32, u32, FlashFwdParams, *mut c_char, usize) -> i32;
+type RunFn = unsafe extern "C" fn(i32, i32, i32, u32, u32, u32, FlashFwdParams, *mut c_char, usize) -> i32;
 type CombineFn = unsafe extern "C" fn(u32, FlashFwdParams, *mut c_char, usize) -> i32;
 type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
-type ConfigFn = unsafe extern "C" fn(i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
+type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
 
 const SOURCES: [&str; 4] = [
     include_str!("../kernels/flash_fwd.cu"),
@@ -125,7 +125,7 @@ fn emulator_config_matches_rust_variant_table() {
     for v in variants() {
         let (mut br, mut bc, mut smem) = (0, 0, 0);
         // SAFETY: out-pointers are valid locals.
-        let rc = unsafe { config(v.bf16 as i32, v.dp as i32, &mut br, &mut bc, &mut smem) };
+        let rc = unsafe { config(v.bf16 as i32, v.dp as i32, v.mods as i32, &mut br, &mut bc, &mut smem) };
         assert_eq!(rc, 0, "{} missing in the kernel", v.kernel_name());
         assert_eq!((br as usize, bc as usize, smem as usize), (v.br(), v.bc, v.smem_bytes()), "{}", v.kernel_name());
     }
@@ -193,6 +193,10 @@ fn emulate(
             Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
         }
     };
+    // The emulator's fault record, buffer registry and copy schedule are process-wide: one
+    // launch at a time across the tests of this binary.
+    static EMU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = EMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (qb, kb, vb) = (bits(q), bits(k), bits(v));
     let l = FlashLaunch::plan_for(p, p.dtype, sms).map_err(|r| r.join("; "))?;
     let mut o = vec![f32::NAN; p.out_len()];
@@ -213,8 +217,14 @@ fn emulate(
     // SAFETY: plain setter of the emulator's copy schedule.
     unsafe { set_lazy(lazy as i32) };
     let addr = |p: *const u16| p as usize as u64;
+    // The modifier buffers (host addresses under emulation), alive until the calls return.
+    let md = ModData::of(p);
+    let fa = |x: &Option<Vec<f32>>| x.as_ref().map_or(0, |x| x.as_ptr() as usize as u64);
+    let ia = |x: &Option<Vec<i32>>| x.as_ref().map_or(0, |x| x.as_ptr() as usize as u64);
+    let mods = [fa(&md.alibi_slopes), fa(&md.sinks), ia(&md.cu_seqlens_q), ia(&md.cu_seqlens_k), ia(&md.seqused_k)];
     let params = l
         .params
+        .with_mods(mods)
         .with_buffers(
             addr(qb.as_ptr()),
             addr(kb.as_ptr()),
@@ -226,8 +236,19 @@ fn emulate(
     let (gx, gy, gz) = l.grid;
     // SAFETY: the params' buffers live until the call returns and have the lengths the problem
     // implies (the same contract as the GPU launch); err has err.len() bytes.
-    let rc =
-        unsafe { run(l.variant.bf16 as i32, l.variant.dp as i32, gx, gy, gz, params, err.as_mut_ptr(), err.len()) };
+    let rc = unsafe {
+        run(
+            l.variant.bf16 as i32,
+            l.variant.dp as i32,
+            l.variant.mods as i32,
+            gx,
+            gy,
+            gz,
+            params,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
     let msg = |err: &[c_char]| -> String { err.iter().take_while(|&&b| b != 0).map(|&b| b as u8 as char).collect() };
     if rc != 0 {
         return Err(msg(&err));
@@ -240,6 +261,62 @@ fn emulate(
         }
     }
     Ok((o, lse, l.splits()))
+}
+
+/// Runs one case in one dtype and compares O and LSE with the f64 oracle; returns the number of
+/// key splits, or `None` (with the failure recorded) when the emulator faulted.
+fn check_run(
+    lib: &libloading::Library,
+    name: &str,
+    p: &Problem,
+    sms: usize,
+    lazy: bool,
+    failures: &mut Vec<String>,
+) -> Option<usize> {
+    let dtype = p.dtype;
+    let t = std::time::Instant::now();
+    let (q, k, v) = common::qkv(p, 7);
+    let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    let (o, lse, splits) = match emulate(lib, p, &q, &k, &v, sms, lazy) {
+        Ok(r) => r,
+        Err(e) => {
+            failures.push(format!("{name} {dtype}: emulator fault: {e}"));
+            return None;
+        }
+    };
+    let (oracle, oracle_lse) = attention_f64(&args);
+    let stats = compare(&o, &oracle);
+    let tol = exact_tolerance(&args, &oracle, dtype);
+    let mut lse_err = 0.0f64;
+    for (i, (&got, &want)) in lse.iter().zip(&oracle_lse).enumerate() {
+        if want == f64::NEG_INFINITY {
+            if got != f32::NEG_INFINITY {
+                failures.push(format!("{name} {dtype}: row {i} is empty but LSE = {got}"));
+            }
+        } else {
+            lse_err = lse_err.max((got as f64 - want).abs() / want.abs().max(1.0));
+        }
+    }
+    eprintln!(
+        "{:<32} {:<4} {} splits {:>2}  max|O-ref| {:.3e}  naive {:.3e}  bound {:.3e} (ratio {:.3})  LSE rel {:.1e}  ({:.1}s)",
+        name,
+        dtype.as_str(),
+        if lazy { "lazy " } else { "eager" },
+        splits,
+        stats.max_abs,
+        tol.naive_err,
+        tol.bound,
+        stats.max_abs / tol.bound,
+        lse_err,
+        t.elapsed().as_secs_f64()
+    );
+    if stats.non_finite > 0 || stats.max_abs > tol.bound || lse_err > LSE_REL_TOL {
+        failures.push(format!(
+            "{name} {dtype}: max_abs {:.3e} > bound {:.3e} or LSE rel {lse_err:.1e} or {} non-finite/unwritten",
+            stats.max_abs, tol.bound, stats.non_finite
+        ));
+    }
+    Some(splits)
 }
 
 #[test]
@@ -255,55 +332,118 @@ fn emulated_kernel_matches_reference() {
                 eprintln!("skip {} {dtype}: {}", case.name, reasons.join("; "));
                 continue;
             }
-            let t = std::time::Instant::now();
-            let (q, k, v) = common::qkv(&p, 7);
-            let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
             let lazy = (ci % 2 == 1) != (dtype == DType::BF16);
             let sms = if dtype == DType::F16 && !case.name.starts_with("split_") { 1 } else { DEFAULT_SMS };
-            let (o, lse, splits) = match emulate(lib, &p, &q, &k, &v, sms, lazy) {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push(format!("{} {dtype}: emulator fault: {e}", case.name));
-                    continue;
-                }
-            };
-            checked += 1;
-            split_runs += (splits > 1) as usize;
-            let (oracle, oracle_lse) = attention_f64(&args);
-            let stats = compare(&o, &oracle);
-            let tol = exact_tolerance(&args, &oracle, dtype);
-            let mut lse_err = 0.0f64;
-            for (i, (&got, &want)) in lse.iter().zip(&oracle_lse).enumerate() {
-                if want == f64::NEG_INFINITY {
-                    if got != f32::NEG_INFINITY {
-                        failures.push(format!("{} {dtype}: row {i} is empty but LSE = {got}", case.name));
-                    }
-                } else {
-                    lse_err = lse_err.max((got as f64 - want).abs() / want.abs().max(1.0));
-                }
-            }
-            eprintln!(
-                "{:<32} {:<4} {} splits {:>2}  max|O-ref| {:.3e}  naive {:.3e}  bound {:.3e} (ratio {:.3})  LSE rel {:.1e}  ({:.1}s)",
-                case.name,
-                dtype.as_str(),
-                if lazy { "lazy " } else { "eager" },
-                splits,
-                stats.max_abs,
-                tol.naive_err,
-                tol.bound,
-                stats.max_abs / tol.bound,
-                lse_err,
-                t.elapsed().as_secs_f64()
-            );
-            if stats.non_finite > 0 || stats.max_abs > tol.bound || lse_err > LSE_REL_TOL {
-                failures.push(format!(
-                    "{} {dtype}: max_abs {:.3e} > bound {:.3e} or LSE rel {lse_err:.1e} or {} non-finite/unwritten",
-                    case.name, stats.max_abs, tol.bound, stats.non_finite
-                ));
+            if let Some(splits) = check_run(lib, case.name, &p, sms, lazy, &mut failures) {
+                checked += 1;
+                split_runs += (splits > 1) as usize;
             }
         }
     }
     assert!(checked >= 2 * cases().len() - 4, "only {checked} runs were checked");
     assert!(split_runs >= 10, "only {split_runs} runs took the split-KV path");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Score modifiers on the `_mods` entry points: each alone and combined, ALiBi per head and per
+/// sequence, sinks with empty rows, packed varlen with ragged and empty sequences, seqused_k
+/// ragged down to 0, across d32…d256 (d48/d64 on their narrower _mods tiles). f16 runs of
+/// non-`split_` cases on one SM (never split), everything else with the default plan.
+fn mod_cases() -> Vec<(&'static str, Problem)> {
+    let sinks = |h: usize| attnkit::seeded::normal_values(h, 11);
+    let per_seq = |n: usize| attnkit::seeded::normal_values(n, 12).iter().map(|x| x.abs() * 0.3).collect();
+    let (cq, ck) = (vec![0, 37, 37, 150, 200], vec![0, 50, 60, 150, 230]);
+    let packed = |cq: &[usize], ck: &[usize], h: usize, hkv: usize, d: usize| {
+        Problem::new(1, h, *cq.last().unwrap(), d)
+            .with_kv_heads(hkv)
+            .with_seq_k(*ck.last().unwrap())
+            .with_varlen(cq.to_vec(), ck.to_vec())
+    };
+    vec![
+        (
+            "alibi_causal_gqa_d64",
+            Problem::new(1, 4, 150, 64).with_kv_heads(2).with_causal(true).with_alibi(alibi_slopes(4)),
+        ),
+        (
+            "alibi_per_seq_window_d48",
+            Problem::new(2, 2, 70, 48).with_seq_k(130).with_window(Window::new(30, -1)).with_alibi(per_seq(4)),
+        ),
+        ("softcap_d32", Problem::new(1, 2, 200, 32).with_softcap(2.0)),
+        ("sinks_empty_rows_d128", Problem::new(1, 3, 100, 128).with_seq_k(60).with_causal(true).with_sinks(sinks(3))),
+        (
+            "all_score_mods_causal_d80",
+            Problem::new(2, 2, 90, 80)
+                .with_causal(true)
+                .with_alibi(alibi_slopes(2))
+                .with_softcap(3.0)
+                .with_sinks(sinks(2)),
+        ),
+        ("varlen_ragged_causal_d64", packed(&cq, &ck, 2, 1, 64).with_causal(true)),
+        (
+            "varlen_alibi_sinks_window_d96",
+            packed(&[0, 100, 105, 160], &[0, 100, 140, 190], 2, 2, 96)
+                .with_window(Window::new(20, 5))
+                .with_alibi(per_seq(6))
+                .with_sinks(sinks(2)),
+        ),
+        (
+            "varlen_seqused_softcap_d160",
+            packed(&cq, &ck, 1, 1, 160).with_causal(true).with_seqused_k(vec![3, 0, 30, 12]).with_softcap(4.0),
+        ),
+        ("seqused_ragged_d64", Problem::new(3, 2, 40, 64).with_seq_k(150).with_seqused_k(vec![150, 7, 0])),
+        (
+            "split_decode_seqused_sinks_alibi",
+            Problem::new(2, 4, 1, 64)
+                .with_kv_heads(2)
+                .with_seq_k(200)
+                .with_seqused_k(vec![200, 70])
+                .with_sinks(sinks(4))
+                .with_alibi(alibi_slopes(4)),
+        ),
+        (
+            "split_varlen_decode_softcap_d128",
+            packed(&[0, 1, 2, 3], &[0, 200, 201, 330], 2, 1, 128).with_softcap(3.0).with_sinks(sinks(2)),
+        ),
+        (
+            "split_alibi_window_d256",
+            Problem::new(1, 2, 2, 256)
+                .with_seq_k(150)
+                .with_causal(true)
+                .with_window(Window::new(40, -1))
+                .with_alibi(alibi_slopes(2)),
+        ),
+        (
+            "split_seqused_causal_d192",
+            Problem::new(2, 1, 3, 192)
+                .with_seq_k(170)
+                .with_causal(true)
+                .with_seqused_k(vec![2, 170])
+                .with_sinks(vec![0.7]),
+        ),
+    ]
+}
+
+#[test]
+fn emulated_kernel_with_modifiers_matches_reference() {
+    let lib = require_emu!();
+    let mut failures = Vec::new();
+    let (mut checked, mut split_runs) = (0, 0);
+    let cases = mod_cases();
+    for (ci, (name, problem)) in cases.iter().enumerate() {
+        for dtype in [DType::F16, DType::BF16] {
+            let p = problem.clone().with_dtype(dtype);
+            p.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let l = FlashLaunch::plan(&p, dtype).unwrap_or_else(|r| panic!("{name}: refused: {r:?}"));
+            assert!(l.variant.mods, "{name}: modifiers must launch the _mods entry point");
+            let lazy = (ci % 2 == 1) != (dtype == DType::BF16);
+            let sms = if dtype == DType::F16 && !name.starts_with("split_") { 1 } else { DEFAULT_SMS };
+            if let Some(splits) = check_run(lib, name, &p, sms, lazy, &mut failures) {
+                checked += 1;
+                split_runs += (splits > 1) as usize;
+            }
+        }
+    }
+    assert!(checked == 2 * cases.len() || !failures.is_empty(), "only {checked} of {} runs checked", 2 * cases.len());
+    assert!(split_runs >= 8, "only {split_runs} modifier runs took the split-KV path");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

@@ -79,13 +79,18 @@ fn single_variant_module_holds_only_that_entry_and_a_cubin() {
         skip(&why);
         return;
     }
-    let v = variants().into_iter().find(|v| v.bf16 && v.dp == 128).expect("bf16 d128 variant");
+    // The _mods entry point of one variant compiles alone too (empty vs `_mods` name suffix).
+    let m = variants().into_iter().find(|v| v.bf16 && v.dp == 48 && v.mods).expect("bf16 d48 _mods variant");
+    let c = compile(FLASH_FWD_SRC, "sm_80", &m.only_defines()).expect("compile _mods");
+    assert!(c.ptx.contains(&format!(".entry {}(", m.kernel_name())), "{} missing", m.kernel_name());
+    assert_eq!(c.ptx.matches(".entry ").count(), 2, "FLASH_ONLY_* should leave one _mods variant (+ combine)");
+    let v = variants().into_iter().find(|v| v.bf16 && v.dp == 128 && !v.mods).expect("bf16 d128 variant");
     let c = compile(FLASH_FWD_SRC, "sm_80", &v.only_defines()).expect("compile");
     assert!(c.ptx.contains(&format!(".entry {}(", v.kernel_name())), "entry missing");
     assert!(c.ptx.contains(&format!(".entry {}(", attnkit::cuda::COMBINE_KERNEL)), "combine kernel missing");
     assert_eq!(c.ptx.matches(".entry ").count(), 2, "FLASH_ONLY_* should leave one variant (+ flash_combine)");
     assert!(c.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "bf16 mma missing");
-    // One by-value struct argument of FlashFwdParams' size (80 bytes), not 13 scalars.
+    // One by-value struct argument of FlashFwdParams' size (152 bytes), not 26 scalars.
     let size = std::mem::size_of::<attnkit::cuda::FlashFwdParams>();
     assert!(
         c.ptx.contains(&format!(".param .align 8 .b8 {}_param_0[{size}]", v.kernel_name())),

@@ -338,10 +338,23 @@ fn bad_modifier_inputs_get_typed_errors_naming_the_value() {
 #[test]
 fn backends_without_modifiers_refuse_each_with_a_reason() {
     let p = Problem::new(1, 2, 16, 32).with_alibi(alibi_slopes(2)).with_softcap(5.0).with_sinks(vec![0.0; 2]);
-    for name in ["flash-cuda", "linformer", "performer", "local-block"] {
+    for name in ["linformer", "performer", "local-block"] {
         let reasons = backend(name).unwrap().not_supported_reasons(&p);
         for m in ["alibi", "softcap", "sinks"] {
             assert!(reasons.iter().any(|r| r.contains(m)), "{name} should refuse {m}: {reasons:?}");
         }
+    }
+}
+
+#[test]
+fn flash_cuda_refuses_bias_and_mask_only() {
+    // ALiBi, softcap, sinks, varlen and seqused_k run in the kernel's _mods entry points
+    // (tests/cuda_emulated.rs); bias and boolean mask are refused with the reason.
+    let fc = backend("flash-cuda").unwrap();
+    let p = Problem::new(1, 2, 16, 32).with_alibi(alibi_slopes(2)).with_softcap(5.0).with_sinks(vec![0.0; 2]);
+    assert!(fc.not_supported_reasons(&p).is_empty(), "{:?}", fc.not_supported_reasons(&p));
+    for q in [p.clone().with_bias(1, 1), p.with_mask(1, 1)] {
+        let r = fc.not_supported_reasons(&q);
+        assert!(r.iter().any(|r| r.contains("bias and boolean mask")), "{r:?}");
     }
 }

@@ -12,17 +12,19 @@ namespace {
 using Entry = void (*)(const FlashFwdParams);
 
 struct Variant {
-    int bf16, dp, br, bc, smem;
+    int bf16, dp, mods, br, bc, smem;
     Entry fn;
 };
 
-#define EMU_VARIANT(DT, IS_BF16, DP) \
-    Variant{IS_BF16, DP, FlashGeom<DP>::BR, FlashGeom<DP>::BC, FlashGeom<DP>::SMEM_BYTES, flash_fwd_##DT##_d##DP},
+#define EMU_VARIANT(DT, IS_BF16, DP)                                                                            \
+    Variant{IS_BF16, DP, 0, FlashGeom<DP>::BR, FlashGeom<DP>::BC, FlashGeom<DP>::SMEM_BYTES, flash_fwd_##DT##_d##DP}, \
+        Variant{IS_BF16, DP, 1, FlashGeom<DP, true>::BR, FlashGeom<DP, true>::BC, FlashGeom<DP, true>::SMEM_BYTES,     \
+                flash_fwd_##DT##_d##DP##_mods},
 const Variant kVariants[] = {FLASH_ALL_VARIANTS(EMU_VARIANT)};
 
-const Variant* find(int bf16, int dp) {
+const Variant* find(int bf16, int dp, int mods) {
     for (const Variant& v : kVariants)
-        if (v.bf16 == bf16 && v.dp == dp) return &v;
+        if (v.bf16 == bf16 && v.dp == dp && v.mods == (mods != 0)) return &v;
     return nullptr;
 }
 
@@ -35,8 +37,8 @@ void copy_msg(const std::string& m, char* err, size_t len) {
 }  // namespace
 
 // Writes the launch geometry of a variant; returns 0, or −1 when there is no such variant.
-extern "C" int attnkit_emu_config(int bf16, int dp, int* br, int* bc, int* smem_bytes) {
-    const Variant* v = find(bf16, dp);
+extern "C" int attnkit_emu_config(int bf16, int dp, int mods, int* br, int* bc, int* smem_bytes) {
+    const Variant* v = find(bf16, dp, mods);
     if (v == nullptr) return -1;
     *br = v->br;
     *bc = v->bc;
@@ -52,7 +54,8 @@ extern "C" int attnkit_emu_params_layout(char* out, size_t len) {
     EMU_FIELD(q) EMU_FIELD(k) EMU_FIELD(v) EMU_FIELD(o) EMU_FIELD(lse) EMU_FIELD(o_accum) EMU_FIELD(lse_accum)
     EMU_FIELD(batch) EMU_FIELD(heads) EMU_FIELD(kv_heads) EMU_FIELD(nq) EMU_FIELD(nk) EMU_FIELD(d)
     EMU_FIELD(scale_log2) EMU_FIELD(win_left) EMU_FIELD(win_right) EMU_FIELD(num_splits) EMU_FIELD(keys_per_split)
-    EMU_FIELD(pack)
+    EMU_FIELD(pack) EMU_FIELD(softcap) EMU_FIELD(alibi_seq_stride) EMU_FIELD(alibi_slopes) EMU_FIELD(sinks)
+    EMU_FIELD(cu_seqlens_q) EMU_FIELD(cu_seqlens_k) EMU_FIELD(seqused_k)
 #undef EMU_FIELD
     s += "size=" + std::to_string(sizeof(FlashFwdParams)) + ",align=" + std::to_string(alignof(FlashFwdParams));
     copy_msg(s, out, len);
@@ -88,12 +91,12 @@ int run_checked(const FlashFwdParams& p, char* err, size_t err_len, F body) {
 }
 }  // namespace
 
-// Runs the emulated kernel over `grid` (the host's launch plan) with `p` exactly as the GPU
-// launch passes it. Returns 0 on success, −1 for an unknown variant, −2 when the emulator caught
+// Runs the emulated kernel (the _mods entry point when mods ≠ 0) over `grid` (the host's launch
+// plan) with `p` exactly as the GPU launch passes it. Returns 0 on success, −1 for an unknown variant, −2 when the emulator caught
 // a fault (message in err).
-extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, unsigned grid_x, unsigned grid_y, unsigned grid_z,
+extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, int mods, unsigned grid_x, unsigned grid_y, unsigned grid_z,
                                      const FlashFwdParams p, char* err, size_t err_len) {
-    const Variant* var = find(bf16, dp);
+    const Variant* var = find(bf16, dp, mods);
     if (var == nullptr) {
         copy_msg("no such variant", err, err_len);
         return -1;

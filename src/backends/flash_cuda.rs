@@ -7,6 +7,8 @@
 //! and MQA by head-index mapping; decode (few blocks) splits the keys over blocks and merges the
 //! partials with a second kernel (flash-decoding), packing GQA heads when N_q = 1; any head_dim that is a multiple of 8 up to 256 (padded to the
 //! next compiled variant: 32, 48, 64, 80, 96, 128, 160, 192, 256). See `kernels/README.md`.
+//! Softcap, ALiBi, sinks, packed varlen and seqused_k run on the `_mods` entry points (their
+//! buffers uploaded with Q/K/V); additive bias and boolean mask are refused with the reason.
 //!
 //! Host side: the source is embedded with `include_str!`, compiled by NVRTC on first use for the
 //! device's arch (CUBIN, so an older driver need not JIT newer PTX), one module per (dtype, head
@@ -22,7 +24,8 @@
 //! dtype's accuracy, not f32's. f16/bf16 inputs are passed through bit-exactly.
 //!
 //! Caveats: sm_80 or newer only (cp.async, bf16 mma); split-KV adds a partial-result buffer of
-//! splits·B·H·N_q·(D+1) floats, counted in the working set. Not yet run on a GPU (none was available), so
+//! splits·B·H·N_q·(D+1) floats, counted in the working set. The modifier paths are checked under
+//! CPU emulation and NVRTC/ptxas only. Not yet run on a GPU (none was available), so
 //! `auto` picks it only with `ATTNKIT_AUTO_CUDA=1`; correctness and speed on a GPU are checked by
 //! `scripts/gpu-check/` and recorded in `kernels/README.md`.
 
@@ -179,6 +182,9 @@ pub struct DeviceBuffers {
     lse: CudaSlice<f32>,
     /// Split-KV partial O and LSE (only when the launch splits the keys).
     accum: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+    /// Modifier buffers (ALiBi slopes, sinks; cu_seqlens_q/k, seqused_k), when set.
+    mods_f32: [Option<CudaSlice<f32>>; 2],
+    mods_i32: [Option<CudaSlice<i32>>; 3],
 }
 
 impl DeviceBuffers {
@@ -247,9 +253,14 @@ impl FlashCuda {
         gpu.check_memory(device_bytes(p, Some(&launch)).unwrap_or(u64::MAX))?;
         let (q, k, v) =
             (to_bits(args.q(), kernel_dtype), to_bits(args.k(), kernel_dtype), to_bits(args.v(), kernel_dtype));
+        let md = cuda::ModData::of(p);
         guarded("upload", || {
             let s = &gpu.stream;
+            let f32s = |x: &Option<Vec<f32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
+            let i32s = |x: &Option<Vec<i32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
             Ok(DeviceBuffers {
+                mods_f32: [f32s(&md.alibi_slopes)?, f32s(&md.sinks)?],
+                mods_i32: [i32s(&md.cu_seqlens_q)?, i32s(&md.cu_seqlens_k)?, i32s(&md.seqused_k)?],
                 launch,
                 q: s.clone_htod(q.as_ref())?,
                 k: s.clone_htod(k.as_ref())?,
@@ -296,7 +307,12 @@ impl FlashCuda {
                 }
                 None => ((0, 0), None),
             };
-            let params = l.params.with_buffers(q, k, v, o, lse).with_accum(accum.0, accum.1);
+            // The guards of the modifier buffers live until after both launches too.
+            let f_ptrs: Vec<_> = bufs.mods_f32.iter().map(|b| b.as_ref().map(|b| b.device_ptr(s))).collect();
+            let i_ptrs: Vec<_> = bufs.mods_i32.iter().map(|b| b.as_ref().map(|b| b.device_ptr(s))).collect();
+            let addr = |x: &Option<(u64, _)>| x.as_ref().map_or(0, |x| x.0);
+            let mods = [addr(&f_ptrs[0]), addr(&f_ptrs[1]), addr(&i_ptrs[0]), addr(&i_ptrs[1]), addr(&i_ptrs[2])];
+            let params = l.params.with_buffers(q, k, v, o, lse).with_accum(accum.0, accum.1).with_mods(mods);
             let mut b = s.launch_builder(&f);
             b.arg(&params);
             just_before()?;
@@ -305,7 +321,9 @@ impl FlashCuda {
             // B·H_kv·N_k·D, B·H·N_q elements) and stay alive until after the launch; the kernel
             // reads and writes only inside those extents (rows < N_q / N_k, columns < d, heads <
             // H and H_kv via h / (H/H_kv)), and the dynamic smem size is what the variant
-            // declares and was enabled on the function when above 48 KB.
+            // declares and was enabled on the function when above 48 KB. The modifier buffers
+            // hold what ModData::of gives for this validated problem (slopes H or S·H, sinks H,
+            // offsets S+1, used lengths S, all within the problem's extents).
             unsafe { b.launch(cfg) }?;
             if let Some(cc) = combine_cfg {
                 let mut c = s.launch_builder(&combine);
@@ -395,9 +413,7 @@ impl Attention for FlashCuda {
     }
 
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        let mut r = cuda::unsupported_reasons(problem);
-        r.extend(problem.mods.refusals("flash-cuda", "the CUDA kernel has no score modifiers yet; use flash-cpu"));
-        r
+        cuda::unsupported_reasons(problem)
     }
 
     /// Device memory: 16-bit Q, K, V, f32 O, LSE and split-KV partials (planned for

@@ -68,8 +68,9 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
             let max_regs = rows.iter().filter_map(|r| r.and_then(|r| r.registers)).max();
             let blocks = max_regs.map(|r| theoretical_occupancy(arch, r, smem, THREADS).0);
             s.push_str(&format!(
-                "| d{} | {}×{} | {} | {arch} | {} | {} | {smem} | {} | {:.0} | {:.0} | 1/{} |\n",
+                "| d{}{} | {}×{} | {} | {arch} | {} | {} | {smem} | {} | {:.0} | {:.0} | 1/{} |\n",
                 v.dp,
+                if v.mods { " mods" } else { "" },
                 v.br(),
                 v.bc,
                 if v.q_in_regs { "regs" } else { "smem" },
@@ -98,13 +99,13 @@ mod tests {
     fn tile_cost_matches_hand_counts() {
         // FA2's d128 tile (128×64, Q from smem): 256 mma per warp, 80 ldmatrix.x4 + 8 KB of
         // cp.async per warp → 192 B/mma; the review figure for FA2 is ≈ 190.
-        let fa2 = Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false };
+        let fa2 = Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false, mods: false };
         let c = fa2.tile_cost();
         assert_eq!(c.mma_per_warp, 256);
         assert_eq!(c.smem_bytes_per_mma, 192.0);
         assert_eq!(c.barriers_per_1k_keys, 16.0);
         // The previous d128 tile (64×32, Q in registers): ≈ 320 B/mma in the same review.
-        let old = Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true };
+        let old = Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true, mods: false };
         assert_eq!(old.tile_cost().smem_bytes_per_mma, 320.0);
         assert_eq!(old.tile_cost().kv_l2_bytes_per_flop, 1.0 / 64.0);
     }

@@ -41,11 +41,25 @@ pub struct FlashFwdParams {
     pub keys_per_split: i32,
     /// Query heads packed into one block's rows (H/H_kv for GQA decode, N_q = 1 only), else 1.
     pub pack: i32,
+    /// Softcap `c` (`s ← c·tanh(s/c)`), 0 = off. The modifier fields are read only by the
+    /// `_mods` entry points.
+    pub softcap: f32,
+    /// Index stride of a sequence in `alibi_slopes`: 0 for (H,) slopes, H for (S, H).
+    pub alibi_seq_stride: i32,
+    /// f32 ALiBi slopes, or 0 = no ALiBi.
+    pub alibi_slopes: u64,
+    /// f32 sink logits (H,), or 0.
+    pub sinks: u64,
+    /// i32 varlen offsets (S+1 each), or 0 = not packed.
+    pub cu_seqlens_q: u64,
+    pub cu_seqlens_k: u64,
+    /// i32 used keys per batch entry / sequence (S,), or 0.
+    pub seqused_k: u64,
 }
 
 impl FlashFwdParams {
     /// (field, byte offset) in declaration order; the C side prints the same list.
-    pub const LAYOUT: [(&'static str, usize); 19] = [
+    pub const LAYOUT: [(&'static str, usize); 26] = [
         ("q", offset_of!(Self, q)),
         ("k", offset_of!(Self, k)),
         ("v", offset_of!(Self, v)),
@@ -65,6 +79,13 @@ impl FlashFwdParams {
         ("num_splits", offset_of!(Self, num_splits)),
         ("keys_per_split", offset_of!(Self, keys_per_split)),
         ("pack", offset_of!(Self, pack)),
+        ("softcap", offset_of!(Self, softcap)),
+        ("alibi_seq_stride", offset_of!(Self, alibi_seq_stride)),
+        ("alibi_slopes", offset_of!(Self, alibi_slopes)),
+        ("sinks", offset_of!(Self, sinks)),
+        ("cu_seqlens_q", offset_of!(Self, cu_seqlens_q)),
+        ("cu_seqlens_k", offset_of!(Self, cu_seqlens_k)),
+        ("seqused_k", offset_of!(Self, seqused_k)),
     ];
 
     /// The layout as `name=offset,…,size=S,align=A`, the format the emulator driver prints.
@@ -82,6 +103,12 @@ impl FlashFwdParams {
     pub fn with_accum(self, o_accum: u64, lse_accum: u64) -> Self {
         Self { o_accum, lse_accum, ..self }
     }
+
+    /// These params with the modifier buffers' addresses (0 = absent), in the order of
+    /// [`ModData`](super::ModData): ALiBi slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k.
+    pub fn with_mods(self, [alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k]: [u64; 5]) -> Self {
+        Self { alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, ..self }
+    }
 }
 
 #[cfg(test)]
@@ -90,14 +117,14 @@ mod tests {
 
     #[test]
     fn layout_has_no_hidden_padding() {
-        // 7 pointers + 12 four-byte fields, 8-aligned: every byte belongs to a named field.
-        assert_eq!(size_of::<FlashFwdParams>(), 7 * 8 + 12 * 4);
+        // 7 pointers, 14 four-byte fields, 5 pointers, 8-aligned: every byte belongs to a named field.
+        assert_eq!(size_of::<FlashFwdParams>(), 12 * 8 + 14 * 4);
         let mut end = 0;
         for (name, off) in FlashFwdParams::LAYOUT {
             assert_eq!(off, end, "{name} is not packed after the previous field");
-            end += if off < 56 { 8 } else { 4 };
+            end += if !(56..112).contains(&off) { 8 } else { 4 };
         }
         assert_eq!(end, size_of::<FlashFwdParams>());
-        assert!(FlashFwdParams::layout_string().ends_with("pack=100,size=104,align=8"));
+        assert!(FlashFwdParams::layout_string().ends_with("seqused_k=144,size=152,align=8"));
     }
 }

@@ -39,6 +39,10 @@ const CFG: [(usize, usize, usize, bool); 9] = [
     (256, 32, 1, false),
 ];
 
+/// `FlashCfgM<DP, true>`: the `_mods` entry points' tiles where they differ from [`CFG`] (the
+/// modifiers' live values would spill there otherwise; kernels/README.md).
+const MODS_CFG: [(usize, usize, usize, bool); 3] = [(32, 64, 2, true), (48, 64, 2, false), (64, 64, 2, false)];
+
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -51,6 +55,9 @@ pub struct Variant {
     pub mt: usize,
     /// Q fragments kept in registers across KV tiles.
     pub q_in_regs: bool,
+    /// The `_mods` entry point: softcap, ALiBi, sinks, varlen and seqused_k (compiled apart so
+    /// the plain kernel keeps its registers).
+    pub mods: bool,
 }
 
 impl Variant {
@@ -68,7 +75,7 @@ impl Variant {
     }
     /// The `extern "C"` entry point name.
     pub fn kernel_name(&self) -> String {
-        format!("flash_fwd_{}_d{}", self.dtype_name(), self.dp)
+        format!("flash_fwd_{}_d{}{}", self.dtype_name(), self.dp, if self.mods { "_mods" } else { "" })
     }
     /// NVRTC defines that restrict the module to this variant.
     pub fn only_defines(&self) -> Vec<String> {
@@ -76,15 +83,25 @@ impl Variant {
             format!("-DFLASH_ONLY_DT={}", self.dtype_name()),
             format!("-DFLASH_ONLY_BF16={}", if self.bf16 { "true" } else { "false" }),
             format!("-DFLASH_ONLY_DP={}", self.dp),
+            format!("-DFLASH_ONLY_SUF={}", if self.mods { "_mods" } else { "" }),
+            format!("-DFLASH_ONLY_MODS={}", self.mods),
         ]
     }
 }
 
-/// Every compiled variant, f16 first.
+/// Every compiled variant: f16 then bf16, plain then `_mods` for each.
 pub fn variants() -> Vec<Variant> {
     [false, true]
         .into_iter()
-        .flat_map(|bf16| CFG.iter().map(move |&(dp, bc, mt, q_in_regs)| Variant { bf16, dp, bc, mt, q_in_regs }))
+        .flat_map(|bf16| {
+            [false, true].into_iter().flat_map(move |mods| {
+                CFG.iter().map(move |&cfg| {
+                    let (dp, bc, mt, q_in_regs) =
+                        if mods { *MODS_CFG.iter().find(|c| c.0 == cfg.0).unwrap_or(&cfg) } else { cfg };
+                    Variant { bf16, dp, bc, mt, q_in_regs, mods }
+                })
+            })
+        })
         .collect()
 }
 
@@ -98,7 +115,7 @@ pub fn variant_for(kernel_dtype: DType, head_dim: usize) -> Option<Variant> {
     if head_dim == 0 || !head_dim.is_multiple_of(8) {
         return None;
     }
-    variants().into_iter().find(|v| v.bf16 == bf16 && v.dp >= head_dim)
+    variants().into_iter().find(|v| v.bf16 == bf16 && !v.mods && v.dp >= head_dim)
 }
 
 /// Every reason the kernel cannot run `p` (dtype aside: f32 is converted before launch).
@@ -114,10 +131,43 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
             p.seq_q as u64 + p.seq_k as u64
         ));
     }
-    if p.heads > 65_535 || p.batch > 65_535 {
-        r.push(format!("heads ({}) and batch ({}) must be ≤ 65535 (grid y/z limits)", p.heads, p.batch));
+    if p.heads > 65_535 || p.num_seqs() > 65_535 {
+        r.push(format!("heads ({}) and sequences ({}) must be ≤ 65535 (grid y/z limits)", p.heads, p.num_seqs()));
+    }
+    if p.mods.bias.is_some() || p.mods.mask.is_some() {
+        r.push(
+            "additive bias and boolean mask are not in the CUDA kernel (a per-element global load in the score \
+             loop of variants already at 232-255 registers); use flash-cpu"
+                .into(),
+        );
     }
     r
+}
+
+/// Host copies of the modifier buffers the `_mods` kernel reads, in [`FlashFwdParams::with_mods`]
+/// order; each is uploaded and its address passed (absent = 0).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModData {
+    pub alibi_slopes: Option<Vec<f32>>,
+    pub sinks: Option<Vec<f32>>,
+    pub cu_seqlens_q: Option<Vec<i32>>,
+    pub cu_seqlens_k: Option<Vec<i32>>,
+    pub seqused_k: Option<Vec<i32>>,
+}
+
+impl ModData {
+    /// The buffers of `p`'s modifiers (indices fit i32: the plan refuses N ≥ 2^30).
+    pub fn of(p: &Problem) -> ModData {
+        let ints = |v: &Vec<usize>| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        let m = &p.mods;
+        ModData {
+            alibi_slopes: m.alibi_slopes.clone(),
+            sinks: m.sinks.clone(),
+            cu_seqlens_q: m.varlen.as_ref().map(|v| ints(&v.cu_seqlens_q)),
+            cu_seqlens_k: m.varlen.as_ref().map(|v| ints(&v.cu_seqlens_k)),
+            seqused_k: m.seqused_k.as_ref().map(ints),
+        }
+    }
 }
 
 /// Everything one launch needs, derived from the problem: the host side of the kernel contract.
@@ -152,22 +202,39 @@ impl FlashLaunch {
         if variant.is_none() && reasons.is_empty() {
             reasons.push(format!("no kernel variant for dtype {kernel_dtype} and head_dim {}", p.head_dim));
         }
-        let (Some(variant), true) = (variant, reasons.is_empty()) else {
+        let (Some(mut variant), true) = (variant, reasons.is_empty()) else {
             return Err(reasons);
+        };
+        let m = &p.mods;
+        if !m.active().is_empty() {
+            let plain = variant;
+            variant =
+                variants().into_iter().find(|v| v.mods && v.bf16 == plain.bf16 && v.dp == plain.dp).unwrap_or(plain);
+        }
+        // Per-sequence lengths: grid x covers the longest sequence, z the sequences; a varlen
+        // block past its sequence's rows returns at once.
+        let seqs = p.num_seqs();
+        let (max_q, max_k) = match &m.varlen {
+            Some(v) => {
+                let longest = |cu: &[usize]| cu.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+                (longest(&v.cu_seqlens_q), longest(&v.cu_seqlens_k))
+            }
+            None => (p.seq_q, p.seq_k),
         };
         // Clamping keeps the band identical: left ≥ N_k already admits key 0 for every row, and
         // right ≥ N_q already admits key N_k − 1; afterwards all index sums fit in i32.
         let (left, right) = p.effective_window();
         let win_left = left.map_or(-1, |l| l.min(p.seq_k) as i32);
         let win_right = right.map_or(-1, |r| r.min(p.seq_q) as i32);
-        let pack = if p.seq_q == 1 && p.heads > p.kv_heads { p.heads / p.kv_heads } else { 1 };
-        let q_tiles = (p.seq_q * pack).div_ceil(variant.br());
-        let blocks = q_tiles * (p.heads / pack) * p.batch;
-        let key_tiles = p.seq_k.div_ceil(variant.bc).max(1);
+        // Modifiers are per head (slopes, sinks): no GQA packing with them.
+        let pack = if p.seq_q == 1 && p.heads > p.kv_heads && !variant.mods { p.heads / p.kv_heads } else { 1 };
+        let q_tiles = (max_q * pack).div_ceil(variant.br()).max(1);
+        let blocks = q_tiles * (p.heads / pack) * seqs;
+        let key_tiles = max_k.div_ceil(variant.bc).max(1);
         let mut splits = if blocks * 5 >= sms * 4 {
             1
         } else {
-            sms.div_ceil(blocks.max(1)).min(key_tiles).min(MAX_SPLITS).min(65_535 / p.batch.max(1)).max(1)
+            sms.div_ceil(blocks.max(1)).min(key_tiles).min(MAX_SPLITS).min(65_535 / seqs.max(1)).max(1)
         };
         // Whole key tiles per split, and no split left empty by the rounding.
         let tiles_per_split = key_tiles.div_ceil(splits);
@@ -175,7 +242,7 @@ impl FlashLaunch {
         let rows = p.batch * p.heads * p.seq_q;
         Ok(FlashLaunch {
             variant,
-            grid: (q_tiles as u32, (p.heads / pack) as u32, (p.batch * splits) as u32),
+            grid: (q_tiles as u32, (p.heads / pack) as u32, (seqs * splits) as u32),
             smem_bytes: variant.smem_bytes() as u32,
             combine_blocks: (splits > 1).then(|| rows.div_ceil(COMBINE_ROWS_PER_BLOCK) as u32),
             params: FlashFwdParams {
@@ -191,6 +258,11 @@ impl FlashLaunch {
                 num_splits: splits as i32,
                 keys_per_split: (tiles_per_split * variant.bc) as i32,
                 pack: pack as i32,
+                softcap: m.softcap.unwrap_or(0.0),
+                alibi_seq_stride: match &m.alibi_slopes {
+                    Some(s) if s.len() != p.heads => p.heads as i32,
+                    _ => 0,
+                },
                 ..FlashFwdParams::default()
             },
         })
