@@ -36,7 +36,8 @@ pub fn dot_peak_loop(_iters: u64) -> Option<f32> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays.
-    use super::super::decode::{KB, RB, Strip};
+    use super::super::Simd;
+    use super::super::decode::{Ahead, KB, RB, Strip};
     use super::super::flash::{online_softmax_step, padded_dim};
     use super::super::x86_avx512::Avx512;
     use std::arch::x86_64::*;
@@ -78,6 +79,8 @@ mod x86 {
         pub l: &'a mut [f32],
         /// `RB × KB` scores / probabilities.
         pub s: &'a mut [f32],
+        /// The next block's rows, prefetched during this one's scores.
+        pub ahead: Ahead,
     }
 
     /// Column of slot `t` (0..32) of a 32-column chunk: slots 0..16 are the low interleave,
@@ -133,7 +136,13 @@ mod x86 {
 
     /// Scores of `R` rows against `J` keys. # Safety: `q` spans `R·d32`, `k` spans `J·d` bf16.
     #[inline(always)]
-    unsafe fn dots<const R: usize, const J: usize>(q: *const u16, k: *const u16, d: usize) -> [[f32; J]; R] {
+    unsafe fn dots<const R: usize, const J: usize>(
+        f: Avx512,
+        q: *const u16,
+        k: *const u16,
+        d: usize,
+        (ahead, j0): (&Ahead, usize),
+    ) -> [[f32; J]; R] {
         let d32 = padded_dim32(d);
         let mut out = [[0.0f32; J]; R];
         // SAFETY: K loads are masked to the d elements of each row; Q rows are d32 long.
@@ -141,6 +150,8 @@ mod x86 {
             let mut acc = [[_mm512_setzero_ps(); J]; R];
             let mut c = 0;
             while c < d {
+                // One 64-byte line of each K row per step: prefetch the same line further on.
+                ahead.fetch_line(j0, j0 + J, c * 2);
                 let m = lanes(d - c);
                 let mut kv = [_mm512_setzero_si512(); J];
                 for j in 0..J {
@@ -154,10 +165,14 @@ mod x86 {
                 }
                 c += 32;
             }
+            // Four keys share one transposing reduction (the pairing of `Avx512::reduce_sum`).
             for r in 0..R {
-                for j in 0..J {
-                    out[r][j] = _mm512_reduce_add_ps(acc[r][j]);
-                }
+                out[r] = if J == 4 {
+                    let four = f.reduce_sum4([acc[r][0], acc[r][1 % J], acc[r][2 % J], acc[r][3 % J]]);
+                    std::array::from_fn(|j| four[j])
+                } else {
+                    std::array::from_fn(|j| f.reduce_sum(acc[r][j]))
+                };
             }
         }
         out
@@ -205,7 +220,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    fn strip<const R: usize>(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], sp: &Strip) {
+    fn strip<const R: usize>(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], sp: &Strip, ahead: Ahead) {
         let (d, d32) = (st.d, padded_dim32(st.d));
         let n = sp.hi - sp.lo;
         let q = st.q[sp.row0 * d32..].as_ptr();
@@ -213,16 +228,23 @@ mod x86 {
         // SAFETY: rows row0..row0+R of q and keys lo..hi of k exist (checked by `process`).
         unsafe {
             let mut j = 0;
-            while j + 2 <= n {
-                let sc = dots::<R, 2>(q, kb.add(j * d), d);
+            while j + 4 <= n {
+                let sc = dots::<R, 4>(t.f, q, kb.add(j * d), d, (&ahead, sp.lo + j));
                 for r in 0..R {
-                    st.s[r * KB + j] = sc[r][0];
-                    st.s[r * KB + j + 1] = sc[r][1];
+                    st.s[r * KB + j..r * KB + j + 4].copy_from_slice(&sc[r]);
+                }
+                j += 4;
+            }
+            if j + 2 <= n {
+                let sc = dots::<R, 2>(t.f, q, kb.add(j * d), d, (&Ahead::NONE, 0));
+                for r in 0..R {
+                    st.s[r * KB + j..r * KB + j + 2].copy_from_slice(&sc[r]);
                 }
                 j += 2;
             }
+            ahead.fetch_rows(sp.lo + j, KB);
             if j < n {
-                let sc = dots::<R, 1>(q, kb.add(j * d), d);
+                let sc = dots::<R, 1>(t.f, q, kb.add(j * d), d, (&Ahead::NONE, 0));
                 for r in 0..R {
                     st.s[r * KB + j] = sc[r][0];
                 }
@@ -260,13 +282,15 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn process_impl(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], strips: &[Strip]) {
+        let mut ahead = st.ahead;
         for sp in strips {
             match sp.rows {
-                1 => strip::<1>(t, st, k, v, sp),
-                2 => strip::<2>(t, st, k, v, sp),
-                3 => strip::<3>(t, st, k, v, sp),
-                _ => strip::<4>(t, st, k, v, sp),
+                1 => strip::<1>(t, st, k, v, sp, ahead),
+                2 => strip::<2>(t, st, k, v, sp, ahead),
+                3 => strip::<3>(t, st, k, v, sp, ahead),
+                _ => strip::<4>(t, st, k, v, sp, ahead),
             }
+            ahead = Ahead::NONE;
         }
     }
 

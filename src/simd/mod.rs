@@ -69,6 +69,12 @@ pub trait Simd: Copy + Send + Sync {
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     fn reduce_max(self, v: Self::V) -> f32;
     fn reduce_sum(self, v: Self::V) -> f32;
+    /// `[reduce_sum(v[0]), …, reduce_sum(v[3])]`, bit for bit; an ISA may override it with a
+    /// transposing reduction that shares shuffles between the four sums.
+    #[inline(always)]
+    fn reduce_sum4(self, v: [Self::V; 4]) -> [f32; 4] {
+        v.map(|x| self.reduce_sum(x))
+    }
     /// Given `t = x + 1.5·2²³` for an integer-valued `x` in [-127, 127], returns 2ˣ built from
     /// the exponent bits (`x = -127` gives exactly 0). Integer lane arithmetic, hence per ISA.
     fn pow2_from_magic(self, t: Self::V) -> Self::V;
@@ -250,6 +256,46 @@ impl fmt::Display for Isa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mixed magnitudes, so a different summation order would change the bits.
+    fn lanes_for_sums(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 % 113) as f32 - 56.3) * 1.37e-3 * (1.0 + (i % 5) as f32 * 3.1e3)).collect()
+    }
+
+    /// `reduce_sum` keeps the documented tree order on the x86 paths (which once went through
+    /// memory), and `reduce_sum4` equals four `reduce_sum`s bit for bit on every available ISA.
+    #[test]
+    fn horizontal_sums_keep_their_order_and_reduce_sum4_matches() {
+        fn check<S: Simd>(s: S, tree: impl Fn(&[f32]) -> f32) -> usize {
+            let vals = lanes_for_sums(S::W * 4 * 8);
+            let mut n = 0;
+            for block in vals.chunks_exact(S::W * 4) {
+                // SAFETY: each chunk of `block` holds exactly W floats.
+                let v: [S::V; 4] = std::array::from_fn(|k| unsafe { s.load(block[k * S::W..].as_ptr()) });
+                let four = s.reduce_sum4(v);
+                for k in 0..4 {
+                    let lane = &block[k * S::W..(k + 1) * S::W];
+                    assert_eq!(s.reduce_sum(v[k]).to_bits(), tree(lane).to_bits(), "{lane:?}");
+                    assert_eq!(four[k].to_bits(), tree(lane).to_bits(), "{lane:?}");
+                    n += 1;
+                }
+            }
+            n
+        }
+        let mut checked = check(scalar::Portable, |a| (a[0] + a[1]) + (a[2] + a[3]));
+        #[cfg(target_arch = "x86_64")]
+        {
+            let tree8 = |a: &[f32]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            if let Some(t) = x86_avx2::Avx2Fma::new() {
+                checked += check(t, tree8);
+            }
+            if let Some(t) = x86_avx512::Avx512::new() {
+                checked += check(t, |a| tree8(&(0..8).map(|i| a[i] + a[i + 8]).collect::<Vec<_>>()));
+            }
+        }
+        // The portable path always runs (32 sums); each x86 path adds 32 more where present.
+        assert_eq!(checked, 32 * (1 + [Isa::Avx2, Isa::Avx512].iter().filter(|i| i.is_available()).count()));
+    }
 
     #[test]
     fn exp_shifted_matches_f64_exp_for_softmax_arguments() {

@@ -72,9 +72,13 @@ impl Simd for Avx2Fma {
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m256) -> f32 {
-        let mut a = [0.0f32; 8];
-        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
-        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+        // In registers, in the order ((a0+a4)+(a1+a5))+((a2+a6)+(a3+a7)) (see the AVX-512 path).
+        // SAFETY: register-only AVX/SSE3 operations; the caller's target features cover them.
+        unsafe {
+            let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let t = _mm_add_ps(x, _mm_movehdup_ps(x));
+            _mm_cvtss_f32(_mm_add_ss(t, _mm_movehl_ps(t, t)))
+        }
     }
     #[inline(always)]
     fn pow2_from_magic(self, t: __m256) -> __m256 {

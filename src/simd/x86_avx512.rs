@@ -71,13 +71,44 @@ impl Simd for Avx512 {
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m512) -> f32 {
-        let mut a = [0.0f32; 16];
-        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-        let mut h = [0.0f32; 8];
-        for i in 0..8 {
-            h[i] = a[i] + a[i + 8];
+        // In registers, in the order of the scalar tree ((h0+h4)+(h1+h5))+((h2+h6)+(h3+h7)) with
+        // h[i] = v[i] + v[i+8] (each add is commutative, so the bits do not depend on operand
+        // order): going through memory cost ~30 instructions per call, and the decode kernel
+        // makes one call per (row, key).
+        // SAFETY: register-only AVX-512F/SSE3 operations; the caller's target features cover them.
+        unsafe {
+            let lo = _mm512_castps512_ps256(v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let h = _mm256_add_ps(lo, hi);
+            let x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let t = _mm_add_ps(x, _mm_movehdup_ps(x));
+            _mm_cvtss_f32(_mm_add_ss(t, _mm_movehl_ps(t, t)))
         }
-        ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
+    }
+    #[inline(always)]
+    fn reduce_sum4(self, v: [__m512; 4]) -> [f32; 4] {
+        // The pairing of `reduce_sum` (lane i + lane i+8, then + lane i+4, then adjacent
+        // pairs, then the two pair sums) for four vectors at once: 8 shuffles and 6 adds instead
+        // of 4 × 8 instructions.
+        // SAFETY: register-only AVX-512F operations; the caller's target features cover them.
+        unsafe {
+            let half = |a: __m512, b: __m512| {
+                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b); // a[0..8] | b[0..8]
+                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b); // a[8..16] | b[8..16]
+                _mm512_add_ps(lo, hi)
+            };
+            let (ab, cd) = (half(v[0], v[1]), half(v[2], v[3]));
+            // 128-bit lanes: [a0-3, a4-7, b0-3, b4-7] and [c.., d..] → a, b, c, d quarters.
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd);
+            let x = _mm512_add_ps(lo, hi);
+            let t = _mm512_add_ps(x, _mm512_movehdup_ps(x));
+            let u = _mm512_add_ps(t, _mm512_permute_ps::<0b01_00_11_10>(t));
+            let sums = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), u);
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(sums));
+            out
+        }
     }
     #[inline(always)]
     fn pow2_from_magic(self, t: __m512) -> __m512 {
