@@ -244,11 +244,13 @@ inline unsigned smem_addr(const void* p) {
     return static_cast<unsigned>(c - emu::ctx.block->smem);
 }
 
-inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    if (reinterpret_cast<uintptr_t>(smem_dst) % 16 != 0 || !emu::in_smem(smem_dst, 16)) {
+inline void cp_async_16(unsigned sdst, const void* gmem_src, int src_bytes) {
+    const emu::Block& b = *emu::ctx.block;
+    if (sdst % 16 != 0 || static_cast<size_t>(sdst) + 16 > b.smem_bytes) {
         emu::fail("cp.async: destination outside shared memory or not 16-byte aligned");
         return;
     }
+    void* smem_dst = b.smem + sdst;
     if (src_bytes < 0 || src_bytes > 16) {
         emu::fail("cp.async: src-size must be in [0, 16]");
         return;

@@ -16,14 +16,23 @@
 //   key range is cut into num_splits ranges of keys_per_split keys (a multiple of BC); each block
 //   writes its normalized partial O and natural-log LSE to o_accum/lse_accum, and flash_combine
 //   (kernels/flash_combine.cu) merges them per row (the counterpart of attnkit::merge_partials).
-// - Shared memory (dynamic only): Q tile BR×DP and two stages of (K, V) tiles BC×DP, rows padded
-//   by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank groups.
-//   Tiles are loaded with 16-byte cp.async; rows past N and columns past d are zero-filled by
-//   cp.async's src-size operand (ragged tails without scalar loops or out-of-bounds reads).
-// - Pipeline: two K/V stages, one __syncthreads per key tile. At the top of tile j each thread
-//   waits for its copies of tile j (the only group in flight), the barrier publishes them and
-//   proves every warp finished tile j−1, and the copy of tile j+1 into the freed stage is issued
-//   before any math of tile j, so it overlaps the whole of tile j's Q·Kᵀ, softmax and P·V.
+// - Shared memory (dynamic only): Q tile BR×DP and STAGES pairs of (K, V) tiles BC×DP, rows
+//   padded by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank
+//   groups. Tiles are loaded with 16-byte cp.async, a thread keeping one column and stepping by
+//   whole rows (one 64-bit offset, no per-chunk addresses live across the key loop); rows past N
+//   and columns past d are zero-filled by cp.async's src-size operand (ragged tails without
+//   scalar loops or out-of-bounds reads).
+// - Pipeline, per variant (FlashCfg::STAGES):
+//   2 — two (K, V) stages, one __syncthreads per key tile. At the top of tile j each thread waits
+//       for its copies of tile j (the only group in flight), the barrier publishes them and proves
+//       every warp finished tile j−1, and the copy of tile j+1 into the freed stage is issued
+//       before any math of tile j, so it overlaps the whole of tile j's Q·Kᵀ, softmax and P·V.
+//   1 — FA2's schedule: one K and one V buffer, two barriers per key tile. After the first
+//       barrier (K_j landed) V_j's copy is issued and overlaps Q·K_jᵀ and the softmax; after the
+//       second (V_j landed, every warp done with K_j) K_{j+1}'s copy overlaps P·V_j. FA2 issues
+//       K_{j+1} before the softmax; here it comes after P is packed, when S's registers are dead
+//       (issued earlier, d64 128×128 and d128 128×64 spill: kernels/README.md). Half the K/V
+//       smem of two stages, which is what lets FA2's wider key tiles fit two blocks per SM.
 // - S = Q·Kᵀ and O += P·V use mma.sync.m16n8k16 (f16 or bf16 inputs, fp32 accumulators).
 //   Operands come from ldmatrix (.trans for V). The S accumulator fragment is re-packed in
 //   registers as the A operand of P·V (the FA2 register trick: no round trip through smem).
@@ -50,8 +59,9 @@
 //   it needs a second S accumulator, MT·BC/2 more registers per thread, which no variant here has
 //   left (see kernels/README.md for registers per variant).
 //
-// Tile configuration per padded head dim: FlashCfg below (FA2's shapes where two K/V stages fit
-// the shared memory: see kernels/README.md for the table, registers, smem and blocks per SM).
+// Tile configuration per padded head dim: FlashCfg below (FA2's key-tile widths at d64, d128 and
+// d256 on the one-buffer schedule; see kernels/README.md for the table, registers, smem and
+// blocks per SM).
 //
 // The same source compiles for the CPU as C++20 with kernels/cuda_host_emu.hpp (ATTNKIT_EMU),
 // which supplies the primitives below with their documented PTX semantics.
@@ -71,9 +81,10 @@ DEVI unsigned smem_addr(const void* p) {
     return a;
 }
 
-// Copies 16 bytes global → shared; only the first src_bytes are read, the rest are zero-filled.
-DEVI void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
+// Copies 16 bytes global → shared (sdst: shared-window byte address); only the first src_bytes
+// are read, the rest are zero-filled.
+DEVI void cp_async_16(unsigned sdst, const void* gmem_src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sdst), "l"(gmem_src),
                  "r"(src_bytes));
 }
 DEVI void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -180,27 +191,27 @@ struct FlashFwdParams {
 template <int DP>
 struct FlashCfg;
 // clang-format off
-template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<64>  { enum { BC = 64,  MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<128> { enum { BC = 32,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
+template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1, STAGES = 2 }; };
+template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<64>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfg<128> { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<160> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<192> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
 // The _mods entry points: the same tiles, except where the modifiers' extra live values would
-// spill (ptxas 12.9/13.0: d32 112–116 B, d48 160–264 B, d64 68 B on sm_90): narrower key tiles
-// or Q from smem there.
+// spill (ptxas 12.9/13.0 on the plain tile: d32 104 B with Q in registers, d48 252–316 B,
+// d64 56 B, d128 96 B): Q from smem or narrower key tiles with two stages there.
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
-template <> struct FlashCfgM<32, true> { enum { BC = 64, MT = 2, QREG = 1 }; };
-template <> struct FlashCfgM<48, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
-template <> struct FlashCfgM<64, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
+template <> struct FlashCfgM<32, true>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfgM<48, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfgM<64, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfgM<128, true> { enum { BC = 32,  MT = 2, QREG = 0, STAGES = 2 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
 #define FLASH_WARPS 4
-#define FLASH_STAGES 2
 #define COMBINE_ROWS_PER_BLOCK 4  // one warp per row
 #define COMBINE_MAX_COLS 8        // d ≤ 32·8 = 256 columns per lane
 
@@ -210,30 +221,38 @@ struct FlashGeom {
         BC = FlashCfgM<DP, MODS>::BC,
         MT = FlashCfgM<DP, MODS>::MT,
         QREG = FlashCfgM<DP, MODS>::QREG,
+        STAGES = FlashCfgM<DP, MODS>::STAGES,
         BR = 16 * MT * FLASH_WARPS,
         STRIDE = DP + 8,  // halves per smem row (16-byte pad)
-        SMEM_BYTES = (BR + 2 * FLASH_STAGES * BC) * STRIDE * 2,
+        SMEM_BYTES = (BR + 2 * STAGES * BC) * STRIDE * 2,
     };
 };
 
-// Loads rows [row0, row0+R) of a (rows_total × d) row-major 16-bit matrix into smem (stride
-// STRIDE), zero-filling rows ≥ rows_total and columns ≥ d.
+// Loads rows [row0, row0+R) of a (rows_total × d) row-major 16-bit matrix into smem at the
+// shared-window byte address sdst (row stride STRIDE halves), zero-filling rows ≥ rows_total and
+// columns ≥ d.
 template <int R, int DP>
-DEVI void load_tile(unsigned short* s, const unsigned short* g, int row0, int rows_total, int d, int tid) {
+DEVI void load_tile(unsigned sdst, const unsigned short* g, int row0, int rows_total, int d, int tid) {
     constexpr int CPR = DP / 8;  // 16-byte chunks per row
-    constexpr int CHUNKS = R * CPR;
     constexpr int STRIDE = DP + 8;
+    // A pass covers RPI whole rows with RPI·CPR threads (the other FLASH_THREADS % CPR idle), so
+    // a thread keeps its column and one 64-bit offset advances by RPI rows per pass: no per-pass
+    // offsets for the compiler to keep live across the key loop.
+    constexpr int RPI = FLASH_THREADS / CPR;
+    constexpr int PASSES = (R + RPI - 1) / RPI;
+    constexpr bool EXACT = FLASH_THREADS % CPR == 0 && R % RPI == 0;
+    const int r0 = tid / CPR, col = (tid % CPR) * 8;
+    const int rows_mine = r0 < RPI ? R - r0 : 0;                   // copy while it·RPI < this
+    const int rows_left = col < d ? rows_total - row0 - r0 : 0;  // read while it·RPI < this, else zero-fill
+    long long off = (long long)(row0 + r0) * d + col;
 #pragma unroll
-    for (int it = 0; it < (CHUNKS + FLASH_THREADS - 1) / FLASH_THREADS; ++it) {
-        const int c = it * FLASH_THREADS + tid;
-        if (CHUNKS % FLASH_THREADS == 0 || c < CHUNKS) {
-            const int r = c / CPR, col = (c % CPR) * 8;
-            const int row = row0 + r;
-            const bool ok = row < rows_total && col < d;
+    for (int it = 0; it < PASSES; ++it) {
+        if (EXACT || it * RPI < rows_mine) {
+            const bool ok = it * RPI < rows_left;
             // A zero-byte cp.async reads nothing; the base pointer keeps the operand a valid address.
-            const unsigned short* src = ok ? g + (long long)row * d + col : g;
-            cp_async_16(s + r * STRIDE + col, src, ok ? 16 : 0);
+            cp_async_16(sdst + ((r0 + it * RPI) * STRIDE + col) * 2, ok ? g + off : g, ok ? 16 : 0);
         }
+        off += (long long)RPI * d;
     }
 }
 
@@ -250,6 +269,8 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     typedef FlashGeom<DP, MODS> G;
     constexpr int BC = G::BC, MT = G::MT, BR = G::BR, STR = G::STRIDE;
     constexpr bool QREG = G::QREG != 0;
+    // One K and one V buffer, loads interleaved with the math (FA2), instead of two (K, V) stages.
+    constexpr bool ILV = G::STAGES == 1;
     constexpr int KS = DP / 16;   // k-steps of Q·Kᵀ
     constexpr int NTS = BC / 8;   // n8 tiles of S
     constexpr int NTO = DP / 8;   // n8 tiles of O
@@ -257,11 +278,10 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     constexpr int STAGE = 2 * BC * STR;  // halves per (K, V) stage
 
     DECLARE_DYNAMIC_SMEM(smem_raw);
-    unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
-    unsigned short* sKV = sQ + BR * STR;  // stage s: K at sKV + s·STAGE, V right after it
     // Byte addresses in the shared window for ldmatrix: a per-lane part computed once, plus
     // compile-time tile offsets.
-    const unsigned aQ = smem_addr(sQ), aKV = aQ + BR * STR * 2;
+    // Q at aQ; stage s: K at aKV + 2·s·STAGE, V right after it.
+    const unsigned aQ = smem_addr(smem_raw), aKV = aQ + BR * STR * 2;
 
     const int d = p.d, pack = p.pack;
     // With modifiers the scores are replaced in place by their modified scaled values (scaled,
@@ -329,20 +349,24 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const unsigned lv = (((lane >> 3) & 1) * 8 + (lane & 7)) * STR * 2 + (lane >> 4) * 16;
 
     if (j_begin < j_end) {
-        load_tile<BR, DP>(sQ, gQ, q0, rows, d, tid);
-        load_tile<BC, DP>(sKV, gK, j_begin * BC, nk, d, tid);
-        load_tile<BC, DP>(sKV + BC * STR, gV, j_begin * BC, nk, d, tid);
+        load_tile<BR, DP>(aQ, gQ, q0, rows, d, tid);
+        load_tile<BC, DP>(aKV, gK, j_begin * BC, nk, d, tid);
+        if (!ILV) load_tile<BC, DP>(aKV + BC * STR * 2, gV, j_begin * BC, nk, d, tid);
         cp_async_commit();
 
         for (int j = j_begin; j < j_end; ++j) {
             const int n0 = j * BC;
-            const unsigned aK = aKV + ((j - j_begin) & 1) * STAGE * 2, aV = aK + BC * STR * 2;
-            cp_async_wait<0>();  // this thread's copies of tile j (the one group in flight) landed
-            __syncthreads();     // everyone's copies visible; every warp is done with tile j−1's stage
-            if (j + 1 < j_end) {
-                unsigned short* nK = sKV + ((j + 1 - j_begin) & 1) * STAGE;
+            const unsigned aK = aKV + (ILV ? 0 : ((j - j_begin) & 1) * STAGE * 2), aV = aK + BC * STR * 2;
+            cp_async_wait<0>();  // this thread's copies of K_j (the one group in flight) landed
+            __syncthreads();     // everyone's copies visible; every warp is done with tile j−1's buffers
+            if (ILV) {
+                // One K and one V buffer (FA2's schedule): V_j's copy overlaps Q·K_jᵀ.
+                load_tile<BC, DP>(aKV + BC * STR * 2, gV, n0, nk, d, tid);
+                cp_async_commit();
+            } else if (j + 1 < j_end) {
+                const unsigned nK = aKV + ((j + 1 - j_begin) & 1) * STAGE * 2;
                 load_tile<BC, DP>(nK, gK, n0 + BC, nk, d, tid);
-                load_tile<BC, DP>(nK + BC * STR, gV, n0 + BC, nk, d, tid);
+                load_tile<BC, DP>(nK + BC * STR * 2, gV, n0 + BC, nk, d, tid);
                 cp_async_commit();
             }
 
@@ -396,14 +420,15 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                     for (int rr = 0; rr < 2; ++rr) {
-                        const int diag = row_base + mt * 16 + 8 * rr + off;  // pack = 1 with modifiers
+                        // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
+                        const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
 #pragma unroll
                         for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                             for (int e = 0; e < 2; ++e) {
                                 float x = s[mt][nt][2 * rr + e] * scale;
                                 if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
-                                x -= slope * fabsf((float)(diag - (n0 + nt * 8 + 2 * t + e)));
+                                x -= slope * fabsf((float)(diag - (nt * 8 + e)));
                                 s[mt][nt][2 * rr + e] = x;
                             }
                         }
@@ -418,13 +443,16 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
 #pragma unroll
                     for (int rr = 0; rr < 2; ++rr) {
                         const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
-                        const int lo = band_lo(pos, off, p.win_left), hi = band_hi(pos, off, p.win_right, nk);
+                        // The band relative to this lane's first key, so each comparison is
+                        // against the column's compile-time offset (no key index registers).
+                        const int k0 = n0 + 2 * t;
+                        const int lo = band_lo(pos, off, p.win_left) - k0;
+                        const int hi = band_hi(pos, off, p.win_right, nk) - k0;
 #pragma unroll
                         for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                             for (int e = 0; e < 2; ++e) {
-                                const int key = n0 + nt * 8 + 2 * t + e;
-                                if (key < lo || key >= hi) s[mt][nt][2 * rr + e] = neg_inf();
+                                if (nt * 8 + e < lo || nt * 8 + e >= hi) s[mt][nt][2 * rr + e] = neg_inf();
                             }
                         }
                     }
@@ -487,6 +515,17 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                     pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
                 }
             }
+            if (ILV) {
+                cp_async_wait<0>();  // V_j landed
+                __syncthreads();     // V_j visible; every warp is done reading K_j
+                // K_{j+1}'s copy overlaps P·V_j. Issued after the softmax, not before it as FA2 does:
+                // S's registers are dead here (P is packed), and ptxas spills otherwise (README).
+                if (j + 1 < j_end) {
+                    load_tile<BC, DP>(aKV, gK, n0 + BC, nk, d, tid);
+                    cp_async_commit();
+                }
+            }
+
 #pragma unroll
             for (int kk = 0; kk < KSP; ++kk) {
 #pragma unroll

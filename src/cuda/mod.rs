@@ -24,7 +24,7 @@ pub use nvrtc::{Compiled, Nvrtc, compile, find_nvrtc, include_paths, nvrtc, nvrt
 pub use params::FlashFwdParams;
 pub use ptxas::{PtxasInfo, parse_ptxas, ptxas_for, ptxas_major, ptxas_path, run_ptxas};
 pub use variants::{
-    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, ModData, STAGES, THREADS, Variant,
+    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, ModData, THREADS, Variant,
     unsupported_reasons, variant_for, variants,
 };
 
