@@ -155,6 +155,12 @@ const EXTRA: &[(&str, usize, usize, usize, usize, usize, usize, bool, (i64, i64)
     ("d64_narrow_window_skips_tiles", 1, 1, 1, 450, 450, 64, false, (30, 0)),
     ("d128_gqa_batch2_causal", 2, 4, 2, 90, 90, 128, true, (-1, -1)),
     ("d80_decode_like", 1, 2, 2, 3, 190, 80, true, (-1, -1)),
+    // Several key tiles of the one-buffer (FA2) schedule's widths, ragged last tile: d48 128
+    // keys, d128/d192/d256 64 keys (d64's 128 runs in the table's ragged1000 and windows).
+    ("d48_gqa_ragged_3_tiles", 1, 2, 1, 60, 300, 48, false, (-1, -1)),
+    ("d128_ragged_window_6_tiles", 1, 1, 1, 130, 333, 128, false, (150, 40)),
+    ("d192_causal_3_tiles", 1, 1, 1, 150, 150, 192, true, (-1, -1)),
+    ("d256_gqa_ragged_3_tiles", 1, 2, 1, 40, 150, 256, false, (-1, -1)),
     // Split-KV (few blocks): N_q = 1 with GQA packing, ragged N_k, causal, windows, MQA, d256.
     ("split_decode_gqa_ragged", 2, 8, 2, 1, 333, 64, false, (-1, -1)),
     ("split_decode_mqa_causal_d128", 1, 4, 1, 1, 201, 128, true, (-1, -1)),
@@ -403,6 +409,10 @@ fn mod_cases() -> Vec<(&'static str, Problem)> {
         (
             "split_varlen_decode_softcap_d128",
             packed(&[0, 1, 2, 3], &[0, 200, 201, 330], 2, 1, 128).with_softcap(3.0).with_sinks(sinks(2)),
+        ),
+        (
+            "alibi_softcap_ragged_d256",
+            Problem::new(1, 2, 40, 256).with_seq_k(200).with_softcap(5.0).with_alibi(alibi_slopes(2)),
         ),
         (
             "split_alibi_window_d256",
