@@ -191,23 +191,23 @@ struct FlashFwdParams {
 template <int DP>
 struct FlashCfg;
 // clang-format off
-template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1, STAGES = 2 }; };
-template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1 }; };
-template <> struct FlashCfg<64>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1 }; };
-template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
-template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
-template <> struct FlashCfg<128> { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 1 }; };
-template <> struct FlashCfg<160> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
-template <> struct FlashCfg<192> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
-template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1 }; };
+template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<64>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<128> { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
+template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
+template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1, OVL = 0 }; };
 // The _mods entry points: the same tiles, except where the modifiers' extra live values would
 // spill (ptxas 12.9/13.0 on the plain tile: d32 104 B with Q in registers, d48 252–316 B,
 // d64 56 B, d128 96 B): Q from smem or narrower key tiles with two stages there.
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
-template <> struct FlashCfgM<32, true>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 2 }; };
-template <> struct FlashCfgM<48, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
-template <> struct FlashCfgM<64, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2 }; };
-template <> struct FlashCfgM<128, true> { enum { BC = 32,  MT = 2, QREG = 0, STAGES = 2 }; };
+template <> struct FlashCfgM<32, true>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfgM<48, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfgM<64, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfgM<128, true> { enum { BC = 32,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
@@ -222,6 +222,7 @@ struct FlashGeom {
         MT = FlashCfgM<DP, MODS>::MT,
         QREG = FlashCfgM<DP, MODS>::QREG,
         STAGES = FlashCfgM<DP, MODS>::STAGES,
+        OVL = FlashCfgM<DP, MODS>::OVL,
         BR = 16 * MT * FLASH_WARPS,
         STRIDE = DP + 8,  // halves per smem row (16-byte pad)
         SMEM_BYTES = (BR + 2 * STAGES * BC) * STRIDE * 2,
@@ -271,6 +272,9 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     constexpr bool QREG = G::QREG != 0;
     // One K and one V buffer, loads interleaved with the math (FA2), instead of two (K, V) stages.
     constexpr bool ILV = G::STAGES == 1;
+    // Q·K_{j+1}ᵀ issued before the softmax of tile j (needs two stages and MT·BC/2 more registers).
+    constexpr bool OVL = G::OVL != 0;
+    static_assert(!OVL || G::STAGES == 2, "the overlapped loop keeps K one tile ahead in two stages");
     constexpr int KS = DP / 16;   // k-steps of Q·Kᵀ
     constexpr int NTS = BC / 8;   // n8 tiles of S
     constexpr int NTO = DP / 8;   // n8 tiles of O
@@ -348,7 +352,208 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const unsigned lk = (((lane >> 4) & 1) * 8 + (lane & 7)) * STR * 2 + ((lane >> 3) & 1) * 16;
     const unsigned lv = (((lane >> 3) & 1) * 8 + (lane & 7)) * STR * 2 + (lane >> 4) * 16;
 
-    if (j_begin < j_end) {
+    // The steps of one key tile, shared by both loops below.
+    // Score modifiers and the band mask of the key tile starting at n0, in place.
+    auto scores = [&](float (&s)[MT][NTS][4], int n0) {
+        if (MODS) {
+            // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
+            // mask below comes after, so masked keys stay −∞.
+            const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
+                    const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
+#pragma unroll
+                    for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            float x = s[mt][nt][2 * rr + e] * scale;
+                            if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
+                            x -= slope * fabsf((float)(diag - (nt * 8 + e)));
+                            s[mt][nt][2 * rr + e] = x;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Mask only boundary tiles: the band edges or the ragged end of K.
+        if (n0 < full_lo || n0 + BC > full_hi) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
+                    // The band relative to this lane's first key, so each comparison is
+                    // against the column's compile-time offset (no key index registers).
+                    const int k0 = n0 + 2 * t;
+                    const int lo = band_lo(pos, off, p.win_left) - k0;
+                    const int hi = band_hi(pos, off, p.win_right, nk) - k0;
+#pragma unroll
+                    for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            if (nt * 8 + e < lo || nt * 8 + e >= hi) s[mt][nt][2 * rr + e] = neg_inf();
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Online softmax of S into P (packed to 16 bits, the A operand of P·V) and the O rescale.
+    // Online softmax (log2 domain) in three steps, so the overlapped loop can spread them over
+    // the next tile's Q·Kᵀ: the row maxima (m_i updated; msc = m·scale, alpha = the O rescale
+    // factor), the exponentials of one n8 tile (p = exp2(s·scale − msc), row sums into sum), and
+    // the rest (l_i, the O rescale, P packed to 16 bits as the A operand of P·V).
+    auto row_max = [&](float (&s)[MT][NTS][4], float (&msc)[MT][2], float (&alpha)[MT][2]) {
+        bool raised = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                float mx = m_i[mt][rr];
+#pragma unroll
+                for (int nt = 0; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * rr], s[mt][nt][2 * rr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // A row with no allowed key yet keeps m = −∞; subtract 0 so p = exp2(−∞) = 0, not NaN.
+                msc[mt][rr] = mx == neg_inf() ? 0.f : mx * scale_log2;
+                alpha[mt][rr] = fast_exp2(m_i[mt][rr] * scale_log2 - msc[mt][rr]);
+                raised |= mx > m_i[mt][rr];
+                m_i[mt][rr] = mx;
+            }
+        }
+        return raised;
+    };
+    auto exp_tile = [&](float (&s)[MT][NTS][4], const float (&msc)[MT][2], float (&sum)[MT][2], int nt) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[mt][nt][e] = fast_exp2(s[mt][nt][e] * scale_log2 - msc[mt][e >> 1]);
+                sum[mt][e >> 1] += s[mt][nt][e];
+            }
+        }
+    };
+    auto finish = [&](float (&s)[MT][NTS][4], const float (&alpha)[MT][2], bool raised, const float (&sum)[MT][2],
+                      unsigned (&pa)[MT][KSP][4]) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            l_i[mt][0] = l_i[mt][0] * alpha[mt][0] + sum[mt][0];
+            l_i[mt][1] = l_i[mt][1] * alpha[mt][1] + sum[mt][1];
+        }
+        // alpha = 1 exactly for every row whose max did not rise: skip the rescale when that
+        // holds for the whole warp (a warp-uniform branch).
+        if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int nt = 0; nt < NTO; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc_o[mt][nt][e] *= alpha[mt][e >> 1];
+                }
+            }
+        }
+        // All of P is packed before P·V, so S's fp32 registers are dead by then (as in FA2).
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int kk = 0; kk < KSP; ++kk) {
+                pa[mt][kk][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+        }
+    };
+    // The overlapped loop's softmax of the previous tile, run in steps between this tile's
+    // k-steps (null: none). NVRTC rejects generic lambdas (host functions in JIT mode), hence no
+    // callback.
+    struct Overlap {
+        float (*s)[MT][NTS][4];
+        float msc[MT][2], alpha[MT][2], sum[MT][2];
+        bool raised;
+    };
+    Overlap* const no_overlap = nullptr;
+    // S = Q·Kᵀ (unscaled, fp32) of the K tile at shared address aK.
+    auto qk = [&](float (&s)[MT][NTS][4], unsigned aK, Overlap* ov) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            unsigned a_tmp[QREG ? 1 : MT][4];
+            if (!QREG) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    ldmatrix_x4(a_tmp[QREG ? 0 : mt], lq + (mt * 16 * STR + kk * 16) * 2);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NTS / 2; ++np) {
+                unsigned bk[4];
+                ldmatrix_x4(bk, aK + lk + (np * 16 * STR + kk * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
+                    mma_16816<BF16>(s[mt][2 * np], a, bk[0], bk[1]);
+                    mma_16816<BF16>(s[mt][2 * np + 1], a, bk[2], bk[3]);
+                }
+            }
+            if (ov != nullptr) {
+                // Row maxima after the first k-step, then one n8 tile of exponentials after each
+                // later one, so the FP32 work sits among independent mma in program order.
+                if (kk == 0) ov->raised = row_max(*ov->s, ov->msc, ov->alpha);
+#pragma unroll
+                for (int nt = 0; nt < NTS; ++nt) {
+                    if (kk == (KS > 1 ? 1 + nt * (KS - 1) / NTS : 0)) exp_tile(*ov->s, ov->msc, ov->sum, nt);
+                }
+            }
+        }
+    };
+    auto softmax = [&](float (&s)[MT][NTS][4], unsigned (&pa)[MT][KSP][4]) {
+        float msc[MT][2], alpha[MT][2], sum[MT][2] = {};
+        const bool raised = row_max(s, msc, alpha);
+#pragma unroll
+        for (int nt = 0; nt < NTS; ++nt) exp_tile(s, msc, sum, nt);
+        finish(s, alpha, raised, sum, pa);
+    };
+    // O += P·V of the V tile at shared address aV.
+    auto pv = [&](const unsigned (&pa)[MT][KSP][4], unsigned aV) {
+#pragma unroll
+        for (int kk = 0; kk < KSP; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NTO / 2; ++np) {
+                unsigned bv[4];
+                ldmatrix_x4_trans(bv, aV + lv + (kk * 16 * STR + np * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<BF16>(acc_o[mt][2 * np], pa[mt][kk], bv[0], bv[1]);
+                    mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt][kk], bv[2], bv[3]);
+                }
+            }
+        }
+    };
+    auto load_q_frags = [&]() {
+        if (QREG) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], lq + (mt * 16 * STR + kk * 16) * 2);
+                }
+            }
+        }
+    };
+
+    if (j_begin < j_end && !OVL) {
         load_tile<BR, DP>(aQ, gQ, q0, rows, d, tid);
         load_tile<BC, DP>(aKV, gK, j_begin * BC, nk, d, tid);
         if (!ILV) load_tile<BC, DP>(aKV + BC * STR * 2, gV, j_begin * BC, nk, d, tid);
@@ -369,152 +574,13 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 load_tile<BC, DP>(nK + BC * STR * 2, gV, n0 + BC, nk, d, tid);
                 cp_async_commit();
             }
+            if (j == j_begin) load_q_frags();
 
-            if (QREG && j == j_begin) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int kk = 0; kk < KS; ++kk) {
-                        ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], lq + (mt * 16 * STR + kk * 16) * 2);
-                    }
-                }
-            }
-
-            // S = Q·K_jᵀ (unscaled), fp32.
             float s[MT][NTS][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-                }
-            }
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk) {
-                unsigned a_tmp[QREG ? 1 : MT][4];
-                if (!QREG) {
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        ldmatrix_x4(a_tmp[QREG ? 0 : mt], lq + (mt * 16 * STR + kk * 16) * 2);
-                    }
-                }
-#pragma unroll
-                for (int np = 0; np < NTS / 2; ++np) {
-                    unsigned bk[4];
-                    ldmatrix_x4(bk, aK + lk + (np * 16 * STR + kk * 16) * 2);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
-                        mma_16816<BF16>(s[mt][2 * np], a, bk[0], bk[1]);
-                        mma_16816<BF16>(s[mt][2 * np + 1], a, bk[2], bk[3]);
-                    }
-                }
-            }
-
-            if (MODS) {
-                // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
-                // mask below comes after, so masked keys stay −∞.
-                const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-                        // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
-                        const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
-#pragma unroll
-                        for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                            for (int e = 0; e < 2; ++e) {
-                                float x = s[mt][nt][2 * rr + e] * scale;
-                                if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
-                                x -= slope * fabsf((float)(diag - (nt * 8 + e)));
-                                s[mt][nt][2 * rr + e] = x;
-                            }
-                        }
-                    }
-                }
-            }
-
-            // Mask only boundary tiles: the band edges or the ragged end of K.
-            if (n0 < full_lo || n0 + BC > full_hi) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-                        const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
-                        // The band relative to this lane's first key, so each comparison is
-                        // against the column's compile-time offset (no key index registers).
-                        const int k0 = n0 + 2 * t;
-                        const int lo = band_lo(pos, off, p.win_left) - k0;
-                        const int hi = band_hi(pos, off, p.win_right, nk) - k0;
-#pragma unroll
-                        for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                            for (int e = 0; e < 2; ++e) {
-                                if (nt * 8 + e < lo || nt * 8 + e >= hi) s[mt][nt][2 * rr + e] = neg_inf();
-                            }
-                        }
-                    }
-                }
-            }
-
-            // Online softmax (log2 domain).
-            float alpha[MT][2];
-            bool raised = false;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                for (int rr = 0; rr < 2; ++rr) {
-                    float mx = m_i[mt][rr];
-#pragma unroll
-                    for (int nt = 0; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * rr], s[mt][nt][2 * rr + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    // A row with no allowed key yet keeps m = −∞; subtract 0 so p = exp2(−∞) = 0, not NaN.
-                    const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
-                    alpha[mt][rr] = fast_exp2(m_i[mt][rr] * scale_log2 - m_scaled);
-                    raised |= mx > m_i[mt][rr];
-                    m_i[mt][rr] = mx;
-                    float sum = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            const float pe = fast_exp2(s[mt][nt][2 * rr + e] * scale_log2 - m_scaled);
-                            s[mt][nt][2 * rr + e] = pe;
-                            sum += pe;
-                        }
-                    }
-                    l_i[mt][rr] = l_i[mt][rr] * alpha[mt][rr] + sum;
-                }
-            }
-            // alpha = 1 exactly for every row whose max did not rise: skip the rescale when that
-            // holds for the whole warp (a warp-uniform branch).
-            if (__any_sync(0xffffffffu, raised)) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int nt = 0; nt < NTO; ++nt) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc_o[mt][nt][e] *= alpha[mt][e >> 1];
-                    }
-                }
-            }
-
-            // O += P·V_j. P's accumulator fragment is the A operand once packed to 16 bits; all of
-            // P is packed first, so S's fp32 registers are dead before the P·V loop (FA2 does the same).
+            qk(s, aK, no_overlap);
+            scores(s, n0);
             unsigned pa[MT][KSP][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                for (int kk = 0; kk < KSP; ++kk) {
-                    pa[mt][kk][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][kk][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][kk][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-                }
-            }
+            softmax(s, pa);
             if (ILV) {
                 cp_async_wait<0>();  // V_j landed
                 __syncthreads();     // V_j visible; every warp is done reading K_j
@@ -525,18 +591,55 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                     cp_async_commit();
                 }
             }
+            pv(pa, aV);
+        }
+    }
 
+    if (j_begin < j_end && OVL) {
+        // Two (K, V) stages, K one tile ahead of V: S_{j+1} = Q·K_{j+1}ᵀ is issued before the
+        // softmax of S_j, in the same basic block, so the tensor work of one overlaps the FP32
+        // work of the other (FA3's intra-warp overlap, with mma.sync). Stage s holds K_i and V_i
+        // for i − j_begin ≡ s (mod 2); K_{j+2} and V_{j+1} are copied during tile j.
+        load_tile<BR, DP>(aQ, gQ, q0, rows, d, tid);
+        load_tile<BC, DP>(aKV, gK, j_begin * BC, nk, d, tid);
+        cp_async_commit();
+        if (j_begin + 1 < j_end) load_tile<BC, DP>(aKV + STAGE * 2, gK, (j_begin + 1) * BC, nk, d, tid);
+        load_tile<BC, DP>(aKV + BC * STR * 2, gV, j_begin * BC, nk, d, tid);
+        cp_async_commit();
+        cp_async_wait<1>();  // Q and K_{j_begin} landed
+        __syncthreads();
+        load_q_frags();
+        float s[MT][NTS][4];
+        qk(s, aKV, no_overlap);
+        scores(s, j_begin * BC);
+
+        for (int j = j_begin;; ++j) {
+            const int n0 = j * BC;
+            const unsigned aCur = aKV + ((j - j_begin) & 1) * STAGE * 2, aNext = aKV + ((j + 1 - j_begin) & 1) * STAGE * 2;
+            cp_async_wait<0>();  // K_{j+1} and V_j landed
+            __syncthreads();     // visible; every warp is done with K_j and V_{j−1}
+            unsigned pa[MT][KSP][4];
+            if (j + 1 == j_end) {
+                softmax(s, pa);
+                pv(pa, aCur + BC * STR * 2);
+                break;
+            }
+            if (j + 2 < j_end) load_tile<BC, DP>(aCur, gK, n0 + 2 * BC, nk, d, tid);
+            load_tile<BC, DP>(aNext + BC * STR * 2, gV, n0 + BC, nk, d, tid);
+            cp_async_commit();
+            // Tile j's softmax runs in steps between tile j+1's k-steps (qk above).
+            float sn[MT][NTS][4];
+            Overlap ov{&s, {}, {}, {}, false};
+            qk(sn, aNext, &ov);
+            finish(s, ov.alpha, ov.raised, ov.sum, pa);
+            pv(pa, aCur + BC * STR * 2);
+            scores(sn, n0 + BC);
 #pragma unroll
-            for (int kk = 0; kk < KSP; ++kk) {
+            for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                for (int np = 0; np < NTO / 2; ++np) {
-                    unsigned bv[4];
-                    ldmatrix_x4_trans(bv, aV + lv + (kk * 16 * STR + np * 16) * 2);
+                for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(acc_o[mt][2 * np], pa[mt][kk], bv[0], bv[1]);
-                        mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt][kk], bv[2], bv[3]);
-                    }
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = sn[mt][nt][e];
                 }
             }
         }

@@ -39,7 +39,7 @@ type RunFn = unsafe extern "C" fn(i32, i32, i32, u32, u32, u32, FlashFwdParams, 
 type CombineFn = unsafe extern "C" fn(u32, FlashFwdParams, *mut c_char, usize) -> i32;
 type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
-type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
+type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32, *mut i32, *mut i32) -> i32;
 
 const SOURCES: [&str; 4] = [
     include_str!("../kernels/flash_fwd.cu"),
@@ -123,11 +123,18 @@ fn emulator_config_matches_rust_variant_table() {
     // SAFETY: symbol type matches attnkit_emu_config in kernels/emu/driver.cpp.
     let config: libloading::Symbol<ConfigFn> = unsafe { lib.get(b"attnkit_emu_config") }.expect("symbol");
     for v in variants() {
-        let (mut br, mut bc, mut smem) = (0, 0, 0);
+        let (mut br, mut bc, mut smem, mut stages, mut ovl) = (0, 0, 0, 0, 0);
         // SAFETY: out-pointers are valid locals.
-        let rc = unsafe { config(v.bf16 as i32, v.dp as i32, v.mods as i32, &mut br, &mut bc, &mut smem) };
+        let rc = unsafe {
+            config(v.bf16 as i32, v.dp as i32, v.mods as i32, &mut br, &mut bc, &mut smem, &mut stages, &mut ovl)
+        };
         assert_eq!(rc, 0, "{} missing in the kernel", v.kernel_name());
-        assert_eq!((br as usize, bc as usize, smem as usize), (v.br(), v.bc, v.smem_bytes()), "{}", v.kernel_name());
+        assert_eq!(
+            (br as usize, bc as usize, smem as usize, stages as usize, ovl != 0),
+            (v.br(), v.bc, v.smem_bytes(), v.stages, v.overlap),
+            "{}",
+            v.kernel_name()
+        );
     }
 }
 
@@ -155,11 +162,12 @@ const EXTRA: &[(&str, usize, usize, usize, usize, usize, usize, bool, (i64, i64)
     ("d64_narrow_window_skips_tiles", 1, 1, 1, 450, 450, 64, false, (30, 0)),
     ("d128_gqa_batch2_causal", 2, 4, 2, 90, 90, 128, true, (-1, -1)),
     ("d80_decode_like", 1, 2, 2, 3, 190, 80, true, (-1, -1)),
-    // Several key tiles of the one-buffer (FA2) schedule's widths, ragged last tile: d48 128
-    // keys, d128/d192/d256 64 keys (d64's 128 runs in the table's ragged1000 and windows).
+    // Several key tiles of the new widths and schedules, ragged last tile: one-buffer (FA2)
+    // schedule d48 128 keys, d128/d256 64 keys (d64's 128 runs in the table's ragged1000 and
+    // windows); overlapped softmax d192 32 keys (d160 in the table's d160 and modifier cases).
     ("d48_gqa_ragged_3_tiles", 1, 2, 1, 60, 300, 48, false, (-1, -1)),
     ("d128_ragged_window_6_tiles", 1, 1, 1, 130, 333, 128, false, (150, 40)),
-    ("d192_causal_3_tiles", 1, 1, 1, 150, 150, 192, true, (-1, -1)),
+    ("d192_causal_5_tiles", 1, 1, 1, 150, 150, 192, true, (-1, -1)),
     ("d256_gqa_ragged_3_tiles", 1, 2, 1, 40, 150, 256, false, (-1, -1)),
     // Split-KV (few blocks): N_q = 1 with GQA packing, ragged N_k, causal, windows, MQA, d256.
     ("split_decode_gqa_ragged", 2, 8, 2, 1, 333, 64, false, (-1, -1)),

@@ -74,7 +74,11 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
                 v.br(),
                 v.bc,
                 if v.q_in_regs { "regs" } else { "smem" },
-                if v.stages == 1 { "1+1" } else { "2 stages" },
+                match (v.stages, v.overlap) {
+                    (1, _) => "1+1",
+                    (_, false) => "2 stages",
+                    (_, true) => "2 stages, S overlap",
+                },
                 regs.join(" / "),
                 spills.join(" / "),
                 opt(blocks),
@@ -86,7 +90,8 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
     }
     s.push_str(&format!(
         "\n{THREADS} threads per block. K/V \"2 stages\": two (K, V) buffers, one barrier per key tile; \"1+1\": \
-         one K and one V buffer on FA2's schedule, two barriers per key tile. smem/block in bytes; blocks/SM \
+         one K and one V buffer on FA2's schedule, two barriers per key tile; \"S overlap\": two stages with K one tile \
+         ahead, Q·K_{{j+1}}ᵀ issued before tile j's softmax. smem/block in bytes; blocks/SM \
          is theoretical (registers allocated per warp in units of 256, 1 KB reserved per block).\n"
     ));
     s
@@ -101,7 +106,8 @@ mod tests {
     fn tile_cost_matches_hand_counts() {
         // FA2's d128 tile (128×64, Q from smem): 256 mma per warp, 80 ldmatrix.x4 + 8 KB of
         // cp.async per warp → 192 B/mma; the issue's review figure for FA2 is ≈ 190.
-        let fa2 = Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false, stages: 1, mods: false };
+        let fa2 =
+            Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false, stages: 1, overlap: false, mods: false };
         let c = fa2.tile_cost();
         assert_eq!(c.mma_per_warp, 256);
         assert_eq!(c.smem_bytes_per_mma, 192.0);
@@ -109,7 +115,8 @@ mod tests {
         assert_eq!(Variant { stages: 2, ..fa2 }.tile_cost().barriers_per_1k_keys, 16.0);
         assert_eq!(fa2.smem_bytes(), (128 + 2 * 64) * 136 * 2);
         // The previous d128 tile (64×32, Q in registers): ≈ 320 B/mma in the same review.
-        let old = Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true, stages: 1, mods: false };
+        let old =
+            Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true, stages: 1, overlap: false, mods: false };
         assert_eq!(old.tile_cost().smem_bytes_per_mma, 320.0);
         assert_eq!(old.tile_cost().kv_l2_bytes_per_flop, 1.0 / 64.0);
     }
@@ -122,5 +129,6 @@ mod tests {
         assert_eq!(rows, 2 * variants().iter().filter(|v| !v.bf16).count());
         assert!(t.contains("| d128 | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
         assert!(t.contains("| d128 mods | 128×32 | smem | 2 stages | sm_90 | – | – |"), "{t}");
+        assert!(t.contains("| d192 | 64×32 | smem | 2 stages, S overlap | sm_80 | – | – |"), "{t}");
     }
 }

@@ -22,25 +22,32 @@ pub const MAX_SPLITS: usize = 128;
 /// SMs assumed when the caller does not know the device (an H100 SXM has 132).
 pub const DEFAULT_SMS: usize = 132;
 
-/// (DP, BC, MT, Q in registers, K/V stages), as in `FlashCfg<DP>`: FA2's tiles (d64 128×128,
-/// d128 128×64, d256 64×64) on FA2's one-buffer schedule, two stages where they fit, chosen so
-/// ptxas 12 and 13 report zero spills (kernels/README.md).
-const CFG: [(usize, usize, usize, bool, usize); 9] = [
-    (32, 128, 2, true, 2),
-    (48, 128, 2, false, 1),
-    (64, 128, 2, false, 1),
-    (80, 64, 2, false, 2),
-    (96, 64, 2, false, 2),
-    (128, 64, 2, false, 1),
-    (160, 64, 1, false, 1),
-    (192, 64, 1, false, 1),
-    (256, 64, 1, false, 1),
+/// One row of the variant table: (DP, BC, MT, Q in registers, K/V stages, overlapped softmax).
+type Cfg = (usize, usize, usize, bool, usize, bool);
+
+/// As in `FlashCfg<DP>`: FA2's tiles (d64 128×128, d128 128×64, d256 64×64) on FA2's one-buffer
+/// schedule, two stages where they fit, Q·K_{j+1}ᵀ overlapped with tile j's softmax where the
+/// registers allow (d160, d192); chosen so ptxas 12 and 13 report zero spills (kernels/README.md).
+const CFG: [Cfg; 9] = [
+    (32, 128, 2, true, 2, false),
+    (48, 128, 2, false, 1, false),
+    (64, 128, 2, false, 1, false),
+    (80, 64, 2, false, 2, false),
+    (96, 64, 2, false, 2, false),
+    (128, 64, 2, false, 1, false),
+    (160, 32, 1, false, 2, true),
+    (192, 32, 1, false, 2, true),
+    (256, 64, 1, false, 1, false),
 ];
 
 /// `FlashCfgM<DP, true>`: the `_mods` entry points' tiles where they differ from [`CFG`] (the
 /// modifiers' live values would spill there otherwise; kernels/README.md).
-const MODS_CFG: [(usize, usize, usize, bool, usize); 4] =
-    [(32, 128, 2, false, 2), (48, 64, 2, false, 2), (64, 64, 2, false, 2), (128, 32, 2, false, 2)];
+const MODS_CFG: [Cfg; 4] = [
+    (32, 128, 2, false, 2, false),
+    (48, 64, 2, false, 2, false),
+    (64, 64, 2, false, 2, false),
+    (128, 32, 2, false, 2, false),
+];
 
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +65,9 @@ pub struct Variant {
     /// 1 = one K and one V buffer, V_j copied during Q·K_jᵀ and K_{j+1} during P·V_j (FA2's
     /// schedule, two barriers per tile, half the K/V shared memory).
     pub stages: usize,
+    /// Two stages with K one tile ahead: Q·K_{j+1}ᵀ is issued before tile j's softmax (the
+    /// kernel's `OVL`), costing a second S accumulator (MT·BC/2 registers per thread).
+    pub overlap: bool,
     /// The `_mods` entry point: softcap, ALiBi, sinks, varlen and seqused_k (compiled apart so
     /// the plain kernel keeps its registers).
     pub mods: bool,
@@ -103,9 +113,9 @@ pub fn variants() -> Vec<Variant> {
         .flat_map(|bf16| {
             [false, true].into_iter().flat_map(move |mods| {
                 CFG.iter().map(move |&cfg| {
-                    let (dp, bc, mt, q_in_regs, stages) =
+                    let (dp, bc, mt, q_in_regs, stages, overlap) =
                         if mods { *MODS_CFG.iter().find(|c| c.0 == cfg.0).unwrap_or(&cfg) } else { cfg };
-                    Variant { bf16, dp, bc, mt, q_in_regs, stages, mods }
+                    Variant { bf16, dp, bc, mt, q_in_regs, stages, overlap, mods }
                 })
             })
         })
