@@ -55,9 +55,11 @@
 //   GQA decode packing is off with modifiers (slopes and sinks are per head).
 // - Q fragments stay in registers (QREG) only where registers allow; elsewhere they are re-read
 //   from smem by ldmatrix every key tile, as FA2 does at d128.
-// - The next tile's Q·Kᵀ is not issued before the current softmax (FA3's intra-warp overlap):
-//   it needs a second S accumulator, MT·BC/2 more registers per thread, which no variant here has
-//   left (see kernels/README.md for registers per variant).
+// - Overlapped softmax (FlashCfg::OVL, two stages): K is kept one tile ahead of V, so tile j+1's
+//   Q·Kᵀ is issued before tile j's softmax in the same basic block, and the softmax steps (row
+//   maxima, exponentials per n8 tile) are placed between its k-steps: FA3's intra-warp overlap
+//   with mma.sync. It needs a second S accumulator (MT·BC/2 registers per thread), so only the
+//   variants with register headroom use it (kernels/README.md has the ptxas figures of the rest).
 //
 // Tile configuration per padded head dim: FlashCfg below (FA2's key-tile widths at d64, d128 and
 // d256 on the one-buffer schedule; see kernels/README.md for the table, registers, smem and
@@ -201,7 +203,7 @@ template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2
 template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
 template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1, OVL = 0 }; };
 // The _mods entry points: the same tiles, except where the modifiers' extra live values would
-// spill (ptxas 12.9/13.0 on the plain tile: d32 104 B with Q in registers, d48 252–316 B,
+// spill (ptxas 12.9/13.0 on the plain tile: d32 104 B with Q in registers, d48 252–312 B,
 // d64 56 B, d128 96 B): Q from smem or narrower key tiles with two stages there.
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
 template <> struct FlashCfgM<32, true>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };

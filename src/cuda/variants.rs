@@ -154,7 +154,7 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
     if p.mods.bias.is_some() || p.mods.mask.is_some() {
         r.push(
             "additive bias and boolean mask are not in the CUDA kernel (a per-element global load in the score \
-             loop of variants already at 232-255 registers); use flash-cpu"
+             loop of variants mostly at 238-255 registers); use flash-cpu"
                 .into(),
         );
     }
