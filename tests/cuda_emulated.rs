@@ -10,7 +10,7 @@
 //! so every compiled head-dim variant runs, and decode shapes that take the split-KV path
 //! (partials + flash_combine; N_q = 1, GQA packing, ragged N_k, causal, windows). The f16 run of
 //! a table shape is planned for a 1-SM GPU (never split: the whole key range goes through the
-//! two-stage pipeline in one block), the bf16 run for `DEFAULT_SMS` (split where the plan
+//! pipeline in one block), the bf16 run for `DEFAULT_SMS` (split where the plan
 //! chooses it); `split_*` shapes always use the default. cp.async runs eagerly or lazily
 //! (landing only at its wait_group) alternating over cases and dtypes, so both a copy into a
 //! buffer still in use and a read before the wait would show. Tolerance: `attnkit::validate::exact_tolerance`

@@ -31,10 +31,14 @@ pub use variants::{
 use crate::error::{AttnError, Result};
 use serde::Serialize;
 
-/// The kernels' source, compiled at run time by NVRTC: the forward kernel with the split-KV
-/// combine kernel appended (it uses the forward kernel's parameter struct and primitives).
-pub const FLASH_FWD_SRC: &str =
-    concat!(include_str!("../../kernels/flash_fwd.cu"), include_str!("../../kernels/flash_combine.cu"));
+/// The kernels' source, compiled at run time by NVRTC: the GPU primitives (inline PTX), the
+/// forward kernel, and the split-KV combine kernel (it uses the forward kernel's parameter
+/// struct and the primitives).
+pub const FLASH_FWD_SRC: &str = concat!(
+    include_str!("../../kernels/flash_ptx.cuh"),
+    include_str!("../../kernels/flash_fwd.cu"),
+    include_str!("../../kernels/flash_combine.cu")
+);
 
 /// Entry point that merges split-KV partials; present in every module compiled from
 /// [`FLASH_FWD_SRC`].
