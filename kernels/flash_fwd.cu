@@ -57,8 +57,9 @@
 //   from smem by ldmatrix every key tile, as FA2 does at d128.
 // - Overlapped softmax (FlashCfg::OVL, two stages): K is kept one tile ahead of V, so tile j+1's
 //   Q·Kᵀ is issued before tile j's softmax in the same basic block, and the softmax steps (row
-//   maxima, exponentials per n8 tile) are placed between its k-steps: FA3's intra-warp overlap
-//   with mma.sync. It needs a second S accumulator (MT·BC/2 registers per thread), so only the
+//   maxima, exponentials per n8 tile) are placed between its k-steps (ptxas reorders them; the
+//   point is that they no longer depend on the mma around them): FA3's intra-warp overlap with
+//   mma.sync. It needs a second S accumulator (MT·BC/2 registers per thread), so only the
 //   variants with register headroom use it (kernels/README.md has the ptxas figures of the rest).
 //
 // Tile configuration per padded head dim: FlashCfg below (FA2's key-tile widths at d64, d128 and
