@@ -234,6 +234,7 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
 
 // ---- The kernel's PTX wrappers, host versions ----
 inline float neg_inf() { return -std::numeric_limits<float>::infinity(); }
+inline unsigned opaque(unsigned x) { return x; }
 inline float fast_exp2(float x) { return std::exp2(x); }
 inline float fast_log2(float x) { return std::log2(x); }
 inline float fast_rcp(float x) { return 1.f / x; }

@@ -118,14 +118,9 @@ template <> struct FlashCfg<128> { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 1
 template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
 template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
 template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1, OVL = 0 }; };
-// The _mods entry points: the same tiles, except where the modifiers' extra live values would
-// spill (ptxas 12.9/13.0 on the plain tile: d32 104 B with Q in registers, d48 252–312 B,
-// d64 56 B, d128 96 B): Q from smem or narrower key tiles with two stages there.
+// The _mods entry points run the same tiles (FlashCfgM kept as the place to narrow one should
+// the modifiers' extra live values ever spill there).
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
-template <> struct FlashCfgM<32, true>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
-template <> struct FlashCfgM<48, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
-template <> struct FlashCfgM<64, true>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
-template <> struct FlashCfgM<128, true> { enum { BC = 32,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
@@ -183,6 +178,31 @@ DEVI int band_hi(int i, int off, int right, int nk) { return right >= 0 ? min(nk
 // tanh(x) = 1 − 2/(e^{2x} + 1): exact limits ±1, absolute error ~1e-7 with ex2.approx.
 DEVI float softcap_tanh(float x) { return 1.f - 2.f * fast_rcp(fast_exp2(x * 2.8853900817779268f) + 1.f); }
 
+// The query rows of a block (blockIdx.y = by, blockIdx.z = bz): its first query head h0, key
+// split, and sequence (batch entry b, or packed sequence b under varlen: B = 1, rows q_start..
+// of every head); row0 is the global index of its row 0, rows the sequence's query rows × packed
+// heads.
+template <bool MODS>
+struct BlockRows {
+    int h0, split, b, bb, q_start, nq, rows;
+    long long row0;
+    DEVI BlockRows(const FlashFwdParams& p, unsigned by, unsigned bz) {
+        h0 = by * p.pack;
+        split = bz % p.num_splits;
+        b = bz / p.num_splits;
+        bb = b;
+        q_start = 0;
+        nq = p.nq;
+        if (MODS && p.cu_seqlens_q != nullptr) {
+            bb = 0;
+            q_start = p.cu_seqlens_q[b];
+            nq = p.cu_seqlens_q[b + 1] - q_start;
+        }
+        row0 = ((long long)bb * p.heads + h0) * p.nq + q_start;
+        rows = nq * p.pack;
+    }
+};
+
 template <int DP, bool BF16, bool MODS>
 DEVI void flash_fwd_body(const FlashFwdParams& p) {
     typedef FlashGeom<DP, MODS> G;
@@ -212,28 +232,21 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;  // groupID, threadID_in_group (PTX ISA fragment layout)
     const int q0 = blockIdx.x * BR;
-    const int h0 = blockIdx.y * pack;       // first query head of the block
-    const int split = blockIdx.z % p.num_splits, b = blockIdx.z / p.num_splits;
+    const BlockRows<MODS> br(p, blockIdx.y, blockIdx.z);
+    const int h0 = br.h0, split = br.split, b = br.b, nq = br.nq, rows = br.rows;
     const int kvh = h0 / (p.heads / p.kv_heads);
-    // This block's sequence: batch entry b, or packed sequence b (varlen: B = 1, rows q_start..
-    // of every head). nq/nk are its lengths; seqused_k shortens the keys.
-    int nq = p.nq, nk = p.nk, bb = b, q_start = 0, k_start = 0;
-    if (MODS && p.cu_seqlens_q != nullptr) {
-        bb = 0;
-        q_start = p.cu_seqlens_q[b];
-        nq = p.cu_seqlens_q[b + 1] - q_start;
+    // The sequence's keys: nk, from k_start; seqused_k shortens them.
+    int nk = p.nk, k_start = 0;
+    if (MODS && p.cu_seqlens_q != nullptr) {  // varlen sets both offset arrays
         k_start = p.cu_seqlens_k[b];
         nk = p.cu_seqlens_k[b + 1] - k_start;
     }
     if (MODS && p.seqused_k != nullptr) nk = p.seqused_k[b];
     if (MODS && (int)blockIdx.x * G::BR >= nq) return;  // past this sequence's rows (block-uniform)
-    const long long row0 = ((long long)bb * p.heads + h0) * p.nq + q_start;  // global index of row 0
-    const unsigned short* gQ = p.q + row0 * d;
-    const long long kv_base = (((long long)bb * p.kv_heads + kvh) * p.nk + k_start) * d;
+    const unsigned short* gQ = p.q + br.row0 * d;
+    const long long kv_base = (((long long)br.bb * p.kv_heads + kvh) * p.nk + k_start) * d;
     const unsigned short* gK = p.k + kv_base;
     const unsigned short* gV = p.v + kv_base;
-
-    const int rows = nq * pack;  // query rows of this (sequence, packed head)
     // Query position of a row: the row itself, or 0 for every packed head (pack > 1 ⇒ N_q = 1).
     const int off = nk - nq;
     const int q_last = min(q0 + BR, rows) - 1;
@@ -277,23 +290,32 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
             // mask below comes after, so masked keys stay −∞.
             const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+            // One uniform branch on the softcap per tile, not one per element (ptxas keeps those
+            // as branches: the tanh is not if-converted).
+            auto modify = [&](const bool capped) {
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
+                for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                for (int rr = 0; rr < 2; ++rr) {
-                    // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
-                    const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
+                    for (int rr = 0; rr < 2; ++rr) {
+                        // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
+                        const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
 #pragma unroll
-                    for (int nt = 0; nt < NTS; ++nt) {
+                        for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            float x = s[mt][nt][2 * rr + e] * scale;
-                            if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
-                            x -= slope * fabsf((float)(diag - (nt * 8 + e)));
-                            s[mt][nt][2 * rr + e] = x;
+                            for (int e = 0; e < 2; ++e) {
+                                float x = s[mt][nt][2 * rr + e] * scale;
+                                if (capped) x = cap * softcap_tanh(x * fast_rcp(cap));
+                                x -= slope * fabsf((float)(diag - (nt * 8 + e)));
+                                s[mt][nt][2 * rr + e] = x;
+                            }
                         }
                     }
                 }
+            };
+            if (cap > 0.f) {
+                modify(true);
+            } else {
+                modify(false);
             }
         }
 
@@ -563,11 +585,15 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
         }
     }
 
-    // Epilogue: finish the row sums, normalize, write O and LSE (or this split's partials).
+    // Epilogue: finish the row sums, normalize, write O and LSE (or this split's partials). The
+    // block's rows are recomputed from opaque copies of blockIdx rather than held in registers
+    // across the key loop (ptxas spilled them at d128 _mods 128×64).
+    const BlockRows<MODS> er(p, opaque(blockIdx.y), opaque(blockIdx.z));
+    const long long row0 = er.row0;
     const bool partial = p.num_splits > 1;
     const long long total_rows = (long long)p.batch * p.heads * p.nq;
-    float* o_out = partial ? p.o_accum + split * total_rows * d : p.o;
-    float* lse_out = partial ? p.lse_accum + split * total_rows : p.lse;
+    float* o_out = partial ? p.o_accum + er.split * total_rows * d : p.o;
+    float* lse_out = partial ? p.lse_accum + er.split * total_rows : p.lse;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -579,7 +605,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             float lse_v = l == 0.f ? neg_inf() : (m_i[mt][rr] * scale_log2 + fast_log2(l)) * 0.6931471805599453f;
             if (MODS && p.sinks != nullptr && !partial) {
                 // The sink joins the denominator once: here, or in flash_combine when split.
-                const float sk = p.sinks[h0] * 1.4426950408889634f;
+                const float sk = p.sinks[er.h0] * 1.4426950408889634f;
                 const float mm = l == 0.f ? neg_inf() : m_i[mt][rr] * scale_log2;
                 const float mf = fmaxf(mm, sk);
                 const float a = l == 0.f ? 0.f : fast_exp2(mm - mf);
@@ -588,7 +614,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 lse_v = (mf + fast_log2(ls)) * 0.6931471805599453f;
             }
             const int row = row_base + mt * 16 + 8 * rr;
-            if (row < rows) {
+            if (row < er.rows) {
                 float* o_row = o_out + (row0 + row) * d;
 #pragma unroll
                 for (int nt = 0; nt < NTO; ++nt) {

@@ -9,6 +9,13 @@
 
 DEVI float neg_inf() { return __int_as_float(0xff800000); }
 
+// x, through an asm the compiler cannot see into: a value recomputed from it is not merged with
+// an earlier computation from x, so it need not stay live in between.
+DEVI unsigned opaque(unsigned x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
 DEVI unsigned smem_addr(const void* p) {
     unsigned a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));

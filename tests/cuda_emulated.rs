@@ -361,7 +361,7 @@ fn emulated_kernel_matches_reference() {
 
 /// Score modifiers on the `_mods` entry points: each alone and combined, ALiBi per head and per
 /// sequence, sinks with empty rows, packed varlen with ragged and empty sequences, seqused_k
-/// ragged down to 0, across d32…d256 (d48/d64 on their narrower _mods tiles). f16 runs of
+/// ragged down to 0, across d32…d256 (the plain variants' tiles). f16 runs of
 /// non-`split_` cases on one SM (never split), everything else with the default plan.
 fn mod_cases() -> Vec<(&'static str, Problem)> {
     let sinks = |h: usize| attnkit::seeded::normal_values(h, 11);
@@ -417,6 +417,14 @@ fn mod_cases() -> Vec<(&'static str, Problem)> {
         (
             "split_varlen_decode_softcap_d128",
             packed(&[0, 1, 2, 3], &[0, 200, 201, 330], 2, 1, 128).with_softcap(3.0).with_sinks(sinks(2)),
+        ),
+        (
+            "softcap_alibi_window_d128",
+            Problem::new(1, 2, 90, 128)
+                .with_seq_k(200)
+                .with_window(Window::new(60, 10))
+                .with_softcap(4.0)
+                .with_alibi(alibi_slopes(2)),
         ),
         (
             "alibi_softcap_ragged_d256",

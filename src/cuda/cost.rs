@@ -128,7 +128,7 @@ mod tests {
         let rows = t.lines().filter(|l| l.starts_with("| d")).count();
         assert_eq!(rows, 2 * variants().iter().filter(|v| !v.bf16).count());
         assert!(t.contains("| d128 | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
-        assert!(t.contains("| d128 mods | 128×32 | smem | 2 stages | sm_90 | – | – |"), "{t}");
+        assert!(t.contains("| d128 mods | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
         assert!(t.contains("| d192 | 64×32 | smem | 2 stages, S overlap | sm_80 | – | – |"), "{t}");
     }
 }

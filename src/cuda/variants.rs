@@ -40,15 +40,6 @@ const CFG: [Cfg; 9] = [
     (256, 64, 1, false, 1, false),
 ];
 
-/// `FlashCfgM<DP, true>`: the `_mods` entry points' tiles where they differ from [`CFG`] (the
-/// modifiers' live values would spill there otherwise; kernels/README.md).
-const MODS_CFG: [Cfg; 4] = [
-    (32, 128, 2, false, 2, false),
-    (48, 64, 2, false, 2, false),
-    (64, 64, 2, false, 2, false),
-    (128, 32, 2, false, 2, false),
-];
-
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -112,10 +103,16 @@ pub fn variants() -> Vec<Variant> {
         .into_iter()
         .flat_map(|bf16| {
             [false, true].into_iter().flat_map(move |mods| {
-                CFG.iter().map(move |&cfg| {
-                    let (dp, bc, mt, q_in_regs, stages, overlap) =
-                        if mods { *MODS_CFG.iter().find(|c| c.0 == cfg.0).unwrap_or(&cfg) } else { cfg };
-                    Variant { bf16, dp, bc, mt, q_in_regs, stages, overlap, mods }
+                // The `_mods` entry points run the plain tiles (`FlashCfgM` in the kernel).
+                CFG.iter().map(move |&(dp, bc, mt, q_in_regs, stages, overlap)| Variant {
+                    bf16,
+                    dp,
+                    bc,
+                    mt,
+                    q_in_regs,
+                    stages,
+                    overlap,
+                    mods,
                 })
             })
         })
