@@ -234,6 +234,7 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
 
 // ---- The kernel's PTX wrappers, host versions ----
 inline float neg_inf() { return -std::numeric_limits<float>::infinity(); }
+inline unsigned opaque(unsigned x) { return x; }
 inline float fast_exp2(float x) { return std::exp2(x); }
 inline float fast_log2(float x) { return std::log2(x); }
 inline float fast_rcp(float x) { return 1.f / x; }
@@ -244,11 +245,13 @@ inline unsigned smem_addr(const void* p) {
     return static_cast<unsigned>(c - emu::ctx.block->smem);
 }
 
-inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    if (reinterpret_cast<uintptr_t>(smem_dst) % 16 != 0 || !emu::in_smem(smem_dst, 16)) {
+inline void cp_async_16(unsigned sdst, const void* gmem_src, int src_bytes) {
+    const emu::Block& b = *emu::ctx.block;
+    if (sdst % 16 != 0 || static_cast<size_t>(sdst) + 16 > b.smem_bytes) {
         emu::fail("cp.async: destination outside shared memory or not 16-byte aligned");
         return;
     }
+    void* smem_dst = b.smem + sdst;
     if (src_bytes < 0 || src_bytes > 16) {
         emu::fail("cp.async: src-size must be in [0, 16]");
         return;

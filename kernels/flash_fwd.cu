@@ -16,14 +16,23 @@
 //   key range is cut into num_splits ranges of keys_per_split keys (a multiple of BC); each block
 //   writes its normalized partial O and natural-log LSE to o_accum/lse_accum, and flash_combine
 //   (kernels/flash_combine.cu) merges them per row (the counterpart of attnkit::merge_partials).
-// - Shared memory (dynamic only): Q tile BR×DP and two stages of (K, V) tiles BC×DP, rows padded
-//   by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank groups.
-//   Tiles are loaded with 16-byte cp.async; rows past N and columns past d are zero-filled by
-//   cp.async's src-size operand (ragged tails without scalar loops or out-of-bounds reads).
-// - Pipeline: two K/V stages, one __syncthreads per key tile. At the top of tile j each thread
-//   waits for its copies of tile j (the only group in flight), the barrier publishes them and
-//   proves every warp finished tile j−1, and the copy of tile j+1 into the freed stage is issued
-//   before any math of tile j, so it overlaps the whole of tile j's Q·Kᵀ, softmax and P·V.
+// - Shared memory (dynamic only): Q tile BR×DP and STAGES pairs of (K, V) tiles BC×DP, rows
+//   padded by 8 halves (16 bytes) so the 8 row addresses of every ldmatrix hit 8 distinct 4-bank
+//   groups. Tiles are loaded with 16-byte cp.async, a thread keeping one column and stepping by
+//   whole rows (one 64-bit offset, no per-chunk addresses live across the key loop); rows past N
+//   and columns past d are zero-filled by cp.async's src-size operand (ragged tails without
+//   scalar loops or out-of-bounds reads).
+// - Pipeline, per variant (FlashCfg::STAGES):
+//   2 — two (K, V) stages, one __syncthreads per key tile. At the top of tile j each thread waits
+//       for its copies of tile j (the only group in flight), the barrier publishes them and proves
+//       every warp finished tile j−1, and the copy of tile j+1 into the freed stage is issued
+//       before any math of tile j, so it overlaps the whole of tile j's Q·Kᵀ, softmax and P·V.
+//   1 — FA2's schedule: one K and one V buffer, two barriers per key tile. After the first
+//       barrier (K_j landed) V_j's copy is issued and overlaps Q·K_jᵀ and the softmax; after the
+//       second (V_j landed, every warp done with K_j) K_{j+1}'s copy overlaps P·V_j. FA2 issues
+//       K_{j+1} before the softmax; here it comes after P is packed, when S's registers are dead
+//       (issued earlier, d64 128×128 and d128 128×64 spill: kernels/README.md). Half the K/V
+//       smem of two stages, which is what lets FA2's wider key tiles fit two blocks per SM.
 // - S = Q·Kᵀ and O += P·V use mma.sync.m16n8k16 (f16 or bf16 inputs, fp32 accumulators).
 //   Operands come from ldmatrix (.trans for V). The S accumulator fragment is re-packed in
 //   registers as the A operand of P·V (the FA2 register trick: no round trip through smem).
@@ -46,102 +55,22 @@
 //   GQA decode packing is off with modifiers (slopes and sinks are per head).
 // - Q fragments stay in registers (QREG) only where registers allow; elsewhere they are re-read
 //   from smem by ldmatrix every key tile, as FA2 does at d128.
-// - The next tile's Q·Kᵀ is not issued before the current softmax (FA3's intra-warp overlap):
-//   it needs a second S accumulator, MT·BC/2 more registers per thread, which no variant here has
-//   left (see kernels/README.md for registers per variant).
+// - Overlapped softmax (FlashCfg::OVL, two stages): K is kept one tile ahead of V, so tile j+1's
+//   Q·Kᵀ is issued before tile j's softmax in the same basic block, and the softmax steps (row
+//   maxima, exponentials per n8 tile) are placed between its k-steps (ptxas reorders them; the
+//   point is that they no longer depend on the mma around them): FA3's intra-warp overlap with
+//   mma.sync. It needs a second S accumulator (MT·BC/2 registers per thread), so only the
+//   variants with register headroom use it (kernels/README.md has the ptxas figures of the rest).
 //
-// Tile configuration per padded head dim: FlashCfg below (FA2's shapes where two K/V stages fit
-// the shared memory: see kernels/README.md for the table, registers, smem and blocks per SM).
+// Tile configuration per padded head dim: FlashCfg below (FA2's key-tile widths at d64, d128 and
+// d256 on the one-buffer schedule; see kernels/README.md for the table, registers, smem and
+// blocks per SM).
 //
 // The same source compiles for the CPU as C++20 with kernels/cuda_host_emu.hpp (ATTNKIT_EMU),
-// which supplies the primitives below with their documented PTX semantics.
+// which supplies the primitives of kernels/flash_ptx.cuh with their documented PTX semantics.
 
-#ifndef ATTNKIT_EMU
-// ------------------------------------------------------------------------------------------
-// GPU primitives (inline PTX). No headers are included, so NVRTC needs no include path.
-// ------------------------------------------------------------------------------------------
-#define DEVI __device__ __forceinline__
-#define DECLARE_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-
-DEVI float neg_inf() { return __int_as_float(0xff800000); }
-
-DEVI unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-// Copies 16 bytes global → shared; only the first src_bytes are read, the rest are zero-filled.
-DEVI void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
-                 "r"(src_bytes));
-}
-DEVI void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most N of this thread's committed cp.async groups are still in flight.
-template <int N>
-DEVI void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix takes a 32-bit shared-window address, so constant tile offsets fold into the
-// instruction's immediate instead of occupying one register per fragment address.
-DEVI void ldmatrix_x4(unsigned (&r)[4], unsigned saddr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(saddr));
-}
-DEVI void ldmatrix_x4_trans(unsigned (&r)[4], unsigned saddr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(saddr));
-}
-
-// D = A·B + D for one m16n8k16 tile; A row-major 16×16, B column-major 16×8, fp32 accumulators.
-template <bool BF16>
-DEVI void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    if (BF16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
-// Rounds (lo, hi) to nearest-even 16-bit floats; lo goes to the low half (lower column index).
-template <bool BF16>
-DEVI unsigned pack2(float lo, float hi) {
-    unsigned r;
-    if (BF16) {
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    } else {
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    }
-    return r;
-}
-
-DEVI float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-DEVI float fast_log2(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-DEVI float fast_rcp(float x) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-#endif  // !ATTNKIT_EMU
+// GPU primitives (inline PTX): kernels/flash_ptx.cuh, prepended to this source by the host; the
+// CPU emulation supplies its own (kernels/cuda_host_emu.hpp).
 
 // ------------------------------------------------------------------------------------------
 // The kernels' one argument, passed by value (as FlashAttention's Flash_fwd_params). Mirrors
@@ -180,27 +109,22 @@ struct FlashFwdParams {
 template <int DP>
 struct FlashCfg;
 // clang-format off
-template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<64>  { enum { BC = 64,  MT = 2, QREG = 1 }; };
-template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<128> { enum { BC = 32,  MT = 2, QREG = 0 }; };
-template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0 }; };
-template <> struct FlashCfg<256> { enum { BC = 32,  MT = 1, QREG = 0 }; };
-// The _mods entry points: the same tiles, except where the modifiers' extra live values would
-// spill (ptxas 12.9/13.0: d32 112–116 B, d48 160–264 B, d64 68 B on sm_90): narrower key tiles
-// or Q from smem there.
+template <> struct FlashCfg<32>  { enum { BC = 128, MT = 2, QREG = 1, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<48>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<64>  { enum { BC = 128, MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<80>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<96>  { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 2, OVL = 0 }; };
+template <> struct FlashCfg<128> { enum { BC = 64,  MT = 2, QREG = 0, STAGES = 1, OVL = 0 }; };
+template <> struct FlashCfg<160> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
+template <> struct FlashCfg<192> { enum { BC = 32,  MT = 1, QREG = 0, STAGES = 2, OVL = 1 }; };
+template <> struct FlashCfg<256> { enum { BC = 64,  MT = 1, QREG = 0, STAGES = 1, OVL = 0 }; };
+// The _mods entry points run the same tiles (FlashCfgM kept as the place to narrow one should
+// the modifiers' extra live values ever spill there).
 template <int DP, bool MODS> struct FlashCfgM : FlashCfg<DP> {};
-template <> struct FlashCfgM<32, true> { enum { BC = 64, MT = 2, QREG = 1 }; };
-template <> struct FlashCfgM<48, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
-template <> struct FlashCfgM<64, true> { enum { BC = 64, MT = 2, QREG = 0 }; };
 // clang-format on
 
 #define FLASH_THREADS 128
 #define FLASH_WARPS 4
-#define FLASH_STAGES 2
 #define COMBINE_ROWS_PER_BLOCK 4  // one warp per row
 #define COMBINE_MAX_COLS 8        // d ≤ 32·8 = 256 columns per lane
 
@@ -210,30 +134,39 @@ struct FlashGeom {
         BC = FlashCfgM<DP, MODS>::BC,
         MT = FlashCfgM<DP, MODS>::MT,
         QREG = FlashCfgM<DP, MODS>::QREG,
+        STAGES = FlashCfgM<DP, MODS>::STAGES,
+        OVL = FlashCfgM<DP, MODS>::OVL,
         BR = 16 * MT * FLASH_WARPS,
         STRIDE = DP + 8,  // halves per smem row (16-byte pad)
-        SMEM_BYTES = (BR + 2 * FLASH_STAGES * BC) * STRIDE * 2,
+        SMEM_BYTES = (BR + 2 * STAGES * BC) * STRIDE * 2,
     };
 };
 
-// Loads rows [row0, row0+R) of a (rows_total × d) row-major 16-bit matrix into smem (stride
-// STRIDE), zero-filling rows ≥ rows_total and columns ≥ d.
+// Loads rows [row0, row0+R) of a (rows_total × d) row-major 16-bit matrix into smem at the
+// shared-window byte address sdst (row stride STRIDE halves), zero-filling rows ≥ rows_total and
+// columns ≥ d.
 template <int R, int DP>
-DEVI void load_tile(unsigned short* s, const unsigned short* g, int row0, int rows_total, int d, int tid) {
+DEVI void load_tile(unsigned sdst, const unsigned short* g, int row0, int rows_total, int d, int tid) {
     constexpr int CPR = DP / 8;  // 16-byte chunks per row
-    constexpr int CHUNKS = R * CPR;
     constexpr int STRIDE = DP + 8;
+    // A pass covers RPI whole rows with RPI·CPR threads (the other FLASH_THREADS % CPR idle), so
+    // a thread keeps its column and one 64-bit offset advances by RPI rows per pass: no per-pass
+    // offsets for the compiler to keep live across the key loop.
+    constexpr int RPI = FLASH_THREADS / CPR;
+    constexpr int PASSES = (R + RPI - 1) / RPI;
+    constexpr bool EXACT = FLASH_THREADS % CPR == 0 && R % RPI == 0;
+    const int r0 = tid / CPR, col = (tid % CPR) * 8;
+    const int rows_mine = r0 < RPI ? R - r0 : 0;                   // copy while it·RPI < this
+    const int rows_left = col < d ? rows_total - row0 - r0 : 0;  // read while it·RPI < this, else zero-fill
+    long long off = (long long)(row0 + r0) * d + col;
 #pragma unroll
-    for (int it = 0; it < (CHUNKS + FLASH_THREADS - 1) / FLASH_THREADS; ++it) {
-        const int c = it * FLASH_THREADS + tid;
-        if (CHUNKS % FLASH_THREADS == 0 || c < CHUNKS) {
-            const int r = c / CPR, col = (c % CPR) * 8;
-            const int row = row0 + r;
-            const bool ok = row < rows_total && col < d;
+    for (int it = 0; it < PASSES; ++it) {
+        if (EXACT || it * RPI < rows_mine) {
+            const bool ok = it * RPI < rows_left;
             // A zero-byte cp.async reads nothing; the base pointer keeps the operand a valid address.
-            const unsigned short* src = ok ? g + (long long)row * d + col : g;
-            cp_async_16(s + r * STRIDE + col, src, ok ? 16 : 0);
+            cp_async_16(sdst + ((r0 + it * RPI) * STRIDE + col) * 2, ok ? g + off : g, ok ? 16 : 0);
         }
+        off += (long long)RPI * d;
     }
 }
 
@@ -245,11 +178,41 @@ DEVI int band_hi(int i, int off, int right, int nk) { return right >= 0 ? min(nk
 // tanh(x) = 1 − 2/(e^{2x} + 1): exact limits ±1, absolute error ~1e-7 with ex2.approx.
 DEVI float softcap_tanh(float x) { return 1.f - 2.f * fast_rcp(fast_exp2(x * 2.8853900817779268f) + 1.f); }
 
+// The query rows of a block (blockIdx.y = by, blockIdx.z = bz): its first query head h0, key
+// split, and sequence (batch entry b, or packed sequence b under varlen: B = 1, rows q_start..
+// of every head); row0 is the global index of its row 0, rows the sequence's query rows × packed
+// heads.
+template <bool MODS>
+struct BlockRows {
+    int h0, split, b, bb, q_start, nq, rows;
+    long long row0;
+    DEVI BlockRows(const FlashFwdParams& p, unsigned by, unsigned bz) {
+        h0 = by * p.pack;
+        split = bz % p.num_splits;
+        b = bz / p.num_splits;
+        bb = b;
+        q_start = 0;
+        nq = p.nq;
+        if (MODS && p.cu_seqlens_q != nullptr) {
+            bb = 0;
+            q_start = p.cu_seqlens_q[b];
+            nq = p.cu_seqlens_q[b + 1] - q_start;
+        }
+        row0 = ((long long)bb * p.heads + h0) * p.nq + q_start;
+        rows = nq * p.pack;
+    }
+};
+
 template <int DP, bool BF16, bool MODS>
 DEVI void flash_fwd_body(const FlashFwdParams& p) {
     typedef FlashGeom<DP, MODS> G;
     constexpr int BC = G::BC, MT = G::MT, BR = G::BR, STR = G::STRIDE;
     constexpr bool QREG = G::QREG != 0;
+    // One K and one V buffer, loads interleaved with the math (FA2), instead of two (K, V) stages.
+    constexpr bool ILV = G::STAGES == 1;
+    // Q·K_{j+1}ᵀ issued before the softmax of tile j (needs two stages and MT·BC/2 more registers).
+    constexpr bool OVL = G::OVL != 0;
+    static_assert(!OVL || G::STAGES == 2, "the overlapped loop keeps K one tile ahead in two stages");
     constexpr int KS = DP / 16;   // k-steps of Q·Kᵀ
     constexpr int NTS = BC / 8;   // n8 tiles of S
     constexpr int NTO = DP / 8;   // n8 tiles of O
@@ -257,11 +220,10 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     constexpr int STAGE = 2 * BC * STR;  // halves per (K, V) stage
 
     DECLARE_DYNAMIC_SMEM(smem_raw);
-    unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
-    unsigned short* sKV = sQ + BR * STR;  // stage s: K at sKV + s·STAGE, V right after it
     // Byte addresses in the shared window for ldmatrix: a per-lane part computed once, plus
     // compile-time tile offsets.
-    const unsigned aQ = smem_addr(sQ), aKV = aQ + BR * STR * 2;
+    // Q at aQ; stage s: K at aKV + 2·s·STAGE, V right after it.
+    const unsigned aQ = smem_addr(smem_raw), aKV = aQ + BR * STR * 2;
 
     const int d = p.d, pack = p.pack;
     // With modifiers the scores are replaced in place by their modified scaled values (scaled,
@@ -270,28 +232,21 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;  // groupID, threadID_in_group (PTX ISA fragment layout)
     const int q0 = blockIdx.x * BR;
-    const int h0 = blockIdx.y * pack;       // first query head of the block
-    const int split = blockIdx.z % p.num_splits, b = blockIdx.z / p.num_splits;
+    const BlockRows<MODS> br(p, blockIdx.y, blockIdx.z);
+    const int h0 = br.h0, split = br.split, b = br.b, nq = br.nq, rows = br.rows;
     const int kvh = h0 / (p.heads / p.kv_heads);
-    // This block's sequence: batch entry b, or packed sequence b (varlen: B = 1, rows q_start..
-    // of every head). nq/nk are its lengths; seqused_k shortens the keys.
-    int nq = p.nq, nk = p.nk, bb = b, q_start = 0, k_start = 0;
-    if (MODS && p.cu_seqlens_q != nullptr) {
-        bb = 0;
-        q_start = p.cu_seqlens_q[b];
-        nq = p.cu_seqlens_q[b + 1] - q_start;
+    // The sequence's keys: nk, from k_start; seqused_k shortens them.
+    int nk = p.nk, k_start = 0;
+    if (MODS && p.cu_seqlens_q != nullptr) {  // varlen sets both offset arrays
         k_start = p.cu_seqlens_k[b];
         nk = p.cu_seqlens_k[b + 1] - k_start;
     }
     if (MODS && p.seqused_k != nullptr) nk = p.seqused_k[b];
     if (MODS && (int)blockIdx.x * G::BR >= nq) return;  // past this sequence's rows (block-uniform)
-    const long long row0 = ((long long)bb * p.heads + h0) * p.nq + q_start;  // global index of row 0
-    const unsigned short* gQ = p.q + row0 * d;
-    const long long kv_base = (((long long)bb * p.kv_heads + kvh) * p.nk + k_start) * d;
+    const unsigned short* gQ = p.q + br.row0 * d;
+    const long long kv_base = (((long long)br.bb * p.kv_heads + kvh) * p.nk + k_start) * d;
     const unsigned short* gK = p.k + kv_base;
     const unsigned short* gV = p.v + kv_base;
-
-    const int rows = nq * pack;  // query rows of this (sequence, packed head)
     // Query position of a row: the row itself, or 0 for every packed head (pack > 1 ⇒ N_q = 1).
     const int off = nk - nq;
     const int q_last = min(q0 + BR, rows) - 1;
@@ -328,186 +283,317 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     const unsigned lk = (((lane >> 4) & 1) * 8 + (lane & 7)) * STR * 2 + ((lane >> 3) & 1) * 16;
     const unsigned lv = (((lane >> 3) & 1) * 8 + (lane & 7)) * STR * 2 + (lane >> 4) * 16;
 
-    if (j_begin < j_end) {
-        load_tile<BR, DP>(sQ, gQ, q0, rows, d, tid);
-        load_tile<BC, DP>(sKV, gK, j_begin * BC, nk, d, tid);
-        load_tile<BC, DP>(sKV + BC * STR, gV, j_begin * BC, nk, d, tid);
-        cp_async_commit();
-
-        for (int j = j_begin; j < j_end; ++j) {
-            const int n0 = j * BC;
-            const unsigned aK = aKV + ((j - j_begin) & 1) * STAGE * 2, aV = aK + BC * STR * 2;
-            cp_async_wait<0>();  // this thread's copies of tile j (the one group in flight) landed
-            __syncthreads();     // everyone's copies visible; every warp is done with tile j−1's stage
-            if (j + 1 < j_end) {
-                unsigned short* nK = sKV + ((j + 1 - j_begin) & 1) * STAGE;
-                load_tile<BC, DP>(nK, gK, n0 + BC, nk, d, tid);
-                load_tile<BC, DP>(nK + BC * STR, gV, n0 + BC, nk, d, tid);
-                cp_async_commit();
-            }
-
-            if (QREG && j == j_begin) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int kk = 0; kk < KS; ++kk) {
-                        ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], lq + (mt * 16 * STR + kk * 16) * 2);
-                    }
-                }
-            }
-
-            // S = Q·K_jᵀ (unscaled), fp32.
-            float s[MT][NTS][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-                }
-            }
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk) {
-                unsigned a_tmp[QREG ? 1 : MT][4];
-                if (!QREG) {
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        ldmatrix_x4(a_tmp[QREG ? 0 : mt], lq + (mt * 16 * STR + kk * 16) * 2);
-                    }
-                }
-#pragma unroll
-                for (int np = 0; np < NTS / 2; ++np) {
-                    unsigned bk[4];
-                    ldmatrix_x4(bk, aK + lk + (np * 16 * STR + kk * 16) * 2);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
-                        mma_16816<BF16>(s[mt][2 * np], a, bk[0], bk[1]);
-                        mma_16816<BF16>(s[mt][2 * np + 1], a, bk[2], bk[3]);
-                    }
-                }
-            }
-
-            if (MODS) {
-                // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
-                // mask below comes after, so masked keys stay −∞.
-                const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+    // The steps of one key tile, shared by both loops below.
+    // Score modifiers and the band mask of the key tile starting at n0, in place.
+    auto scores = [&](float (&s)[MT][NTS][4], int n0) {
+        if (MODS) {
+            // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
+            // mask below comes after, so masked keys stay −∞.
+            const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+            // One uniform branch on the softcap per tile, not one per element (ptxas keeps those
+            // as branches: the tanh is not if-converted).
+            auto modify = [&](const bool capped) {
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                     for (int rr = 0; rr < 2; ++rr) {
-                        const int diag = row_base + mt * 16 + 8 * rr + off;  // pack = 1 with modifiers
+                        // Query position (+ N_k − N_q) minus this lane's first key; pack = 1 with modifiers.
+                        const int diag = row_base + mt * 16 + 8 * rr + off - (n0 + 2 * t);
 #pragma unroll
                         for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                             for (int e = 0; e < 2; ++e) {
                                 float x = s[mt][nt][2 * rr + e] * scale;
-                                if (cap > 0.f) x = cap * softcap_tanh(x * fast_rcp(cap));
-                                x -= slope * fabsf((float)(diag - (n0 + nt * 8 + 2 * t + e)));
+                                if (capped) x = cap * softcap_tanh(x * fast_rcp(cap));
+                                x -= slope * fabsf((float)(diag - (nt * 8 + e)));
                                 s[mt][nt][2 * rr + e] = x;
                             }
                         }
                     }
                 }
+            };
+            if (cap > 0.f) {
+                modify(true);
+            } else {
+                modify(false);
             }
+        }
 
-            // Mask only boundary tiles: the band edges or the ragged end of K.
-            if (n0 < full_lo || n0 + BC > full_hi) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-                        const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
-                        const int lo = band_lo(pos, off, p.win_left), hi = band_hi(pos, off, p.win_right, nk);
-#pragma unroll
-                        for (int nt = 0; nt < NTS; ++nt) {
-#pragma unroll
-                            for (int e = 0; e < 2; ++e) {
-                                const int key = n0 + nt * 8 + 2 * t + e;
-                                if (key < lo || key >= hi) s[mt][nt][2 * rr + e] = neg_inf();
-                            }
-                        }
-                    }
-                }
-            }
-
-            // Online softmax (log2 domain).
-            float alpha[MT][2];
-            bool raised = false;
+        // Mask only boundary tiles: the band edges or the ragged end of K.
+        if (n0 < full_lo || n0 + BC > full_hi) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
                 for (int rr = 0; rr < 2; ++rr) {
-                    float mx = m_i[mt][rr];
-#pragma unroll
-                    for (int nt = 0; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * rr], s[mt][nt][2 * rr + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    // A row with no allowed key yet keeps m = −∞; subtract 0 so p = exp2(−∞) = 0, not NaN.
-                    const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
-                    alpha[mt][rr] = fast_exp2(m_i[mt][rr] * scale_log2 - m_scaled);
-                    raised |= mx > m_i[mt][rr];
-                    m_i[mt][rr] = mx;
-                    float sum = 0.f;
+                    const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
+                    // The band relative to this lane's first key, so each comparison is
+                    // against the column's compile-time offset (no key index registers).
+                    const int k0 = n0 + 2 * t;
+                    const int lo = band_lo(pos, off, p.win_left) - k0;
+                    const int hi = band_hi(pos, off, p.win_right, nk) - k0;
 #pragma unroll
                     for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
-                            const float pe = fast_exp2(s[mt][nt][2 * rr + e] * scale_log2 - m_scaled);
-                            s[mt][nt][2 * rr + e] = pe;
-                            sum += pe;
+                            if (nt * 8 + e < lo || nt * 8 + e >= hi) s[mt][nt][2 * rr + e] = neg_inf();
                         }
                     }
-                    l_i[mt][rr] = l_i[mt][rr] * alpha[mt][rr] + sum;
                 }
             }
-            // alpha = 1 exactly for every row whose max did not rise: skip the rescale when that
-            // holds for the whole warp (a warp-uniform branch).
-            if (__any_sync(0xffffffffu, raised)) {
+        }
+    };
+    // Online softmax of S into P (packed to 16 bits, the A operand of P·V) and the O rescale.
+    // Online softmax (log2 domain) in three steps, so the overlapped loop can spread them over
+    // the next tile's Q·Kᵀ: the row maxima (m_i updated; msc = m·scale, alpha = the O rescale
+    // factor), the exponentials of one n8 tile (p = exp2(s·scale − msc), row sums into sum), and
+    // the rest (l_i, the O rescale, P packed to 16 bits as the A operand of P·V).
+    auto row_max = [&](float (&s)[MT][NTS][4], float (&msc)[MT][2], float (&alpha)[MT][2]) {
+        bool raised = false;
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                    for (int nt = 0; nt < NTO; ++nt) {
+            for (int rr = 0; rr < 2; ++rr) {
+                float mx = m_i[mt][rr];
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) acc_o[mt][nt][e] *= alpha[mt][e >> 1];
-                    }
-                }
+                for (int nt = 0; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * rr], s[mt][nt][2 * rr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // A row with no allowed key yet keeps m = −∞; subtract 0 so p = exp2(−∞) = 0, not NaN.
+                msc[mt][rr] = mx == neg_inf() ? 0.f : mx * scale_log2;
+                alpha[mt][rr] = fast_exp2(m_i[mt][rr] * scale_log2 - msc[mt][rr]);
+                raised |= mx > m_i[mt][rr];
+                m_i[mt][rr] = mx;
             }
-
-            // O += P·V_j. P's accumulator fragment is the A operand once packed to 16 bits; all of
-            // P is packed first, so S's fp32 registers are dead before the P·V loop (FA2 does the same).
-            unsigned pa[MT][KSP][4];
+        }
+        return raised;
+    };
+    auto exp_tile = [&](float (&s)[MT][NTS][4], const float (&msc)[MT][2], float (&sum)[MT][2], int nt) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[mt][nt][e] = fast_exp2(s[mt][nt][e] * scale_log2 - msc[mt][e >> 1]);
+                sum[mt][e >> 1] += s[mt][nt][e];
+            }
+        }
+    };
+    auto finish = [&](float (&s)[MT][NTS][4], const float (&alpha)[MT][2], bool raised, const float (&sum)[MT][2],
+                      unsigned (&pa)[MT][KSP][4]) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            l_i[mt][0] = l_i[mt][0] * alpha[mt][0] + sum[mt][0];
+            l_i[mt][1] = l_i[mt][1] * alpha[mt][1] + sum[mt][1];
+        }
+        // alpha = 1 exactly for every row whose max did not rise: skip the rescale when that
+        // holds for the whole warp (a warp-uniform branch).
+        if (__any_sync(0xffffffffu, raised)) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                for (int kk = 0; kk < KSP; ++kk) {
-                    pa[mt][kk][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][kk][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][kk][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                for (int nt = 0; nt < NTO; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc_o[mt][nt][e] *= alpha[mt][e >> 1];
+                }
+            }
+        }
+        // All of P is packed before P·V, so S's fp32 registers are dead by then (as in FA2).
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int kk = 0; kk < KSP; ++kk) {
+                pa[mt][kk][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+        }
+    };
+    // The overlapped loop's softmax of the previous tile, run in steps between this tile's
+    // k-steps (null: none). NVRTC rejects generic lambdas (host functions in JIT mode), hence no
+    // callback.
+    struct Overlap {
+        float (*s)[MT][NTS][4];
+        float msc[MT][2], alpha[MT][2], sum[MT][2];
+        bool raised;
+    };
+    Overlap* const no_overlap = nullptr;
+    // S = Q·Kᵀ (unscaled, fp32) of the K tile at shared address aK.
+    auto qk = [&](float (&s)[MT][NTS][4], unsigned aK, Overlap* ov) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            unsigned a_tmp[QREG ? 1 : MT][4];
+            if (!QREG) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    ldmatrix_x4(a_tmp[QREG ? 0 : mt], lq + (mt * 16 * STR + kk * 16) * 2);
                 }
             }
 #pragma unroll
-            for (int kk = 0; kk < KSP; ++kk) {
+            for (int np = 0; np < NTS / 2; ++np) {
+                unsigned bk[4];
+                ldmatrix_x4(bk, aK + lk + (np * 16 * STR + kk * 16) * 2);
 #pragma unroll
-                for (int np = 0; np < NTO / 2; ++np) {
-                    unsigned bv[4];
-                    ldmatrix_x4_trans(bv, aV + lv + (kk * 16 * STR + np * 16) * 2);
+                for (int mt = 0; mt < MT; ++mt) {
+                    const unsigned (&a)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : a_tmp[QREG ? 0 : mt];
+                    mma_16816<BF16>(s[mt][2 * np], a, bk[0], bk[1]);
+                    mma_16816<BF16>(s[mt][2 * np + 1], a, bk[2], bk[3]);
+                }
+            }
+            if (ov != nullptr) {
+                // Row maxima after the first k-step, then one n8 tile of exponentials after each
+                // later one, so the FP32 work sits among independent mma in program order.
+                if (kk == 0) ov->raised = row_max(*ov->s, ov->msc, ov->alpha);
 #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(acc_o[mt][2 * np], pa[mt][kk], bv[0], bv[1]);
-                        mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt][kk], bv[2], bv[3]);
-                    }
+                for (int nt = 0; nt < NTS; ++nt) {
+                    if (kk == (KS > 1 ? 1 + nt * (KS - 1) / NTS : 0)) exp_tile(*ov->s, ov->msc, ov->sum, nt);
+                }
+            }
+        }
+    };
+    auto softmax = [&](float (&s)[MT][NTS][4], unsigned (&pa)[MT][KSP][4]) {
+        float msc[MT][2], alpha[MT][2], sum[MT][2] = {};
+        const bool raised = row_max(s, msc, alpha);
+#pragma unroll
+        for (int nt = 0; nt < NTS; ++nt) exp_tile(s, msc, sum, nt);
+        finish(s, alpha, raised, sum, pa);
+    };
+    // O += P·V of the V tile at shared address aV.
+    auto pv = [&](const unsigned (&pa)[MT][KSP][4], unsigned aV) {
+#pragma unroll
+        for (int kk = 0; kk < KSP; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NTO / 2; ++np) {
+                unsigned bv[4];
+                ldmatrix_x4_trans(bv, aV + lv + (kk * 16 * STR + np * 16) * 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_16816<BF16>(acc_o[mt][2 * np], pa[mt][kk], bv[0], bv[1]);
+                    mma_16816<BF16>(acc_o[mt][2 * np + 1], pa[mt][kk], bv[2], bv[3]);
+                }
+            }
+        }
+    };
+    auto load_q_frags = [&]() {
+        if (QREG) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    ldmatrix_x4(qf[QREG ? mt : 0][QREG ? kk : 0], lq + (mt * 16 * STR + kk * 16) * 2);
+                }
+            }
+        }
+    };
+
+    if (j_begin < j_end && !OVL) {
+        load_tile<BR, DP>(aQ, gQ, q0, rows, d, tid);
+        load_tile<BC, DP>(aKV, gK, j_begin * BC, nk, d, tid);
+        if (!ILV) load_tile<BC, DP>(aKV + BC * STR * 2, gV, j_begin * BC, nk, d, tid);
+        cp_async_commit();
+
+        for (int j = j_begin; j < j_end; ++j) {
+            const int n0 = j * BC;
+            const unsigned aK = aKV + (ILV ? 0 : ((j - j_begin) & 1) * STAGE * 2), aV = aK + BC * STR * 2;
+            cp_async_wait<0>();  // this thread's copies of K_j (the one group in flight) landed
+            __syncthreads();     // everyone's copies visible; every warp is done with tile j−1's buffers
+            if (ILV) {
+                // One K and one V buffer (FA2's schedule): V_j's copy overlaps Q·K_jᵀ.
+                load_tile<BC, DP>(aKV + BC * STR * 2, gV, n0, nk, d, tid);
+                cp_async_commit();
+            } else if (j + 1 < j_end) {
+                const unsigned nK = aKV + ((j + 1 - j_begin) & 1) * STAGE * 2;
+                load_tile<BC, DP>(nK, gK, n0 + BC, nk, d, tid);
+                load_tile<BC, DP>(nK + BC * STR * 2, gV, n0 + BC, nk, d, tid);
+                cp_async_commit();
+            }
+            if (j == j_begin) load_q_frags();
+
+            float s[MT][NTS][4];
+            qk(s, aK, no_overlap);
+            scores(s, n0);
+            unsigned pa[MT][KSP][4];
+            softmax(s, pa);
+            if (ILV) {
+                cp_async_wait<0>();  // V_j landed
+                __syncthreads();     // V_j visible; every warp is done reading K_j
+                // K_{j+1}'s copy overlaps P·V_j. Issued after the softmax, not before it as FA2 does:
+                // S's registers are dead here (P is packed), and ptxas spills otherwise (README).
+                if (j + 1 < j_end) {
+                    load_tile<BC, DP>(aKV, gK, n0 + BC, nk, d, tid);
+                    cp_async_commit();
+                }
+            }
+            pv(pa, aV);
+        }
+    }
+
+    if (j_begin < j_end && OVL) {
+        // Two (K, V) stages, K one tile ahead of V: S_{j+1} = Q·K_{j+1}ᵀ is issued before the
+        // softmax of S_j, in the same basic block, so the tensor work of one overlaps the FP32
+        // work of the other (FA3's intra-warp overlap, with mma.sync). Stage s holds K_i and V_i
+        // for i − j_begin ≡ s (mod 2); K_{j+2} and V_{j+1} are copied during tile j.
+        load_tile<BR, DP>(aQ, gQ, q0, rows, d, tid);
+        load_tile<BC, DP>(aKV, gK, j_begin * BC, nk, d, tid);
+        cp_async_commit();
+        if (j_begin + 1 < j_end) load_tile<BC, DP>(aKV + STAGE * 2, gK, (j_begin + 1) * BC, nk, d, tid);
+        load_tile<BC, DP>(aKV + BC * STR * 2, gV, j_begin * BC, nk, d, tid);
+        cp_async_commit();
+        cp_async_wait<1>();  // Q and K_{j_begin} landed
+        __syncthreads();
+        load_q_frags();
+        float s[MT][NTS][4];
+        qk(s, aKV, no_overlap);
+        scores(s, j_begin * BC);
+
+        for (int j = j_begin;; ++j) {
+            const int n0 = j * BC;
+            const unsigned aCur = aKV + ((j - j_begin) & 1) * STAGE * 2, aNext = aKV + ((j + 1 - j_begin) & 1) * STAGE * 2;
+            cp_async_wait<0>();  // K_{j+1} and V_j landed
+            __syncthreads();     // visible; every warp is done with K_j and V_{j−1}
+            unsigned pa[MT][KSP][4];
+            if (j + 1 == j_end) {
+                softmax(s, pa);
+                pv(pa, aCur + BC * STR * 2);
+                break;
+            }
+            if (j + 2 < j_end) load_tile<BC, DP>(aCur, gK, n0 + 2 * BC, nk, d, tid);
+            load_tile<BC, DP>(aNext + BC * STR * 2, gV, n0 + BC, nk, d, tid);
+            cp_async_commit();
+            // Tile j's softmax runs in steps between tile j+1's k-steps (qk above).
+            float sn[MT][NTS][4];
+            Overlap ov{&s, {}, {}, {}, false};
+            qk(sn, aNext, &ov);
+            finish(s, ov.alpha, ov.raised, ov.sum, pa);
+            pv(pa, aCur + BC * STR * 2);
+            scores(sn, n0 + BC);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int nt = 0; nt < NTS; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = sn[mt][nt][e];
                 }
             }
         }
     }
 
-    // Epilogue: finish the row sums, normalize, write O and LSE (or this split's partials).
+    // Epilogue: finish the row sums, normalize, write O and LSE (or this split's partials). The
+    // block's rows are recomputed from opaque copies of blockIdx rather than held in registers
+    // across the key loop (ptxas spilled them at d128 _mods 128×64).
+    const BlockRows<MODS> er(p, opaque(blockIdx.y), opaque(blockIdx.z));
+    const long long row0 = er.row0;
     const bool partial = p.num_splits > 1;
     const long long total_rows = (long long)p.batch * p.heads * p.nq;
-    float* o_out = partial ? p.o_accum + split * total_rows * d : p.o;
-    float* lse_out = partial ? p.lse_accum + split * total_rows : p.lse;
+    float* o_out = partial ? p.o_accum + er.split * total_rows * d : p.o;
+    float* lse_out = partial ? p.lse_accum + er.split * total_rows : p.lse;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -519,7 +605,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             float lse_v = l == 0.f ? neg_inf() : (m_i[mt][rr] * scale_log2 + fast_log2(l)) * 0.6931471805599453f;
             if (MODS && p.sinks != nullptr && !partial) {
                 // The sink joins the denominator once: here, or in flash_combine when split.
-                const float sk = p.sinks[h0] * 1.4426950408889634f;
+                const float sk = p.sinks[er.h0] * 1.4426950408889634f;
                 const float mm = l == 0.f ? neg_inf() : m_i[mt][rr] * scale_log2;
                 const float mf = fmaxf(mm, sk);
                 const float a = l == 0.f ? 0.f : fast_exp2(mm - mf);
@@ -528,7 +614,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 lse_v = (mf + fast_log2(ls)) * 0.6931471805599453f;
             }
             const int row = row_base + mt * 16 + 8 * rr;
-            if (row < rows) {
+            if (row < er.rows) {
                 float* o_row = o_out + (row0 + row) * d;
 #pragma unroll
                 for (int nt = 0; nt < NTO; ++nt) {

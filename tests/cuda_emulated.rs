@@ -10,7 +10,7 @@
 //! so every compiled head-dim variant runs, and decode shapes that take the split-KV path
 //! (partials + flash_combine; N_q = 1, GQA packing, ragged N_k, causal, windows). The f16 run of
 //! a table shape is planned for a 1-SM GPU (never split: the whole key range goes through the
-//! two-stage pipeline in one block), the bf16 run for `DEFAULT_SMS` (split where the plan
+//! pipeline in one block), the bf16 run for `DEFAULT_SMS` (split where the plan
 //! chooses it); `split_*` shapes always use the default. cp.async runs eagerly or lazily
 //! (landing only at its wait_group) alternating over cases and dtypes, so both a copy into a
 //! buffer still in use and a read before the wait would show. Tolerance: `attnkit::validate::exact_tolerance`
@@ -39,7 +39,7 @@ type RunFn = unsafe extern "C" fn(i32, i32, i32, u32, u32, u32, FlashFwdParams, 
 type CombineFn = unsafe extern "C" fn(u32, FlashFwdParams, *mut c_char, usize) -> i32;
 type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
-type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32) -> i32;
+type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32, *mut i32, *mut i32) -> i32;
 
 const SOURCES: [&str; 4] = [
     include_str!("../kernels/flash_fwd.cu"),
@@ -123,11 +123,18 @@ fn emulator_config_matches_rust_variant_table() {
     // SAFETY: symbol type matches attnkit_emu_config in kernels/emu/driver.cpp.
     let config: libloading::Symbol<ConfigFn> = unsafe { lib.get(b"attnkit_emu_config") }.expect("symbol");
     for v in variants() {
-        let (mut br, mut bc, mut smem) = (0, 0, 0);
+        let (mut br, mut bc, mut smem, mut stages, mut ovl) = (0, 0, 0, 0, 0);
         // SAFETY: out-pointers are valid locals.
-        let rc = unsafe { config(v.bf16 as i32, v.dp as i32, v.mods as i32, &mut br, &mut bc, &mut smem) };
+        let rc = unsafe {
+            config(v.bf16 as i32, v.dp as i32, v.mods as i32, &mut br, &mut bc, &mut smem, &mut stages, &mut ovl)
+        };
         assert_eq!(rc, 0, "{} missing in the kernel", v.kernel_name());
-        assert_eq!((br as usize, bc as usize, smem as usize), (v.br(), v.bc, v.smem_bytes()), "{}", v.kernel_name());
+        assert_eq!(
+            (br as usize, bc as usize, smem as usize, stages as usize, ovl != 0),
+            (v.br(), v.bc, v.smem_bytes(), v.stages, v.overlap),
+            "{}",
+            v.kernel_name()
+        );
     }
 }
 
@@ -155,6 +162,13 @@ const EXTRA: &[(&str, usize, usize, usize, usize, usize, usize, bool, (i64, i64)
     ("d64_narrow_window_skips_tiles", 1, 1, 1, 450, 450, 64, false, (30, 0)),
     ("d128_gqa_batch2_causal", 2, 4, 2, 90, 90, 128, true, (-1, -1)),
     ("d80_decode_like", 1, 2, 2, 3, 190, 80, true, (-1, -1)),
+    // Several key tiles of the new widths and schedules, ragged last tile: one-buffer (FA2)
+    // schedule d48 128 keys, d128/d256 64 keys (d64's 128 runs in the table's ragged1000 and
+    // windows); overlapped softmax d192 32 keys (d160 in the table's d160 and modifier cases).
+    ("d48_gqa_ragged_3_tiles", 1, 2, 1, 60, 300, 48, false, (-1, -1)),
+    ("d128_ragged_window_6_tiles", 1, 1, 1, 130, 333, 128, false, (150, 40)),
+    ("d192_causal_5_tiles", 1, 1, 1, 150, 150, 192, true, (-1, -1)),
+    ("d256_gqa_ragged_3_tiles", 1, 2, 1, 40, 150, 256, false, (-1, -1)),
     // Split-KV (few blocks): N_q = 1 with GQA packing, ragged N_k, causal, windows, MQA, d256.
     ("split_decode_gqa_ragged", 2, 8, 2, 1, 333, 64, false, (-1, -1)),
     ("split_decode_mqa_causal_d128", 1, 4, 1, 1, 201, 128, true, (-1, -1)),
@@ -347,7 +361,7 @@ fn emulated_kernel_matches_reference() {
 
 /// Score modifiers on the `_mods` entry points: each alone and combined, ALiBi per head and per
 /// sequence, sinks with empty rows, packed varlen with ragged and empty sequences, seqused_k
-/// ragged down to 0, across d32…d256 (d48/d64 on their narrower _mods tiles). f16 runs of
+/// ragged down to 0, across d32…d256 (the plain variants' tiles). f16 runs of
 /// non-`split_` cases on one SM (never split), everything else with the default plan.
 fn mod_cases() -> Vec<(&'static str, Problem)> {
     let sinks = |h: usize| attnkit::seeded::normal_values(h, 11);
@@ -403,6 +417,18 @@ fn mod_cases() -> Vec<(&'static str, Problem)> {
         (
             "split_varlen_decode_softcap_d128",
             packed(&[0, 1, 2, 3], &[0, 200, 201, 330], 2, 1, 128).with_softcap(3.0).with_sinks(sinks(2)),
+        ),
+        (
+            "softcap_alibi_window_d128",
+            Problem::new(1, 2, 90, 128)
+                .with_seq_k(200)
+                .with_window(Window::new(60, 10))
+                .with_softcap(4.0)
+                .with_alibi(alibi_slopes(2)),
+        ),
+        (
+            "alibi_softcap_ragged_d256",
+            Problem::new(1, 2, 40, 256).with_seq_k(200).with_softcap(5.0).with_alibi(alibi_slopes(2)),
         ),
         (
             "split_alibi_window_d256",

@@ -12,14 +12,15 @@ namespace {
 using Entry = void (*)(const FlashFwdParams);
 
 struct Variant {
-    int bf16, dp, mods, br, bc, smem;
+    int bf16, dp, mods, br, bc, smem, stages, ovl;
     Entry fn;
 };
 
-#define EMU_VARIANT(DT, IS_BF16, DP)                                                                            \
-    Variant{IS_BF16, DP, 0, FlashGeom<DP>::BR, FlashGeom<DP>::BC, FlashGeom<DP>::SMEM_BYTES, flash_fwd_##DT##_d##DP}, \
-        Variant{IS_BF16, DP, 1, FlashGeom<DP, true>::BR, FlashGeom<DP, true>::BC, FlashGeom<DP, true>::SMEM_BYTES,     \
-                flash_fwd_##DT##_d##DP##_mods},
+#define EMU_GEOM(DP, M) FlashGeom<DP, M>::BR, FlashGeom<DP, M>::BC, FlashGeom<DP, M>::SMEM_BYTES, \
+                        FlashGeom<DP, M>::STAGES, FlashGeom<DP, M>::OVL
+#define EMU_VARIANT(DT, IS_BF16, DP)                                                          \
+    Variant{IS_BF16, DP, 0, EMU_GEOM(DP, false), flash_fwd_##DT##_d##DP},                     \
+        Variant{IS_BF16, DP, 1, EMU_GEOM(DP, true), flash_fwd_##DT##_d##DP##_mods},
 const Variant kVariants[] = {FLASH_ALL_VARIANTS(EMU_VARIANT)};
 
 const Variant* find(int bf16, int dp, int mods) {
@@ -36,13 +37,17 @@ void copy_msg(const std::string& m, char* err, size_t len) {
 }
 }  // namespace
 
-// Writes the launch geometry of a variant; returns 0, or −1 when there is no such variant.
-extern "C" int attnkit_emu_config(int bf16, int dp, int mods, int* br, int* bc, int* smem_bytes) {
+// Writes the launch geometry and schedule of a variant (K/V stages, overlapped softmax); returns
+// 0, or −1 when there is no such variant.
+extern "C" int attnkit_emu_config(int bf16, int dp, int mods, int* br, int* bc, int* smem_bytes, int* stages,
+                                  int* ovl) {
     const Variant* v = find(bf16, dp, mods);
     if (v == nullptr) return -1;
     *br = v->br;
     *bc = v->bc;
     *smem_bytes = v->smem;
+    *stages = v->stages;
+    *ovl = v->ovl;
     return 0;
 }
 

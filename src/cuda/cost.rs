@@ -6,7 +6,7 @@
 //! bytes per warp (Q re-read unless it stays in registers, K and V once); cp.async writes the K
 //! and V tiles once per block, a quarter per warp. These are not measurements.
 
-use super::variants::{STAGES, THREADS, Variant};
+use super::variants::{THREADS, Variant};
 use super::{KernelCompileReport, theoretical_occupancy};
 
 /// Static per-tile figures of one variant.
@@ -16,7 +16,7 @@ pub struct TileCost {
     pub mma_per_warp: usize,
     /// Shared-memory bytes moved (ldmatrix reads + the warp's share of cp.async writes) per mma.
     pub smem_bytes_per_mma: f64,
-    /// __syncthreads per 1024 keys (one per key tile).
+    /// __syncthreads per 1024 keys (one or two per key tile: [`Variant::barriers_per_tile`]).
     pub barriers_per_1k_keys: f64,
     /// K/V bytes read from L2 per FLOP: every block reads each K and V row once for BR rows.
     pub kv_l2_bytes_per_flop: f64,
@@ -34,7 +34,7 @@ impl Variant {
         TileCost {
             mma_per_warp,
             smem_bytes_per_mma: ((q_x4 + kv_x4) * 512 + cp_async_per_warp) as f64 / mma_per_warp as f64,
-            barriers_per_1k_keys: 1024.0 / bc as f64,
+            barriers_per_1k_keys: (1024 * self.barriers_per_tile()) as f64 / bc as f64,
             // 2 bytes · 2 (K and V) · D per key, 4·BR·D FLOPs per key.
             kv_l2_bytes_per_flop: 1.0 / self.br() as f64,
         }
@@ -49,10 +49,10 @@ pub type ToolchainReport = (String, Vec<KernelCompileReport>);
 pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport], archs: &[String]) -> String {
     let names: Vec<&str> = toolchains.iter().map(|(n, _)| n.as_str()).collect();
     let mut s = format!(
-        "| variant | BR×BC | Q | arch | regs ({n}) | spills ({n}) | smem/block | blocks/SM | smem B/mma | barriers/1K keys | K/V L2 B/FLOP |\n",
+        "| variant | BR×BC | Q | K/V | arch | regs ({n}) | spills ({n}) | smem/block | blocks/SM | smem B/mma | barriers/1K keys | K/V L2 B/FLOP |\n",
         n = names.join(" / ")
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let opt = |x: Option<u32>| x.map_or("–".to_string(), |v| v.to_string());
     for v in variants.iter().filter(|v| !v.bf16) {
         let c = v.tile_cost();
@@ -68,12 +68,17 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
             let max_regs = rows.iter().filter_map(|r| r.and_then(|r| r.registers)).max();
             let blocks = max_regs.map(|r| theoretical_occupancy(arch, r, smem, THREADS).0);
             s.push_str(&format!(
-                "| d{}{} | {}×{} | {} | {arch} | {} | {} | {smem} | {} | {:.0} | {:.0} | 1/{} |\n",
+                "| d{}{} | {}×{} | {} | {} | {arch} | {} | {} | {smem} | {} | {:.0} | {:.0} | 1/{} |\n",
                 v.dp,
                 if v.mods { " mods" } else { "" },
                 v.br(),
                 v.bc,
                 if v.q_in_regs { "regs" } else { "smem" },
+                match (v.stages, v.overlap) {
+                    (1, _) => "1+1",
+                    (_, false) => "2 stages",
+                    (_, true) => "2 stages, S overlap",
+                },
                 regs.join(" / "),
                 spills.join(" / "),
                 opt(blocks),
@@ -84,8 +89,10 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
         }
     }
     s.push_str(&format!(
-        "\n{STAGES} K/V stages, {THREADS} threads per block. smem/block in bytes; blocks/SM is theoretical \
-         (registers allocated per warp in units of 256, 1 KB reserved per block).\n"
+        "\n{THREADS} threads per block. K/V \"2 stages\": two (K, V) buffers, one barrier per key tile; \"1+1\": \
+         one K and one V buffer on FA2's schedule, two barriers per key tile; \"S overlap\": two stages with K one tile \
+         ahead, Q·K_{{j+1}}ᵀ issued before tile j's softmax. smem/block in bytes; blocks/SM \
+         is theoretical (registers allocated per warp in units of 256, 1 KB reserved per block).\n"
     ));
     s
 }
@@ -99,13 +106,17 @@ mod tests {
     fn tile_cost_matches_hand_counts() {
         // FA2's d128 tile (128×64, Q from smem): 256 mma per warp, 80 ldmatrix.x4 + 8 KB of
         // cp.async per warp → 192 B/mma; the issue's review figure for FA2 is ≈ 190.
-        let fa2 = Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false, mods: false };
+        let fa2 =
+            Variant { bf16: false, dp: 128, bc: 64, mt: 2, q_in_regs: false, stages: 1, overlap: false, mods: false };
         let c = fa2.tile_cost();
         assert_eq!(c.mma_per_warp, 256);
         assert_eq!(c.smem_bytes_per_mma, 192.0);
-        assert_eq!(c.barriers_per_1k_keys, 16.0);
+        assert_eq!(c.barriers_per_1k_keys, 32.0, "two barriers per tile on FA2's schedule");
+        assert_eq!(Variant { stages: 2, ..fa2 }.tile_cost().barriers_per_1k_keys, 16.0);
+        assert_eq!(fa2.smem_bytes(), (128 + 2 * 64) * 136 * 2);
         // The previous d128 tile (64×32, Q in registers): ≈ 320 B/mma in the same review.
-        let old = Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true, mods: false };
+        let old =
+            Variant { bf16: false, dp: 128, bc: 32, mt: 1, q_in_regs: true, stages: 1, overlap: false, mods: false };
         assert_eq!(old.tile_cost().smem_bytes_per_mma, 320.0);
         assert_eq!(old.tile_cost().kv_l2_bytes_per_flop, 1.0 / 64.0);
     }
@@ -116,6 +127,8 @@ mod tests {
         let t = cost_table_markdown(&variants(), &[("CUDA 12".into(), Vec::new())], &archs);
         let rows = t.lines().filter(|l| l.starts_with("| d")).count();
         assert_eq!(rows, 2 * variants().iter().filter(|v| !v.bf16).count());
-        assert!(t.contains("| d128 | 128×32 | smem | sm_90 | – | – |"), "{t}");
+        assert!(t.contains("| d128 | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
+        assert!(t.contains("| d128 mods | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
+        assert!(t.contains("| d192 | 64×32 | smem | 2 stages, S overlap | sm_80 | – | – |"), "{t}");
     }
 }

@@ -24,17 +24,21 @@ pub use nvrtc::{Compiled, Nvrtc, compile, find_nvrtc, include_paths, nvrtc, nvrt
 pub use params::FlashFwdParams;
 pub use ptxas::{PtxasInfo, parse_ptxas, ptxas_for, ptxas_major, ptxas_path, run_ptxas};
 pub use variants::{
-    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, ModData, STAGES, THREADS, Variant,
+    COMBINE_ROWS_PER_BLOCK, DEFAULT_SMS, FlashLaunch, HEAD_DIMS, MAX_SPLITS, ModData, THREADS, Variant,
     unsupported_reasons, variant_for, variants,
 };
 
 use crate::error::{AttnError, Result};
 use serde::Serialize;
 
-/// The kernels' source, compiled at run time by NVRTC: the forward kernel with the split-KV
-/// combine kernel appended (it uses the forward kernel's parameter struct and primitives).
-pub const FLASH_FWD_SRC: &str =
-    concat!(include_str!("../../kernels/flash_fwd.cu"), include_str!("../../kernels/flash_combine.cu"));
+/// The kernels' source, compiled at run time by NVRTC: the GPU primitives (inline PTX), the
+/// forward kernel, and the split-KV combine kernel (it uses the forward kernel's parameter
+/// struct and the primitives).
+pub const FLASH_FWD_SRC: &str = concat!(
+    include_str!("../../kernels/flash_ptx.cuh"),
+    include_str!("../../kernels/flash_fwd.cu"),
+    include_str!("../../kernels/flash_combine.cu")
+);
 
 /// Entry point that merges split-KV partials; present in every module compiled from
 /// [`FLASH_FWD_SRC`].

@@ -13,9 +13,6 @@ pub const THREADS: u32 = 128;
 /// Padded head dims with a compiled variant; head_dim d runs on the smallest DP ≥ d.
 pub const HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
 
-/// K/V stages in shared memory (`FLASH_STAGES`): tile j+1 is copied while tile j is computed.
-pub const STAGES: usize = 2;
-
 /// Rows merged per block by `flash_combine` (one warp each).
 pub const COMBINE_ROWS_PER_BLOCK: usize = 4;
 
@@ -25,23 +22,23 @@ pub const MAX_SPLITS: usize = 128;
 /// SMs assumed when the caller does not know the device (an H100 SXM has 132).
 pub const DEFAULT_SMS: usize = 132;
 
-/// (DP, BC, MT, Q in registers), as in `FlashCfg<DP>`: FA2's 128-row tiles where two K/V stages
-/// and the registers allow, chosen so ptxas 12 and 13 report zero spills (kernels/README.md).
-const CFG: [(usize, usize, usize, bool); 9] = [
-    (32, 128, 2, true),
-    (48, 128, 2, false),
-    (64, 64, 2, true),
-    (80, 64, 2, false),
-    (96, 64, 2, false),
-    (128, 32, 2, false),
-    (160, 32, 1, false),
-    (192, 32, 1, false),
-    (256, 32, 1, false),
-];
+/// One row of the variant table: (DP, BC, MT, Q in registers, K/V stages, overlapped softmax).
+type Cfg = (usize, usize, usize, bool, usize, bool);
 
-/// `FlashCfgM<DP, true>`: the `_mods` entry points' tiles where they differ from [`CFG`] (the
-/// modifiers' live values would spill there otherwise; kernels/README.md).
-const MODS_CFG: [(usize, usize, usize, bool); 3] = [(32, 64, 2, true), (48, 64, 2, false), (64, 64, 2, false)];
+/// As in `FlashCfg<DP>`: FA2's tiles (d64 128×128, d128 128×64, d256 64×64) on FA2's one-buffer
+/// schedule, two stages where they fit, Q·K_{j+1}ᵀ overlapped with tile j's softmax where the
+/// registers allow (d160, d192); chosen so ptxas 12 and 13 report zero spills (kernels/README.md).
+const CFG: [Cfg; 9] = [
+    (32, 128, 2, true, 2, false),
+    (48, 128, 2, false, 1, false),
+    (64, 128, 2, false, 1, false),
+    (80, 64, 2, false, 2, false),
+    (96, 64, 2, false, 2, false),
+    (128, 64, 2, false, 1, false),
+    (160, 32, 1, false, 2, true),
+    (192, 32, 1, false, 2, true),
+    (256, 64, 1, false, 1, false),
+];
 
 /// One kernel entry point: `flash_fwd_{f16|bf16}_d{dp}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,6 +52,13 @@ pub struct Variant {
     pub mt: usize,
     /// Q fragments kept in registers across KV tiles.
     pub q_in_regs: bool,
+    /// K/V buffers: 2 = two (K, V) stages, tile j+1 copied during tile j (one barrier per tile);
+    /// 1 = one K and one V buffer, V_j copied during Q·K_jᵀ and K_{j+1} during P·V_j (FA2's
+    /// schedule, two barriers per tile, half the K/V shared memory).
+    pub stages: usize,
+    /// Two stages with K one tile ahead: Q·K_{j+1}ᵀ is issued before tile j's softmax (the
+    /// kernel's `OVL`), costing a second S accumulator (MT·BC/2 registers per thread).
+    pub overlap: bool,
     /// The `_mods` entry point: softcap, ALiBi, sinks, varlen and seqused_k (compiled apart so
     /// the plain kernel keeps its registers).
     pub mods: bool,
@@ -65,10 +69,14 @@ impl Variant {
     pub fn br(&self) -> usize {
         16 * self.mt * (THREADS as usize / 32)
     }
-    /// Dynamic shared memory per block: the Q tile and [`STAGES`] (K, V) tiles, rows padded by 8
-    /// halves.
+    /// Dynamic shared memory per block: the Q tile and `stages` (K, V) tile pairs, rows padded by
+    /// 8 halves.
     pub fn smem_bytes(&self) -> usize {
-        (self.br() + 2 * STAGES * self.bc) * (self.dp + 8) * 2
+        (self.br() + 2 * self.stages * self.bc) * (self.dp + 8) * 2
+    }
+    /// `__syncthreads` per key tile: one with two stages, two on the one-buffer schedule.
+    pub fn barriers_per_tile(&self) -> usize {
+        if self.stages == 1 { 2 } else { 1 }
     }
     pub fn dtype_name(&self) -> &'static str {
         if self.bf16 { "bf16" } else { "f16" }
@@ -95,10 +103,16 @@ pub fn variants() -> Vec<Variant> {
         .into_iter()
         .flat_map(|bf16| {
             [false, true].into_iter().flat_map(move |mods| {
-                CFG.iter().map(move |&cfg| {
-                    let (dp, bc, mt, q_in_regs) =
-                        if mods { *MODS_CFG.iter().find(|c| c.0 == cfg.0).unwrap_or(&cfg) } else { cfg };
-                    Variant { bf16, dp, bc, mt, q_in_regs, mods }
+                // The `_mods` entry points run the plain tiles (`FlashCfgM` in the kernel).
+                CFG.iter().map(move |&(dp, bc, mt, q_in_regs, stages, overlap)| Variant {
+                    bf16,
+                    dp,
+                    bc,
+                    mt,
+                    q_in_regs,
+                    stages,
+                    overlap,
+                    mods,
                 })
             })
         })
@@ -137,7 +151,7 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
     if p.mods.bias.is_some() || p.mods.mask.is_some() {
         r.push(
             "additive bias and boolean mask are not in the CUDA kernel (a per-element global load in the score \
-             loop of variants already at 232-255 registers); use flash-cpu"
+             loop of variants mostly at 238-255 registers); use flash-cpu"
                 .into(),
         );
     }
@@ -333,7 +347,7 @@ mod tests {
         let l = FlashLaunch::plan_for(&p, DType::F16, 132).unwrap();
         assert_eq!(l.params.pack, 4);
         assert_eq!((l.grid.0, l.grid.1), (1, 8));
-        // ⌈132/8⌉ = 17 wanted; 128 key tiles of 32 in whole ranges of ⌈128/17⌉ = 8 tiles → 16.
+        // ⌈132/8⌉ = 17 wanted; 64 key tiles of 64 in whole ranges of ⌈64/17⌉ = 4 tiles → 16.
         assert_eq!(l.splits(), 16, "{l:?}");
         assert_eq!(l.grid.2, 16);
         let kps = l.params.keys_per_split as usize;
