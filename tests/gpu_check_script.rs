@@ -130,7 +130,7 @@ fn every_step_runs_and_writes_at_most_8_files() {
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
     for want in [
         "cuda_gpu tests (ATTNKIT_REQUIRE_GPU=1)**: PASS",
-        "attnkit check**: PASS: 62/62",
+        "attnkit check**: PASS: 74/74",
         "compute-sanitizer**: PASS: 6/6",
     ] {
         assert!(summary.contains(want), "{want} not in:\n{summary}");
@@ -143,6 +143,13 @@ fn every_step_runs_and_writes_at_most_8_files() {
             assert!(check.contains(&format!("--dim {d} --dtype {dt} ")), "d{d} {dt} not checked");
         }
     }
+    // Split-KV decode and every kind of score modifier, in both dtypes.
+    for dt in ["f16", "bf16"] {
+        for extra in ["--seq 1 --seq-kv 4099", "--softcap 30 --alibi", "--sinks-value 0.5", "--seqlens 100,37,250"] {
+            assert!(check.contains(&format!("--dtype {dt} --dim 128 ")), "{dt}: no d128 extra run");
+            assert!(check.lines().any(|l| l.contains(extra) && l.contains(&format!("--dtype {dt} "))), "{extra} {dt}");
+        }
+    }
 }
 
 #[test]
@@ -150,7 +157,7 @@ fn a_failing_check_fails_the_run() {
     let (o, out_dir) = run_with_stand_ins("fail", "--dim 96 --dtype bf16", "available");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
-    assert!(summary.contains("attnkit check**: FAIL: 60/62"), "{summary}");
+    assert!(summary.contains("attnkit check**: FAIL: 72/74"), "{summary}");
 }
 
 #[test]

@@ -9,7 +9,8 @@
 #   env.txt         GPU, driver, glibc, toolkit tools, torch, `attnkit list` (driver + NVRTC found)
 #   tests.txt       tests/cuda_gpu.rs with ATTNKIT_REQUIRE_GPU=1 (a skip is a failure)
 #   check.txt       `attnkit check` over every head-dim variant d32…d256 (+ padded d40/d72),
-#                   causal, windows, GQA/MQA, N_q ≠ N_k, ragged lengths, batch 2, f16 and bf16
+#                   causal, windows, GQA/MQA, N_q ≠ N_k, ragged lengths, batch 2, f16 and bf16;
+#                   split-KV decode and score modifiers (softcap, ALiBi, sinks, varlen) at d128
 #   sanitizer.txt   compute-sanitizer racecheck, synccheck, memcheck on small ragged shapes
 #   bench_attnkit.jsonl, bench_torch.jsonl   flash-cuda vs torch SDPA FA2 / cuDNN, same method
 #   ncu.txt         one profiled launch each (if time remains)
@@ -126,10 +127,24 @@ FLAVOURS=(
     "--seq 129 --seq-kv 70 --causal --batch 2 --heads 2"
     "--seq 190 --window -1,5 --heads 2"
 )
+# Split-KV decode (flash_combine) and the `_mods` entry points (score modifiers, varlen), at
+# D = 128 (the decode flavours also at D = 64).
+EXTRA=(
+    "--dim 64 --seq 1 --seq-kv 4099 --causal --heads 8 --kv-heads 2"
+    "--dim 128 --seq 1 --seq-kv 4099 --causal --heads 8 --kv-heads 2"
+    "--dim 128 --seq 257 --heads 4 --softcap 30 --alibi"
+    "--dim 128 --seq 200 --seq-kv 333 --causal --heads 4 --kv-heads 2 --sinks-value 0.5"
+    "--dim 128 --seqlens 100,37,250 --causal --heads 4"
+    "--dim 128 --seq 1 --seq-kv 3000 --heads 8 --sinks-value 1 --softcap 20"
+)
 CHECKS="$OUTDIR/.checks"
 mkdir -p "$CHECKS"
 i=0
 for dtype in f16 bf16; do
+    for e in "${EXTRA[@]}"; do
+        echo "--backends flash-cuda --dtype $dtype $e" >"$CHECKS/$(printf %03d $i).args"
+        i=$((i + 1))
+    done
     k=0
     for d in 32 40 48 64 72 80 96 128 160 192 256; do
         for f in 0 1 2 3 4; do

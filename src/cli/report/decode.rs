@@ -6,7 +6,8 @@
 //! `ATTNKIT_TORCH_PYTHON` and `ATTNKIT_PEERS` are set; and bf16 vs f32 prefill at N = 4096
 //! (D = 64, H = 8) measured alternately, beside the bf16 dot-product ceiling when the CPU has
 //! AVX512_BF16. The heads are fewer than the 32/8 so the largest cache (N_k = 256K)
-//! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores.
+//! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores; the issue's own
+//! shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`].
 
 use super::plots::{self, Series};
 use super::section::{Case, Scale, SectionRow, alternate, round_ratio, run_one, verdict};
@@ -69,6 +70,7 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
             }
         }
     }
+    rows.extend(super::decode_target::run(sc, ceiling, &bw)?);
     let (n, d, h) = (sc.n(PREFILL.0, PREFILL.0), PREFILL.1, PREFILL.2);
     let prefill = |dtype| {
         Case::single(
@@ -92,7 +94,7 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
 }
 
 /// The python with torch and the peers folder, or why the PyTorch column stays empty.
-fn torch_env() -> Result<(String, String), String> {
+pub(super) fn torch_env() -> Result<(String, String), String> {
     match (std::env::var("ATTNKIT_TORCH_PYTHON"), std::env::var("ATTNKIT_PEERS")) {
         (Ok(py), Ok(peers)) if !py.is_empty() && !peers.is_empty() => Ok((py, peers)),
         _ => Err("not measured (set ATTNKIT_TORCH_PYTHON and ATTNKIT_PEERS)".into()),
@@ -100,7 +102,7 @@ fn torch_env() -> Result<(String, String), String> {
 }
 
 /// PyTorch's median seconds on `p` (peers/torch_sdpa2.py, same thread count).
-fn torch_time(py: &str, peers: &str, p: &Problem, reps: usize) -> Result<f64, String> {
+pub(super) fn torch_time(py: &str, peers: &str, p: &Problem, reps: usize) -> Result<f64, String> {
     let args = [p.seq_q, p.seq_k, p.head_dim, p.heads, p.kv_heads].map(|x| x.to_string());
     let out = std::process::Command::new(py)
         .arg(Path::new(peers).join("torch_sdpa2.py"))
@@ -212,6 +214,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
             super::markdown::status_of(c),
         );
     }
+    s.push_str(&super::decode_target::markdown(d));
     let pre: Vec<&SectionRow> = d.rows.iter().filter(|r| r.section == "prefill-bf16").collect();
     let (n, dim, h) = pre.first().map_or(PREFILL, |r| (r.rec.seq, r.rec.dim, r.rec.heads));
     let _ = writeln!(s, "\n### bf16 vs f32 prefill (N = {n}, D = {dim}, H = {h}, non-causal, measured alternately)\n");
@@ -286,8 +289,6 @@ pub fn plot(dir: &Path, d: &Decode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnkit::Device;
-    use attnkit::bench::{BenchRecord, Measurement, Timing};
     use attnkit::ceiling::bytes_moved;
 
     fn decode_row(label: &str, nk: usize, t: f64, bw: &BandwidthCeiling) -> SectionRow {
@@ -295,14 +296,7 @@ mod tests {
         let &(_, h, hkv, d) = SHAPES.iter().find(|s| s.0 == shape).unwrap();
         let dtype = if dtype == "bf16" { DType::BF16 } else { DType::F32 };
         let p = decode_problem(h, hkv, d, nk, dtype);
-        let m = Measurement {
-            times_s: vec![t],
-            median_s: t,
-            peak_bytes: None,
-            timing: Timing::Host,
-            device_timing_error: None,
-        };
-        let rec = BenchRecord::new("flash-cpu", "", &p, Some(Device::Cpu), 2).with_measurement(&p, &m, None);
+        let rec = super::super::section::timed_record(&p, t);
         SectionRow::new("decode", label, rec.with_bandwidth(&p, bw))
     }
 

@@ -33,6 +33,7 @@
 
 mod analysis;
 mod decode;
+mod decode_target;
 mod figures;
 mod markdown;
 mod masks;

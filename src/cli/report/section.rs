@@ -190,6 +190,20 @@ pub fn csv(rows: &[SectionRow]) -> String {
     s
 }
 
+/// A CPU `flash-cpu` record of `p` timed at `t` seconds (for the sections' tests).
+#[cfg(test)]
+pub fn timed_record(p: &Problem, t: f64) -> BenchRecord {
+    use attnkit::bench::{Measurement, Timing};
+    let m = Measurement {
+        times_s: vec![t],
+        median_s: t,
+        peak_bytes: None,
+        timing: Timing::Host,
+        device_timing_error: None,
+    };
+    BenchRecord::new(BACKEND, "", p, Some(attnkit::Device::Cpu), 2).with_measurement(p, &m, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
