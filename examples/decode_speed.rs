@@ -4,6 +4,7 @@
 //! cargo run --release --example decode_speed -- decode [REPS]    # 1×32768, D=128, H=32/8, causal
 //! cargo run --release --example decode_speed -- sweep [REPS]     # N_k 1K…256K, H=32/8; 1K…64K, 32/32
 //! cargo run --release --example decode_speed -- prefill [REPS]   # N=4096, D 64/128, f32 vs bf16
+//! cargo run --release --example decode_speed -- one N_K f32|bf16 REPS [H H_KV D]  # one variant
 //! ```
 //! Variants of one problem run alternately, rep by rep, so machine noise hits them alike; each
 //! figure is a median. `decode` also times the whole-head packing path (flash-cpu before the
@@ -197,11 +198,11 @@ fn main() {
             }
         }
         "one" => {
-            // One variant only, for `perf stat`: `one N_K f32|bf16 REPS`.
-            let nk = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(32768);
+            // One variant only, for `perf`: `one N_K f32|bf16 REPS [H H_KV D]` (default 32 8 128).
+            let arg = |i: usize, default: usize| args.get(i).and_then(|r| r.parse().ok()).unwrap_or(default);
+            let (nk, reps, h, hkv, d) = (arg(1, 32768), arg(3, 20), arg(4, 32), arg(5, 8), arg(6, 128));
             let dtype: DType = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(DType::F32);
-            let reps = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(20);
-            let p = Problem::new(1, 32, 1, 128).with_kv_heads(8).with_seq_k(nk).with_causal(true);
+            let p = Problem::new(1, h, 1, d).with_kv_heads(hkv).with_seq_k(nk).with_causal(true);
             let isa = if dtype == DType::BF16 { bf16 } else { f32_isa };
             let variants = [Variant { name: "one", dtype, run: Box::new(flash(isa)) }];
             let secs = alternate(&p, &variants, reps);
