@@ -100,20 +100,40 @@ fn nan_in_q_stays_in_its_row() {
 
 #[test]
 fn nan_in_k_stays_in_its_head_group() {
-    // GQA 4→2: a NaN in kv head 1 of batch 0 may reach query heads 2 and 3 of batch 0 only.
+    nan_in_kv_stays_in_its_head_group_and_band(false);
+}
+
+/// Known defect, found 2026-11-28 and not yet fixed: the blocked kernels (`flash-cpu` and the
+/// backends on its tiled runner, `sdpa`) multiply a masked pair's P = 0 by V, and 0 · NaN = NaN,
+/// so a NaN in V at key 10 reaches causal rows 0..10 of its heads (20 rows here; `reference`
+/// keeps the policy). Run with `--ignored` to reproduce; a fix must keep masked keys out of P·V.
+#[test]
+#[ignore = "known defect: a NaN in V leaks into rows whose band excludes its key (0 · NaN)"]
+fn nan_in_v_stays_in_its_head_group_and_band() {
+    nan_in_kv_stays_in_its_head_group_and_band(true);
+}
+
+/// GQA 4→2: a NaN at key 10 of kv head 1 of batch 0, in K (`in_v` false) or V, may reach only
+/// rows of query heads 2 and 3 of batch 0 whose causal band contains key 10.
+fn nan_in_kv_stays_in_its_head_group_and_band(in_v: bool) {
     let p = Problem::new(2, 4, 24, 16).with_kv_heads(2).with_causal(true);
     let (q, k, v) = qkv(&p, 8);
     let (qf, kf, vf) = (q.to_f32(), k.to_f32(), v.to_f32());
     let key = 10;
-    let mut k_nan = kf.clone();
+    let (mut k_nan, mut v_nan) = (kf.clone(), vf.clone());
     let (batch0, kv_head1) = (0, 1);
-    k_nan[((batch0 * p.kv_heads + kv_head1) * p.seq_k + key) * 16 + 3] = f32::NAN;
+    let at = ((batch0 * p.kv_heads + kv_head1) * p.seq_k + key) * 16 + 3;
+    if in_v {
+        v_nan[at] = f32::NAN;
+    } else {
+        k_nan[at] = f32::NAN;
+    }
     for b in available() {
         if !b.supports(&p) {
             continue;
         }
         let clean = b.forward(&AttnArgs::new(&p, &qf, &kf, &vf).unwrap(), false).unwrap().out;
-        let dirty = b.forward(&AttnArgs::new(&p, &qf, &k_nan, &vf).unwrap(), false).unwrap().out;
+        let dirty = b.forward(&AttnArgs::new(&p, &qf, &k_nan, &v_nan).unwrap(), false).unwrap().out;
         for (r, (c, d)) in clean.chunks(16).zip(dirty.chunks(16)).enumerate() {
             let (bh, i) = (r / p.seq_q, r % p.seq_q);
             let (bb, h) = (bh / p.heads, bh % p.heads);
