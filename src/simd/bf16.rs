@@ -36,8 +36,7 @@ pub fn dot_peak_loop(_iters: u64) -> Option<f32> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays.
-    use super::super::Simd;
-    use super::super::decode::{Ahead, KB, RB, Strip};
+    use super::super::decode::{Ahead, DecodeState, KB, RB, Strip, reduce_sums};
     use super::super::flash::{online_softmax_step, padded_dim};
     use super::super::x86_avx512::Avx512;
     use std::arch::x86_64::*;
@@ -66,22 +65,10 @@ mod x86 {
         d.div_ceil(32) * 32
     }
 
-    /// Running state of one bf16 decode task. `acc` holds, per 32-column chunk, 16 "low" and 16
-    /// "high" interleave slots (see the module docs); [`Bf16State::finish_into`] reorders.
-    pub struct Bf16State<'a> {
-        pub d: usize,
-        /// `rows × padded_dim32(D)` bf16 bits of Q, zero-padded.
-        pub q: &'a [u16],
-        pub scale_log2: f32,
-        /// `rows × padded_dim32(D)` f32, permuted.
-        pub acc: &'a mut [f32],
-        pub m: &'a mut [f32],
-        pub l: &'a mut [f32],
-        /// `RB × KB` scores / probabilities.
-        pub s: &'a mut [f32],
-        /// The next block's rows, prefetched during this one's scores.
-        pub ahead: Ahead,
-    }
+    /// Running state of one bf16 decode task: the f32 kernel's state with bf16-bit queries.
+    /// `acc` holds, per 32-column chunk, 16 "low" and 16 "high" interleave slots (see the module
+    /// docs); [`Bf16State::finish_into`] reorders.
+    pub type Bf16State<'a> = DecodeState<'a, u16>;
 
     /// Column of slot `t` (0..32) of a 32-column chunk: slots 0..16 are the low interleave,
     /// 16..32 the high one; each 128-bit lane `l` holds columns `8l..8l+4` (low) / `8l+4..8l+8`.
@@ -91,12 +78,6 @@ mod x86 {
     }
 
     impl Bf16State<'_> {
-        pub fn reset(&mut self) {
-            self.acc.fill(0.0);
-            self.m.fill(f32::NEG_INFINITY);
-            self.l.fill(0.0);
-        }
-
         /// Writes the accumulators in natural column order as `rows × padded_dim(D)` into `dst`
         /// (the layout [`super::super::flash::finish_rows`] reads).
         pub fn finish_into(&self, dst: &mut Vec<f32>) {
@@ -165,14 +146,8 @@ mod x86 {
                 }
                 c += 32;
             }
-            // Four keys share one transposing reduction (the pairing of `Avx512::reduce_sum`).
             for r in 0..R {
-                out[r] = if J == 4 {
-                    let four = f.reduce_sum4([acc[r][0], acc[r][1 % J], acc[r][2 % J], acc[r][3 % J]]);
-                    std::array::from_fn(|j| four[j])
-                } else {
-                    std::array::from_fn(|j| f.reduce_sum(acc[r][j]))
-                };
+                out[r] = reduce_sums(f, &acc[r]);
             }
         }
         out

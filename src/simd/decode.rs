@@ -19,7 +19,7 @@
 //! the strip geometry (set by the caller from the problem), so results are bitwise reproducible.
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
-use super::flash::{online_softmax_step, padded_dim};
+use super::flash::{online_softmax_step, padded_dim, pv_chunk};
 use super::{Isa, Simd};
 
 /// Keys per block: K and V of one block (f32, D = 128) take 32 KiB, about one L1.
@@ -100,13 +100,15 @@ impl Ahead {
 }
 
 /// The running state of the rows of one decode task (the accumulators of an online softmax).
-pub struct DecodeState<'a> {
+/// `Q` is the query element: f32 here, bf16 bits (`u16`) for [`super::bf16`]'s kernel, whose
+/// `acc` is permuted and `D` padded to 32 (see there).
+pub struct DecodeState<'a, Q = f32> {
     pub d: usize,
-    /// `rows × D` queries, unscaled.
-    pub q: &'a [f32],
+    /// `rows × D` queries, unscaled (bf16: `rows × padded_dim32(D)`, zero-padded).
+    pub q: &'a [Q],
     /// `scale·log2(e)`.
     pub scale_log2: f32,
-    /// `rows × padded_dim(D)` unnormalized O.
+    /// `rows × padded_dim(D)` unnormalized O (bf16: `rows × padded_dim32(D)`, permuted).
     pub acc: &'a mut [f32],
     pub m: &'a mut [f32],
     pub l: &'a mut [f32],
@@ -116,14 +118,16 @@ pub struct DecodeState<'a> {
     pub ahead: Ahead,
 }
 
-impl DecodeState<'_> {
+impl<Q> DecodeState<'_, Q> {
     /// Resets the accumulators of every row (O = 0, m = −∞, l = 0).
     pub fn reset(&mut self) {
         self.acc.fill(0.0);
         self.m.fill(f32::NEG_INFINITY);
         self.l.fill(0.0);
     }
+}
 
+impl DecodeState<'_> {
     fn check(&self, k: &[f32], v: &[f32], strips: &[Strip]) {
         let (d, rows) = (self.d, self.m.len());
         assert!(self.q.len() >= rows * d && self.acc.len() >= rows * padded_dim(d) && self.l.len() >= rows);
@@ -133,6 +137,18 @@ impl DecodeState<'_> {
             assert!(st.rows >= 1 && st.rows <= RB && st.row0 + st.rows <= rows);
             assert!(st.lo < st.hi && st.hi <= n && st.hi - st.lo <= KB);
         }
+    }
+}
+
+/// The horizontal sums of `J` accumulators: four keys share one transposing reduction
+/// ([`Simd::reduce_sum4`], bitwise equal to four single ones). Shared with the bf16 kernel.
+#[inline(always)]
+pub fn reduce_sums<S: Simd, const J: usize>(s: S, acc: &[S::V; J]) -> [f32; J] {
+    if J == 4 {
+        let four = s.reduce_sum4([acc[0], acc[1 % J], acc[2 % J], acc[3 % J]]);
+        std::array::from_fn(|j| four[j])
+    } else {
+        std::array::from_fn(|j| s.reduce_sum(acc[j]))
     }
 }
 
@@ -175,13 +191,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
             ahead.fetch_line(j0, j0 + J, at);
         }
         for r in 0..R {
-            // Four keys share one transposing reduction (bitwise equal to four single ones).
-            let sums: [f32; J] = if J == 4 {
-                let four = s.reduce_sum4([acc[r][0], acc[r][1 % J], acc[r][2 % J], acc[r][3 % J]]);
-                std::array::from_fn(|j| four[j])
-            } else {
-                std::array::from_fn(|j| s.reduce_sum(acc[r][j]))
-            };
+            let sums = reduce_sums(s, &acc[r]);
             for j in 0..J {
                 let mut t = sums[j];
                 for c in full..d {
@@ -195,7 +205,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
 }
 
 /// `O[rows, 0..NV·W] = α ⊙ O + P·V` for `R` rows, `n` keys and `NV` vectors of columns starting
-/// at `v`/`o`; with `tail`, also the scalar columns `d mod W` that follow the last full vector
+/// at `v`/`o` (the prefill kernel's [`pv_chunk`], with P rows of stride [`KB`]); with `tail`, also the scalar columns `d mod W` that follow the last full vector
 /// (their offset from `v` is `(d / W)·W` minus the chunk's first column, so the caller passes
 /// `tail` only with the last chunk). Returns `NV`.
 ///
@@ -218,31 +228,7 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     let dp = padded_dim(d);
     // SAFETY (whole body): offsets stay inside the extents the caller guarantees.
     unsafe {
-        let mut acc = [[s.splat(0.0); NV]; R];
-        for r in 0..R {
-            let a = s.splat(alpha[r]);
-            for c in 0..NV {
-                acc[r][c] = s.mul(s.load(o.add(r * dp + c * w)), a);
-            }
-        }
-        for j in 0..n {
-            let vj = v.add(j * d);
-            let mut vv = [s.splat(0.0); NV];
-            for c in 0..NV {
-                vv[c] = s.load(vj.add(c * w));
-            }
-            for r in 0..R {
-                let pb = s.splat(*p.add(r * KB + j));
-                for c in 0..NV {
-                    acc[r][c] = s.fma(pb, vv[c], acc[r][c]);
-                }
-            }
-        }
-        for r in 0..R {
-            for c in 0..NV {
-                s.store(o.add(r * dp + c * w), acc[r][c]);
-            }
-        }
+        pv_chunk::<S, R, NV>(s, p, KB, n, v, d, o, dp, alpha);
         if tail {
             let first = NV * w;
             for r in 0..R {

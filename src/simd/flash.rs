@@ -247,7 +247,7 @@ unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize, const SPLIT: bool
 /// `o` readable and writable for rows `r·ldo + [0, NV·W)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
+pub(super) unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     p: *const f32,
     ldp: usize,

@@ -226,6 +226,13 @@ struct Task<'a> {
 }
 
 impl Task<'_> {
+    /// What the kernel prefetches while it computes the block starting at key `b0`: this
+    /// (batch, KV head)'s K and V rows (starting at element `kv_base`) ahead of it, up to `hi`.
+    fn ahead<T>(&self, k: &[T], v: &[T], kv_base: usize, b0: usize, hi: usize) -> Ahead {
+        let stream = kv_base..kv_base + self.p.seq_k * self.p.head_dim;
+        Ahead::of(&k[stream.clone()], &v[stream], self.p.head_dim, b0, hi)
+    }
+
     fn run(&self, range: &BatchRowRange<'_>, scr: &mut Scratch, po: &mut [f32], pl: &mut [f32]) {
         let (p, d, g, nq) = (self.p, self.p.head_dim, self.p.group_size(), self.p.seq_q);
         // Rows in i-major order (r = i·g + hh): rows of one query position share a band.
@@ -273,8 +280,7 @@ impl Task<'_> {
                     let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
                     let (k, v): (&[f32], &[f32]) = match (self.args.k(), self.args.v()) {
                         (TensorRef::F32(k), TensorRef::F32(v)) => {
-                            let stream = kv_base..kv_base + p.seq_k * d;
-                            st.ahead = Ahead::of(&k[stream.clone()], &v[stream], d, b0, hi);
+                            st.ahead = self.ahead(k, v, kv_base, b0, hi);
                             (&k[s0..s1], &v[s0..s1])
                         }
                         (k, v) => {
@@ -339,8 +345,7 @@ impl Task<'_> {
         st.reset();
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
             let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
-            let stream = kv_base..kv_base + self.p.seq_k * d;
-            st.ahead = Ahead::of(&k[stream.clone()], &v[stream], d, b0, hi);
+            st.ahead = self.ahead(k, v, kv_base, b0, hi);
             process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
         });
         st.finish_into(&mut scr.acc);
