@@ -104,6 +104,15 @@ fn unsupported_head_dims_are_reported() {
     assert!(b.not_supported_reasons(&Problem::new(1, 1, 4, 40)).is_empty());
 }
 
+/// `scale · max‖q_i‖ · max‖k_j‖`: the largest |score| Cauchy–Schwarz allows.
+fn score_norms(args: &AttnArgs<'_>) -> f64 {
+    let d = args.problem().head_dim;
+    let max_norm = |t: attnkit::TensorRef<'_>| {
+        t.to_f32_cow().chunks(d).map(|r| r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).fold(0.0, f64::max)
+    };
+    args.problem().scale as f64 * max_norm(args.q()) * max_norm(args.k())
+}
+
 #[test]
 fn gpu_kernel_matches_reference_on_the_shape_table() {
     let Some(b) = backend_or_skip() else { return };
@@ -135,11 +144,16 @@ fn gpu_kernel_matches_reference_on_the_shape_table() {
             if stats.non_finite > 0 || stats.max_abs > tol.bound {
                 failures.push(format!("{} {dtype}: {:.3e} > {:.3e}", case.name, stats.max_abs, tol.bound));
             }
+            // LSE is a smooth max of the scores, so it moves by at most the largest score
+            // change. When the kernel rounds f32 inputs to f16/bf16 (`compute_precision`), each
+            // score moves by up to 2·u·scale·‖q_i‖·‖k_j‖ against the oracle's unrounded inputs
+            // (the first GPU run measured 2.4e-4–5.3e-4 there, over the 1e-4 relative bound).
+            let rounding = if precision == dtype { 0.0 } else { 2.0 * precision.unit_roundoff() * score_norms(&args) };
             for (a, r) in got.lse.as_ref().unwrap().iter().zip(&oracle_lse) {
                 let ok = if *r == f64::NEG_INFINITY {
                     *a == f32::NEG_INFINITY
                 } else {
-                    (*a as f64 - r).abs() <= 1e-4 * r.abs().max(1.0)
+                    (*a as f64 - r).abs() <= 1e-4 * r.abs().max(1.0) + rounding
                 };
                 if !ok {
                     failures.push(format!("{} {dtype}: LSE {a} vs {r}", case.name));

@@ -185,7 +185,7 @@ if command -v compute-sanitizer >/dev/null; then
         for shape in "--dim 64 --dtype f16 --seq 67 --seq-kv 45 --causal --heads 2 --kv-heads 1" \
             "--dim 256 --dtype bf16 --seq 33 --seq-kv 70 --window 9,3 --heads 2"; do
             san_total=$((san_total + 1))
-            before=$(wc -l <"$SAN" 2>/dev/null || echo 0)
+            before=0; [[ -f "$SAN" ]] && before=$(wc -l <"$SAN")
             # shellcheck disable=SC2086
             if step "sanitizer $tool" 60 "$SAN" compute-sanitizer --tool "$tool" --error-exitcode 9 \
                 "$ATTNKIT" check --backends flash-cuda $shape &&
