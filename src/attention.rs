@@ -45,6 +45,7 @@
 //! when every value fits (else bf16), and keeps P ∈ [0, 1] and all accumulators in f32.
 
 use crate::error::{AttnError, Result};
+use crate::grad::{Grads, GradsMut, Saved};
 use crate::problem::{DType, Problem};
 use crate::tensor::TensorRef;
 use serde::Serialize;
@@ -313,6 +314,69 @@ pub trait Attention: Send + Sync {
         let mut lse = want_lse.then(|| vec![0.0f32; p.lse_len()]);
         self.forward_into(args, &mut out, lse.as_deref_mut())?;
         Ok(AttnOutput { out, lse })
+    }
+
+    /// Every reason this backend has no backward pass for `problem`; empty when it has one.
+    /// The default: none implemented (backends override it with what they lack).
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        vec![format!("`{}` has no backward pass", self.name())]
+    }
+
+    /// Bytes of working memory one backward call allocates beyond inputs, saved tensors and
+    /// gradients (`None`: overflows u64). `compute_backward` refuses with `MemoryBudget` when it
+    /// exceeds the budget.
+    fn backward_working_bytes(&self, _problem: &Problem) -> Option<u64> {
+        Some(0)
+    }
+
+    /// True when [`Attention::backward_not_supported_reasons`] is empty.
+    fn supports_backward(&self, problem: &Problem) -> bool {
+        self.backward_not_supported_reasons(problem).is_empty()
+    }
+
+    /// Does the backward math (see [`crate::grad`]). Called by [`Attention::backward_into`]
+    /// after validation: every buffer has its contract length and the problem is supported.
+    fn compute_backward(&self, _args: &AttnArgs<'_>, _saved: &Saved<'_>, _grads: &mut GradsMut<'_>) -> Result<()> {
+        Err(AttnError::Unsupported {
+            backend: self.name().to_string(),
+            reasons: vec![format!("`{}` has no backward pass", self.name())],
+        })
+    }
+
+    /// Validates everything, then computes dQ, dK, dV (and dσ, dB) into caller buffers from the
+    /// forward's O and LSE and the output gradient dO (all f32, the forward's layouts).
+    fn backward_into(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        let p = args.problem();
+        crate::grad::check_lengths(p, saved, grads)?;
+        if let Err(reason) = self.availability() {
+            return Err(AttnError::Unavailable { backend: self.name().to_string(), reason });
+        }
+        let mut reasons = self.not_supported_reasons(p);
+        reasons.extend(self.backward_not_supported_reasons(p));
+        if !reasons.is_empty() {
+            return Err(AttnError::Unsupported { backend: self.name().to_string(), reasons });
+        }
+        crate::budget::check_budget(self.name(), "the backward pass", self.backward_working_bytes(p))?;
+        self.compute_backward(args, saved, grads)
+    }
+
+    /// Allocates and returns the gradients; `want_dbias` adds the bias gradient (N_q×N_k sized)
+    /// when the problem declares a bias.
+    fn backward(
+        &self,
+        args: &AttnArgs<'_>,
+        out: &[f32],
+        lse: &[f32],
+        d_out: &[f32],
+        want_dbias: bool,
+    ) -> Result<Grads> {
+        let p = args.problem();
+        if want_dbias && p.mods.bias.is_none() {
+            return Err(AttnError::invalid("the bias gradient was requested but the problem declares no bias"));
+        }
+        let mut g = Grads::zeros(p, want_dbias);
+        self.backward_into(args, &Saved { out, lse, d_out }, &mut g.as_mut())?;
+        Ok(g)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod budget;
 pub mod cuda;
 pub mod error;
+pub mod grad;
 pub mod inputs;
 pub mod interop;
 pub mod layer;
@@ -40,6 +41,7 @@ pub use attention::{Attention, AttnArgs, AttnOutput, Device, Exactness, PairData
 /// because examples and the report read them as `attnkit::ceiling`.
 pub use bench::bandwidth as ceiling;
 pub use error::{AttnError, Result};
+pub use grad::{Grads, GradsMut, Saved};
 pub use lse::merge_partials;
 pub use modifiers::{Modifier, Modifiers, PairShape, Varlen, alibi_slopes};
 /// Score modifiers and masks (`problem::modifiers`), at the crate root for short paths.

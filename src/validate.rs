@@ -127,6 +127,42 @@ fn score_rounding_term(args: &AttnArgs<'_>) -> f64 {
     DType::F32.unit_roundoff() * args.problem().scale as f64 * max_row_norm(args.q()) * max_row_norm(args.k()) * max_v
 }
 
+/// The gradient tolerance (FlashAttention's rule applied to each gradient): a backend's error in
+/// dQ, dK, dV (and dσ) against [`crate::grad::oracle::gradients_f64`] may be at most 2 × the error
+/// of [`crate::grad::oracle::naive_backward_same_precision`] in the same gradient plus the floor
+/// of the module docs computed with that gradient's magnitude:
+/// `4·u(precision)·max(1, max|G_ref|) + u(f32)·scale·max‖q‖·max‖k‖·max|v|`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct GradTolerance {
+    pub dq: Tolerance,
+    pub dk: Tolerance,
+    pub dv: Tolerance,
+    /// Present when the problem has sinks.
+    pub dsinks: Option<Tolerance>,
+}
+
+/// [`GradTolerance`] for `args` and `d_out` against `oracle`, at `precision` (the input dtype).
+pub fn gradient_tolerance(args: &AttnArgs<'_>, d_out: &[f32], oracle: &crate::grad::oracle::Grads64) -> GradTolerance {
+    let naive = crate::grad::oracle::naive_backward_same_precision(args, d_out);
+    let u = args.problem().dtype.unit_roundoff();
+    let score = score_rounding_term(args);
+    let tol = |got: &[f32], want: &[f64]| {
+        let naive_err = compare(got, want).max_abs;
+        let max_ref = want.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+        let floor = 4.0 * u * max_ref.max(1.0) + score;
+        Tolerance { naive_err, floor, bound: 2.0 * naive_err + floor }
+    };
+    GradTolerance {
+        dq: tol(&naive.dq, &oracle.dq),
+        dk: tol(&naive.dk, &oracle.dk),
+        dv: tol(&naive.dv, &oracle.dv),
+        dsinks: match (&naive.dsinks, &oracle.dsinks) {
+            (Some(a), Some(b)) => Some(tol(a, b)),
+            _ => None,
+        },
+    }
+}
+
 /// Convenience: the f64 oracle for `args` (output only).
 pub fn oracle(args: &AttnArgs<'_>) -> Vec<f64> {
     attention_f64(args).0

@@ -10,6 +10,7 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::{AttnError, Result};
+use crate::grad::{GradsMut, Saved};
 use crate::problem::{DType, Problem};
 
 pub struct Auto {
@@ -69,6 +70,25 @@ impl Attention for Auto {
     }
     fn time_on_device(&self, problem: &Problem, reps: usize) -> Option<Result<Vec<f64>>> {
         self.choose(problem).and_then(|b| b.time_on_device(problem, reps))
+    }
+    fn backward_not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
+        match self.choose(problem) {
+            Some(b) => {
+                b.backward_not_supported_reasons(problem).into_iter().map(|r| format!("{}: {r}", b.name())).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+    fn backward_working_bytes(&self, problem: &Problem) -> Option<u64> {
+        self.choose(problem).map_or(Some(0), |b| b.backward_working_bytes(problem))
+    }
+    /// The backward of the backend the forward chose (the choice depends on the problem only).
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        let chosen = self.choose(args.problem()).ok_or_else(|| AttnError::Unsupported {
+            backend: "auto".into(),
+            reasons: self.not_supported_reasons(args.problem()),
+        })?;
+        chosen.backward_into(args, saved, grads)
     }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let chosen = self.choose(args.problem()).ok_or_else(|| AttnError::Unsupported {

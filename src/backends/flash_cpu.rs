@@ -41,6 +41,7 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;
+use crate::grad::{GradsMut, Saved};
 use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::tiled::{IsaChoice, Packing, Plan, decode_applies, head_dim_reasons};
@@ -97,5 +98,15 @@ impl Attention for FlashCpu {
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let isa = self.isa.resolve_for(self.name())?;
         self.plan(isa, args.problem()).run(args, out, lse)
+    }
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+    fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        self.plan(self.isa.for_sizing(), p).backward_working_bytes(p)
+    }
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        let isa = self.isa.resolve_for(self.name())?;
+        self.plan(isa, args.problem()).run_backward(args, saved, grads)
     }
 }

@@ -16,6 +16,8 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::Result;
+use crate::grad::oracle::{gradients_f64, write_f32};
+use crate::grad::{GradsMut, Saved};
 use crate::problem::{DType, Problem};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -164,6 +166,20 @@ impl Attention for Reference {
     /// Last resort for `auto`: always exact, never fast.
     fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
         Some(40)
+    }
+    /// f64 gradients of the exact forward (`crate::grad::oracle`); O and LSE are recomputed
+    /// in f64, not taken from `saved`.
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+    /// f64 copies of the gradients and of O.
+    fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        (p.out_len() as u64).checked_mul(2)?.checked_add((p.kv_len() as u64).checked_mul(2)?)?.checked_mul(8)
+    }
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        let g64 = gradients_f64(args, saved.d_out, grads.dbias.is_some());
+        write_f32(&g64, grads);
+        Ok(())
     }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let (o64, l64) = attention_f64(args);

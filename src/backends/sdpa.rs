@@ -19,10 +19,13 @@
 
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
-use crate::error::Result;
+use crate::error::{AttnError, Result};
+use crate::grad::flash::Tiling;
+use crate::grad::{GradsMut, Saved};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::modifiers::PairShape;
 use crate::problem::Problem;
+use crate::simd::Isa;
 use crate::simd::scalar::Portable;
 use crate::simd::score_mod::{PairTerms, RowMod, ScoreOnly, modify_slice};
 use rayon::prelude::*;
@@ -120,6 +123,27 @@ impl Attention for Sdpa {
     /// After the tiled kernels: it materializes the N_q×N_k scores.
     fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
         Some(30)
+    }
+
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+    /// The materialized N_q×N_k S and dS of one head per thread (`crate::grad::materialized`).
+    fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        Tiling::materialized(p).working_bytes(p)
+    }
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        let p = args.problem();
+        let isa = Isa::selected().map_err(|reason| AttnError::Unavailable { backend: self.name().into(), reason })?;
+        crate::grad::run_tiled(
+            self.name(),
+            isa,
+            &|b, i| p.key_range_at(b, i),
+            Tiling::materialized(p),
+            args,
+            saved,
+            grads,
+        )
     }
 
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {

@@ -74,6 +74,22 @@ impl Plan<'_> {
         packs?.checked_add(p.mods.mask.map_or(0, |s| modify::MaskSummary::bytes(p, s)))
     }
 
+    /// The backward's working memory (FlashAttention-2's tiling, [`crate::grad::flash`]).
+    pub fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        crate::grad::flash::Tiling::flash(p).working_bytes(p)
+    }
+
+    /// The backward over the plan's band (the packing is the forward's concern only).
+    pub fn run_backward(
+        &self,
+        args: &AttnArgs<'_>,
+        saved: &crate::grad::Saved<'_>,
+        grads: &mut crate::grad::GradsMut<'_>,
+    ) -> Result<()> {
+        let tiling = crate::grad::flash::Tiling::flash(args.problem());
+        crate::grad::run_tiled(self.name, self.isa, &*self.range, tiling, args, saved, grads)
+    }
+
     /// Runs the plan into `out` (and `lse`), both laid out as the attention contract says.
     pub fn run(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         match self.packing {

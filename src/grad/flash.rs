@@ -1,0 +1,309 @@
+//! FlashAttention-2's backward on CPU tiles: the backward of `flash-cpu`, `local` and
+//! `local-block`.
+//!
+//! Algorithm: D = rowsum(dO∘O) once ([`super::delta_rows`]). The keys of each (batch, KV head)
+//! are cut into blocks of `BC`; a task owns a fixed subset of those blocks (round-robin, so a
+//! causal band's work is balanced) and, per key block, keeps dK and dV in f32 while it visits
+//! every query head of the KV group and every block of `BR` query rows whose band reaches the
+//! keys: S = scale·Q·Kᵀ, P = exp(S' − LSE) recomputed from the saved LSE (S' the modified score,
+//! [`super::rowstep`]), dP = dO·Vᵀ, dS = P∘(dP − D), then dV += Pᵀ·dO, dK += scale·dSᵀ·Q and
+//! dQ += scale·dS·K (the five GEMMs, `gemm` crate, serial inside a task). Row blocks that the
+//! band or varlen layout leave empty are skipped; P is never stored beyond one BR×BC tile.
+//! Complexity: O(pairs·D) time (2.5× the forward's FLOPs), O(N·D) extra memory.
+//!
+//! Determinism: tasks are (batch, KV head, chunk) with the chunk count a function of the problem
+//! only; a task accumulates in a fixed order, chunk 0 writes dQ in place and every other chunk
+//! into its own dQ buffer, and the buffers are summed in chunk order. No atomics, so results are
+//! bitwise identical at any thread count (tests/gradients.rs checks 1, 2 and 8 threads).
+//!
+//! Non-finite inputs: a tile whose Q, dO, K or V rows hold a NaN or ±∞ takes a scalar path that
+//! skips masked pairs instead of multiplying them by zero, so the NaN stays where it can reach.
+//!
+//! Caveats: bf16/f16 inputs are widened to f32 per tile (no `vdpbf16ps` path yet), so the
+//! backward runs at the f32 rate for every dtype; the bias gradient is a second pass
+//! ([`super::materialized::dbias_pass`]).
+
+use super::rowstep::{Row, StepMods, allowed, row_step};
+use super::{GradsMut, Prepared, Saved};
+use crate::attention::AttnArgs;
+use crate::error::Result;
+use crate::linalg::{MatRef, Par, sgemm};
+use crate::problem::Problem;
+use crate::simd::Isa;
+use crate::tiled::RowRange;
+use rayon::prelude::*;
+
+/// Query rows per tile of the flash tiling.
+const BR: usize = 128;
+/// Keys per tile of the flash tiling.
+const BC: usize = 128;
+/// Tasks the chunking aims for (B·H_kv·chunks ≥ this when the keys allow): enough to keep
+/// 8–16 threads busy with work stealing, fixed so results do not depend on the thread count.
+const TARGET_TASKS: usize = 16;
+
+/// Tile shape and key chunking of one call: a function of the problem only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    /// Query rows per tile.
+    pub br: usize,
+    /// Keys per tile.
+    pub bc: usize,
+    /// Key chunks per (batch, KV head): tasks, each with its own dQ buffer after the first.
+    pub chunks: usize,
+}
+
+impl Tiling {
+    /// FlashAttention-2's tiling: BR×BC tiles, chunks up to [`TARGET_TASKS`] tasks.
+    pub fn flash(p: &Problem) -> Self {
+        let kblocks = p.seq_k.div_ceil(BC).max(1);
+        let chunks = TARGET_TASKS.div_ceil((p.batch * p.kv_heads).max(1)).clamp(1, kblocks);
+        Tiling { br: BR, bc: BC, chunks }
+    }
+
+    /// The textbook computation: one N_q×N_k tile per head (`sdpa`'s materialized backward).
+    pub fn materialized(p: &Problem) -> Self {
+        Tiling { br: p.seq_q.max(1), bc: p.seq_k.max(1), chunks: 1 }
+    }
+
+    /// Working bytes beyond the gradients: the extra dQ buffers, D, the row ranges, the
+    /// finiteness flags and one task's tiles per thread.
+    pub fn working_bytes(&self, p: &Problem) -> Option<u64> {
+        let d = p.head_dim as u64;
+        let (br, bc) = (self.br as u64, self.bc as u64);
+        let extra_dq = (self.chunks as u64 - 1).checked_mul(p.out_len() as u64)?.checked_mul(4)?;
+        let rows = (p.lse_len() as u64).checked_mul(4 + 1)?;
+        let ranges = (p.batch as u64).checked_mul(p.seq_q as u64)?.checked_mul(16)?;
+        let keys = p.kv_len() as u64 / d.max(1);
+        let tiles =
+            (4 * bc + 2 * br).checked_mul(d)?.checked_add(br.checked_mul(bc)?.checked_mul(2)?)?.checked_add(bc)?;
+        let per_thread = tiles.checked_mul(4)?.checked_mul(rayon::current_num_threads() as u64)?;
+        extra_dq.checked_add(rows)?.checked_add(ranges)?.checked_add(keys)?.checked_add(per_thread)
+    }
+}
+
+/// Per-row / per-key finiteness of the inputs a tile multiplies.
+struct Finite {
+    /// (B·H·N_q): q row and dO row both finite
+    rows: Vec<bool>,
+    /// (B·H_kv·N_k): k row and v row both finite
+    keys: Vec<bool>,
+}
+
+impl Finite {
+    fn new(args: &AttnArgs<'_>, d_out: &[f32]) -> Self {
+        let d = args.problem().head_dim;
+        let finite_rows = |t: crate::tensor::TensorRef<'_>| -> Vec<bool> {
+            let x = t.to_f32_cow();
+            x.par_chunks(d).map(|r| r.iter().all(|v| v.is_finite())).collect()
+        };
+        let (q, k, v) = (finite_rows(args.q()), finite_rows(args.k()), finite_rows(args.v()));
+        let rows = q.iter().zip(d_out.chunks(d)).map(|(a, g)| *a && g.iter().all(|x| x.is_finite())).collect();
+        let keys = k.iter().zip(&v).map(|(a, b)| *a && *b).collect();
+        Finite { rows, keys }
+    }
+}
+
+/// A key block's index with its dK and dV destinations.
+type KeyBlock<'a> = (usize, &'a mut [f32], &'a mut [f32]);
+
+/// One task: batch `b`, KV head `g`, and its key blocks with their dK/dV destinations.
+struct Task<'a> {
+    b: usize,
+    g: usize,
+    blocks: Vec<KeyBlock<'a>>,
+    /// dQ rows of the group's query heads (G·N_q·D), in place or a chunk's own buffer.
+    dq: &'a mut [f32],
+}
+
+/// Shared read-only state of one call.
+struct Ctx<'a> {
+    args: &'a AttnArgs<'a>,
+    saved: &'a Saved<'a>,
+    prep: &'a Prepared,
+    ranges: Vec<(usize, usize)>,
+    finite: Finite,
+    mods: StepMods<'a>,
+    tiling: Tiling,
+}
+
+/// Runs the backward into `grads` (dQ, dK, dV, dσ; the bias gradient when requested).
+pub fn run(
+    isa: Isa,
+    range: &RowRange<'_>,
+    tiling: Tiling,
+    args: &AttnArgs<'_>,
+    saved: &Saved<'_>,
+    grads: &mut GradsMut<'_>,
+) -> Result<()> {
+    let p = args.problem();
+    let d = p.head_dim;
+    let prep = Prepared::new(args, saved);
+    let ranges: Vec<(usize, usize)> = (0..p.batch * p.seq_q).map(|r| range(r / p.seq_q, r % p.seq_q)).collect();
+    let finite = Finite::new(args, saved.d_out);
+    let ctx = Ctx { args, saved, prep: &prep, ranges, finite, mods: StepMods::new(args, isa), tiling };
+    let (nc, bc) = (tiling.chunks, tiling.bc);
+    let group = p.group_size();
+    let mut extra: Vec<Vec<f32>> = (1..nc).map(|_| vec![0.0f32; p.out_len()]).collect();
+    grads.dq.fill(0.0);
+    let mut tasks: Vec<Task<'_>> = Vec::with_capacity(p.batch * p.kv_heads * nc);
+    {
+        let mut dq_slices: Vec<std::slice::ChunksMut<'_, f32>> = std::iter::once(&mut *grads.dq)
+            .chain(extra.iter_mut().map(|v| v.as_mut_slice()))
+            .map(|buf| buf.chunks_mut(group * p.seq_q * d))
+            .collect();
+        let kv = grads.dk.chunks_mut(p.seq_k * d).zip(grads.dv.chunks_mut(p.seq_k * d));
+        for (bg, (dk, dv)) in kv.enumerate() {
+            let mut per_chunk: Vec<Vec<KeyBlock<'_>>> = (0..nc).map(|_| Vec::new()).collect();
+            for (kb, (k_blk, v_blk)) in dk.chunks_mut(bc * d).zip(dv.chunks_mut(bc * d)).enumerate() {
+                per_chunk[kb % nc].push((kb, k_blk, v_blk));
+            }
+            for (c, blocks) in per_chunk.into_iter().enumerate() {
+                let dq = dq_slices[c].next().unwrap_or_default();
+                tasks.push(Task { b: bg / p.kv_heads, g: bg % p.kv_heads, blocks, dq });
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|t| run_task(&ctx, t));
+    for buf in &extra {
+        grads.dq.par_chunks_mut(4096).zip(buf.par_chunks(4096)).for_each(|(a, b)| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        });
+    }
+    if let Some(ds) = grads.dsinks.as_deref_mut() {
+        super::sink_grads(p, saved.lse, &prep.delta, ds);
+    }
+    if let Some(db) = grads.dbias.as_deref_mut() {
+        super::materialized::dbias_pass(isa, &ctx.ranges, args, saved, &prep, db)?;
+    }
+    Ok(())
+}
+
+/// Per-task tiles.
+struct Tiles {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    q: Vec<f32>,
+    s: Vec<f32>,
+    dp: Vec<f32>,
+    chain: Vec<f32>,
+}
+
+fn run_task(ctx: &Ctx<'_>, task: Task<'_>) {
+    let p = ctx.args.problem();
+    let d = p.head_dim;
+    let group = p.group_size();
+    let (br, bc) = (ctx.tiling.br, ctx.tiling.bc);
+    let mut t = Tiles {
+        k: vec![0.0; bc * d],
+        v: vec![0.0; bc * d],
+        dk: vec![0.0; bc * d],
+        dv: vec![0.0; bc * d],
+        q: vec![0.0; br * d],
+        s: vec![0.0; br * bc],
+        dp: vec![0.0; br * bc],
+        chain: vec![0.0; bc],
+    };
+    let (b, g) = (task.b, task.g);
+    let kv_row0 = (b * p.kv_heads + g) * p.seq_k;
+    for (kb, dk_out, dv_out) in task.blocks {
+        let j0 = kb * bc;
+        let nk = dk_out.len() / d;
+        ctx.args.k().read_f32(kv_row0 * d + j0 * d, &mut t.k[..nk * d]);
+        ctx.args.v().read_f32(kv_row0 * d + j0 * d, &mut t.v[..nk * d]);
+        t.dk[..nk * d].fill(0.0);
+        t.dv[..nk * d].fill(0.0);
+        let keys_ok = ctx.finite.keys[kv_row0 + j0..kv_row0 + j0 + nk].iter().all(|x| *x);
+        for hg in 0..group {
+            let h = g * group + hg;
+            let dq_head = &mut task.dq[hg * p.seq_q * d..(hg + 1) * p.seq_q * d];
+            for i0 in (0..p.seq_q).step_by(br) {
+                let nr = br.min(p.seq_q - i0);
+                let rr = &ctx.ranges[b * p.seq_q + i0..b * p.seq_q + i0 + nr];
+                if !rr.iter().any(|&(lo, hi)| lo < hi && lo < j0 + nk && hi > j0) {
+                    continue;
+                }
+                let dq_rows = &mut dq_head[i0 * d..(i0 + nr) * d];
+                tile(ctx, &mut t, (b, h, i0, nr), (j0, nk), keys_ok, dq_rows);
+            }
+        }
+        dk_out.copy_from_slice(&t.dk[..nk * d]);
+        dv_out.copy_from_slice(&t.dv[..nk * d]);
+    }
+}
+
+/// One BR×BC tile: recompute P, form dS, accumulate dV, dK (tiles) and dQ (in place).
+fn tile(
+    ctx: &Ctx<'_>,
+    t: &mut Tiles,
+    (b, h, i0, nr): (usize, usize, usize, usize),
+    (j0, nk): (usize, usize),
+    keys_ok: bool,
+    dq_rows: &mut [f32],
+) {
+    let p = ctx.args.problem();
+    let d = p.head_dim;
+    let bc = ctx.tiling.bc;
+    let row0 = (b * p.heads + h) * p.seq_q + i0;
+    ctx.args.q().read_f32(row0 * d, &mut t.q[..nr * d]);
+    let dout = &ctx.saved.d_out[row0 * d..(row0 + nr) * d];
+    let q = MatRef::row_major(&t.q[..nr * d], nr, d);
+    let kt = MatRef::transposed(&t.k[..nk * d], nk, d);
+    let vt = MatRef::transposed(&t.v[..nk * d], nk, d);
+    let do_m = MatRef::row_major(dout, nr, d);
+    // The shapes are consistent by construction; a GEMM shape error cannot happen here.
+    let _ = sgemm(q, kt, &mut t.s, bc, p.scale, 0.0, Par::Serial);
+    let _ = sgemm(do_m, vt, &mut t.dp, bc, 1.0, 0.0, Par::Serial);
+    for r in 0..nr {
+        let row = Row {
+            b,
+            h,
+            i: i0 + r,
+            lse: ctx.saved.lse[row0 + r],
+            delta: ctx.prep.delta[row0 + r],
+            range: ctx.ranges[b * p.seq_q + i0 + r],
+        };
+        let (s, dp) = (&mut t.s[r * bc..r * bc + nk], &mut t.dp[r * bc..r * bc + nk]);
+        row_step(&ctx.mods, &row, j0, s, dp, &mut t.chain[..nk], false);
+    }
+    let rows_ok = ctx.finite.rows[row0..row0 + nr].iter().all(|x| *x);
+    if keys_ok && rows_ok {
+        let pm = MatRef { data: &t.s[..], rows: nk, cols: nr, row_stride: 1, col_stride: bc };
+        let dsm_t = MatRef { data: &t.dp[..], rows: nk, cols: nr, row_stride: 1, col_stride: bc };
+        let dsm = MatRef { data: &t.dp[..], rows: nr, cols: nk, row_stride: bc, col_stride: 1 };
+        let _ = sgemm(pm, do_m, &mut t.dv[..nk * d], d, 1.0, 1.0, Par::Serial);
+        let _ = sgemm(dsm_t, q, &mut t.dk[..nk * d], d, p.scale, 1.0, Par::Serial);
+        let _ = sgemm(dsm, MatRef::row_major(&t.k[..nk * d], nk, d), dq_rows, d, p.scale, 1.0, Par::Serial);
+    } else {
+        scalar_accumulate(ctx, t, (b, h, i0, nr), (j0, nk), dout, dq_rows);
+    }
+}
+
+/// The non-finite tile: the three accumulations over allowed pairs only.
+fn scalar_accumulate(
+    ctx: &Ctx<'_>,
+    t: &mut Tiles,
+    (b, h, i0, nr): (usize, usize, usize, usize),
+    (j0, nk): (usize, usize),
+    dout: &[f32],
+    dq_rows: &mut [f32],
+) {
+    let p = ctx.args.problem();
+    let d = p.head_dim;
+    let (sc, bc) = (p.scale, ctx.tiling.bc);
+    for r in 0..nr {
+        let row = Row { b, h, i: i0 + r, lse: 0.0, delta: 0.0, range: ctx.ranges[b * p.seq_q + i0 + r] };
+        for c in 0..nk {
+            if !allowed(&ctx.mods, &row, j0 + c) {
+                continue;
+            }
+            let (pij, ds) = (t.s[r * bc + c], t.dp[r * bc + c] * sc);
+            for x in 0..d {
+                t.dv[c * d + x] += pij * dout[r * d + x];
+                t.dk[c * d + x] += ds * t.q[r * d + x];
+                dq_rows[r * d + x] += ds * t.k[c * d + x];
+            }
+        }
+    }
+}
