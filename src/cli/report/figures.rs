@@ -24,6 +24,9 @@ fn oracle_max_n(rows: &[Row]) -> Option<usize> {
     rows.iter().filter(|r| !r.frontier && r.err_vs.starts_with("reference")).map(|r| r.rec.seq).max()
 }
 
+/// What a line plot reads off a row (None: not drawn).
+type RowValue<'a> = dyn Fn(&Row) -> Option<f64> + 'a;
+
 /// Only measured, finite rows are drawn: the series come from [`series`] (status ok), and the
 /// frontier takes ok rows with a positive error.
 pub fn write_plots(dir: &Path, rows: &[Row], heat: &[Heatmaps]) -> Result<Vec<String>, AttnError> {
@@ -54,7 +57,7 @@ pub fn write_plots(dir: &Path, rows: &[Row], heat: &[Heatmaps]) -> Result<Vec<St
         Some(n) => format!("against the f64 oracle for N ≤ {n}, against flash-cpu (or sdpa) above"),
         None => "against flash-cpu (or sdpa)".into(),
     };
-    let figures: [(&str, String, Vec<String>, Axis, &dyn Fn(&Row) -> Option<f64>); 3] = [
+    let figures: [(&str, String, Vec<String>, Axis, &RowValue); 3] = [
         (
             "time_vs_n.svg",
             "Forward time vs sequence length, per backend".into(),

@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn colours_run_white_to_blue_and_red_for_negative() {
         assert_eq!(weight_color(0.0), RGBColor(255, 255, 255));
-        assert_eq!(weight_color(1.0), RGBColor(0, 102, 178));
+        assert_eq!(weight_color(1.0), RGBColor(0, 101, 178));
         assert_eq!(weight_color(-1.0), RGBColor(255, 0, 0));
         assert_eq!(weight_color(7.0), weight_color(1.0), "clamped");
         assert_eq!(

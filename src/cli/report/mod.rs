@@ -41,6 +41,8 @@ mod heatmap;
 mod markdown;
 mod masks;
 mod meta;
+#[cfg(test)]
+mod plot_tests;
 mod plots;
 mod replot;
 mod results;

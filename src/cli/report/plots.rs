@@ -245,7 +245,7 @@ impl Ticks {
         match self {
             Ticks::Pow2 => {
                 let n = v.round() as u64;
-                if n >= 1024 && n % 1024 == 0 { format!("{}K", n / 1024) } else { n.to_string() }
+                if n >= 1024 && n.is_multiple_of(1024) { format!("{}K", n / 1024) } else { n.to_string() }
             }
             Ticks::Seconds if v < 1e-3 => format!("{} µs", num(v * 1e6)),
             Ticks::Seconds if v < 1.0 => format!("{} ms", num(v * 1e3)),
