@@ -381,6 +381,15 @@ fn report_writes_all_artefacts() {
     ] {
         assert!(readme.contains(section), "README lacks {section}");
     }
+    assert!(!readme.to_lowercase().contains("issue"), "the report names targets, not issue numbers");
+    // --replot redraws the plots from results.json without measuring, README untouched.
+    let replot = attnkit(&["report", "--replot", "--out", &t]);
+    assert!(
+        replot.status.success() && text(&replot.stdout).contains("decode_bandwidth.svg"),
+        "{}",
+        text(&replot.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(target.join("README.md")).unwrap(), readme);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(target.join("results.json")).unwrap()).unwrap();
     let sections = json["sections"].as_array().unwrap();

@@ -9,14 +9,12 @@
 //! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores; the issue's own
 //! shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`].
 
-use super::plots::{self, Series};
-use super::section::{Case, Scale, SectionRow, alternate, round_ratio, run_one, verdict};
+use super::plots::{self, Axis, Series, Ticks};
+use super::section::{Case, Scale, SectionRow, alternate, round_ratio, verdict};
 use crate::cli::fmt_secs;
 use attnkit::attention::PairOwned;
-use attnkit::bench::plan::SEED;
-use attnkit::bench::{LazyCeiling, LazyInputs, Policy};
+use attnkit::bench::{LazyCeiling, Policy};
 use attnkit::ceiling::{BandwidthCeiling, DotCeiling, LazyBandwidth, bf16_dot_ceiling};
-use attnkit::inputs::InputFamily;
 use attnkit::{AttnError, DType, Problem};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -49,27 +47,43 @@ pub fn decode_problem(h: usize, hkv: usize, d: usize, nk: usize, dtype: DType) -
     Problem::new(1, h, 1, d).with_kv_heads(hkv).with_seq_k(nk).with_dtype(dtype)
 }
 
+/// Rounds of the N_k sweep, and reps per call in each round (as the targets' rows).
+pub const SWEEP_ROUNDS: usize = 5;
+pub const REPS_PER_ROUND: usize = 3;
+
 pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
     let started = std::time::Instant::now();
     let bw = LazyBandwidth::default();
-    let policy = Policy { reps: if sc.quick { 3 } else { 5 }, max_measure_s: 3.0, max_predicted_s: 60.0 };
+    let policy = Policy { reps: REPS_PER_ROUND, max_measure_s: 3.0, max_predicted_s: 60.0 };
     let torch = torch_env();
     let mut rows = Vec::new();
-    for &(label, h, hkv, d) in &SHAPES {
-        for dtype in [DType::F32, DType::BF16] {
-            for &nk in &decode_nks(sc) {
-                let p = decode_problem(h, hkv, d, nk, dtype);
-                let inputs = LazyInputs::new(&p, InputFamily::Normal, SEED);
-                let rec = run_one(&p, &inputs, ceiling, &policy)?;
-                let rec = if rec.wants_bandwidth(&p) { rec.with_bandwidth(&p, bw.get()?) } else { rec };
-                let mut row = SectionRow::new("decode", format!("{label} {dtype}"), rec);
-                if let Ok((py, peers)) = &torch {
-                    row.torch_median_s = torch_time(py, peers, &p, policy.reps).ok();
-                }
-                rows.push(row);
+    // Per N_k, every shape and dtype in turn, round after round, each row the median over
+    // rounds (as the targets are measured): one call per row scattered by 2× on a shared
+    // machine (GQA f32 read 39–43% of the ceiling at 32K–64K where alternated rounds read
+    // 87–100%). Grouping by N_k keeps one N_k's inputs (≤ 1.5 GiB) alive at a time.
+    for &nk in &decode_nks(sc) {
+        let cases: Vec<Case> = SHAPES
+            .iter()
+            .flat_map(|&(label, h, hkv, d)| {
+                [DType::F32, DType::BF16].map(|t| {
+                    Case::single(format!("{label} {t}"), decode_problem(h, hkv, d, nk, t), PairOwned::default())
+                })
+            })
+            .collect();
+        let timed = alternate(&cases, if sc.quick { 2 } else { SWEEP_ROUNDS }, ceiling, &policy)?;
+        for (case, (rec, _)) in cases.iter().zip(timed) {
+            let p = &case.parts[0].0;
+            let rec = if rec.wants_bandwidth(p) { rec.with_bandwidth(p, bw.get()?) } else { rec };
+            let mut row = SectionRow::new("decode", case.label.clone(), rec).alternated();
+            if let Ok((py, peers)) = &torch {
+                row.torch_median_s = torch_time(py, peers, p, policy.reps).ok();
             }
+            rows.push(row);
         }
     }
+    // The table reads per shape and dtype, by N_k.
+    let order = |r: &SectionRow| SHAPES.iter().position(|s| r.label.starts_with(s.0)).unwrap_or(0);
+    rows.sort_by_key(|r| (order(r), r.rec.dtype != DType::F32, r.rec.seq_kv));
     rows.extend(super::decode_target::run(sc, ceiling, &bw)?);
     let (n, d, h) = (sc.n(PREFILL.0, PREFILL.0), PREFILL.1, PREFILL.2);
     let prefill = |dtype| {
@@ -84,7 +98,7 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
     let timed = alternate(&cases, if sc.quick { 2 } else { 3 }, ceiling, &pol)?;
     let f32_times = timed[0].1.clone();
     for (case, (rec, times)) in cases.iter().zip(timed) {
-        let mut row = SectionRow::new("prefill-bf16", case.label.clone(), rec);
+        let mut row = SectionRow::new("prefill-bf16", case.label.clone(), rec).alternated();
         row.ratio = round_ratio(&times, &f32_times);
         row.ratio_to = cases[0].label.clone();
         rows.push(row);
@@ -187,6 +201,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
             "- Rows above 100% read K and V from cache: at small N_k they fit in the last-level cache (the ceiling streams 512 MiB)."
         );
     }
+    let _ = writeln!(s, "- {}", timing_note(d));
     if let Some(note) = &d.torch_note {
         let _ = writeln!(s, "- PyTorch: {note}.");
     }
@@ -211,7 +226,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
             c.decode.map_or("–".into(), |x| format!("{:.2}", x.gb_per_s)),
             c.decode.map_or("–".into(), |x| format!("{:.0}%", 100.0 * x.fraction_of_ceiling)),
             torch_gbs(r).map_or("–".into(), |g| format!("{g:.2}")),
-            super::markdown::status_of(c),
+            r.status(),
         );
     }
     s.push_str(&super::decode_target::markdown(d));
@@ -252,35 +267,73 @@ fn prefill_reading(pre: &[&SectionRow], dot: Option<&DotCeiling>) -> String {
     format!("bf16 prefill speed-up over f32 {}; {dot_text}.", verdict(speedup, 1.6, false))
 }
 
-/// The plot: GB/s against N_k per shape, one line per dtype (and PyTorch's when measured),
-/// the ceiling as a flat line. Returns the markdown line (image or why not drawn).
+/// How the sweep's rows were timed: alternated rounds, or (a report from before they were)
+/// one call each, which the reader must know to weigh their scatter.
+pub fn timing_note(d: &Decode) -> String {
+    let sweep: Vec<&SectionRow> = d.rows.iter().filter(|r| r.section == "decode" && r.rec.status.is_ok()).collect();
+    match sweep.iter().filter_map(|r| r.rounds).max() {
+        Some(n) if sweep.iter().all(|r| r.rounds.is_some()) => format!(
+            "flash-cpu rows: the median over {n} rounds; in each round every shape and dtype at that N_k runs in turn \
+             (one warm-up, then the median of {REPS_PER_ROUND} reps), as the targets below are measured. PyTorch: one call per row \
+             (the median of its reps)."
+        ),
+        _ => "flash-cpu and PyTorch rows: one call each (one warm-up, then the median of its reps), not alternated with \
+              the others, so on a shared machine they scatter; the alternated rounds of the targets below are the steadier figure."
+            .into(),
+    }
+}
+
+/// `MHA: 4 heads, D = 64` / `GQA: 8 query heads over 2 KV heads, D = 128`.
+fn shape_title(&(label, h, hkv, d): &(&str, usize, usize, usize)) -> String {
+    let kind = label.split(' ').next().unwrap_or(label);
+    if h == hkv {
+        format!("{kind}: {h} heads, D = {d}")
+    } else {
+        format!("{kind}: {h} query heads over {hkv} KV heads, D = {d}")
+    }
+}
+
+/// The plot: GB/s against N_k per shape, one line per dtype (solid: flash-cpu, dashed:
+/// PyTorch when measured), the ceiling as a flat grey dashed line. Returns the markdown line
+/// (image or why not drawn).
 pub fn plot(dir: &Path, d: &Decode) -> String {
     let nks: Vec<f64> = d.rows.iter().filter(|r| r.rec.decode.is_some()).map(|r| r.rec.seq_kv as f64).collect();
     let (lo, hi) = nks.iter().fold((f64::MAX, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+    let ceiling_label = d.bandwidth.map(|b| format!("streaming-read ceiling ({:.1} GB/s)", b.gb_per_s));
     let panels: Vec<(String, Vec<Series>)> = SHAPES
         .iter()
-        .map(|&(shape, ..)| {
+        .map(|shape| {
             let mut ss = Vec::new();
-            for t in [DType::F32, DType::BF16] {
-                let rows = series(&d.rows, &format!("{shape} {t}"));
+            for (i, t) in [DType::F32, DType::BF16].into_iter().enumerate() {
+                let rows = series(&d.rows, &format!("{} {t}", shape.0));
                 let pts = |f: &dyn Fn(&SectionRow) -> Option<f64>| -> Vec<(f64, f64)> {
                     rows.iter().filter_map(|r| Some((r.rec.seq_kv as f64, f(r)?))).collect()
                 };
-                ss.push(Series { label: format!("flash-cpu {t}"), points: pts(&|r| Some(r.rec.decode?.gb_per_s)) });
-                ss.push(Series { label: format!("PyTorch {t}"), points: pts(&torch_gbs) });
+                let c = plots::color(i);
+                ss.push(Series::new(format!("flash-cpu {t}"), pts(&|r| Some(r.rec.decode?.gb_per_s))).color(c));
+                ss.push(Series::new(format!("PyTorch CPU SDPA {t}"), pts(&torch_gbs)).color(c).dashed());
             }
-            if let (Some(b), true) = (d.bandwidth, hi > 0.0) {
-                ss.push(Series { label: "read ceiling".into(), points: vec![(lo, b.gb_per_s), (hi, b.gb_per_s)] });
+            if let (Some(b), Some(l), true) = (d.bandwidth, &ceiling_label, hi > 0.0) {
+                let flat = vec![(lo, b.gb_per_s), (hi, b.gb_per_s)];
+                ss.push(Series::new(l.clone(), flat).color(plots::GREY).dashed());
             }
             ss.retain(|s| !s.points.is_empty());
-            (shape.to_string(), ss)
+            (shape_title(shape), ss)
         })
         .collect();
     if nks.is_empty() {
         return format!("- {PLOT_FILE}: not drawn (no decode row was measured)");
     }
-    let title = "decode (N_q = 1) GB/s vs N_k, streaming-read ceiling of the same run";
-    match plots::loglog_panels(&dir.join(PLOT_FILE), title, "N_k", "GB/s", &panels) {
+    let head = plots::Heading {
+        title: "flash-cpu decode: read bandwidth vs cached keys (one query row, B = 1, seeded normal inputs)",
+        notes: vec![
+            "GB/s = bytes of Q, K, V read once and O written ÷ median time; above the grey ceiling, K and V came from cache".into(),
+            timing_note(d),
+        ],
+    };
+    let x = Axis { label: "cached keys N_k (log)", ticks: Ticks::Pow2 };
+    let y = Axis { label: "GB/s (log)", ticks: Ticks::Plain };
+    match plots::loglog_panels(&dir.join(PLOT_FILE), &head, x, y, &panels) {
         Ok(()) => format!("![{PLOT_FILE}]({PLOT_FILE})"),
         Err(e) => format!("- {PLOT_FILE}: not drawn ({e})"),
     }

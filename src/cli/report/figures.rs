@@ -1,25 +1,47 @@
 //! The report's figures: what goes into each SVG (drawn by [`super::plots`]) and the inputs of
 //! the weight heatmaps, one per input family.
 
-use super::analysis::{frontier_rows, series, sweep_labels};
-use super::plots::{self, Series};
+use super::analysis::{frontier_points, frontier_rows, series, sweep_labels};
+use super::frontier_plot::{self, FrontierMark, FrontierPanel};
+use super::plots::{self, Axis, Heading, Series, Ticks};
 use super::results::Row;
+use attnkit::approx_eval::pareto;
 use attnkit::bench::plan::{FRONTIER_NS, SEED};
 use attnkit::inputs::{InputFamily, generate};
 use attnkit::{AttnArgs, AttnError, BackendOptions, Problem, Window};
 use std::path::Path;
+
+/// `flash-cpu (exact)`, `nystrom (approximate)`: a sweep line's legend label, so a reader
+/// knows which lines approximate full attention (a window does too).
+fn legend_label(rows: &[Row], label: &str) -> String {
+    let approx = rows.iter().find(|r| r.label == label).is_some_and(|r| r.approximates());
+    format!("{label} ({})", if approx { "approximate" } else { "exact" })
+}
+
+/// The largest N whose error was taken against the f64 oracle (the comparator above it is
+/// flash-cpu or sdpa). Causal rows only: the frontier N (non-causal) use the oracle at any N.
+fn oracle_max_n(rows: &[Row]) -> Option<usize> {
+    rows.iter().filter(|r| r.rec.causal && r.err_vs.starts_with("reference")).map(|r| r.rec.seq).max()
+}
+
+/// What a line plot reads off a row (None: not drawn).
+type RowValue<'a> = dyn Fn(&Row) -> Option<f64> + 'a;
 
 /// Only measured, finite rows are drawn: the series come from [`series`] (status ok), and the
 /// frontier takes ok rows with a positive error.
 pub fn write_plots(dir: &Path, rows: &[Row], heat: &[Heatmaps]) -> Result<Vec<String>, AttnError> {
     let labels = sweep_labels(rows);
     let mut notes = Vec::new();
+    let mut note = |file: &str, r: plots::PlotResult| match r {
+        Ok(()) => notes.push(file.to_string()),
+        Err(e) => notes.push(format!("{file}: not drawn ({e})")),
+    };
     let panel = |causal: bool, f: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
         labels
             .iter()
-            .map(|l| Series {
-                label: l.clone(),
-                points: series(rows, l, causal).iter().filter_map(|r| f(r).map(|y| (r.rec.seq as f64, y))).collect(),
+            .map(|l| {
+                let pts = series(rows, l, causal).iter().filter_map(|r| f(r).map(|y| (r.rec.seq as f64, y))).collect();
+                Series::new(legend_label(rows, l), pts)
             })
             .filter(|s| !s.points.is_empty())
             .collect()
@@ -27,44 +49,103 @@ pub fn write_plots(dir: &Path, rows: &[Row], heat: &[Heatmaps]) -> Result<Vec<St
     let time = |r: &Row| r.rec.median_s;
     let mem = |r: &Row| r.rec.peak_bytes.map(|b| b as f64 / (1u64 << 20) as f64).filter(|m| *m > 0.0);
     let err = |r: &Row| r.err_max_abs.filter(|e| *e > 0.0);
-    for (file, title, ylabel, f) in [
-        ("time_vs_n.svg", "median time vs N (D=64, H=8)", "seconds", &time as &dyn Fn(&Row) -> Option<f64>),
-        ("memory_vs_n.svg", "peak extra heap vs N", "MiB", &mem),
-        ("error_vs_n.svg", "max abs error vs N (head 0; see README for the comparator)", "max abs error", &err),
-    ] {
+    let shape = rows.iter().find(|r| !r.frontier).map_or(String::new(), |r| {
+        format!("B = {}, H = {}, D = {}, {}, {} inputs", r.rec.batch, r.rec.heads, r.rec.dim, r.rec.dtype, r.rec.inputs)
+    });
+    let n_axis = Axis { label: "sequence length N = N_q = N_k (log)", ticks: Ticks::Pow2 };
+    let comparator = match oracle_max_n(rows) {
+        Some(n) => format!(
+            "against the f64 oracle for N ≤ {n} and non-causal N ∈ {{{}}}, else against flash-cpu (or sdpa)",
+            FRONTIER_NS.map(|n| n.to_string()).join(", ")
+        ),
+        None => "against flash-cpu (or sdpa)".into(),
+    };
+    let figures: [(&str, String, Vec<String>, Axis, &RowValue); 3] = [
+        (
+            "time_vs_n.svg",
+            "Forward time vs sequence length, per backend".into(),
+            vec![format!("{shape}; median of the reps of one call per point")],
+            Axis { label: "median time per forward (log)", ticks: Ticks::Seconds },
+            &time,
+        ),
+        (
+            "memory_vs_n.svg",
+            "Peak extra heap of one forward vs sequence length, per backend".into(),
+            vec![format!("{shape}; heap allocated above what was live before the call (inputs and output excluded)")],
+            Axis { label: "peak extra heap, MiB (log)", ticks: Ticks::Plain },
+            &mem,
+        ),
+        (
+            "error_vs_n.svg",
+            "Max abs error vs sequence length, per backend".into(),
+            vec![
+                format!("{shape}; max |O − O_ref| over head 0, {comparator}"),
+                "approximate backends and windows are compared with full attention, so theirs is the approximation error".into(),
+            ],
+            Axis { label: "max abs error, head 0 (log)", ticks: Ticks::Sci },
+            &err,
+        ),
+    ];
+    for (file, title, lines, y, f) in figures {
         let panels = vec![("non-causal".to_string(), panel(false, f)), ("causal".to_string(), panel(true, f))];
-        match plots::loglog_panels(&dir.join(file), title, "N", ylabel, &panels) {
-            Ok(()) => notes.push(file.to_string()),
-            Err(e) => notes.push(format!("{file}: not drawn ({e})")),
-        }
+        let head = Heading { title: &title, notes: lines };
+        note(file, plots::loglog_panels(&dir.join(file), &head, n_axis, y, &panels));
     }
     // One panel per (family, N), non-causal, with the family's mean-of-V error as a line.
-    let mut frontier_panels: Vec<plots::FrontierPanel> = Vec::new();
+    let mut frontier_panels: Vec<FrontierPanel> = Vec::new();
     for family in heat.iter().map(|h| h.family) {
         let fr = frontier_rows(rows, family);
         for n in FRONTIER_NS {
-            let at: Vec<&&Row> = fr.iter().filter(|r| r.rec.seq == n).collect();
+            let at: Vec<&Row> = fr
+                .iter()
+                .copied()
+                .filter(|r| r.rec.seq == n && r.rel_err.is_some_and(|e| e > 0.0) && r.rec.median_s.is_some())
+                .collect();
             if at.is_empty() {
                 continue;
             }
-            let pts = at
+            let on = pareto(&frontier_points(&at));
+            let marks = at
                 .iter()
-                .filter_map(|r| Some((r.label.clone(), r.rel_err.filter(|e| *e > 0.0)?, r.rec.median_s?)))
+                .zip(on)
+                .filter_map(|(r, on_frontier)| {
+                    Some(FrontierMark {
+                        label: r.label.clone(),
+                        rel_err: r.rel_err?,
+                        seconds: r.rec.median_s?,
+                        on_frontier,
+                    })
+                })
                 .collect();
             let baseline = at.iter().find_map(|r| r.baseline_rel_err);
-            frontier_panels.push((format!("{family}, N={n}"), pts, baseline));
+            frontier_panels.push(FrontierPanel { title: format!("{family} inputs, N = {n}"), marks, baseline });
         }
     }
-    match plots::frontier(&dir.join("error_vs_speed.svg"), &frontier_panels) {
-        Ok(()) => notes.push("error_vs_speed.svg".into()),
-        Err(e) => notes.push(format!("error_vs_speed.svg: not drawn ({e})")),
-    }
+    let head = Heading {
+        title: "Accuracy vs speed of every approximation, per input family and N",
+        notes: vec![
+            format!(
+                "{}; non-causal; exact sdpa and flash-cpu for comparison",
+                shape.rsplit_once(", ").map_or("", |x| x.0)
+            ),
+            "frontier: no other point of the panel is both at least as fast and at least as accurate; \
+             points right of the dashed line lose to the mean of V"
+                .into(),
+        ],
+    };
+    let (x, y) = frontier_plot::axes();
+    note("error_vs_speed.svg", frontier_plot::frontier(&dir.join("error_vs_speed.svg"), &head, x, y, &frontier_panels));
     for h in heat.iter().filter(|h| !h.panels.is_empty()) {
         let file = heatmap_file(h.family);
-        match plots::heatmaps(&dir.join(&file), h.n, &h.panels) {
-            Ok(()) => notes.push(file),
-            Err(e) => notes.push(format!("{file}: not drawn ({e})")),
-        }
+        let title = format!("Effective attention weights on one {} input, N = D = 64, one head", h.family);
+        let head = Heading {
+            title: &title,
+            notes: vec![
+                "row i = query i, column j = key j (V = I, so output row i is the weight row i), through the public trait".into(),
+                "white = 0, blue = positive, red = negative; each panel has its own scale (its bar)".into(),
+            ],
+        };
+        note(&file, super::heatmap::heatmaps(&dir.join(&file), &head, h.n, &h.panels));
     }
     Ok(notes)
 }

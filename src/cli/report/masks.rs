@@ -1,4 +1,4 @@
-//! The report's *Masks and varlen speed* section (issue 11): what each score modifier costs
+//! The report's *Masks and varlen speed* section: what each score modifier costs
 //! `flash-cpu`, as time ratios measured alternately in the same run, each against its target:
 //! - N = 4096, D = 64, H = 8, non-causal: plain vs ALiBi, softcap 30, sinks, all three (≤ 1.15×),
 //!   and an f32 additive bias (1, 1, N, N) (no target);
@@ -123,7 +123,7 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Masks, AttnError> {
         let base_times = timed[0].1.clone();
         let base = g.cases[0].label.clone();
         for (i, (case, (rec, times))) in g.cases.iter().zip(timed).enumerate() {
-            let mut row = SectionRow::new("masks", case.label.clone(), rec);
+            let mut row = SectionRow::new("masks", case.label.clone(), rec).alternated();
             if i > 0 {
                 row.ratio = round_ratio(&times, &base_times);
                 row.ratio_to = base.clone();
@@ -202,7 +202,7 @@ pub fn markdown(m: &Masks, sc: &Scale) -> String {
             c.gflops.map_or("–".into(), |g| format!("{g:.1}")),
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
             if r.ratio_to.is_empty() { "–" } else { &r.ratio_to },
-            super::markdown::status_of(c).replace("reps", "rounds")
+            r.status()
         );
     }
     let _ = writeln!(s);

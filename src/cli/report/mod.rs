@@ -25,20 +25,26 @@
 //! - decode and bf16 ([`decode`]): `flash-cpu` decode GB/s against N_k beside the streaming-read
 //!   ceiling (and PyTorch when `ATTNKIT_TORCH_PYTHON`/`ATTNKIT_PEERS` are set), bf16 vs f32 prefill;
 //! - masks and varlen speed ([`masks`]): modifier, packed-varlen and block-sparse-mask costs as
-//!   ratios measured alternately, each against its issue's target.
+//!   ratios measured alternately, each against its target.
 //!
 //! Modules: [`sweep`] runs the cells, [`results`] holds the rows and writes JSON/CSV,
 //! [`analysis`] reads them (slopes, crossovers, observations), [`figures`] and [`plots`] draw,
-//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder, [`section`] runs the two extra sections' cases.
+//! [`markdown`] writes README.md, [`meta`] describes the run, [`swap`] replaces the folder, [`section`] runs the two extra sections' cases,
+//! [`replot`] redraws the plots from a written results.json (`--replot`).
 
 mod analysis;
 mod decode;
 mod decode_target;
 mod figures;
+mod frontier_plot;
+mod heatmap;
 mod markdown;
 mod masks;
 mod meta;
+#[cfg(test)]
+mod plot_tests;
 mod plots;
+mod replot;
 mod results;
 mod section;
 mod swap;
@@ -77,9 +83,17 @@ pub struct ReportArgs {
     /// runs on every family regardless.
     #[arg(long, default_value = "normal", value_parser = crate::cli::parse_named::<InputFamily>)]
     pub inputs: InputFamily,
+    /// Measure nothing: redraw the SVG plots in --out from its results.json (README.md and the
+    /// raw files stay as they are).
+    #[arg(long)]
+    pub replot: bool,
 }
 
 pub fn run(a: &ReportArgs) -> Result<ExitCode, AttnError> {
+    if a.replot {
+        outln!("{}", replot::run(&a.out)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut plan = SweepPlan::report(a.quick);
     plan.inputs = a.inputs;
     let cfg = sweep::Config {

@@ -43,11 +43,34 @@ pub struct SectionRow {
     pub ratio_to: String,
     /// PyTorch CPU SDPA on the same shape in the same run (decode rows), when measured.
     pub torch_median_s: Option<f64>,
+    /// `Some(rounds measured)` when the time is the median over rounds of cases run in turn
+    /// ([`alternate`]); `None` when it is one call's (the median of that call's reps).
+    pub rounds: Option<usize>,
 }
 
 impl SectionRow {
     pub fn new(section: &'static str, label: impl Into<String>, rec: BenchRecord) -> Self {
-        SectionRow { section, label: label.into(), rec, ratio: None, ratio_to: String::new(), torch_median_s: None }
+        SectionRow {
+            section,
+            label: label.into(),
+            rec,
+            ratio: None,
+            ratio_to: String::new(),
+            torch_median_s: None,
+            rounds: None,
+        }
+    }
+
+    /// Marks a row built from [`alternate`]'s record (whose `reps` counts the rounds).
+    pub fn alternated(mut self) -> Self {
+        self.rounds = self.rec.status.is_ok().then_some(self.rec.reps);
+        self
+    }
+
+    /// [`super::markdown::status_of`], counting rounds instead of reps when alternated.
+    pub fn status(&self) -> String {
+        let s = super::markdown::status_of(&self.rec);
+        if self.rounds.is_some() { s.replace("reps", "rounds") } else { s }
     }
 }
 
