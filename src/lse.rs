@@ -12,6 +12,48 @@
 
 use crate::error::{AttnError, Result};
 
+/// Adds attention sinks to a finished result: each row's sink logit σ_h joins the softmax
+/// denominator as a key with no value, i.e. a part with O = 0 and LSE = σ merged into the row
+/// (`O ← O·e^(L−L')`, `L' = ln(e^L + e^σ)`; a row with no key keeps O = 0 and gets LSE = σ).
+/// Exact whenever `lse` is the log-normalizer the rows were divided by, so the approximations
+/// whose LSE is their own softmax's (linformer, FAVOR+ performer) take sinks through it.
+pub fn add_sinks(p: &crate::problem::Problem, out: &mut [f32], lse: &mut [f32]) {
+    let Some(sinks) = &p.mods.sinks else { return };
+    let d = p.head_dim;
+    for (row, (o, l)) in out.chunks_mut(d).zip(lse.iter_mut()).enumerate() {
+        let sigma = sinks[(row / p.seq_q) % p.heads];
+        let m = l.max(sigma);
+        let new = m + ((*l - m).exp() + (sigma - m).exp()).ln();
+        let w = (*l - new).exp();
+        o.iter_mut().for_each(|x| *x *= w);
+        *l = new;
+    }
+}
+
+/// Runs `rows` (a backend's computation without sinks) and adds the problem's sinks, if any,
+/// through [`add_sinks`]; the LSE is computed into scratch when the caller did not ask for it.
+pub fn compute_with_sinks(
+    p: &crate::problem::Problem,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    rows: impl FnOnce(&mut [f32], Option<&mut [f32]>) -> Result<()>,
+) -> Result<()> {
+    if p.mods.sinks.is_none() {
+        return rows(out, lse);
+    }
+    let mut scratch;
+    let l = match lse {
+        Some(l) => l,
+        None => {
+            scratch = vec![0.0f32; p.lse_len()];
+            &mut scratch
+        }
+    };
+    rows(out, Some(&mut *l))?;
+    add_sinks(p, out, l);
+    Ok(())
+}
+
 /// Merges part `b` into part `a` in place. `a_out`/`b_out` are rows×`head_dim`, `a_lse`/`b_lse`
 /// have one natural-log LSE per row (−∞ for a row that saw no key).
 pub fn merge_partials(

@@ -118,6 +118,27 @@ fn identity_projections_reproduce_exact_attention() {
     }
 }
 
+/// Sinks through the log-normalizer: with identity projections linformer is exact attention, so
+/// with sinks it must match the oracle with sinks (rows, LSE and GQA heads each with their own σ).
+#[test]
+fn identity_projections_with_sinks_match_the_oracle() {
+    for (h, hkv, nq, nk, d) in [(2, 2, 24, 24, 16), (4, 2, 7, 31, 8)] {
+        let p = Problem::new(2, h, nq, d)
+            .with_kv_heads(hkv)
+            .with_seq_k(nk)
+            .with_sinks((0..h).map(|i| i as f32 - 1.0).collect());
+        let (q, k, v) = inputs(&p, 3);
+        let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let (want, want_lse) = attention_f64(&args);
+        let lin = Linformer::with_projections(vec![identity(nk)], None, nk, nk).unwrap();
+        let got = lin.forward(&args, true).unwrap();
+        let (err, lerr) = (scaled_max_err(&got.out, &want), lse_max_err(got.lse.as_ref().unwrap(), &want_lse));
+        assert!(err < 2e-5 && lerr < 2e-5, "{p}: out err {err:.2e}, lse err {lerr:.2e}");
+        // Without asking for the LSE the rows are the same.
+        assert_eq!(lin.forward(&args, false).unwrap().out, got.out);
+    }
+}
+
 #[test]
 fn masks_are_refused_with_the_reason() {
     let lin = Linformer::new(8, 0).unwrap();

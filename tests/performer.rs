@@ -332,3 +332,35 @@ fn nan_in_q_stays_in_its_row() {
         }
     }
 }
+
+/// Sinks through FAVOR+'s log-normalizer: the result with sinks is the one without merged with a
+/// zero-valued part of LSE σ (`merge_partials`, an independent formulation), rows with no key
+/// (causal, N_q > N_k) get O = 0 and LSE = σ, and the ReLU kernel refuses sinks.
+#[test]
+fn sinks_join_the_estimated_normalizer() {
+    for causal in [false, true] {
+        let base = Problem::new(1, 2, 40, 16).with_seq_k(30).with_causal(causal);
+        let p = base.clone().with_sinks(vec![0.5, -2.0]);
+        let perf = Performer::new(32, 5).unwrap();
+        let (q, k, v) = inputs(&p, 4, 1.0);
+        let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let plain_args = AttnArgs::new(&base, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let got = perf.forward(&args, true).unwrap();
+        let plain = perf.forward(&plain_args, true).unwrap();
+        let (mut out, mut lse) = (plain.out.clone(), plain.lse.unwrap());
+        let sink_lse: Vec<f32> = (0..p.lse_len()).map(|r| [0.5f32, -2.0][r / p.seq_q]).collect();
+        let zeros = vec![0.0f32; out.len()];
+        attnkit::merge_partials(&mut out, &mut lse, &zeros, &sink_lse, p.head_dim).unwrap();
+        let gl = got.lse.as_ref().unwrap();
+        assert!(got.out.iter().zip(&out).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)), "{p}");
+        assert!(gl.iter().zip(&lse).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "{p}");
+        if causal {
+            // Rows 0..10 see no key: O = 0, LSE = σ.
+            assert!(got.out[..10 * 16].iter().all(|&x| x == 0.0));
+            assert_eq!(gl[0], 0.5);
+        }
+    }
+    let relu = Performer::new(32, 5).unwrap().with_kernel(Kernel::Relu);
+    let p = Problem::new(1, 2, 8, 16).with_sinks(vec![0.0; 2]);
+    assert!(relu.not_supported_reasons(&p).iter().any(|r| r.contains("sinks")));
+}

@@ -58,6 +58,7 @@ use crate::error::{AttnError, Result};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::options::{BackendOptions, Projection};
 use crate::problem::Problem;
+use crate::problem::modifiers::Modifier;
 use crate::seeded;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -363,9 +364,12 @@ impl Attention for Linformer {
         vec!["linformer has no backward pass yet: the math is dQ and dK′, dV′ from softmax attention over the k projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′ and, for trainable projections, dE = dK′·Kᵀ, dF = dV′·Vᵀ; not implemented (train through flash-cpu or sdpa)".to_string()]
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        let mut reasons = problem
-            .mods
-            .refusals("linformer", "its projected keys mix every position, so per-pair terms have no key to apply to");
+        // Sinks need only the row's log-normalizer, which linformer has (crate::lse::add_sinks).
+        let mut reasons = problem.mods.refusals_except(
+            "linformer",
+            "its projected keys mix every position, so per-pair terms have no key to apply to",
+            &[Modifier::Sinks],
+        );
         if problem.causal {
             reasons.push(
                 "causal masking is impossible: E·K mixes every key (future ones included) into each of the k projected \
@@ -399,7 +403,15 @@ impl Attention for Linformer {
     }
 
     /// LSE: the log-normalizer of the softmax over the k projected keys (see module docs).
+    /// With sinks, each row's sink joins its own softmax's denominator ([`crate::lse::add_sinks`]).
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        crate::lse::compute_with_sinks(args.problem(), out, lse, |o, l| self.compute_rows(args, o, l))
+    }
+}
+
+impl Linformer {
+    /// Linformer's own rows (sinks aside).
+    fn compute_rows(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let tasks = p.batch * p.kv_heads;
         let in_flight = tasks.min(rayon::current_num_threads()).max(1) as u64;

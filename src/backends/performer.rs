@@ -70,6 +70,7 @@ use crate::linalg::{MatRef, Par, sgemm};
 use crate::options::BackendOptions;
 use crate::options::Kernel;
 use crate::problem::Problem;
+use crate::problem::modifiers::Modifier;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -398,8 +399,14 @@ impl Attention for Performer {
         vec!["performer has no backward pass: the gradient through FAVOR+'s random feature maps (features held fixed) is not implemented (train through flash-cpu or sdpa)".to_string()]
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        let mut r =
-            problem.mods.refusals("performer", "FAVOR+ never forms per-pair scores, so there is no score to modify");
+        // Sinks need only the row's log-normalizer: the softmax kernel's LSE estimates it; the ReLU
+        // kernel's normalizer is not a softmax's, so a sink logit has no meaning there.
+        let implemented: &[Modifier] = if self.kernel == Kernel::Softmax { &[Modifier::Sinks] } else { &[] };
+        let mut r = problem.mods.refusals_except(
+            "performer",
+            "FAVOR+ never forms per-pair scores, so there is no score to modify",
+            implemented,
+        );
         if problem.window.is_unbounded() {
             return r;
         }
@@ -421,7 +428,16 @@ impl Attention for Performer {
     }
 
     /// LSE: the log of the FAVOR+ estimate of Σ_j exp(scale·q·k_j) (see module docs).
+    /// With sinks (softmax kernel), each row's sink joins its estimated normalizer
+    /// ([`crate::lse::add_sinks`]).
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+        crate::lse::compute_with_sinks(args.problem(), out, lse, |o, l| self.compute_rows(args, o, l))
+    }
+}
+
+impl Performer {
+    /// FAVOR+'s own rows (sinks aside).
+    fn compute_rows(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let p = args.problem();
         let tasks = p.batch * p.kv_heads;
         let in_flight = tasks.min(rayon::current_num_threads()).max(1) as u64;

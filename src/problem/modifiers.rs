@@ -157,7 +157,16 @@ impl Modifiers {
 
     /// One refusal reason per active modifier, for a backend that implements none of them.
     pub fn refusals(&self, backend: &str, why: &str) -> Vec<String> {
-        self.active().into_iter().map(|m| format!("{backend} does not implement {} ({why})", m.as_str())).collect()
+        self.refusals_except(backend, why, &[])
+    }
+
+    /// [`Modifiers::refusals`] for a backend that implements the modifiers in `implemented`.
+    pub fn refusals_except(&self, backend: &str, why: &str, implemented: &[Modifier]) -> Vec<String> {
+        self.active()
+            .into_iter()
+            .filter(|m| !implemented.contains(m))
+            .map(|m| format!("{backend} does not implement {} ({why})", m.as_str()))
+            .collect()
     }
 }
 
