@@ -485,10 +485,10 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
     // A NaN or ∞ in V must not reach a row that does not see its key (the NaN/Inf policy), but
     // a dropped pair's P = 0 times NaN is NaN in P·V. Only boundary tiles drop pairs; each scans
     // its V tile (one block-wide vote, the only cost when V is finite). When a value is not
-    // finite (rare), every row that sees one of its keys is marked (`poison`: its O is written as
-    // NaN, what the product would have made it) and the values are zeroed, so P·V adds 0 for
-    // the rows that do not see them. Call with V_j visible to every thread, before pv(·, aV).
-    unsigned poison = 0;  // bit 2·mt + rr: this thread's row (mt, rr) saw a non-finite V value
+    // finite (rare), every row that sees one of its keys gets a NaN accumulator (what the
+    // product would have made it; it stays NaN through rescales and the normalization) and the
+    // values are zeroed, so P·V adds 0 for the rows that do not see them. Call with V_j visible
+    // to every thread, before pv(·, aV).
     auto guard_v = [&](unsigned aV, int n0) {
         constexpr unsigned EXP = BF16 ? 0x7f80u : 0x7c00u;  // exponent bits all set: NaN or ±∞
         constexpr int WPR = DP / 2;                           // 32-bit words (two values) per row
@@ -506,9 +506,16 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
                 const int lo = max(n0, band_lo(pos, off, p.win_left));
                 const int hi = min(n0 + BC, band_hi(pos, off, p.win_right, nk));
+                bool sees = false;
                 for (int e = (lo - n0) * WPR; e < (hi - n0) * WPR; ++e) {
                     const unsigned w = v32[(e / WPR) * (STR / 2) + e % WPR];
-                    if ((w & EXP) == EXP || ((w >> 16) & EXP) == EXP) poison |= 1u << (2 * mt + rr);
+                    sees |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
+                }
+                if (sees) {
+#pragma unroll
+                    for (int nt = 0; nt < NTO; ++nt) {
+                        acc_o[mt][nt][2 * rr] = acc_o[mt][nt][2 * rr + 1] = __int_as_float(0x7fc00000);
+                    }
                 }
             }
         }
@@ -661,15 +668,13 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             const int row = row_base + mt * 16 + 8 * rr;
             if (row < er.rows) {
                 float* o_row = o_out + (row0 + row) * d;
-                // A row that saw a non-finite V value zeroed by guard_v (an empty row stays 0).
-                const bool nan_row = ((poison >> (2 * mt + rr)) & 1u) != 0 && l != 0.f;
 #pragma unroll
                 for (int nt = 0; nt < NTO; ++nt) {
                     const int col = nt * 8 + 2 * t;
                     if (col < d) {
                         float2 v2;
-                        v2.x = nan_row ? __int_as_float(0x7fc00000) : acc_o[mt][nt][2 * rr] * inv;
-                        v2.y = nan_row ? __int_as_float(0x7fc00000) : acc_o[mt][nt][2 * rr + 1] * inv;
+                        v2.x = acc_o[mt][nt][2 * rr] * inv;
+                        v2.y = acc_o[mt][nt][2 * rr + 1] * inv;
                         *reinterpret_cast<float2*>(o_row + col) = v2;
                     }
                 }
