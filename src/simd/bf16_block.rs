@@ -185,7 +185,7 @@ fn pv_rows(job: &mut Bf16BlockJob<'_>, r0: usize, a: usize, b: usize, alpha: &[f
         // (pair offset from a/2, lanes kept) per pair holding a dropped key; ascending.
         let mut cut: Vec<(usize, u32)> = Vec::new();
         for &j in bad.iter().filter(|&&j| !(lo..hi).contains(&j)) {
-            let (jp, keep) = ((j - a) / 2, if (j - a) % 2 == 0 { 0xffff_0000 } else { 0x0000_ffff });
+            let (jp, keep) = ((j - a) / 2, if (j - a).is_multiple_of(2) { 0xffff_0000 } else { 0x0000_ffff });
             match cut.last_mut() {
                 Some(last) if last.0 == jp => last.1 &= keep,
                 _ => cut.push((jp, keep)),

@@ -60,7 +60,7 @@ pub fn pv_rows<S: Simd, const MR: usize>(
 ) {
     let (w, dp, n, tile) = (S::W, padded_dim(job.d), b - a, job.tile);
     let bad = within(job.vbad, a, b);
-    for i in 0..MR {
+    for (i, &alpha) in alpha.iter().enumerate() {
         let skip = dropped(job, r0 + i, a, bad);
         let p = &job.s[i * tile..i * tile + n];
         for c in (0..dp).step_by(w) {
@@ -69,11 +69,11 @@ pub fn pv_rows<S: Simd, const MR: usize>(
             // SAFETY: o holds W floats; V row k < n of this column block starts at k·dp ≤
             // (n − 1)·dp and holds W floats since c + W ≤ dp (vpack spans nkeys·dp ≥ b·dp).
             unsafe {
-                let mut x = s.mul(s.load(o.as_ptr()), s.splat(alpha[i]));
+                let mut x = s.mul(s.load(o.as_ptr()), s.splat(alpha));
                 let mut k0 = 0;
                 for &end in skip.iter().chain(std::iter::once(&n)) {
-                    for k in k0..end {
-                        x = s.fma(s.splat(p[k]), s.load(v.as_ptr().add(k * dp)), x);
+                    for (k, &pk) in p.iter().enumerate().take(end).skip(k0) {
+                        x = s.fma(s.splat(pk), s.load(v.as_ptr().add(k * dp)), x);
                     }
                     k0 = end + 1;
                 }
