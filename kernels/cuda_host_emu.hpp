@@ -3,7 +3,8 @@
 // Compile the kernel as C++20 with -DATTNKIT_EMU after including this header. Every construct
 // kernels/flash_fwd.cu uses is provided here with its documented semantics:
 // - threadIdx / blockIdx / blockDim / gridDim: thread-local, one OS thread per CUDA thread.
-// - __syncthreads(): one std::barrier per block.
+// - __syncthreads(): one std::barrier per block; __syncthreads_or: per-thread slots read
+//   between two meetings of that barrier.
 // - Dynamic shared memory: one buffer per block, pre-filled with 0xFF bytes (a NaN in f16/bf16)
 //   so reading smem nobody wrote shows up as NaN in the result.
 // - Warp collectives (__shfl_xor_sync, ldmatrix, mma.sync): each lane writes its operands to a
@@ -71,6 +72,8 @@ struct Block {
     unsigned char* smem;
     size_t smem_bytes;
     std::barrier<>* bar;
+    unsigned char* votes;  // one __syncthreads_or slot per thread
+    unsigned nthreads;
 };
 
 struct Copy {
@@ -177,7 +180,8 @@ void launch(Dim3 grid, Dim3 block, size_t smem_bytes, F kernel) {
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 std::memset(base, 0xff, smem_bytes);
                 std::barrier<> bar(nthreads);
-                Block blk{base, smem_bytes, &bar};
+                std::vector<unsigned char> votes(nthreads);
+                Block blk{base, smem_bytes, &bar, votes.data(), nthreads};
                 std::vector<std::unique_ptr<Warp>> warps;
                 for (unsigned w = 0; w < nthreads / 32; ++w) warps.push_back(std::make_unique<Warp>());
                 std::vector<std::jthread> threads;
@@ -220,6 +224,18 @@ using std::max;
 using std::min;
 
 inline void __syncthreads() { emu::ctx.block->bar->arrive_and_wait(); }
+// Each thread publishes its predicate in its own slot, the block meets, every thread ORs all
+// slots, and the block meets again so no slot is rewritten before everyone has read it.
+inline int __syncthreads_or(int pred) {
+    emu::Block& b = *emu::ctx.block;
+    const emu::Dim3& t = emu::ctx.tid;
+    b.votes[t.x + emu::ctx.bdim.x * (t.y + emu::ctx.bdim.y * t.z)] = pred != 0;
+    b.bar->arrive_and_wait();
+    int any = 0;
+    for (unsigned i = 0; i < b.nthreads; ++i) any |= b.votes[i];
+    b.bar->arrive_and_wait();
+    return any;
+}
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
 inline float __int_as_float(unsigned i) { return std::bit_cast<float>(i); }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }

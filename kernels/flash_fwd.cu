@@ -44,7 +44,8 @@
 //   LSE = (m·c + log2 l)·ln 2. Empty rows: O = 0, LSE = −∞.
 // - Masks: causal and sliding window are one contiguous key band per row. Key tiles outside the
 //   block's band are never visited; tiles inside every row's band run unmasked; only boundary
-//   tiles (and the ragged last tile) evaluate the per-element mask.
+//   tiles (and the ragged last tile) evaluate the per-element mask, and only they scan their V
+//   tile for NaN/∞ (guard_v: a dropped pair's P = 0 times NaN must not reach its row).
 // - Score modifiers (the flash_fwd_{DT}_d{DP}_mods entry points, MODS = true; launched only when
 //   one is set, so the plain kernel's registers are untouched): S is turned in place into
 //   scale·s → softcap c·tanh(s/c) → − slope·|i + N_k − N_q − j| before the band mask; varlen
@@ -481,6 +482,54 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             }
         }
     };
+    // A NaN or ∞ in V must not reach a row that does not see its key (the NaN/Inf policy), but
+    // a dropped pair's P = 0 times NaN is NaN in P·V. Only boundary tiles drop pairs; each scans
+    // its V tile (one block-wide vote, the only cost when V is finite). When a value is not
+    // finite (rare), every row that sees one of its keys gets a NaN accumulator (what the
+    // product would have made it; it stays NaN through rescales and the normalization) and the
+    // values are zeroed, so P·V adds 0 for the rows that do not see them. Call with V_j visible
+    // to every thread, before pv(·, aV).
+    auto guard_v = [&](unsigned aV, int n0) {
+        constexpr unsigned EXP = BF16 ? 0x7f80u : 0x7c00u;  // exponent bits all set: NaN or ±∞
+        constexpr int WPR = DP / 2;                           // 32-bit words (two values) per row
+        unsigned* const v32 = reinterpret_cast<unsigned*>(smem_raw + (aV - aQ));
+        bool any = false;
+        for (int e = tid; e < BC * WPR; e += FLASH_THREADS) {
+            const unsigned w = v32[(e / WPR) * (STR / 2) + e % WPR];
+            any |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
+        }
+        if (!__syncthreads_or(any)) return;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
+                const int lo = max(n0, band_lo(pos, off, p.win_left));
+                const int hi = min(n0 + BC, band_hi(pos, off, p.win_right, nk));
+                bool sees = false;
+                for (int e = (lo - n0) * WPR; e < (hi - n0) * WPR; ++e) {
+                    const unsigned w = v32[(e / WPR) * (STR / 2) + e % WPR];
+                    sees |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
+                }
+                if (sees) {
+#pragma unroll
+                    for (int nt = 0; nt < NTO; ++nt) {
+                        acc_o[mt][nt][2 * rr] = acc_o[mt][nt][2 * rr + 1] = __int_as_float(0x7fc00000);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every row has looked before the values are zeroed
+        for (int e = tid; e < BC * WPR; e += FLASH_THREADS) {
+            unsigned& w = v32[(e / WPR) * (STR / 2) + e % WPR];
+            if ((w & EXP) == EXP) w &= 0xffff0000u;
+            if (((w >> 16) & EXP) == EXP) w &= 0x0000ffffu;
+        }
+        __syncthreads();  // zeroed values visible to every warp's P·V
+    };
+    // The tiles whose scores get the per-element mask (see `scores`).
+    auto boundary = [&](int n0) { return n0 < full_lo || n0 + BC > full_hi; };
+
     auto load_q_frags = [&]() {
         if (QREG) {
 #pragma unroll
@@ -531,6 +580,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                     cp_async_commit();
                 }
             }
+            if (boundary(n0)) guard_v(aV, n0);
             pv(pa, aV);
         }
     }
@@ -561,6 +611,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             unsigned pa[MT][KSP][4];
             if (j + 1 == j_end) {
                 softmax(s, pa);
+                if (boundary(n0)) guard_v(aCur + BC * STR * 2, n0);
                 pv(pa, aCur + BC * STR * 2);
                 break;
             }
@@ -572,6 +623,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             Overlap ov{&s, {}, {}, {}, false};
             qk(sn, aNext, &ov);
             finish(s, ov.alpha, ov.raised, ov.sum, pa);
+            if (boundary(n0)) guard_v(aCur + BC * STR * 2, n0);
             pv(pa, aCur + BC * STR * 2);
             scores(sn, n0 + BC);
 #pragma unroll

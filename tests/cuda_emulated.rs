@@ -473,3 +473,48 @@ fn emulated_kernel_with_modifiers_matches_reference() {
     assert!(split_runs >= 8, "only {split_runs} modifier runs took the split-KV path");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The NaN/Inf policy on the emulated kernel: a NaN in V at one key reaches only the rows whose
+/// band holds the key (a dropped pair's P = 0 must not multiply it; kernels/flash_fwd.cu's
+/// `guard_v`), in f16 and bf16, on one SM and split; on the one-buffer (d64, d128), two-stage
+/// (d32) and overlapped (d192) schedules, and decode rows that see the key in a boundary tile.
+#[test]
+fn emulated_kernel_keeps_a_nan_in_v_in_its_band() {
+    let lib = require_emu!();
+    let mut failures = Vec::new();
+    let decode = Problem::new(1, 4, 1, 64).with_kv_heads(2).with_seq_k(700).with_window(Window::new(300, 0));
+    let cases = [
+        ("causal_gqa_d64", Problem::new(1, 4, 150, 64).with_kv_heads(2).with_causal(true), 70),
+        ("window_d128", Problem::new(1, 2, 200, 128).with_window(Window::new(20, 20)), 100),
+        ("causal_d32", Problem::new(1, 1, 130, 32).with_causal(true), 40),
+        ("causal_cross_d192", Problem::new(1, 1, 60, 192).with_seq_k(100).with_causal(true), 60),
+        ("split_decode_window_unseen", decode.clone(), 350),
+        ("split_decode_window_seen", decode, 420),
+    ];
+    for (name, problem, key) in cases {
+        for (dtype, sms) in [(DType::F16, 1), (DType::BF16, DEFAULT_SMS)] {
+            let p = problem.clone().with_dtype(dtype);
+            let d = p.head_dim;
+            let (q, k, v) = common::qkv(&p, 7);
+            let mut vd = v.to_f32();
+            for kvh in 0..p.kv_heads {
+                vd[(kvh * p.seq_k + key) * d + 5] = f32::NAN;
+            }
+            let v_nan = Tensor::from_f32(&vd, dtype);
+            let clean = emulate(lib, &p, &q, &k, &v, sms, false).unwrap().0;
+            let dirty = emulate(lib, &p, &q, &k, &v_nan, sms, false).unwrap().0;
+            for (r, (c, x)) in clean.chunks(d).zip(dirty.chunks(d)).enumerate() {
+                let i = r % p.seq_q;
+                let (lo, hi) = p.key_range(i);
+                if (lo..hi).contains(&key) {
+                    if x.iter().all(|e| e.is_finite()) {
+                        failures.push(format!("{name} {dtype}: row {r} sees key {key} but is finite"));
+                    }
+                } else if c.iter().zip(x).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                    failures.push(format!("{name} {dtype}: row {r} cannot see key {key} but changed"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -12,7 +12,7 @@
 mod common;
 
 use attnkit::validate::{compare, exact_tolerance};
-use attnkit::{Attention, AttnArgs, DType, Exactness, Problem, Window, backend, backend_names};
+use attnkit::{Attention, AttnArgs, DType, Exactness, PairData, Problem, Tensor, Window, backend, backend_names};
 use common::qkv;
 
 fn available() -> Vec<Box<dyn Attention>> {
@@ -98,66 +98,127 @@ fn nan_in_q_stays_in_its_row() {
     }
 }
 
-#[test]
-fn nan_in_k_stays_in_its_head_group() {
-    nan_in_kv_stays_in_its_head_group_and_band(false);
+/// One placement of a non-finite K or V element: the problem, the poisoned key (of KV head 1
+/// of batch 0) and the boolean mask, if the problem declares one.
+struct Poison {
+    name: &'static str,
+    p: Problem,
+    key: usize,
+    mask: Option<Vec<bool>>,
 }
 
-/// Known defect, found 2026-11-28 and not yet fixed: the blocked kernels (`flash-cpu` and the
-/// backends on its tiled runner, `sdpa`) multiply a masked pair's P = 0 by V, and 0 · NaN = NaN,
-/// so a NaN in V at key 10 reaches causal rows 0..10 of its heads (20 rows here; `reference`
-/// keeps the policy). Run with `--ignored` to reproduce; a fix must keep masked keys out of P·V.
+/// Causal and windowed bands, cross lengths, GQA, decode (N_q = 1, the key outside or inside the
+/// window), bf16 inputs, and boolean masks (random, and 16×16 blocks that leave some panels
+/// empty, some full and the strips across them mixed), each with the key in a tile that some
+/// rows of the same strip see and others do not.
+fn poison_cases() -> Vec<Poison> {
+    let gqa = |nq: usize, d: usize| Problem::new(1, 4, nq, d).with_kv_heads(2);
+    let case = |name, p: Problem, key| Poison { name, p, key, mask: None };
+    let masked = |name, p: Problem, key, keep: &dyn Fn(usize, usize) -> bool| {
+        let shape = p.mods.mask.expect("a masked case declares its mask");
+        let (slices, nq, nk) = (shape.batch * shape.heads, p.seq_q, p.seq_k);
+        let mask = (0..slices * nq * nk).map(|e| keep(e / nk, e % nk)).collect();
+        Poison { name, p, key, mask: Some(mask) }
+    };
+    let random = attnkit::seeded::normal_values(4 * 130 * 130, 77);
+    vec![
+        case("causal_gqa_b2", Problem::new(2, 4, 24, 16).with_kv_heads(2).with_causal(true), 10),
+        case("causal_300", gqa(300, 64).with_causal(true), 133),
+        case("window_16_16", gqa(300, 64).with_window(Window::new(16, 16)), 150),
+        case("cross_causal", gqa(40, 32).with_seq_k(150).with_causal(true), 130),
+        case(
+            "decode_window_unseen",
+            Problem::new(2, 8, 1, 64).with_kv_heads(2).with_seq_k(500).with_window(Window::new(100, 0)),
+            300,
+        ),
+        case("decode_causal_seen", Problem::new(2, 8, 1, 64).with_kv_heads(2).with_seq_k(500).with_causal(true), 450),
+        case("bf16_causal", gqa(200, 64).with_causal(true).with_dtype(DType::BF16), 99),
+        masked("mask_random", gqa(96, 32).with_mask(1, 4), 40, &|r, j| random[(r * 96 + j) % random.len()] > 0.0),
+        masked("mask_blocks", gqa(130, 64).with_mask(1, 1), 40, &|i, j| (i / 16 + j / 16) % 3 != 0),
+        masked(
+            "mask_causal_bf16",
+            gqa(130, 64).with_causal(true).with_mask(1, 1).with_dtype(DType::BF16),
+            64,
+            &|i, j| random[(i * 130 + j) % random.len()] > -0.5,
+        ),
+    ]
+}
+
 #[test]
-#[ignore = "known defect: a NaN in V leaks into rows whose band excludes its key (0 · NaN)"]
+fn nan_in_k_stays_in_its_head_group_and_band() {
+    nonfinite_kv_stays_in_its_head_group_and_band(false, f32::NAN);
+}
+
+/// Regression test for the defect found 2026-11-28: the blocked kernels (`flash-cpu` and the
+/// backends on its tiled runner, `sdpa`) multiplied a dropped pair's P = 0 by V, and 0 · NaN =
+/// NaN, so a NaN in V leaked into rows whose band (or boolean mask) excludes its key.
+#[test]
 fn nan_in_v_stays_in_its_head_group_and_band() {
-    nan_in_kv_stays_in_its_head_group_and_band(true);
+    nonfinite_kv_stays_in_its_head_group_and_band(true, f32::NAN);
 }
 
-/// GQA 4→2: a NaN at key 10 of kv head 1 of batch 0, in K (`in_v` false) or V, may reach only
-/// rows of query heads 2 and 3 of batch 0 whose causal band contains key 10.
-fn nan_in_kv_stays_in_its_head_group_and_band(in_v: bool) {
-    let p = Problem::new(2, 4, 24, 16).with_kv_heads(2).with_causal(true);
-    let (q, k, v) = qkv(&p, 8);
-    let (qf, kf, vf) = (q.to_f32(), k.to_f32(), v.to_f32());
-    let key = 10;
-    let (mut k_nan, mut v_nan) = (kf.clone(), vf.clone());
-    let (batch0, kv_head1) = (0, 1);
-    let at = ((batch0 * p.kv_heads + kv_head1) * p.seq_k + key) * 16 + 3;
-    if in_v {
-        v_nan[at] = f32::NAN;
-    } else {
-        k_nan[at] = f32::NAN;
-    }
-    for b in available() {
-        if !b.supports(&p) {
-            continue;
+/// 0 · ∞ is NaN too; a row that sees the key gets ∞ (p > 0) or NaN (p = 0).
+#[test]
+fn inf_in_v_stays_in_its_head_group_and_band() {
+    nonfinite_kv_stays_in_its_head_group_and_band(true, f32::INFINITY);
+    nonfinite_kv_stays_in_its_head_group_and_band(true, f32::NEG_INFINITY);
+}
+
+/// For every [`poison_cases`] row: `value` at element 3 of key `key` of KV head 1 of batch 0,
+/// in K (`in_v` false) or V, may reach only rows of the query heads of that KV head in batch 0
+/// whose band contains the key and whose mask allows it (approximations: any row of those
+/// heads). Every other row must be bitwise unchanged.
+fn nonfinite_kv_stays_in_its_head_group_and_band(in_v: bool, value: f32) {
+    for c in poison_cases() {
+        let (p, d) = (&c.p, c.p.head_dim);
+        let (q, k, v) = qkv(p, 8);
+        let (mut kd, mut vd) = (k.to_f32(), v.to_f32());
+        let at = (p.seq_k + c.key) * d + 3; // (batch 0, KV head 1, key, element 3)
+        if in_v {
+            vd[at] = value;
+        } else {
+            kd[at] = value;
         }
-        let clean = b.forward(&AttnArgs::new(&p, &qf, &kf, &vf).unwrap(), false).unwrap().out;
-        let dirty = b.forward(&AttnArgs::new(&p, &qf, &k_nan, &v_nan).unwrap(), false).unwrap().out;
-        for (r, (c, d)) in clean.chunks(16).zip(dirty.chunks(16)).enumerate() {
-            let (bh, i) = (r / p.seq_q, r % p.seq_q);
-            let (bb, h) = (bh / p.heads, bh % p.heads);
-            let reachable = bb == 0 && p.kv_head_of(h) == 1;
-            let (lo, hi) = p.key_range(i);
-            let sees_key = (lo..hi).contains(&key);
-            if !reachable {
-                assert!(
-                    c.iter().zip(d).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{}: row {r} (batch {bb}, head {h}) changed by a NaN in another head",
-                    b.name()
-                );
-            } else if b.exactness() == Exactness::Exact {
-                if sees_key {
-                    assert!(d.iter().any(|x| !x.is_finite()), "{}: row {i} sees the NaN key but is finite", b.name());
-                } else {
-                    assert!(
-                        c.iter().zip(d).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{}: causal row {i} cannot see key {key} but changed",
-                        b.name()
-                    );
+        let (k_bad, v_bad) = (Tensor::from_f32(&kd, p.dtype), Tensor::from_f32(&vd, p.dtype));
+        let pair = PairData { bias: None, mask: c.mask.as_deref() };
+        let clean_args = AttnArgs::new_with(p, q.as_ref(), k.as_ref(), v.as_ref(), pair).unwrap();
+        let dirty_args = AttnArgs::new_with(p, q.as_ref(), k_bad.as_ref(), v_bad.as_ref(), pair).unwrap();
+        let allows = |b: usize, h: usize, i: usize| match (&c.mask, p.mods.mask) {
+            (Some(m), Some(shape)) => m[shape.row_offset(p, b, h, i) + c.key],
+            _ => true,
+        };
+        let (mut exact, mut seen, mut unseen) = (0, 0, 0);
+        for b in available() {
+            if !b.supports(p) {
+                continue;
+            }
+            exact += usize::from(b.exactness() == Exactness::Exact);
+            let clean = b.forward(&clean_args, false).unwrap().out;
+            let dirty = b.forward(&dirty_args, false).unwrap().out;
+            let name = format!("{} on {} ({value} in {})", b.name(), c.name, if in_v { "V" } else { "K" });
+            for (r, (x, y)) in clean.chunks(d).zip(dirty.chunks(d)).enumerate() {
+                let (bh, i) = (r / p.seq_q, r % p.seq_q);
+                let (bb, h) = (bh / p.heads, bh % p.heads);
+                let (lo, hi) = p.key_range_at(bb, i);
+                let reachable = bb == 0 && p.kv_head_of(h) == 1;
+                let sees = reachable && (lo..hi).contains(&c.key) && allows(bb, h, i);
+                let unchanged = x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
+                if !reachable {
+                    assert!(unchanged, "{name}: row {r} (batch {bb}, head {h}) changed by a key of another head");
+                } else if b.exactness() == Exactness::Exact && sees {
+                    assert!(y.iter().any(|x| !x.is_finite()), "{name}: row {i} of head {h} sees the key but is finite");
+                    seen += 1;
+                } else if b.exactness() == Exactness::Exact {
+                    assert!(unchanged, "{name}: row {i} of head {h} cannot see key {} but changed", c.key);
+                    unseen += 1;
                 }
             }
         }
+        // The reference and the CPU kernels run every case; each case has rows of both kinds
+        // (a decode case has one row per head: seen in one case, unseen in the other).
+        assert!(exact >= 3, "{}: only {exact} exact backends ran", c.name);
+        assert!(seen > 0 || c.name.ends_with("_unseen"), "{}: no row sees the key", c.name);
+        assert!(unseen > 0 || c.name.ends_with("_seen"), "{}: every row sees the key", c.name);
     }
 }
 

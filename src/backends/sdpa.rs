@@ -48,12 +48,60 @@ impl Sdpa {
     }
 }
 
+/// The V rows of one head that hold a NaN or ±∞, as (key, row); each is zeroed in `v` (N_k×D).
+///
+/// The P·V GEMM multiplies every P entry, and a dropped pair's P = 0 times NaN or ∞ is NaN, which
+/// would reach rows that cannot see the key (the NaN/Inf policy in `crate::attention` forbids
+/// it). With those rows zeroed the GEMM adds exact zeros for them, and [`add_nonfinite`] adds
+/// `p·v` back for the pairs that are not dropped. Finite V (the normal case) costs one scan.
+fn take_nonfinite(v: &mut [f32], d: usize) -> Vec<(usize, Vec<f32>)> {
+    let mut bad = Vec::new();
+    for (j, row) in v.chunks_exact_mut(d).enumerate() {
+        if !crate::simd::masked_pv::all_finite(row) {
+            bad.push((j, row.to_vec()));
+            row.fill(0.0);
+        }
+    }
+    bad
+}
+
+/// `o[i] += P[i, j]·v_j` for every pair of row `i` and a key `j` of `bad` that row `i` sees (in
+/// its band and, with a boolean mask, allowed by it): the counterpart of [`take_nonfinite`].
+/// Rows left empty (LSE = −∞: no allowed key, or every allowed score −∞) stay O = 0, as in
+/// the reference.
+fn add_nonfinite(
+    args: &AttnArgs<'_>,
+    bh: usize,
+    bad: &[(usize, Vec<f32>)],
+    scores: &[f32],
+    o: &mut [f32],
+    lse: &[f32],
+) {
+    let p = args.problem();
+    let (nk, d) = (p.seq_k, p.head_dim);
+    let (b, h) = (bh / p.heads, bh % p.heads);
+    let mask = args.mask().zip(p.mods.mask);
+    for (i, oi) in o.chunks_exact_mut(d).enumerate().filter(|(i, _)| lse[*i] != f32::NEG_INFINITY) {
+        let (lo, hi) = p.key_range_at(b, i);
+        for (j, vj) in bad.iter().filter(|(j, _)| (lo..hi).contains(j)) {
+            if mask.is_some_and(|(m, s)| !m[s.row_offset(p, b, h, i) + j]) {
+                continue;
+            }
+            let pij = scores[i * nk + j];
+            oi.iter_mut().zip(vj).for_each(|(x, v)| *x += pij * v);
+        }
+    }
+}
+
 /// One (batch, head) `bh`: S = scale·QKᵀ, score modifiers, banded softmax in place, O = PV.
-/// Returns nothing; writes `o` (N_q×D) and `lse` (N_q).
+/// Returns nothing; writes `o` (N_q×D) and `lse` (N_q). `v` has its non-finite rows zeroed and
+/// `vbad` holds them ([`take_nonfinite`]).
+#[allow(clippy::too_many_arguments)]
 fn one_head(
     args: &AttnArgs<'_>,
     bh: usize,
     (q, k, v): (&[f32], &[f32], &[f32]),
+    vbad: &[(usize, Vec<f32>)],
     scores: &mut [f32],
     o: &mut [f32],
     lse: &mut [f32],
@@ -101,7 +149,9 @@ fn one_head(
         row[hi..].fill(0.0);
         *l = if sum > 0.0 || sum.is_nan() { m + sum.ln() } else { f32::NEG_INFINITY };
     }
-    sgemm(MatRef::row_major(scores, nq, nk), MatRef::row_major(v, nk, d), o, d, 1.0, 0.0, par)
+    sgemm(MatRef::row_major(scores, nq, nk), MatRef::row_major(v, nk, d), o, d, 1.0, 0.0, par)?;
+    add_nonfinite(args, bh, vbad, scores, o, lse);
+    Ok(())
 }
 
 impl Attention for Sdpa {
@@ -167,8 +217,9 @@ impl Attention for Sdpa {
             args.q().read_f32(bh * nq * d, &mut qf);
             args.k().read_f32(kvh * nk * d, &mut kf);
             args.v().read_f32(kvh * nk * d, &mut vf);
+            let vbad = take_nonfinite(&mut vf, d);
             let mut scores = vec![0.0f32; nq * nk];
-            one_head(args, bh, (&qf, &kf, &vf), &mut scores, o, l, par)
+            one_head(args, bh, (&qf, &kf, &vf), &vbad, &mut scores, o, l, par)
         };
         let heads = p.batch * p.heads;
         if heads >= rayon::current_num_threads() {

@@ -16,6 +16,7 @@
 
 use super::bf16::Avx512Bf16;
 use super::flash::{online_softmax_step, padded_dim};
+use super::masked_pv::within;
 use half::bf16;
 use std::arch::x86_64::*;
 
@@ -41,18 +42,25 @@ pub fn pack_k_pairs(src: &[bf16], base: usize, k0: usize, k1: usize, d: usize, d
     nkeys
 }
 
-/// Packs value rows `k0..k1` as `nkeys/2` rows of `padded_dim(D)` key pairs.
-pub fn pack_v_pairs(src: &[bf16], base: usize, k0: usize, k1: usize, d: usize, dst: &mut Vec<u32>) {
+/// Packs value rows `k0..k1` as `nkeys/2` rows of `padded_dim(D)` key pairs. Returns the
+/// packed keys whose V row is not finite ([`Bf16BlockJob::vbad`]).
+pub fn pack_v_pairs(src: &[bf16], base: usize, k0: usize, k1: usize, d: usize, dst: &mut Vec<u32>) -> Vec<usize> {
     let (nkeys, dp) = ((k1 - k0).div_ceil(KP) * KP, padded_dim(d));
     dst.clear();
     dst.resize(nkeys / 2 * dp, 0);
+    let mut bad = Vec::new();
     for j in 0..k1 - k0 {
         let row = &src[base + (k0 + j) * d..base + (k0 + j + 1) * d];
         let shift = 16 * (j % 2);
         for (x, v) in dst[j / 2 * dp..j / 2 * dp + d].iter_mut().zip(row) {
             *x |= (v.to_bits() as u32) << shift;
         }
+        // Exponent bits all set: NaN or ±∞.
+        if row.iter().fold(false, |any, v| any | (v.to_bits() & 0x7f80 == 0x7f80)) {
+            bad.push(j);
+        }
     }
+    bad
 }
 
 /// Loads `rows` query rows (row 0 at `base`) as pairs into `rows_pad × ⌈D/2⌉` (pad rows zero).
@@ -77,6 +85,8 @@ pub struct Bf16BlockJob<'a> {
     pub ranges: &'a [(usize, usize)],
     pub kpack: &'a [u32],
     pub vpack: &'a [u32],
+    /// Packed keys whose V row is not finite (ascending; see [`super::masked_pv`]).
+    pub vbad: &'a [usize],
     pub nkeys: usize,
     /// Keys per tile, a positive multiple of [`KP`].
     pub tile: usize,
@@ -163,6 +173,44 @@ unsafe fn pv_chunk<const NV: usize>(
     }
 }
 
+/// [`pv_chunk`] for the strip at block row `r0` over packed keys `[a, b)`, row by row, without
+/// the pairs of a row and a non-finite V row outside the row's range ([`super::masked_pv`]: P = 0
+/// there, and 0·NaN = NaN): that key's half of the V pair is zeroed for the row. Every other
+/// product is the microkernel's, in its order.
+#[inline(always)]
+fn pv_rows(job: &mut Bf16BlockJob<'_>, r0: usize, a: usize, b: usize, alpha: &[f32; MR]) {
+    let (dp_, tile, bad) = (padded_dim(job.d), job.tile, within(job.vbad, a, b));
+    for i in 0..MR {
+        let (lo, hi) = job.ranges[r0 + i];
+        // (pair offset from a/2, lanes kept) per pair holding a dropped key; ascending.
+        let mut cut: Vec<(usize, u32)> = Vec::new();
+        for &j in bad.iter().filter(|&&j| !(lo..hi).contains(&j)) {
+            let (jp, keep) = ((j - a) / 2, if (j - a).is_multiple_of(2) { 0xffff_0000 } else { 0x0000_ffff });
+            match cut.last_mut() {
+                Some(last) if last.0 == jp => last.1 &= keep,
+                _ => cut.push((jp, keep)),
+            }
+        }
+        for c in (0..dp_).step_by(16) {
+            // SAFETY: O row r0 + i has dp floats from c; V pair rows a/2.. + (b−a)/2 ≤ nkeys/2 of
+            // dp lanes (checked in `process`); P row i has tile/2 ≥ (b−a)/2 pairs.
+            unsafe {
+                let o = job.acc.as_mut_ptr().add((r0 + i) * dp_ + c);
+                let mut x = _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(alpha[i]));
+                let mut next = cut.iter().peekable();
+                for jp in 0..(b - a) / 2 {
+                    let mut vv = _mm512_loadu_si512(job.vpack.as_ptr().add((a / 2 + jp) * dp_ + c) as *const __m512i);
+                    if let Some(&(_, keep)) = next.next_if(|x| x.0 == jp) {
+                        vv = _mm512_and_si512(vv, _mm512_set1_epi32(keep as i32));
+                    }
+                    x = dp(x, _mm512_set1_epi32(job.p[i * tile / 2 + jp] as i32), vv);
+                }
+                _mm512_storeu_ps(o, x);
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn process_impl(t: Avx512Bf16, job: &mut Bf16BlockJob<'_>) {
     let (d2, dp_) = (job.d.div_ceil(2), padded_dim(job.d));
@@ -223,6 +271,11 @@ fn process_impl(t: Avx512Bf16, job: &mut Bf16BlockJob<'_>) {
                         _mm512_storeu_si512(job.p.as_mut_ptr().add(i * tile / 2 + c / 2) as *mut __m512i, bh);
                     }
                 }
+            }
+            if !within(job.vbad, a, b).is_empty() {
+                // A non-finite V row among these keys (see `pv_rows`).
+                pv_rows(job, r0, a, b, &alpha);
+                continue;
             }
             let nvec = dp_ / 16;
             let mut c = 0;

@@ -155,6 +155,8 @@ pub struct BlockJob<'a> {
     pub kpack: &'a [f32],
     /// `nkeys × DP`.
     pub vpack: &'a [f32],
+    /// Packed keys whose V row holds a NaN or ±∞ (ascending; see [`super::masked_pv`]).
+    pub vbad: &'a [usize],
     /// Packed keys (a multiple of `kp`; pad keys are zero and never inside a range).
     pub nkeys: usize,
     /// Keys per L2 tile (a positive multiple of `kp`); tiles start at packed key 0.
@@ -433,6 +435,12 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
         let row = &mut sbuf[i * tile..i * tile + n];
         alpha[i] = online_softmax_step(s, row, job.scale_log2, &mut job.m[r0 + i], &mut job.l[r0 + i]);
     }
+    if !super::masked_pv::within(job.vbad, a, b).is_empty() {
+        // A non-finite V row among these keys: P = 0 must not multiply it for rows that may
+        // not see it (0·NaN = NaN), so this strip adds P·V row by row without those pairs.
+        super::masked_pv::pv_rows::<S, MR>(s, job, r0, a, b, &alpha);
+        return;
+    }
     let mut c = 0;
     while c < nvec {
         let left = nvec - c;
@@ -485,14 +493,29 @@ pub fn pack_k(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, k
 }
 
 /// Packs value rows `k0..k1` (head key 0 at element `base`) as `nkeys × DP`, zero-padded.
-pub fn pack_v(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) {
+/// Returns the packed keys whose V row is not finite ([`BlockJob::vbad`]).
+pub fn pack_v(
+    src: TensorRef<'_>,
+    base: usize,
+    k0: usize,
+    k1: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+) -> Vec<usize> {
     let dp = padded_dim(d);
     let nkeys = (k1 - k0).div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * dp, 0.0);
+    let mut bad = Vec::new();
     for j in 0..k1 - k0 {
-        src.read_f32(base + (k0 + j) * d, &mut dst[j * dp..j * dp + d]);
+        let row = &mut dst[j * dp..j * dp + d];
+        src.read_f32(base + (k0 + j) * d, row);
+        if !super::masked_pv::all_finite(row) {
+            bad.push(j);
+        }
     }
+    bad
 }
 
 /// Loads `rows` query rows (row 0 at element `base`) into `dst` (`rows_pad × D`, zero pad rows).

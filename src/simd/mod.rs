@@ -24,6 +24,7 @@ pub mod bf16;
 pub mod bf16_block;
 pub mod decode;
 pub mod flash;
+pub mod masked_pv;
 pub mod scalar;
 pub mod score_mod;
 

@@ -31,16 +31,18 @@ pub(super) fn head_bytes(p: &Problem) -> u64 {
 pub(super) struct Packed {
     k: Vec<u32>,
     v: Vec<u32>,
+    /// Keys whose V row is not finite.
+    vbad: Vec<usize>,
 }
 
 /// Packs all keys of the KV head whose key 0 is element `base`.
 pub(super) fn pack_head(args: &AttnArgs<'_>, base: usize) -> Packed {
-    let (p, mut k, mut v) = (args.problem(), Vec::new(), Vec::new());
+    let (p, mut k, mut v, mut vbad) = (args.problem(), Vec::new(), Vec::new(), Vec::new());
     if let (TensorRef::BF16(ks), TensorRef::BF16(vs)) = (args.k(), args.v()) {
         pack_k_pairs(ks, base, 0, p.seq_k, p.head_dim, &mut k);
-        pack_v_pairs(vs, base, 0, p.seq_k, p.head_dim, &mut v);
+        vbad = pack_v_pairs(vs, base, 0, p.seq_k, p.head_dim, &mut v);
     }
-    Packed { k, v }
+    Packed { k, v, vbad }
 }
 
 /// Per-thread scratch of the bf16 block kernel.
@@ -90,6 +92,7 @@ pub(super) fn run_query_block(
         ranges: &scr.ranges,
         kpack: &packed.k,
         vpack: &packed.v,
+        vbad: &packed.vbad,
         nkeys: spec.nkeys,
         tile: spec.tile,
         acc: &mut scr.acc,

@@ -52,6 +52,8 @@ pub(super) struct BlockSpec<'a> {
     /// narrower pattern such as `local-block`'s).
     pub range: &'a RowRange<'a>,
     pub nkeys: usize,
+    /// Packed keys whose V row is not finite (what `pack_v` returned).
+    pub vbad: &'a [usize],
     pub tile: usize,
     /// Score modifiers and sinks of the call (`None`: none set).
     pub mods: Option<&'a CallMods<'a>>,
@@ -130,6 +132,7 @@ pub(super) fn run_query_block(
         ranges: &scr.ranges,
         kpack,
         vpack,
+        vbad: spec.vbad,
         nkeys: spec.nkeys,
         tile: spec.tile,
         acc: &mut scr.acc,

@@ -65,7 +65,7 @@ pub(super) fn run(
         let mut kpack = std::mem::take(&mut scr.kpack);
         let mut vpack = std::mem::take(&mut scr.vpack);
         let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
-        pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
+        let vbad = pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
         zero_unused_values(p, b, lo, hi, padded_dim(d), &mut vpack);
         for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
             let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
@@ -79,6 +79,7 @@ pub(super) fn run(
                 kbase: lo,
                 range,
                 nkeys,
+                vbad: &vbad,
                 tile: nkeys.max(shape.kp),
                 mods: Some(&mods),
             };

@@ -19,8 +19,9 @@ use rayon::prelude::*;
 
 /// One KV head's packed K/V: f32 panels, or bf16 pairs for the AVX512_BF16 kernel.
 enum Packed {
-    /// K panels, V rows, and the packed key count (short of N_k when seqused_k cuts it).
-    F32(Vec<f32>, Vec<f32>, usize),
+    /// K panels, V rows, the packed key count (short of N_k when seqused_k cuts it) and the
+    /// keys whose V row is not finite.
+    F32(Vec<f32>, Vec<f32>, usize, Vec<usize>),
     Bf16(bf16::Packed),
 }
 
@@ -88,9 +89,9 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     _ => nk,
                 };
                 let nkeys = pack_k(args.k(), kvh * nk * d, 0, used, d, shape.kp, &mut kb);
-                pack_v(args.v(), kvh * nk * d, 0, used, d, shape.kp, &mut vb);
+                let bad = pack_v(args.v(), kvh * nk * d, 0, used, d, shape.kp, &mut vb);
                 zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
-                Packed::F32(kb, vb, nkeys)
+                Packed::F32(kb, vb, nkeys, bad)
             })
             .collect();
         let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
@@ -99,9 +100,10 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
         tasks.into_par_iter().for_each_init(
             Default::default,
             |(scr, scr16): &mut (Scratch, bf16::Scratch), (hi, bi, o, l)| {
-                let nkeys = match &packed[hi / g] {
-                    Packed::F32(_, _, n) => *n,
-                    Packed::Bf16(_) => packed_keys,
+                let (nkeys, vbad) = match &packed[hi / g] {
+                    Packed::F32(_, _, n, bad) => (*n, &bad[..]),
+                    // The bf16 panels carry their own list.
+                    Packed::Bf16(_) => (packed_keys, &[][..]),
                 };
                 let spec = BlockSpec {
                     isa,
@@ -113,11 +115,12 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     kbase: 0,
                     range: &*plan.range,
                     nkeys,
+                    vbad,
                     tile,
                     mods: Some(&mods),
                 };
                 match (&packed[hi / g], bf16_kernel) {
-                    (Packed::F32(kb, vb, _), _) => run_query_block(&spec, kb, vb, scr, o, l),
+                    (Packed::F32(kb, vb, ..), _) => run_query_block(&spec, kb, vb, scr, o, l),
                     // bf16::applies admits only problems without modifiers (see there).
                     (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
                     (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
