@@ -18,9 +18,11 @@
 //! over the allowed pairs only: a pair the band (causal, window, varlen, `seqused_k`) or the
 //! boolean mask drops gets no gradient, and a row with no allowed key (LSE = −∞, or σ with
 //! sinks) gives zero gradients. ALiBi is applied on recompute and its slopes get no gradient
-//! (as FlashAttention). The NaN/Inf policy of the forward carries over: a non-finite value in
-//! q_i, dO_i or O_i reaches dQ_i and the dK/dV rows of the keys in row i's band; one in k_j or
-//! v_j reaches dK_j/dV_j and the dQ rows whose band contains j; every other element is finite.
+//! (as FlashAttention). The NaN/Inf policy of the forward carries over: a non-finite input
+//! reaches exactly the gradient elements that the formulas above, summed over allowed pairs
+//! only, make non-finite (e.g. a NaN in v_j reaches dQ_i for the rows i whose band contains j
+//! and, through D_i, the dK rows of those rows' bands, but no dV row); every other element is
+//! finite (tests/gradients.rs compares the pattern with the f64 oracle's).
 //!
 //! [`Grads`] owns the result; [`GradsMut`] lends caller buffers to
 //! [`crate::Attention::backward_into`]. Implementations: [`oracle`] (f64, the `reference`
