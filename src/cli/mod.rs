@@ -39,7 +39,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List every registered backend: name, exact|approx, device, availability.
+    /// List every registered backend: name, exact|approx, device, backward|fwd-only (whether it
+    /// has a backward pass), availability.
     List,
     /// Run seeded random inputs through backends and compare with `reference` (f64 oracle).
     ///
