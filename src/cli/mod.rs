@@ -10,6 +10,7 @@ macro_rules! outln {
 
 mod bench;
 mod check;
+mod check_backward;
 mod kernels;
 mod list;
 mod modifiers;
@@ -53,7 +54,9 @@ enum Command {
     /// problem is reported as SKIP: with `--backends all` that is never a failure; when the
     /// backend was named explicitly, the command exits with status 3 so scripts notice it was
     /// not checked. Exit status: 0 all good, 1 a backend failed or errored, 3 a named backend
-    /// was skipped.
+    /// was skipped. `--backward` checks the backward pass instead: dQ, dK, dV (dσ with sinks, dB
+    /// with `--bias` data) against the f64 oracle's gradients for a seeded random dO, one
+    /// verdict per gradient; backends without a backward are SKIPs.
     Check(check::CheckArgs),
     /// Time backends over a sweep of sequence lengths.
     ///
