@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_backward;
 mod check;
 mod check_backward;
 mod kernels;
@@ -70,7 +71,9 @@ enum Command {
     /// and output excluded), counted by the binary's allocator. Cells a backend cannot run
     /// (unsupported, over the memory budget, predicted over --max-time) are skipped before any
     /// input is generated. Exit status: 0 all good, 1 a run failed (an error or a NaN/Inf
-    /// output), 3 a backend named with --backends was measured at no N.
+    /// output), 3 a backend named with --backends was measured at no N. `--backward` times
+    /// forward, backward alone and forward + backward instead (backward FLOPs = 2.5× the
+    /// forward's, FlashAttention's convention), with the backward's fraction of the ceiling.
     Bench(bench::BenchArgs),
     /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
     Run(run::RunArgs),
