@@ -286,13 +286,8 @@ mod tests {
     #[test]
     fn nan_gradients_make_a_failed_record() {
         let p = Problem::new(1, 1, 4, 2);
-        let t = BackwardTimes {
-            fwd_s: vec![1.0],
-            bwd_s: vec![2.0],
-            fwdbwd_s: vec![3.0],
-            peak_bytes: None,
-            non_finite: 3,
-        };
+        let t =
+            BackwardTimes { fwd_s: vec![1.0], bwd_s: vec![2.0], fwdbwd_s: vec![3.0], peak_bytes: None, non_finite: 3 };
         let r = BackwardRecord::new("x", &p, 1).with_times(&p, &t, None);
         assert!(matches!(&r.status, Status::Failed(why) if why.contains("3 non-finite")));
         assert_eq!((r.gemm_gflops, r.bwd_gemm_fraction), (None, None));

@@ -102,11 +102,8 @@ pub fn exit_status(names: &[String], explicit: bool, statuses: &[(&str, &Status)
         eprintln!("error: {errors} run(s) failed (see the `error` rows)");
         return ExitCode::FAILURE;
     }
-    let unmeasured: Vec<&str> = names
-        .iter()
-        .filter(|n| !statuses.iter().any(|(b, s)| b == n && s.is_ok()))
-        .map(|n| n.as_str())
-        .collect();
+    let unmeasured: Vec<&str> =
+        names.iter().filter(|n| !statuses.iter().any(|(b, s)| b == n && s.is_ok())).map(|n| n.as_str()).collect();
     if explicit && !unmeasured.is_empty() {
         eprintln!("error: explicitly requested backend(s) measured at no N: {}", unmeasured.join(", "));
         return ExitCode::from(EXIT_NAMED_SKIPPED);

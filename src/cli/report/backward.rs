@@ -137,7 +137,8 @@ pub fn reading(b: &Backward) -> String {
     let mut parts = Vec::new();
     for causal in [false, true] {
         for name in BACKENDS {
-            let Some(r) = b.rows.iter().filter(|r| r.rec.backend == name && r.rec.causal == causal && r.rec.status.is_ok()).last()
+            let Some(r) =
+                b.rows.iter().rev().find(|r| r.rec.backend == name && r.rec.causal == causal && r.rec.status.is_ok())
             else {
                 continue;
             };
@@ -216,7 +217,10 @@ pub fn plot(dir: &Path, b: &Backward) -> String {
         .into_iter()
         .map(|causal| {
             let rows = |name: &str| -> Vec<&BackwardRow> {
-                b.rows.iter().filter(|r| r.rec.backend == name && r.rec.causal == causal && r.rec.status.is_ok()).collect()
+                b.rows
+                    .iter()
+                    .filter(|r| r.rec.backend == name && r.rec.causal == causal && r.rec.status.is_ok())
+                    .collect()
             };
             let mut ss: Vec<Series> = BACKENDS
                 .iter()
@@ -298,7 +302,8 @@ mod tests {
     fn rounds_take_medians_and_a_failed_round_wins() {
         let p = problem(256, false);
         let rec = |t: f64| {
-            let times = BackwardTimes { fwd_s: vec![t], bwd_s: vec![2.0 * t], fwdbwd_s: vec![3.0 * t], ..Default::default() };
+            let times =
+                BackwardTimes { fwd_s: vec![t], bwd_s: vec![2.0 * t], fwdbwd_s: vec![3.0 * t], ..Default::default() };
             BackwardRecord::new("flash-cpu", &p, 2).with_times(&p, &times, None)
         };
         let r = over_rounds(&p, vec![rec(1.0), rec(5.0), rec(2.0)], Some(100.0));

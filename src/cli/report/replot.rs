@@ -170,7 +170,12 @@ pub fn load(dir: &Path) -> Result<Loaded, AttnError> {
         .map_err(|_| bad("`meta.families` holds an unknown family"))?;
     let backward = match v.get("backward") {
         None => Vec::new(),
-        Some(b) => b.as_array().ok_or_else(|| bad("`backward` is not a list"))?.iter().map(backward_row).collect::<Result<_, _>>()?,
+        Some(b) => b
+            .as_array()
+            .ok_or_else(|| bad("`backward` is not a list"))?
+            .iter()
+            .map(backward_row)
+            .collect::<Result<_, _>>()?,
     };
     Ok(Loaded { rows, sections, families, backward })
 }
