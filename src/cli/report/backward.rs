@@ -23,6 +23,9 @@ use std::path::Path;
 /// The exact backends the section times (`reference` is the f64 oracle, `auto` forwards).
 pub const BACKENDS: [&str; 2] = ["flash-cpu", "sdpa"];
 pub const PLOT_FILE: &str = "backward.svg";
+/// Timed reps per backend and round (after one warm-up), and PyTorch's per round: one rep per
+/// round scattered by 10× at N = 256 on a loaded machine.
+pub const REPS: usize = 3;
 
 /// N = 256 … 4096 (… 2048 with `quick`), powers of two, up to `--max-n` (at least 256).
 pub fn ns(sc: &Scale) -> Vec<usize> {
@@ -59,7 +62,7 @@ fn torch_fwdbwd(py: &str, peers: &str, p: &Problem) -> Result<f64, String> {
     let args = [p.seq_q, p.seq_k, p.head_dim, p.heads, p.kv_heads].map(|x| x.to_string());
     let mut cmd = std::process::Command::new(py);
     cmd.arg(Path::new(peers).join("torch_bwd.py")).args(args).arg(p.dtype.to_string());
-    cmd.args(["--reps", "1", "--threads", &threads]).env("OMP_NUM_THREADS", &threads);
+    cmd.args(["--reps", &REPS.to_string(), "--threads", &threads]).env("OMP_NUM_THREADS", &threads);
     if p.causal {
         cmd.arg("--causal");
     }
@@ -77,7 +80,7 @@ pub fn parse_torch_bwd(stdout: &str) -> Result<f64, String> {
 pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Backward, AttnError> {
     let started = std::time::Instant::now();
     let rounds = if sc.quick { 2 } else { 3 };
-    let policy = Policy { reps: 1, max_measure_s: 10.0, max_predicted_s: if sc.quick { 10.0 } else { 60.0 } };
+    let policy = Policy { reps: REPS, max_measure_s: 10.0, max_predicted_s: if sc.quick { 10.0 } else { 60.0 } };
     let torch = torch_env();
     let backends = BACKENDS.iter().map(|n| attnkit::backend(n)).collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::new();
@@ -163,8 +166,8 @@ pub fn markdown(b: &Backward, plot_note: &str) -> String {
     let _ = writeln!(
         s,
         "Forward (with LSE) then backward from a seeded dO into preallocated gradients, D = {DIM}, H = {HEADS}, B = 1, f32, \
-         seeded normal inputs. Per N, every backend (and PyTorch) runs in turn, {} rounds; each figure is the median over \
-         rounds. GFLOP/s by FlashAttention's convention: forward 4·D per allowed pair × H, backward 2.5× that, \
+         seeded normal inputs. Per N, every backend (and PyTorch) runs in turn, {} rounds, each run one warm-up and the \
+         median of {REPS} reps; each figure is the median over rounds. GFLOP/s by FlashAttention's convention: forward 4·D per allowed pair × H, backward 2.5× that, \
          forward + backward 3.5×; % of ceiling = the backward's rate ÷ the f32 GEMM ceiling measured in this run. \
          The section took {}.\n",
         b.rounds,
@@ -243,7 +246,7 @@ pub fn plot(dir: &Path, b: &Backward) -> String {
     let head = plots::Heading {
         title: "forward + backward time vs N (D = 64, H = 8, B = 1, f32, seeded normal inputs)",
         notes: vec![format!(
-            "each point: forward with LSE then backward, median over {} alternated rounds; PyTorch dashed where measured",
+            "each point: forward with LSE then backward, median over {} alternated rounds of {REPS} reps each; PyTorch dashed where measured",
             b.rounds
         )],
     };
