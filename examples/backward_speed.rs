@@ -6,7 +6,7 @@
 //! 2.5× that.
 //!
 //! ```text
-//! cargo run --release --example backward_speed -- NQ NK D H HKV f32|bf16 [--causal] [--rounds R] [--torch PY]
+//! cargo run --release --example backward_speed -- NQ NK D H HKV f32|bf16 [--causal] [--rounds R] [--torch PY] [--once]
 //! ```
 //! Prints one line per round and the medians over rounds: backward GFLOP/s and its fraction of
 //! the same round's ceiling, forward+backward time, and the ratio to PyTorch's.
@@ -53,6 +53,8 @@ fn main() {
     let causal = a.iter().any(|x| x == "--causal");
     let opt = |k: &str| a.iter().position(|x| x == k).and_then(|i| a.get(i + 1)).cloned();
     let rounds: usize = opt("--rounds").map_or(3, |r| r.parse().unwrap());
+    // `--once`: one forward and one backward, nothing timed (for profilers such as callgrind).
+    let once = a.iter().any(|x| x == "--once");
     let py = opt("--torch");
     let p =
         Problem::new(1, n[3], n[0], n[2]).with_seq_k(n[1]).with_kv_heads(n[4]).with_causal(causal).with_dtype(dtype);
@@ -60,6 +62,12 @@ fn main() {
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
     let d_out = attnkit::seeded::normal_values(p.out_len(), 2);
     let b = backend("flash-cpu").unwrap();
+    if once {
+        let fwd = b.forward(&args, true).unwrap();
+        let g = b.backward(&args, &fwd.out, fwd.lse.as_ref().unwrap(), &d_out, false).unwrap();
+        println!("{p}: one forward and one backward, dq[0] = {}", g.dq[0]);
+        return;
+    }
     let fl = p.flops();
     let reps = if fl > 2e11 { 1 } else { 3 };
     let (mut fr, mut fb_ratio, mut fb_s) = (Vec::new(), Vec::new(), Vec::new());

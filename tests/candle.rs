@@ -173,3 +173,82 @@ fn bad_inputs_give_errors() {
         assert!(err.contains(want), "{name}: `{err}` lacks `{want}`");
     }
 }
+
+/// candle's matmul → softmax → matmul as a differentiable tensor (no empty-band rows allowed).
+fn candle_reference_tensor(p: &Problem, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let g = p.group_size();
+    let expand = |t: &Tensor| {
+        t.unsqueeze(2)
+            .unwrap()
+            .expand((p.batch, p.kv_heads, g, p.seq_k, p.head_dim))
+            .unwrap()
+            .reshape((p.batch, p.heads, p.seq_k, p.head_dim))
+            .unwrap()
+    };
+    let (k, v) = (expand(k), expand(v));
+    let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * p.scale as f64).unwrap();
+    let mut mask = vec![f32::NEG_INFINITY; p.seq_q * p.seq_k];
+    for i in 0..p.seq_q {
+        let (lo, hi) = p.key_range(i);
+        assert!(lo < hi, "the differentiable reference needs every row to see a key");
+        mask[i * p.seq_k + lo..i * p.seq_k + hi].fill(0.0);
+    }
+    let mask = Tensor::from_vec(mask, (p.seq_q, p.seq_k), &Device::Cpu).unwrap();
+    let s = s.broadcast_add(&mask).unwrap();
+    let e = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+    let prob = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    prob.matmul(&v.contiguous().unwrap()).unwrap()
+}
+
+/// The door is differentiable: candle's backprop through `attention` gives the gradients of
+/// candle's own matmul-softmax autograd (f32, both layouts, GQA, causal, N_q ≠ N_k), and for
+/// bf16 inputs gradients of the inputs' dtype and shape.
+#[test]
+fn gradients_match_candle_autograd_in_both_layouts() {
+    use candle_core::Var;
+    let mut checked = 0;
+    for p in [
+        Problem::new(2, 4, 37, 32).with_kv_heads(2).with_causal(true),
+        Problem::new(1, 2, 20, 16).with_seq_k(45),
+        Problem::new(1, 4, 64, 64).with_kv_heads(1).with_seq_k(80).with_causal(true),
+    ] {
+        let (q, k, v) = common::qkv(&p, 3);
+        let shape = |h: usize, n: usize| (p.batch, h, n, p.head_dim);
+        let w = to_candle(&common::randn(p.out_len(), 4, DType::F32), shape(p.heads, p.seq_q));
+        let (qv, kv, vv) = (
+            Var::from_tensor(&to_candle(&q, shape(p.heads, p.seq_q))).unwrap(),
+            Var::from_tensor(&to_candle(&k, shape(p.kv_heads, p.seq_k))).unwrap(),
+            Var::from_tensor(&to_candle(&v, shape(p.kv_heads, p.seq_k))).unwrap(),
+        );
+        let reference = candle_reference_tensor(&p, qv.as_tensor(), kv.as_tensor(), vv.as_tensor());
+        let want = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            let swap = |t: &Tensor| if layout == Layout::Bnhd { t.transpose(1, 2).unwrap() } else { t.clone() };
+            let (ql, kl, vl) = (swap(qv.as_tensor()), swap(kv.as_tensor()), swap(vv.as_tensor()));
+            let out = attnkit::candle::attention(&ql, &kl, &vl, &options(&p).with_layout(layout)).unwrap();
+            let got = (swap(&out) * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("dq", &qv), ("dk", &kv), ("dv", &vv)] {
+                let (g, r) = (to_f32_vec(got.get(var).unwrap()), to_f32_vec(want.get(var).unwrap()));
+                let scale = r.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+                let err = g.iter().zip(&r).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 2e-5 * scale, "{p} {layout:?} {name}: max|attnkit − candle| {err:e} (scale {scale})");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+    // bf16 inputs: gradients come back in bf16, in the inputs' (B, N, H, D) shape.
+    let p = Problem::new(1, 2, 16, 32).with_dtype(DType::BF16);
+    let (q, k, v) = common::qkv(&p, 5);
+    let s = (1, 16, 2, 32);
+    let vars = [&q, &k, &v].map(|t| {
+        Var::from_tensor(&to_candle(t, (1, 2, 16, 32)).transpose(1, 2).unwrap().contiguous().unwrap()).unwrap()
+    });
+    let opts = options(&p).with_layout(Layout::Bnhd);
+    let out = attnkit::candle::attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), &opts).unwrap();
+    let grads = out.to_dtype(CDType::F32).unwrap().sum_all().unwrap().backward().unwrap();
+    for var in &vars {
+        let g = grads.get(var).unwrap();
+        assert_eq!((g.dtype(), g.dims()), (CDType::BF16, &[s.0, s.1, s.2, s.3][..]));
+    }
+}

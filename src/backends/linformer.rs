@@ -359,6 +359,9 @@ impl Attention for Linformer {
         Device::Cpu
     }
 
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        vec!["linformer has no backward pass yet: the math is dQ and dK′, dV′ from softmax attention over the k projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′ and, for trainable projections, dE = dK′·Kᵀ, dF = dV′·Vᵀ; not implemented (train through flash-cpu or sdpa)".to_string()]
+    }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         let mut reasons = problem
             .mods

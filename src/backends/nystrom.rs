@@ -281,6 +281,9 @@ impl Attention for Nystrom {
         Device::Cpu
     }
 
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        vec!["nystrom has no backward pass: the gradient through the landmark means and the iterative Moore–Penrose pseudo-inverse is not implemented (train through flash-cpu or sdpa)".to_string()]
+    }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         let mut reasons = Vec::new();
         if problem.causal {

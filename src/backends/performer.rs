@@ -394,6 +394,9 @@ impl Attention for Performer {
         Device::Cpu
     }
 
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        vec!["performer has no backward pass: the gradient through FAVOR+'s random feature maps (features held fixed) is not implemented (train through flash-cpu or sdpa)".to_string()]
+    }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         let mut r =
             problem.mods.refusals("performer", "FAVOR+ never forms per-pair scores, so there is no score to modify");

@@ -9,7 +9,8 @@
 //! [`super::rowstep`]), dP = dO·Vᵀ, dS = P∘(dP − D), then dV += Pᵀ·dO, dK += scale·dSᵀ·Q and
 //! dQ += scale·dS·K (the five GEMMs, `gemm` crate, serial inside a task). Row blocks that the
 //! band or varlen layout leave empty are skipped; P is never stored beyond one BR×BC tile.
-//! Complexity: O(pairs·D) time (2.5× the forward's FLOPs), O(N·D) extra memory.
+//! Complexity: O(pairs·D) time (2.5× the forward's FLOPs), O(N·D) extra memory (at most three
+//! extra dQ-sized buffers, none when B·H_kv ≥ 8).
 //!
 //! Determinism: tasks are (batch, KV head, chunk) with the chunk count a function of the problem
 //! only; a task accumulates in a fixed order, chunk 0 writes dQ in place and every other chunk
@@ -37,9 +38,16 @@ use rayon::prelude::*;
 const BR: usize = 128;
 /// Keys per tile of the flash tiling.
 const BC: usize = 128;
-/// Tasks the chunking aims for (B·H_kv·chunks ≥ this when the keys allow): enough to keep
-/// 8–16 threads busy with work stealing, fixed so results do not depend on the thread count.
-const TARGET_TASKS: usize = 16;
+/// Tasks the chunking aims for (B·H_kv·chunks ≥ this when the keys allow), fixed so results do
+/// not depend on the thread count. Every chunk after the first costs one more dQ-sized buffer, so
+/// the count is a trade: 8 tasks keep 8 threads busy and leave the common B·H_kv ≥ 8 shapes with
+/// no extra buffer at all.
+const TARGET_TASKS: usize = 8;
+/// The `gemm` crate's own packing buffers, per thread: tests/backward_memory.rs measured the
+/// backward's peak at ~1.1 MiB per thread above the tiles; 2 MiB leaves room.
+const GEMM_WORKSPACE: u64 = 2 << 20;
+/// At most this many chunks (extra memory ≤ 3 dQ-sized buffers, even for MQA at batch 1).
+const MAX_CHUNKS: usize = 4;
 
 /// Tile shape and key chunking of one call: a function of the problem only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +64,7 @@ impl Tiling {
     /// FlashAttention-2's tiling: BR×BC tiles, chunks up to [`TARGET_TASKS`] tasks.
     pub fn flash(p: &Problem) -> Self {
         let kblocks = p.seq_k.div_ceil(BC).max(1);
-        let chunks = TARGET_TASKS.div_ceil((p.batch * p.kv_heads).max(1)).clamp(1, kblocks);
+        let chunks = TARGET_TASKS.div_ceil((p.batch * p.kv_heads).max(1)).clamp(1, kblocks.min(MAX_CHUNKS));
         Tiling { br: BR, bc: BC, chunks }
     }
 
@@ -76,7 +84,8 @@ impl Tiling {
         let keys = p.kv_len() as u64 / d.max(1);
         let tiles =
             (4 * bc + 2 * br).checked_mul(d)?.checked_add(br.checked_mul(bc)?.checked_mul(2)?)?.checked_add(bc)?;
-        let per_thread = tiles.checked_mul(4)?.checked_mul(rayon::current_num_threads() as u64)?;
+        let per_thread =
+            tiles.checked_mul(4)?.checked_add(GEMM_WORKSPACE)?.checked_mul(rayon::current_num_threads() as u64)?;
         extra_dq.checked_add(rows)?.checked_add(ranges)?.checked_add(keys)?.checked_add(per_thread)
     }
 }
@@ -92,9 +101,18 @@ struct Finite {
 impl Finite {
     fn new(args: &AttnArgs<'_>, d_out: &[f32]) -> Self {
         let d = args.problem().head_dim;
+        // Row by row through a small buffer: no f32 copy of a half-precision tensor.
         let finite_rows = |t: crate::tensor::TensorRef<'_>| -> Vec<bool> {
-            let x = t.to_f32_cow();
-            x.par_chunks(d).map(|r| r.iter().all(|v| v.is_finite())).collect()
+            (0..t.len() / d)
+                .into_par_iter()
+                .map_init(
+                    || vec![0.0f32; d],
+                    |buf, r| {
+                        t.read_f32(r * d, buf);
+                        buf.iter().all(|v| v.is_finite())
+                    },
+                )
+                .collect()
         };
         let (q, k, v) = (finite_rows(args.q()), finite_rows(args.k()), finite_rows(args.v()));
         let rows = q.iter().zip(d_out.chunks(d)).map(|(a, g)| *a && g.iter().all(|x| x.is_finite())).collect();

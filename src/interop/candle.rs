@@ -9,9 +9,14 @@
 //! kernel's O(N²·D)). The output has the layout and dtype of the inputs; it is computed in f32
 //! like every attnkit backend and rounded once at the end.
 //!
-//! Caveats: CPU only (a CUDA or Metal tensor gets an error naming its device; no backward pass
-//! (`apply_op3_no_bwd`), so use it for inference. Measured speed against candle-nn's CPU
-//! attention: benches/candle.rs, figures in the README.
+//! Differentiable: when any input tracks gradients (`Tensor::track_op`), the op goes through
+//! `apply_op3` and keeps the forward's f32 O and LSE (O(N·D)) for its `bwd`, which runs the
+//! backend's backward ([`crate::Attention::backward`]) and returns dQ, dK, dV in the inputs'
+//! dtype and layout. Without a tracked input it is `apply_op3_no_bwd` and saves nothing. A
+//! backend without a backward (the approximations) fails in `bwd` with the reason.
+//!
+//! Caveats: CPU only (a CUDA or Metal tensor gets an error naming its device). Measured speed
+//! against candle-nn's CPU attention: benches/candle.rs, figures in the README.
 
 use super::strided::{View4, contiguous_strides};
 use super::{AttnOptions, Layout, common_dtype, compute};
@@ -20,6 +25,7 @@ use crate::tensor::TensorRef;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType as CDType, Error, Layout as CLayout, Result, Shape, Tensor};
 use half::{bf16, f16};
+use std::sync::Mutex;
 
 /// Attention over candle tensors: `softmax(scale · q kᵀ + mask) v` per head with the options'
 /// backend, mask and scale. See the module docs for shapes and layouts.
@@ -40,13 +46,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOptions) -> Resu
         }
     }
     let backend = opts.build_backend().map_err(Error::wrap)?;
-    q.apply_op3_no_bwd(k, v, &AttnOp { opts, backend })
+    let train = [q, k, v].iter().any(|t| t.track_op());
+    let op = AttnOp { opts: opts.clone(), backend, saved: train.then(|| Mutex::new(None)) };
+    if train { q.apply_op3(k, v, op) } else { q.apply_op3_no_bwd(k, v, &op) }
 }
 
-struct AttnOp<'a> {
-    opts: &'a AttnOptions,
+struct AttnOp {
+    opts: AttnOptions,
     backend: Box<dyn Attention>,
+    /// The forward's O and LSE, kept for `bwd` when training.
+    saved: Option<Mutex<Option<SavedForward>>>,
 }
+
+/// f32 O (B, H, N_q, D) and LSE (B, H, N_q) of the forward.
+type SavedForward = (Vec<f32>, Vec<f32>);
 
 /// The element types attnkit reads, with candle's storage variant for each.
 trait Elem: Copy {
@@ -89,7 +102,7 @@ impl Elem for bf16 {
     }
 }
 
-impl AttnOp<'_> {
+impl AttnOp {
     /// A (B, H, N, D) view of one input, however candle laid it out.
     fn view<'s, T: Copy>(&self, name: &str, data: &'s [T], l: &CLayout) -> Result<View4<'s, T>> {
         let shape: [usize; 4] = l.dims().try_into().map_err(|_| Error::Msg(format!("{name} is not rank 4")))?;
@@ -102,8 +115,12 @@ impl AttnOp<'_> {
         let (q, k, v) = (self.view("q", s[0], l[0])?, self.view("k", s[1], l[1])?, self.view("v", s[2], l[2])?);
         let p = self.opts.problem(q.shape(), k.shape(), v.shape(), dtype).map_err(Error::wrap)?;
         let (qc, kc, vc) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
-        let out = compute(&*self.backend, &p, T::tensor_ref(&qc), T::tensor_ref(&kc), T::tensor_ref(&vc), false)
+        let want_lse = self.saved.is_some();
+        let out = compute(&*self.backend, &p, T::tensor_ref(&qc), T::tensor_ref(&kc), T::tensor_ref(&vc), want_lse)
             .map_err(Error::wrap)?;
+        if let (Some(saved), Some(lse)) = (&self.saved, &out.lse) {
+            *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((out.out.clone(), lse.clone()));
+        }
         let bhnd = q.shape();
         let dims: Vec<usize> = self.opts.layout.to_bhnd().iter().map(|&a| bhnd[a]).collect();
         Ok((T::storage(out.out, self.opts.layout, bhnd), Shape::from(dims)))
@@ -119,7 +136,7 @@ fn attnkit_dtype(d: CDType) -> Result<crate::DType> {
     }
 }
 
-impl CustomOp3 for AttnOp<'_> {
+impl CustomOp3 for AttnOp {
     fn name(&self) -> &'static str {
         "attnkit-attention"
     }
@@ -142,5 +159,46 @@ impl CustomOp3 for AttnOp<'_> {
             (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => self.run([q, k, v], l, dtype),
             _ => unreachable!("common_dtype checked that all three are one of f32, f16, bf16"),
         }
+    }
+
+    /// dQ, dK, dV from the saved O and LSE: the inputs and dO are widened to f32 in (B, H, N, D)
+    /// (exact for f16/bf16), the backend's backward runs in f32, and each gradient goes back to
+    /// its input's dtype and layout.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = &self.saved else {
+            return Err(Error::Msg("attnkit::candle::attention: bwd without a saved forward".into()));
+        };
+        let guard = saved.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((out, lse)) = guard.as_ref() else {
+            return Err(Error::Msg("attnkit::candle::attention: bwd before the forward ran".into()));
+        };
+        let bhnd = |t: &Tensor| -> Result<(Vec<f32>, [usize; 4])> {
+            let t = match self.opts.layout {
+                Layout::Bhnd => t.clone(),
+                Layout::Bnhd => t.transpose(1, 2)?,
+            };
+            let dims: [usize; 4] = t.dims().try_into().map_err(|_| Error::Msg("not rank 4".into()))?;
+            Ok((t.to_dtype(CDType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, dims))
+        };
+        let ((qf, qs), (kf, ks), (vf, vs), (go, _)) = (bhnd(q)?, bhnd(k)?, bhnd(v)?, bhnd(grad)?);
+        let p = self.opts.problem(qs, ks, vs, crate::DType::F32).map_err(Error::wrap)?;
+        let args = crate::AttnArgs::new(&p, &qf, &kf, &vf).map_err(Error::wrap)?;
+        let g = self.backend.backward(&args, out, lse, &go, false).map_err(Error::wrap)?;
+        let back = |data: Vec<f32>, dims: [usize; 4], like: &Tensor| -> Result<Tensor> {
+            let t = Tensor::from_vec(data, dims.to_vec(), like.device())?;
+            let t = match self.opts.layout {
+                Layout::Bhnd => t,
+                Layout::Bnhd => t.transpose(1, 2)?.contiguous()?,
+            };
+            t.to_dtype(like.dtype())
+        };
+        Ok((Some(back(g.dq, qs, q)?), Some(back(g.dk, ks, k)?), Some(back(g.dv, vs, v)?)))
     }
 }
