@@ -69,6 +69,9 @@ pub struct BackendInfo {
     pub device: Device,
     /// `None` when available, otherwise why not.
     pub unavailable_reason: Option<String>,
+    /// Whether the backend implements the backward pass ([`crate::Attention::backward`]):
+    /// its backward refuses no reason on a plain problem (B = 1, H = 8, N = 1024, D = 64).
+    pub backward: bool,
 }
 
 /// Every backend with its availability on this machine. Never panics, even without CUDA.
@@ -81,12 +84,14 @@ pub fn list_backends() -> Vec<BackendInfo> {
                 exactness: b.exactness(),
                 device: b.device(),
                 unavailable_reason: b.availability().err(),
+                backward: b.supports_backward(&crate::Problem::new(1, 8, 1024, 64)),
             },
             Err(e) => BackendInfo {
                 name: name.to_string(),
                 exactness: Exactness::Exact,
                 device: Device::Cpu,
                 unavailable_reason: Some(e.to_string()),
+                backward: false,
             },
         })
         .collect()

@@ -5,12 +5,15 @@
 //! - [`plan`]: the sweep plan the report and the criterion bench share;
 //! - [`record`]: [`BenchRecord`] and its typed [`Status`];
 //! - [`measure`]: median timing with the peak-heap probe, and device timing for CUDA backends;
-//! - [`ceiling`]: the f32 GEMM ceiling, measured lazily.
+//! - [`ceiling`]: the f32 GEMM ceiling, measured lazily;
+//! - [`backward`]: forward, backward and forward + backward timed per rep, FLOPs by
+//!   FlashAttention's convention (backward = 2.5× the forward's).
 //!
 //! GFLOP/s everywhere is [`Problem::flops`] (4·D FLOPs per allowed query–key pair, the cost
 //! of exact attention) divided by the median time, whatever the backend actually computes, so
 //! an approximation that skips work shows up as "more GFLOP/s", i.e. as effective throughput.
 
+pub mod backward;
 pub mod bandwidth;
 pub mod ceiling;
 #[cfg(test)]

@@ -87,6 +87,11 @@ impl LazyInputs {
         self
     }
 
+    /// The bias/mask data handed to the backend with the inputs.
+    pub fn pair(&self) -> &PairOwned {
+        &self.pair
+    }
+
     /// The family the inputs are drawn from (recorded in every [`BenchRecord`] of the cell).
     pub fn family(&self) -> InputFamily {
         self.family

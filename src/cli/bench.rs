@@ -6,7 +6,7 @@
 
 use super::modifiers::{ModifierArgs, PairOwned};
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, fmt_mib, fmt_percent, fmt_secs, resolve_backends};
-use attnkit::bench::{BenchRecord, Cell, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
+use attnkit::bench::{BenchRecord, Cell, GemmCeiling, History, LazyCeiling, LazyInputs, Policy, Status, run_cell};
 use attnkit::ceiling::LazyBandwidth;
 use attnkit::inputs::InputFamily;
 use attnkit::threads::with_threads;
@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// One JSON object per line (measured and skipped runs alike; see `status`).
     #[arg(long)]
     pub json: bool,
+    /// Time the backward pass instead: forward, backward alone and forward + backward per
+    /// backend and N, GFLOP/s by FlashAttention's convention (backward = 2.5× the forward's
+    /// FLOPs) and the backward's fraction of the GEMM ceiling. Backends without a backward skip.
+    #[arg(long)]
+    pub backward: bool,
 }
 
 pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
@@ -81,22 +86,43 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
             a.mods.apply(a.shape.problem(8, n, nk)?, a.shape.seed)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if a.backward {
+        return super::bench_backward::run(a, &names, explicit, &problems);
+    }
     let records = with_threads(a.threads, || bench_in_pool(a, &names, &problems))??;
-    let errors = records.iter().filter(|r| matches!(r.status, Status::Failed(_))).count();
+    let statuses: Vec<(&str, &Status)> = records.iter().map(|r| (r.backend.as_str(), &r.status)).collect();
+    Ok(exit_status(&names, explicit, &statuses))
+}
+
+/// 1 when a run failed, 3 when a backend named explicitly was measured at no N, else 0 (with
+/// the why on stderr); `statuses` holds (backend, status) of every cell.
+pub fn exit_status(names: &[String], explicit: bool, statuses: &[(&str, &Status)]) -> ExitCode {
+    let errors = statuses.iter().filter(|(_, s)| matches!(s, Status::Failed(_))).count();
     if errors > 0 {
         eprintln!("error: {errors} run(s) failed (see the `error` rows)");
-        return Ok(ExitCode::FAILURE);
+        return ExitCode::FAILURE;
     }
-    let unmeasured: Vec<&str> = names
-        .iter()
-        .filter(|n| !records.iter().any(|r| &r.backend == *n && r.status.is_ok()))
-        .map(|n| n.as_str())
-        .collect();
+    let unmeasured: Vec<&str> =
+        names.iter().filter(|n| !statuses.iter().any(|(b, s)| b == n && s.is_ok())).map(|n| n.as_str()).collect();
     if explicit && !unmeasured.is_empty() {
         eprintln!("error: explicitly requested backend(s) measured at no N: {}", unmeasured.join(", "));
-        return Ok(ExitCode::from(EXIT_NAMED_SKIPPED));
+        return ExitCode::from(EXIT_NAMED_SKIPPED);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
+}
+
+/// The line that says the GEMM ceiling was measured (printed before the first row it applies to).
+pub fn print_ceiling(g: &GemmCeiling) -> Result<(), AttnError> {
+    outln!(
+        "GEMM ceiling: {}×{}×{} f32 sgemm on {} thread(s): {:.1} GFLOP/s (median of {}, {})",
+        g.m,
+        g.n,
+        g.k,
+        g.threads,
+        g.gflops,
+        attnkit::bench::GEMM_CEILING_REPS,
+        fmt_secs(g.median_s)
+    )
 }
 
 /// Runs every (problem, backend) cell in the current pool, printing each record as it comes.
@@ -153,16 +179,7 @@ fn bench_in_pool(
             // The ceiling is measured by the first CPU cell that runs: say so before its row.
             if let (Some(g), false, false) = (ceiling.measured(), a.json, ceiling_printed) {
                 ceiling_printed = true;
-                outln!(
-                    "GEMM ceiling: {}×{}×{} f32 sgemm on {} thread(s): {:.1} GFLOP/s (median of {}, {})",
-                    g.m,
-                    g.n,
-                    g.k,
-                    g.threads,
-                    g.gflops,
-                    attnkit::bench::GEMM_CEILING_REPS,
-                    fmt_secs(g.median_s)
-                )?;
+                print_ceiling(g)?;
             }
             print_record(&record, a.json)?;
             records.push(record);

@@ -1,5 +1,6 @@
 //! `attnkit check`: every selected backend against the f64 oracle on seeded random inputs of
-//! one input family, beside the mean-of-V baseline (uniform attention over the allowed keys).
+//! one input family, beside the mean-of-V baseline (uniform attention over the allowed keys);
+//! with `--backward`, their gradients instead ([`super::check_backward`]).
 
 use super::modifiers::ModifierArgs;
 use super::{EXIT_NAMED_SKIPPED, ShapeArgs, resolve_backends};
@@ -30,10 +31,17 @@ pub struct CheckArgs {
     pub shape: ShapeArgs,
     #[command(flatten)]
     pub mods: ModifierArgs,
+    /// Check the backward pass instead: dQ, dK, dV (dσ with sinks, dB with --bias data) of every
+    /// backend that has one, against the f64 oracle's gradients for a seeded random dO.
+    #[arg(long)]
+    pub backward: bool,
 }
 
 pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
+    if a.backward {
+        return super::check_backward::run(a, &names, explicit);
+    }
     let p = a.shape.problem(4, a.seq, a.seq_kv.unwrap_or(a.seq))?;
     let (p, pair) = a.mods.apply(p, a.shape.seed)?;
     let opts = a.shape.options();

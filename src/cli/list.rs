@@ -1,4 +1,5 @@
-//! `attnkit list`: every backend and its availability, then what the CUDA backend found (the
+//! `attnkit list`: every backend, whether it has a backward pass (`backward`, or `fwd-only`)
+//! and its availability, then what the CUDA backend found (the
 //! driver library and its version, the NVRTC library and its version), so a GPU host's setup can
 //! be read off one command.
 
@@ -13,7 +14,8 @@ pub fn run() -> Result<ExitCode, AttnError> {
             None => "available".to_string(),
             Some(r) => format!("unavailable ({r})"),
         };
-        outln!("{:<width$}  {:<6}  {:<4}  {status}", b.name, b.exactness.to_string(), b.device.to_string())?;
+        let grad = if b.backward { "backward" } else { "fwd-only" };
+        outln!("{:<width$}  {:<6}  {:<4}  {grad}  {status}", b.name, b.exactness.to_string(), b.device.to_string())?;
     }
     outln!("")?;
     for line in cuda_lines() {

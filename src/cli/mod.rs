@@ -9,7 +9,9 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_backward;
 mod check;
+mod check_backward;
 mod kernels;
 mod list;
 mod modifiers;
@@ -39,7 +41,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List every registered backend: name, exact|approx, device, availability.
+    /// List every registered backend: name, exact|approx, device, backward|fwd-only (whether it
+    /// has a backward pass), availability.
     List,
     /// Run seeded random inputs through backends and compare with `reference` (f64 oracle).
     ///
@@ -52,7 +55,9 @@ enum Command {
     /// problem is reported as SKIP: with `--backends all` that is never a failure; when the
     /// backend was named explicitly, the command exits with status 3 so scripts notice it was
     /// not checked. Exit status: 0 all good, 1 a backend failed or errored, 3 a named backend
-    /// was skipped.
+    /// was skipped. `--backward` checks the backward pass instead: dQ, dK, dV (dσ with sinks, dB
+    /// with `--bias` data) against the f64 oracle's gradients for a seeded random dO, one
+    /// verdict per gradient; backends without a backward are SKIPs.
     Check(check::CheckArgs),
     /// Time backends over a sweep of sequence lengths.
     ///
@@ -66,7 +71,9 @@ enum Command {
     /// and output excluded), counted by the binary's allocator. Cells a backend cannot run
     /// (unsupported, over the memory budget, predicted over --max-time) are skipped before any
     /// input is generated. Exit status: 0 all good, 1 a run failed (an error or a NaN/Inf
-    /// output), 3 a backend named with --backends was measured at no N.
+    /// output), 3 a backend named with --backends was measured at no N. `--backward` times
+    /// forward, backward alone and forward + backward instead (backward FLOPs = 2.5× the
+    /// forward's, FlashAttention's convention), with the backward's fraction of the ceiling.
     Bench(bench::BenchArgs),
     /// Run one backend on .npy inputs (B,H,N,D) and write the output as float32 .npy.
     Run(run::RunArgs),

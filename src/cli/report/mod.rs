@@ -25,7 +25,9 @@
 //! - decode and bf16 ([`decode`]): `flash-cpu` decode GB/s against N_k beside the streaming-read
 //!   ceiling (and PyTorch when `ATTNKIT_TORCH_PYTHON`/`ATTNKIT_PEERS` are set), bf16 vs f32 prefill;
 //! - masks and varlen speed ([`masks`]): modifier, packed-varlen and block-sparse-mask costs as
-//!   ratios measured alternately, each against its target.
+//!   ratios measured alternately, each against its target;
+//! - backward ([`backward`]): forward + backward time against N for `flash-cpu` and `sdpa`, the
+//!   backward's fraction of the GEMM ceiling, and PyTorch's forward + backward when configured.
 //!
 //! Modules: [`sweep`] runs the cells, [`results`] holds the rows and writes JSON/CSV,
 //! [`analysis`] reads them (slopes, crossovers, observations), [`figures`] and [`plots`] draw,
@@ -33,6 +35,7 @@
 //! [`replot`] redraws the plots from a written results.json (`--replot`).
 
 mod analysis;
+mod backward;
 mod decode;
 mod decode_target;
 mod figures;
@@ -139,6 +142,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: 
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
     let dec = decode::run(scale, &ceiling)?;
     let mask = masks::run(scale, &ceiling)?;
+    let bwd = backward::run(scale, &ceiling)?;
     let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
@@ -164,10 +168,16 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: 
         unavailable,
     };
     let sections: Vec<section::SectionRow> = dec.rows.iter().chain(&mask.rows).cloned().collect();
-    results::write_results(dir, &meta, &rows, &sections)?;
+    results::write_results(dir, &meta, &rows, &sections, &bwd.rows)?;
     let plot_notes = figures::write_plots(dir, &rows, &heat)?;
     let decode_plot = decode::plot(dir, &dec);
-    let extra = format!("{}{}", decode::markdown(&dec, &decode_plot), masks::markdown(&mask, scale));
+    let backward_plot = backward::plot(dir, &bwd);
+    let extra = format!(
+        "{}{}{}",
+        decode::markdown(&dec, &decode_plot),
+        masks::markdown(&mask, scale),
+        backward::markdown(&bwd, &backward_plot)
+    );
     std::fs::write(dir.join("README.md"), markdown::readme(&meta, &rows, &heat, &plot_notes, &extra))?;
     let count = |f: fn(&Status) -> bool| rows.iter().filter(|r| f(&r.rec.status)).count();
     let ceiling_text = meta.gemm.map_or("not measured".into(), |g| format!("{:.1} GFLOP/s", g.gflops));

@@ -4,14 +4,17 @@
 //! README.md and the raw files are left as they are.
 //!
 //! The reader takes back what [`super::results::write_results`] wrote: the sweep rows
-//! (`results`), the sections' rows (`sections`) and the frontier families (`meta.families`).
+//! (`results`), the sections' rows (`sections`), the backward section's rows (`backward`,
+//! absent from older files) and the frontier families (`meta.families`).
 //! A file written before section rows carried `rounds` gets it inferred: every section but the
 //! decode sweep was measured in alternated rounds then.
 
+use super::backward::{self, Backward, BackwardRow};
 use super::decode::{self, Decode};
 use super::figures;
 use super::results::Row;
 use super::section::SectionRow;
+use attnkit::bench::backward::BackwardRecord;
 use attnkit::bench::{BenchRecord, Status, Timing};
 use attnkit::ceiling::{BandwidthCeiling, DecodeRate};
 use attnkit::inputs::InputFamily;
@@ -24,6 +27,8 @@ pub struct Loaded {
     pub rows: Vec<Row>,
     pub sections: Vec<SectionRow>,
     pub families: Vec<InputFamily>,
+    /// The backward section's rows (empty in a file written before it existed).
+    pub backward: Vec<BackwardRow>,
 }
 
 fn bad(what: &str) -> AttnError {
@@ -57,13 +62,7 @@ fn record(v: &Value) -> Result<BenchRecord, AttnError> {
     };
     let mut r = BenchRecord::new(text(v, "backend")?, text(v, "variant")?, &p, device, uint(v, "threads")?);
     r.inputs = parsed::<InputFamily>(v, "inputs")?;
-    let reason = v["reason"].as_str().unwrap_or("").to_string();
-    r.status = match text(v, "status")? {
-        "ok" => Status::Ok,
-        "skipped" => Status::Skipped(reason),
-        "error" => Status::Failed(reason),
-        s => return Err(bad(&format!("unknown status `{s}`"))),
-    };
+    r.status = status(v)?;
     r.reps = uint(v, "reps")?;
     r.timing = match v["timing"].as_str() {
         Some("host") => Some(Timing::Host),
@@ -122,6 +121,37 @@ fn section_row(v: &Value) -> Result<SectionRow, AttnError> {
     Ok(r)
 }
 
+/// The status of a row from its `status` and `reason` fields.
+fn status(v: &Value) -> Result<Status, AttnError> {
+    let reason = v["reason"].as_str().unwrap_or("").to_string();
+    Ok(match text(v, "status")? {
+        "ok" => Status::Ok,
+        "skipped" => Status::Skipped(reason),
+        "error" => Status::Failed(reason),
+        s => return Err(bad(&format!("unknown status `{s}`"))),
+    })
+}
+
+/// One backward row back from its JSON object (what [`BackwardRecord`] serializes).
+fn backward_row(v: &Value) -> Result<BackwardRow, AttnError> {
+    let p = Problem::new(uint(v, "batch")?, uint(v, "heads")?, uint(v, "seq")?, uint(v, "dim")?)
+        .with_kv_heads(uint(v, "kv_heads")?)
+        .with_seq_k(uint(v, "seq_kv")?)
+        .with_causal(v["causal"].as_bool().ok_or_else(|| bad("`causal` is not a bool"))?)
+        .with_dtype(parsed::<DType>(v, "dtype")?)
+        .with_window(parsed::<Window>(v, "window")?);
+    let mut r = BackwardRecord::new(text(v, "backend")?, &p, uint(v, "threads")?);
+    r.status = status(v)?;
+    r.reps = uint(v, "reps")?;
+    let f = |k: &str| v[k].as_f64();
+    (r.fwd_s, r.bwd_s, r.fwdbwd_s) = (f("fwd_s"), f("bwd_s"), f("fwdbwd_s"));
+    (r.fwd_gflops, r.bwd_gflops, r.fwdbwd_gflops) = (f("fwd_gflops"), f("bwd_gflops"), f("fwdbwd_gflops"));
+    (r.gemm_gflops, r.fwd_gemm_fraction) = (f("gemm_gflops"), f("fwd_gemm_fraction"));
+    (r.bwd_gemm_fraction, r.fwdbwd_gemm_fraction) = (f("bwd_gemm_fraction"), f("fwdbwd_gemm_fraction"));
+    r.peak_bytes = v["peak_bytes"].as_u64();
+    Ok(BackwardRow { rec: r, torch_fwdbwd_s: f("torch_fwdbwd_s") })
+}
+
 /// Reads `dir/results.json`.
 pub fn load(dir: &Path) -> Result<Loaded, AttnError> {
     let path = dir.join("results.json");
@@ -138,7 +168,16 @@ pub fn load(dir: &Path) -> Result<Loaded, AttnError> {
         .map(|f| f.as_str().ok_or_else(|| bad("a family is not a string"))?.parse::<InputFamily>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| bad("`meta.families` holds an unknown family"))?;
-    Ok(Loaded { rows, sections, families })
+    let backward = match v.get("backward") {
+        None => Vec::new(),
+        Some(b) => b
+            .as_array()
+            .ok_or_else(|| bad("`backward` is not a list"))?
+            .iter()
+            .map(backward_row)
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Loaded { rows, sections, families, backward })
 }
 
 /// Redraws every SVG of `dir`; returns the one-line summary.
@@ -155,5 +194,12 @@ pub fn run(dir: &Path) -> Result<String, AttnError> {
     let dec = Decode { rows: l.sections, bandwidth, dot: None, torch_note: None, elapsed_s: 0.0 };
     let drawn = decode::plot(dir, &dec);
     notes.push(if drawn.starts_with("![") { decode::PLOT_FILE.to_string() } else { drawn });
+    if !l.backward.is_empty() {
+        // Every ok row counts its rounds in `reps`; the plot's note names the most.
+        let rounds = l.backward.iter().filter(|r| r.rec.status.is_ok()).map(|r| r.rec.reps).max().unwrap_or(0);
+        let bwd = Backward { rows: l.backward, rounds, torch_note: None, elapsed_s: 0.0 };
+        let drawn = backward::plot(dir, &bwd);
+        notes.push(if drawn.starts_with("![") { backward::PLOT_FILE.to_string() } else { drawn });
+    }
     Ok(format!("replotted from {}: {}", dir.join("results.json").display(), notes.join(", ")))
 }

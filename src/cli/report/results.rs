@@ -52,10 +52,16 @@ fn exactness_text<S: Serializer>(e: &Option<Exactness>, s: S) -> Result<S::Ok, S
     s.collect_str(&e.map(|e| e.to_string()).unwrap_or_default())
 }
 
-/// results.json (`meta`, `results`, and the extra sections' rows under `sections`),
-/// results.csv (the sweep) and sections.csv (the extra sections).
-pub fn write_results(dir: &Path, meta: &Meta, rows: &[Row], sections: &[SectionRow]) -> Result<(), AttnError> {
-    let json = serde_json::json!({ "meta": meta, "results": rows, "sections": sections });
+/// results.json (`meta`, `results`, the extra sections' rows under `sections` and the backward
+/// section's under `backward`), results.csv (the sweep) and sections.csv (the extra sections).
+pub fn write_results(
+    dir: &Path,
+    meta: &Meta,
+    rows: &[Row],
+    sections: &[SectionRow],
+    backward: &[super::backward::BackwardRow],
+) -> Result<(), AttnError> {
+    let json = serde_json::json!({ "meta": meta, "results": rows, "sections": sections, "backward": backward });
     let text = serde_json::to_string_pretty(&json).map_err(|e| AttnError::invalid(format!("json: {e}")))?;
     std::fs::write(dir.join("results.json"), text)?;
     std::fs::write(dir.join("results.csv"), csv(rows))?;
