@@ -482,13 +482,19 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             }
         }
     };
+    // Row r's "saw a non-finite V" flag: the first word of Q row r's 16-byte smem pad, which no
+    // load or ldmatrix touches. Cleared here; the first key tile's barriers order it before use.
+    auto nan_flag = [&](int r) { return reinterpret_cast<unsigned*>(smem_raw + (r * STR + DP) * 2); };
+    for (int r = tid; r < BR; r += FLASH_THREADS) *nan_flag(r) = 0u;
     // A NaN or ∞ in V must not reach a row that does not see its key (the NaN/Inf policy), but
     // a dropped pair's P = 0 times NaN is NaN in P·V. Only boundary tiles drop pairs; each scans
     // its V tile (one block-wide vote, the only cost when V is finite). When a value is not
-    // finite (rare), every row that sees one of its keys gets a NaN accumulator (what the
-    // product would have made it; it stays NaN through rescales and the normalization) and the
-    // values are zeroed, so P·V adds 0 for the rows that do not see them. Call with V_j visible
-    // to every thread, before pv(·, aV).
+    // finite (rare), every row that sees one of its keys is flagged (its output becomes NaN in
+    // the epilogue: what the product would have made it) and the values are zeroed, so P·V adds
+    // 0 for the rows that do not see them. The flags live in the Q tile's row padding, and the
+    // rare path walks the block's rows one per thread rather than this thread's fragment rows:
+    // no register stays live across the key loop for it (writing NaN into acc_o here spilled
+    // d64/d128 _mods). Call with V_j visible to every thread, before pv(·, aV).
     auto guard_v = [&](unsigned aV, int n0) {
         constexpr unsigned EXP = BF16 ? 0x7f80u : 0x7c00u;  // exponent bits all set: NaN or ±∞
         constexpr int WPR = DP / 2;                           // 32-bit words (two values) per row
@@ -499,25 +505,16 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             any |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
         }
         if (!__syncthreads_or(any)) return;
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int pos = pack > 1 ? 0 : row_base + mt * 16 + 8 * rr;
-                const int lo = max(n0, band_lo(pos, off, p.win_left));
-                const int hi = min(n0 + BC, band_hi(pos, off, p.win_right, nk));
-                bool sees = false;
-                for (int e = (lo - n0) * WPR; e < (hi - n0) * WPR; ++e) {
-                    const unsigned w = v32[(e / WPR) * (STR / 2) + e % WPR];
-                    sees |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
-                }
-                if (sees) {
-#pragma unroll
-                    for (int nt = 0; nt < NTO; ++nt) {
-                        acc_o[mt][nt][2 * rr] = acc_o[mt][nt][2 * rr + 1] = __int_as_float(0x7fc00000);
-                    }
-                }
+        for (int r = tid; r < BR; r += FLASH_THREADS) {
+            const int pos = pack > 1 ? 0 : q0 + r;
+            const int lo = max(n0, band_lo(pos, off, p.win_left));
+            const int hi = min(n0 + BC, band_hi(pos, off, p.win_right, nk));
+            bool sees = false;
+            for (int e = (lo - n0) * WPR; e < (hi - n0) * WPR; ++e) {
+                const unsigned w = v32[(e / WPR) * (STR / 2) + e % WPR];
+                sees |= (w & EXP) == EXP || ((w >> 16) & EXP) == EXP;
             }
+            if (sees) *nan_flag(r) = 1u;
         }
         __syncthreads();  // every row has looked before the values are zeroed
         for (int e = tid; e < BC * WPR; e += FLASH_THREADS) {
@@ -608,10 +605,11 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             const unsigned aCur = aKV + ((j - j_begin) & 1) * STAGE * 2, aNext = aKV + ((j + 1 - j_begin) & 1) * STAGE * 2;
             cp_async_wait<0>();  // K_{j+1} and V_j landed
             __syncthreads();     // visible; every warp is done with K_j and V_{j−1}
+            // Here, not just before P·V: S_{j+1} and P_j are not live yet (fewer registers).
+            if (boundary(n0)) guard_v(aCur + BC * STR * 2, n0);
             unsigned pa[MT][KSP][4];
             if (j + 1 == j_end) {
                 softmax(s, pa);
-                if (boundary(n0)) guard_v(aCur + BC * STR * 2, n0);
                 pv(pa, aCur + BC * STR * 2);
                 break;
             }
@@ -623,7 +621,6 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             Overlap ov{&s, {}, {}, {}, false};
             qk(sn, aNext, &ov);
             finish(s, ov.alpha, ov.raised, ov.sum, pa);
-            if (boundary(n0)) guard_v(aCur + BC * STR * 2, n0);
             pv(pa, aCur + BC * STR * 2);
             scores(sn, n0 + BC);
 #pragma unroll
@@ -666,6 +663,9 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
                 lse_v = (mf + fast_log2(ls)) * 0.6931471805599453f;
             }
             const int row = row_base + mt * 16 + 8 * rr;
+            // Local row from threadIdx (as row_base is built), not row − q0: no q0 kept live.
+            const int lrow = (int)(opaque(threadIdx.x) >> 5) * 16 * MT + (int)((opaque(threadIdx.x) & 31) >> 2) + mt * 16 + 8 * rr;
+            if (*nan_flag(lrow) != 0u) inv = __int_as_float(0x7fc00000);  // saw a NaN/∞ in V
             if (row < er.rows) {
                 float* o_row = o_out + (row0 + row) * d;
 #pragma unroll
