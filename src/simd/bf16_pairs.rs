@@ -100,8 +100,8 @@ fn halves(x: u32) -> (f32, f32) {
     (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000))
 }
 
-/// For each of the `MR` rows at block row `r0` whose strip over `[a, b)` holds non-finite V rows
-/// it may not see: `(pair offset from a/2, bits kept)` per pair holding such a key, ascending
+/// The non-finite V rows among packed keys `[a, b)` that block row `r` may not see, as
+/// `(pair offset from a/2, bits kept)` per pair holding such a key, ascending
 /// ([`super::masked_pv`]: P = 0 there, and 0·NaN = NaN, so that key's half is cleared).
 pub fn cut_pairs<E>(job: &BlockJob<'_, E>, r: usize, a: usize, b: usize) -> Vec<(usize, u32)> {
     let mut cut: Vec<(usize, u32)> = Vec::new();

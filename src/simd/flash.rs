@@ -4,9 +4,12 @@
 //! Everything here is `#[inline(always)]` and generic over [`Simd`]; the per-ISA modules
 //! instantiate [`process_block`] inside a `#[target_feature]` wrapper with their register
 //! blocking (`MR` rows per strip, `KPV` vectors of keys per K panel, `NV` vectors of output
-//! columns per P·V chunk).
+//! columns per P·V chunk). The loop itself, [`block_loop`], is generic over the operand format
+//! ([`Operands`]): f32 panels ([`F32Panels`], below) or bf16 pairs on `vdpbf16ps`
+//! (`super::bf16_block`), so score modifiers, masks and the NaN-in-V policy are one code path
+//! for both.
 //!
-//! # Data layout (built by the `pack_*` functions, f16/bf16 widened while packing)
+//! # Data layout of f32 operands (built by the `pack_*` functions, f16/bf16 widened while packing)
 //! - Q block: `rows × D` row-major, unscaled (softmax applies `scale·log2(e)` with one FMA).
 //! - K: panels of `KP = KPV·W` keys, each panel `D × KP` (Kᵀ): the QKᵀ microkernel broadcasts
 //!   one q element and loads `KPV` vectors of consecutive keys.
