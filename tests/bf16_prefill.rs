@@ -8,11 +8,26 @@
 mod common;
 
 use attnkit::backends::flash_cpu::FlashCpu;
-use attnkit::simd::Isa;
 use attnkit::seeded::normal_values;
+use attnkit::simd::Isa;
 use attnkit::validate::{compare, exact_tolerance, oracle};
 use attnkit::{Attention, AttnArgs, DType, PairData, Problem, Tensor, alibi_slopes};
 use common::{qkv, randn, shape_table};
+
+/// Runs the bf16 kernel (`on`) and the f32 path (`off`), checks both against the oracle under
+/// the bf16 tolerance rule; returns both outputs and the bf16 kernel's error / bound.
+fn on_and_off((on, off): (&FlashCpu, &FlashCpu), args: &AttnArgs<'_>, name: &str) -> (Vec<f32>, Vec<f32>, f64) {
+    let want = oracle(args);
+    let tol = exact_tolerance(args, &want, DType::BF16);
+    let a = on.forward(args, false).unwrap().out;
+    let b = off.forward(args, false).unwrap().out;
+    for (what, got) in [("bf16 kernel", &a), ("f32 path", &b)] {
+        let e = compare(got, &want);
+        assert!(e.within(tol.bound), "{name} {what}: {e:?} over {:.3e}", tol.bound);
+    }
+    let ratio = compare(&a, &want).max_abs / tol.bound;
+    (a, b, ratio)
+}
 
 #[test]
 fn bf16_prefill_kernel_forced_on_and_off() {
@@ -30,15 +45,8 @@ fn bf16_prefill_kernel_forced_on_and_off() {
         }
         let (q, k, v) = qkv(&p, 31);
         let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
-        let want = oracle(&args);
-        let tol = exact_tolerance(&args, &want, DType::BF16);
-        let a = on.forward(&args, false).unwrap().out;
-        let b = off.forward(&args, false).unwrap().out;
-        for (what, got) in [("bf16 kernel", &a), ("f32 path", &b)] {
-            let e = compare(got, &want);
-            assert!(e.within(tol.bound), "{} {what}: {e:?} over {:.3e}", case.name, tol.bound);
-        }
-        worst = worst.max(compare(&a, &want).max_abs / tol.bound);
+        let (a, b, ratio) = on_and_off((&on, &off), &args, case.name);
+        worst = worst.max(ratio);
         checked += 1;
         differed += usize::from(a != b);
     }
@@ -60,7 +68,12 @@ fn modified(p: &Problem) -> Vec<(&'static str, Problem, Option<Tensor>, Option<V
         ("mask", p.clone().with_mask(b, h), None, Some(mask(b * h * nq * nk, 3))),
         (
             "all",
-            p.clone().with_alibi(alibi_slopes(h)).with_softcap(3.0).with_sinks(vec![0.5; h]).with_bias(b, 1).with_mask(1, 1),
+            p.clone()
+                .with_alibi(alibi_slopes(h))
+                .with_softcap(3.0)
+                .with_sinks(vec![0.5; h])
+                .with_bias(b, 1)
+                .with_mask(1, 1),
             Some(randn(b * nq * nk, 4, DType::BF16)),
             Some(mask(nq * nk, 5)),
         ),
@@ -83,15 +96,8 @@ fn bf16_prefill_kernel_with_modifiers_forced_on_and_off() {
             let (q, k, v) = qkv(&p, 32);
             let pair = PairData { bias: bias.as_ref().map(|b| b.as_ref()), mask: mask.as_deref() };
             let args = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair).unwrap();
-            let want = oracle(&args);
-            let tol = exact_tolerance(&args, &want, DType::BF16);
-            let a = on.forward(&args, false).unwrap().out;
-            let b = off.forward(&args, false).unwrap().out;
-            for (what, got) in [("bf16 kernel", &a), ("f32 path", &b)] {
-                let e = compare(got, &want);
-                assert!(e.within(tol.bound), "{} {label} {what}: {e:?} over {:.3e}", case.name, tol.bound);
-            }
-            worst = worst.max(compare(&a, &want).max_abs / tol.bound);
+            let (a, b, ratio) = on_and_off((&on, &off), &args, &format!("{} {label}", case.name));
+            worst = worst.max(ratio);
             checked += 1;
             // With one key per row, P = 1 is exact in bf16 and both paths give V's row.
             if !["n1", "n1_causal", "window_0_0_diag"].contains(&case.name) {
