@@ -55,8 +55,11 @@ fn bf16_prefill_kernel_forced_on_and_off() {
     assert!(differed + 2 >= checked, "the bf16 kernel matched the f32 path on {} shapes", checked - differed);
 }
 
-/// The modifier variants of one bf16 problem: (label, problem, bias, mask).
-fn modified(p: &Problem) -> Vec<(&'static str, Problem, Option<Tensor>, Option<Vec<bool>>)> {
+/// One modifier variant: label, problem, bias, mask.
+type Modified = (&'static str, Problem, Option<Tensor>, Option<Vec<bool>>);
+
+/// The modifier variants of one bf16 problem.
+fn modified(p: &Problem) -> Vec<Modified> {
     let (b, h, nq, nk) = (p.batch, p.heads, p.seq_q, p.seq_k);
     let mask = |n: usize, seed: u64| normal_values(n, seed).iter().map(|&x| x > -0.5).collect::<Vec<bool>>();
     let used = (0..b).map(|i| (nk * (i + 2) / (b + 2)).max(1)).collect();
