@@ -5,9 +5,11 @@
 
 mod common;
 
+use attnkit::backends::flash_cpu::FlashCpu;
 use attnkit::backends::reference::attention_f64;
+use attnkit::simd::Isa;
 use attnkit::validate::{compare, exact_tolerance};
-use attnkit::{AttnArgs, AttnError, DType, PairData, Problem, Tensor, Window, alibi_slopes, backend};
+use attnkit::{Attention, AttnArgs, AttnError, DType, PairData, Problem, Tensor, Window, alibi_slopes, backend};
 use common::{qkv, randn, shape_table};
 
 /// One modifier setup: the problem plus its bias/mask data.
@@ -170,6 +172,31 @@ fn half_precision_inputs_with_modifiers_match_the_oracle() {
         }
     }
     assert!(checked >= 4 * 2 * 2 * 2, "only {checked} runs checked");
+}
+
+/// bf16 inputs with every modifier variant, packed varlen included, on every SIMD path this CPU has (the paths
+/// `ATTNKIT_SIMD` selects, forced one by one): the AVX512_BF16 pair kernel where present, the
+/// f32 kernels (bf16 widened while packing) on AVX-512F, AVX2 and the portable path.
+#[test]
+fn bf16_modifiers_on_every_simd_path_match_the_oracle() {
+    let (mut checked, isas) = (0, Isa::available());
+    let table = shape_table();
+    let cases = table.iter().filter(|c| ["ragged17", "gqa_4_to_2", "causal_q_lt_k", "d7_odd"].contains(&c.name));
+    let setups = cases.flat_map(|c| variants(&c.problem, 13).into_iter().map(move |s| (c.name, s)));
+    for (name, s) in setups.chain(varlen_setups().into_iter().map(|s| ("packed", s))) {
+        let p = s.p.clone().with_dtype(DType::BF16);
+        let (q, k, v) = qkv(&p, 5);
+        let args = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), s.pair()).unwrap();
+        let (o64, _) = attention_f64(&args);
+        let tol = exact_tolerance(&args, &o64, DType::BF16).bound;
+        for &isa in &isas {
+            let got = FlashCpu::with_isa(isa).unwrap().forward(&args, false).unwrap().out;
+            let e = compare(&got, &o64);
+            assert!(e.within(tol), "flash-cpu {isa} {name} {}: {e:?} not within {tol:e}", s.label);
+            checked += 1;
+        }
+    }
+    assert!(checked >= (4 * 9 + 6) * isas.len(), "only {checked} runs checked");
 }
 
 #[test]

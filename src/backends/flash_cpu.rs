@@ -17,7 +17,9 @@
 //! bf16 inputs on AVX512_BF16 CPUs ([`crate::simd::Isa::Avx512Bf16`], the default there) are
 //! computed in bf16 with f32 accumulation (`vdpbf16ps` for Q·Kᵀ and P·V, P rounded to bf16 after
 //! the f32 row sum, as FlashAttention on GPUs; [`crate::simd::bf16_block`],
-//! [`crate::simd::bf16`]); `ATTNKIT_SIMD=avx512` keeps them on the f32 path. f16 inputs always
+//! [`crate::simd::bf16`]), score modifiers, masks, sinks and varlen included (one block loop
+//! over both operand formats, [`crate::simd::operands`]); `ATTNKIT_SIMD=avx512` keeps them on
+//! the f32 path. f16 inputs always
 //! take the f32 path (widened exactly).
 //!
 //! Complexity: O(B·H·(allowed pairs)·D) time — about half of full for causal, O(N·w·D) for a

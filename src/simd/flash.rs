@@ -4,9 +4,12 @@
 //! Everything here is `#[inline(always)]` and generic over [`Simd`]; the per-ISA modules
 //! instantiate [`process_block`] inside a `#[target_feature]` wrapper with their register
 //! blocking (`MR` rows per strip, `KPV` vectors of keys per K panel, `NV` vectors of output
-//! columns per P·V chunk).
+//! columns per P·V chunk). The loop itself, [`block_loop`], is generic over the operand format
+//! ([`Operands`]): f32 panels ([`F32Panels`], below) or bf16 pairs on `vdpbf16ps`
+//! (`super::bf16_block`), so score modifiers, masks and the NaN-in-V policy are one code path
+//! for both.
 //!
-//! # Data layout (built by the `pack_*` functions, f16/bf16 widened while packing)
+//! # Data layout of f32 operands (built by the `pack_*` functions, f16/bf16 widened while packing)
 //! - Q block: `rows × D` row-major, unscaled (softmax applies `scale·log2(e)` with one FMA).
 //! - K: panels of `KP = KPV·W` keys, each panel `D × KP` (Kᵀ): the QKᵀ microkernel broadcasts
 //!   one q element and loads `KPV` vectors of consecutive keys.
@@ -38,6 +41,7 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
+pub use super::operands::{F32Panels, Operands};
 pub use super::padded_dim;
 pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
 use super::score_mod::{RowMod, modify};
@@ -142,19 +146,19 @@ pub fn online_softmax_step<S: Simd>(s: S, row: &mut [f32], c: f32, m: &mut f32, 
 
 /// One query block's work: inputs packed as in the module docs, scratch, and accumulators.
 /// Built by the backends; [`process_block`] checks every length before touching memory.
-pub struct BlockJob<'a> {
+pub struct BlockJob<'a, E = f32> {
     /// Head dimension D.
     pub d: usize,
-    /// `rows × D` Q; `rows` a multiple of the ISA's `mr`.
-    pub q: &'a [f32],
+    /// `rows × D` Q (`rows × ⌈D/2⌉` for bf16 pairs); `rows` a multiple of the ISA's `mr`.
+    pub q: &'a [E],
     /// `scale·log2(e)`, applied to scores inside the online-softmax step.
     pub scale_log2: f32,
     /// Per row, its allowed keys `[lo, hi)` in packed coordinates (`lo == hi`: none).
     pub ranges: &'a [(usize, usize)],
-    /// `nkeys / kp` panels of `D × kp`.
-    pub kpack: &'a [f32],
-    /// `nkeys × DP`.
-    pub vpack: &'a [f32],
+    /// `nkeys / kp` panels of `D × kp` (`⌈D/2⌉ × kp` pairs).
+    pub kpack: &'a [E],
+    /// `nkeys × DP` (`nkeys/2 × DP` pairs).
+    pub vpack: &'a [E],
     /// Packed keys whose V row holds a NaN or ±∞ (ascending; see [`super::masked_pv`]).
     pub vbad: &'a [usize],
     /// Packed keys (a multiple of `kp`; pad keys are zero and never inside a range).
@@ -165,6 +169,8 @@ pub struct BlockJob<'a> {
     pub acc: &'a mut [f32],
     /// `mr × tile` score scratch.
     pub s: &'a mut [f32],
+    /// `mr × tile/2` P pairs (bf16 operands only; empty for f32).
+    pub p: &'a mut [u32],
     /// Running max (base 2) per row.
     pub m: &'a mut [f32],
     /// Running sum per row.
@@ -178,7 +184,7 @@ pub struct BlockJob<'a> {
 /// # Safety
 /// `q` readable for `MR·d`, `k` for `d·KPV·W`, `out` writable for rows `r·ld + [0, KPV·W)`.
 #[inline(always)]
-unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize, const SPLIT: bool>(
+pub(super) unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize, const SPLIT: bool>(
     s: S,
     q: *const f32,
     d: usize,
@@ -291,24 +297,33 @@ pub(super) unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Runs one query block (see the module docs). Panics only on an internal layout bug (a
-/// `BlockJob` whose buffers disagree with its sizes), never on user input.
+/// Runs one query block on f32 operands (see the module docs): [`block_loop`] with
+/// [`F32Panels`]. Panics only on an internal layout bug, never on user input.
 #[inline(always)]
 pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const SPLIT: bool>(
     s: S,
     job: &mut BlockJob<'_>,
 ) {
-    let w = S::W;
-    let kp = KPV * w;
-    let d = job.d;
+    assert!(NV <= 4 && padded_dim(job.d).is_multiple_of(S::W));
+    block_loop::<F32Panels<S, KPV, NV, SPLIT>, MR>(F32Panels(s), job)
+}
+
+/// The block loop of every operand format (see the module docs and [`Operands`]). Panics only
+/// on an internal layout bug (a `BlockJob` whose buffers disagree with its sizes), never on
+/// user input.
+#[inline(always)]
+pub fn block_loop<O: Operands<MR>, const MR: usize>(o: O, job: &mut BlockJob<'_, O::E>) {
+    let kp = O::KP;
+    let (d, rl) = (job.d, O::row_len(job.d));
     let dp = padded_dim(d);
     let rows = job.ranges.len();
     let tile = job.tile;
     // Every raw-pointer access below is justified by these checks.
-    assert!(NV <= 4 && dp.is_multiple_of(w) && rows.is_multiple_of(MR) && job.nkeys.is_multiple_of(kp));
-    assert!(tile > 0 && tile.is_multiple_of(kp) && job.s.len() >= MR * tile);
-    assert!(job.q.len() >= rows * d && job.acc.len() >= rows * dp && job.m.len() >= rows && job.l.len() >= rows);
-    assert!(job.kpack.len() >= job.nkeys * d && job.vpack.len() >= job.nkeys * dp);
+    assert!(dp.is_multiple_of(O::S::W) && kp.is_multiple_of(O::S::W) && rows.is_multiple_of(MR));
+    assert!(job.nkeys.is_multiple_of(kp) && kp.is_multiple_of(2));
+    assert!(tile > 0 && tile.is_multiple_of(kp) && job.s.len() >= MR * tile && job.p.len() >= O::p_len(tile));
+    assert!(job.q.len() >= rows * rl && job.acc.len() >= rows * dp && job.m.len() >= rows && job.l.len() >= rows);
+    assert!(job.kpack.len() >= job.nkeys * rl && job.vpack.len() >= O::v_len(job.nkeys, dp));
     assert!(job.ranges.iter().all(|&(lo, hi)| lo <= hi && hi <= job.nkeys));
 
     job.acc[..rows * dp].fill(0.0);
@@ -336,7 +351,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
                 continue;
             }
             match job.mods.and_then(|m| m.panels) {
-                None => strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, a, b, true),
+                None => strip_keys::<O, MR>(o, job, r0, a, b, true),
                 // Runs of panels the boolean mask leaves non-empty; empty panels are skipped, and
                 // a run of panels the mask allows wholly skips the per-pair mask.
                 Some(cover) => {
@@ -344,7 +359,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
                     match cover(r0, a, b) {
                         Cover::Empty => continue,
                         Cover::Full => {
-                            strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, a, b, false);
+                            strip_keys::<O, MR>(o, job, r0, a, b, false);
                             continue;
                         }
                         Cover::Partial => {}
@@ -364,7 +379,7 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
                             }
                             pnl += 1;
                         }
-                        strip_keys::<S, MR, KPV, NV, SPLIT>(s, job, r0, start * kp, pnl * kp, partial);
+                        strip_keys::<O, MR>(o, job, r0, start * kp, pnl * kp, partial);
                     }
                 }
             }
@@ -376,31 +391,28 @@ pub fn process_block<S: Simd, const MR: usize, const KPV: usize, const NV: usize
 /// One strip of `MR` rows over packed keys `[a, b)` (whole panels inside one tile): S = Q·Kᵀ,
 /// score modifiers, band mask, online softmax, O += P·V. `pair_mask`: apply the boolean mask.
 #[inline(always)]
-fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const SPLIT: bool>(
-    s: S,
-    job: &mut BlockJob<'_>,
+fn strip_keys<O: Operands<MR>, const MR: usize>(
+    o: O,
+    job: &mut BlockJob<'_, O::E>,
     r0: usize,
     a: usize,
     b: usize,
     pair_mask: bool,
 ) {
-    let w = S::W;
-    let kp = KPV * w;
-    let (d, tile) = (job.d, job.tile);
-    let dp = padded_dim(d);
-    let nvec = dp / w;
+    let (s, kp) = (o.simd(), O::KP);
+    let (rl, tile) = (O::row_len(job.d), job.tile);
     let strip = &job.ranges[r0..r0 + MR];
     let n = b - a;
     let sbuf = &mut *job.s;
     for pnl in a / kp..b / kp {
-        // SAFETY: rows r0..r0+MR < rows so q spans MR·d; panel pnl < nkeys/kp so kpack
-        // spans d·kp from pnl·d·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp.
+        // SAFETY: rows r0..r0+MR < rows so q spans MR·rl; panel pnl < nkeys/kp so kpack
+        // spans rl·kp from pnl·rl·kp; the S window is MR rows of ld = tile ≥ n ≥ pnl·kp−a+kp
+        // (extents checked in `block_loop`).
         unsafe {
-            qk_panel::<S, MR, KPV, SPLIT>(
-                s,
-                job.q.as_ptr().add(r0 * d),
-                d,
-                job.kpack.as_ptr().add(pnl * d * kp),
+            o.qk_panel(
+                job.q.as_ptr().add(r0 * rl),
+                rl,
+                job.kpack.as_ptr().add(pnl * rl * kp),
                 sbuf.as_mut_ptr().add(pnl * kp - a),
                 tile,
             );
@@ -435,37 +447,7 @@ fn strip_keys<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const
         let row = &mut sbuf[i * tile..i * tile + n];
         alpha[i] = online_softmax_step(s, row, job.scale_log2, &mut job.m[r0 + i], &mut job.l[r0 + i]);
     }
-    if !super::masked_pv::within(job.vbad, a, b).is_empty() {
-        // A non-finite V row among these keys: P = 0 must not multiply it for rows that may
-        // not see it (0·NaN = NaN), so this strip adds P·V row by row without those pairs.
-        super::masked_pv::pv_rows::<S, MR>(s, job, r0, a, b, &alpha);
-        return;
-    }
-    let mut c = 0;
-    while c < nvec {
-        let left = nvec - c;
-        // SAFETY: P is MR rows of ld = tile holding n keys; V rows a..b < nkeys of DP
-        // floats, columns c·W.. + chunk·W ≤ DP; O rows r0.. of DP floats, same columns.
-        unsafe {
-            let p = sbuf.as_ptr();
-            let v = job.vpack.as_ptr().add(a * dp + c * w);
-            let o = job.acc.as_mut_ptr().add(r0 * dp + c * w);
-            let step = if left >= NV {
-                pv_chunk::<S, MR, NV>(s, p, tile, n, v, dp, o, dp, &alpha);
-                NV
-            } else if left >= 3 {
-                pv_chunk::<S, MR, 3>(s, p, tile, n, v, dp, o, dp, &alpha);
-                3
-            } else if left >= 2 {
-                pv_chunk::<S, MR, 2>(s, p, tile, n, v, dp, o, dp, &alpha);
-                2
-            } else {
-                pv_chunk::<S, MR, 1>(s, p, tile, n, v, dp, o, dp, &alpha);
-                1
-            };
-            c += step;
-        }
-    }
+    o.pv(job, r0, a, b, &alpha);
 }
 
 /// Normalizes `rows` accumulator rows into `out` (`rows × D`) and writes the natural-log LSE.

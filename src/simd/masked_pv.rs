@@ -39,7 +39,7 @@ pub fn within(bad: &[usize], a: usize, b: usize) -> &[usize] {
 
 /// The keys of `bad` (sorted, inside the strip's `[a, b)`) that block row `r` may not see:
 /// outside its range or dropped by the boolean mask. Offsets from `a`, ascending.
-pub fn dropped(job: &BlockJob<'_>, r: usize, a: usize, bad: &[usize]) -> Vec<usize> {
+pub fn dropped<E>(job: &BlockJob<'_, E>, r: usize, a: usize, bad: &[usize]) -> Vec<usize> {
     let (lo, hi) = job.ranges[r];
     let mask = job.mods.and_then(|m| m.pair).and_then(|pair| pair(r, a, true)).and_then(|(t, _)| t.mask);
     bad.iter()

@@ -22,9 +22,11 @@ pub fn padded_dim(d: usize) -> usize {
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_block;
+pub mod bf16_pairs;
 pub mod decode;
 pub mod flash;
 pub mod masked_pv;
+pub mod operands;
 pub mod scalar;
 pub mod score_mod;
 

@@ -1,29 +1,55 @@
 //! bf16 prefill for whole-head packing: with bf16 inputs on [`Isa::Avx512Bf16`], each wave
 //! packs K and V as bf16 pairs (half the bytes of the f32 panels) and query blocks run the
-//! `vdpbf16ps` block kernel ([`crate::simd::bf16_block`]); everything else (waves, blocks,
-//! row ranges, normalization) is the f32 runner's. Bitwise deterministic like it.
+//! shared block loop on `vdpbf16ps` operands ([`crate::simd::bf16_block`]); everything else
+//! (waves, blocks, row ranges, score modifiers, masks, sinks, normalization) is the f32
+//! runner's, so problems with modifiers stay on the bf16 kernel. Bitwise deterministic like it.
 
-use super::block::BlockSpec;
+use super::block::{BlockSpec, Scratch, run_block_with};
+use super::modify::unused_spans;
 use crate::attention::AttnArgs;
 use crate::problem::{DType, Problem};
 use crate::simd::Isa;
 use crate::simd::bf16::Avx512Bf16;
-use crate::simd::bf16_block::{Bf16BlockJob, KP, MR, pack_k_pairs, pack_q_pairs, pack_v_pairs, process};
-use crate::simd::flash::{finish_rows, padded_dim};
+use crate::simd::bf16_block::{KP, MR, process};
+use crate::simd::bf16_pairs::{pack_k_pairs, pack_q_pairs, pack_v_pairs, zero_value_pair_half};
+use crate::simd::flash::padded_dim;
 use crate::tensor::TensorRef;
 
-/// The bf16 kernel's token when `isa` and the inputs call for it.
-/// The bf16 block kernel has no score-modifier step: problems with modifiers take the f32 path.
-pub(super) fn applies(isa: Isa, p: &Problem) -> Option<Avx512Bf16> {
-    let plain = p.mods.active().is_empty();
-    (plain && isa == Isa::Avx512Bf16 && p.dtype == DType::BF16 && isa.shape().mr == MR && isa.shape().kp == KP)
-        .then(Avx512Bf16::new)
-        .flatten()
+/// Which pair kernel runs.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Kernel {
+    /// `vdpbf16ps` (AVX512_BF16).
+    Vdp(Avx512Bf16),
+    /// The portable reference of the pair format (tests only: it checks the pair format's block
+    /// loop on CPUs without AVX512_BF16).
+    #[cfg(test)]
+    Emulated,
 }
 
-/// Bytes of one packed KV head (K pairs plus V pairs).
-pub(super) fn head_bytes(p: &Problem) -> u64 {
-    let nkeys = p.seq_k.div_ceil(KP) * KP;
+#[cfg(test)]
+thread_local! {
+    /// Set by tests: bf16 problems take the emulated pair kernel on whatever ISA runs.
+    pub(super) static EMULATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The pair kernel when `isa` and the inputs call for it (bf16 inputs, any modifiers).
+pub(super) fn applies(isa: Isa, p: &Problem) -> Option<Kernel> {
+    if p.dtype != DType::BF16 {
+        return None;
+    }
+    #[cfg(test)]
+    if EMULATE.with(|e| e.get()) {
+        return Some(Kernel::Emulated);
+    }
+    (isa == Isa::Avx512Bf16 && isa.shape().mr == MR && isa.shape().kp == KP)
+        .then(Avx512Bf16::new)
+        .flatten()
+        .map(Kernel::Vdp)
+}
+
+/// Bytes of one packed KV head (K pairs plus V pairs) with `kp` keys per panel.
+pub(super) fn head_bytes(p: &Problem, kp: usize) -> u64 {
+    let nkeys = p.seq_k.div_ceil(kp) * kp;
     (nkeys as u64).saturating_mul(((p.head_dim.div_ceil(2) + padded_dim(p.head_dim) / 2) * 4) as u64)
 }
 
@@ -31,76 +57,64 @@ pub(super) fn head_bytes(p: &Problem) -> u64 {
 pub(super) struct Packed {
     k: Vec<u32>,
     v: Vec<u32>,
+    /// Packed keys (short of N_k when seqused_k cuts it).
+    pub nkeys: usize,
     /// Keys whose V row is not finite.
-    vbad: Vec<usize>,
+    pub vbad: Vec<usize>,
 }
 
-/// Packs all keys of the KV head whose key 0 is element `base`.
-pub(super) fn pack_head(args: &AttnArgs<'_>, base: usize) -> Packed {
-    let (p, mut k, mut v, mut vbad) = (args.problem(), Vec::new(), Vec::new(), Vec::new());
+/// Packs the keys of the KV head whose key 0 is element `base` (batch entry `b`), panels of
+/// `kp` keys; as the f32 packing, keys past a batch entry's used length are not read, and
+/// unused keys inside packed varlen sequences get zero values.
+pub(super) fn pack_head(args: &AttnArgs<'_>, base: usize, b: usize, kp: usize) -> Packed {
+    let (p, mut k, mut v, mut vbad, mut nkeys) = (args.problem(), Vec::new(), Vec::new(), Vec::new(), 0);
+    let used = match (&p.mods.seqused_k, &p.mods.varlen) {
+        (Some(u), None) => u[b],
+        _ => p.seq_k,
+    };
     if let (TensorRef::BF16(ks), TensorRef::BF16(vs)) = (args.k(), args.v()) {
-        pack_k_pairs(ks, base, 0, p.seq_k, p.head_dim, &mut k);
-        vbad = pack_v_pairs(vs, base, 0, p.seq_k, p.head_dim, &mut v);
+        nkeys = pack_k_pairs(ks, base, 0, used, p.head_dim, kp, &mut k);
+        vbad = pack_v_pairs(vs, base, 0, used, p.head_dim, kp, &mut v);
+        let dp = padded_dim(p.head_dim);
+        for (lo, hi) in unused_spans(p, b, 0, used) {
+            (lo..hi).for_each(|j| zero_value_pair_half(&mut v, j, dp));
+        }
     }
-    Packed { k, v, vbad }
+    Packed { k, v, nkeys, vbad }
 }
 
-/// Per-thread scratch of the bf16 block kernel.
-#[derive(Default)]
-pub(super) struct Scratch {
-    q: Vec<u32>,
-    ranges: Vec<(usize, usize)>,
-    acc: Vec<f32>,
-    s: Vec<f32>,
-    p: Vec<u32>,
-    m: Vec<f32>,
-    l: Vec<f32>,
-}
-
-/// The bf16 twin of `block::run_query_block` (same row ranges, same normalization).
+/// The bf16 twin of `block::run_query_block` (same row ranges, modifiers and normalization).
 pub(super) fn run_query_block(
-    t: Avx512Bf16,
+    kernel: Kernel,
     spec: &BlockSpec<'_>,
     packed: &Packed,
-    scr: &mut Scratch,
+    scr: &mut Scratch<u32>,
     out: &mut [f32],
     lse: Option<&mut [f32]>,
 ) {
     let TensorRef::BF16(q) = spec.q else { unreachable!("chosen for bf16 inputs only") };
-    let (p, d) = (spec.problem, spec.problem.head_dim);
-    let rows = out.len() / d;
-    let rows_pad = rows.div_ceil(MR) * MR;
-    pack_q_pairs(q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, &mut scr.q);
-    scr.ranges.clear();
-    let b = spec.bh / p.heads;
-    scr.ranges.extend((spec.i0..spec.i0 + rows).map(|i| {
-        let (lo, hi) = (spec.range)(b, i);
-        if lo < hi { (lo, hi) } else { (0, 0) }
-    }));
-    // Pad rows copy the last real row's band so they never force masking; their output is dropped.
-    let last = scr.ranges[rows - 1];
-    scr.ranges.resize(rows_pad, last);
-    scr.acc.resize(rows_pad * padded_dim(d), 0.0);
-    scr.s.resize(MR * spec.tile, 0.0);
-    scr.p.resize(MR * spec.tile / 2, 0);
-    scr.m.resize(rows_pad, 0.0);
-    scr.l.resize(rows_pad, 0.0);
-    let mut job = Bf16BlockJob {
-        d,
-        q: &scr.q,
-        scale_log2: p.scale * std::f32::consts::LOG2_E,
-        ranges: &scr.ranges,
-        kpack: &packed.k,
-        vpack: &packed.v,
-        vbad: &packed.vbad,
-        nkeys: spec.nkeys,
-        tile: spec.tile,
-        acc: &mut scr.acc,
-        s: &mut scr.s,
-        p: &mut scr.p,
-        m: &mut scr.m,
-        l: &mut scr.l,
-    };
-    process(t, &mut job);
-    finish_rows(&scr.acc, &scr.m, &scr.l, d, out, lse);
+    let d = spec.problem.head_dim;
+    let load_q =
+        |base: usize, rows: usize, rows_pad: usize, dst: &mut Vec<u32>| pack_q_pairs(q, base, rows, rows_pad, d, dst);
+    let p_len = spec.shape.mr * spec.tile / 2;
+    run_block_with(spec, (&packed.k, &packed.v, p_len), scr, (out, lse), load_q, |job| match kernel {
+        Kernel::Vdp(t) => process(t, job),
+        #[cfg(test)]
+        Kernel::Emulated => emulated(spec.shape, job),
+    });
+}
+
+/// The portable pair kernel at the ISA's strip and panel sizes.
+#[cfg(test)]
+fn emulated(shape: crate::simd::flash::KernelShape, job: &mut crate::simd::flash::BlockJob<'_, u32>) {
+    use crate::simd::bf16_pairs::PairEmu;
+    use crate::simd::flash::block_loop;
+    use crate::simd::scalar::Portable;
+    match (shape.mr, shape.kp) {
+        (6, 32) => block_loop::<PairEmu<Portable, 32>, 6>(PairEmu(Portable), job),
+        (6, 16) => block_loop::<PairEmu<Portable, 16>, 6>(PairEmu(Portable), job),
+        (6, 8) => block_loop::<PairEmu<Portable, 8>, 6>(PairEmu(Portable), job),
+        (4, 8) => block_loop::<PairEmu<Portable, 8>, 4>(PairEmu(Portable), job),
+        other => unreachable!("no kernel shape {other:?}"),
+    }
 }

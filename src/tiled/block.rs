@@ -18,18 +18,21 @@ pub(super) fn tile_keys(d: usize, kp: usize) -> usize {
     (keys / kp * kp).max(kp)
 }
 
-/// Per-thread scratch reused across query blocks.
+/// Per-thread scratch reused across query blocks, for operands of element type `E` (f32, or
+/// bf16 pairs as `u32`).
 #[derive(Default)]
-pub(super) struct Scratch {
-    q: Vec<f32>,
+pub(super) struct Scratch<E = f32> {
+    q: Vec<E>,
     ranges: Vec<(usize, usize)>,
     acc: Vec<f32>,
     s: Vec<f32>,
+    /// P as bf16 pairs (pair operands only).
+    p: Vec<u32>,
     m: Vec<f32>,
     l: Vec<f32>,
     rowmods: Vec<RowMod>,
-    pub(super) kpack: Vec<f32>,
-    pub(super) vpack: Vec<f32>,
+    pub(super) kpack: Vec<E>,
+    pub(super) vpack: Vec<E>,
 }
 
 /// Scratch bytes one thread holds for a block of `bq` rows and `tile` keys (packed K/V excluded).
@@ -69,12 +72,28 @@ pub(super) fn run_query_block(
     out: &mut [f32],
     lse: Option<&mut [f32]>,
 ) {
+    let load_q = |base: usize, rows: usize, rows_pad: usize, q: &mut Vec<f32>| {
+        pack_q(spec.q, base, rows, rows_pad, spec.problem.head_dim, q)
+    };
+    run_block_with(spec, (kpack, vpack, 0), scr, (out, lse), load_q, |job| spec.isa.run_block(job));
+}
+
+/// [`run_query_block`] for any operand format: `packed` is (K, V, P scratch length),
+/// `load_q(first element, rows, padded rows, dst)` packs the block's queries and `kernel` runs the block loop on the job.
+pub(super) fn run_block_with<E: Copy>(
+    spec: &BlockSpec<'_>,
+    (kpack, vpack, p_len): (&[E], &[E], usize),
+    scr: &mut Scratch<E>,
+    (out, lse): (&mut [f32], Option<&mut [f32]>),
+    load_q: impl FnOnce(usize, usize, usize, &mut Vec<E>),
+    kernel: impl FnOnce(&mut BlockJob<'_, E>),
+) {
     let p = spec.problem;
     let d = p.head_dim;
     let rows = out.len() / d;
     let rows_pad = rows.div_ceil(spec.shape.mr) * spec.shape.mr;
     let (b, h) = (spec.bh / p.heads, spec.bh % p.heads);
-    pack_q(spec.q, (spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, d, &mut scr.q);
+    load_q((spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
         let (lo, hi) = (spec.range)(b, i);
@@ -87,6 +106,7 @@ pub(super) fn run_query_block(
     let dp = padded_dim(d);
     scr.acc.resize(rows_pad * dp, 0.0);
     scr.s.resize(spec.shape.mr * spec.tile, 0.0);
+    scr.p.resize(p_len, 0);
     scr.m.resize(rows_pad, 0.0);
     scr.l.resize(rows_pad, 0.0);
     let cm = spec.mods.filter(|c| c.p.mods.changes_scores());
@@ -137,11 +157,12 @@ pub(super) fn run_query_block(
         tile: spec.tile,
         acc: &mut scr.acc,
         s: &mut scr.s,
+        p: &mut scr.p,
         m: &mut scr.m,
         l: &mut scr.l,
         mods: bm.as_ref(),
     };
-    spec.isa.run_block(&mut job);
+    kernel(&mut job);
     finish_rows_with_sink(&scr.acc, &scr.m, &scr.l, d, out, lse, p.sink(h));
 }
 

@@ -23,6 +23,8 @@ mod bf16;
 #[cfg(not(target_arch = "x86_64"))]
 #[path = "bf16_none.rs"]
 mod bf16;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bf16_tests;
 mod block;
 pub mod decode;
 mod modify;

@@ -124,20 +124,29 @@ impl<'a> CallMods<'a> {
     }
 }
 
-/// Zeroes the packed V rows (`vpack`, `DP` floats per key, key 0 = absolute key `k0`) of keys
-/// past their sequence's used length, so such a key never reaches an output even as `0·NaN`.
-pub(super) fn zero_unused_values(p: &Problem, b: usize, k0: usize, k1: usize, dp: usize, vpack: &mut [f32]) {
+/// The keys in `[k0, k1)` past their sequence's used length (`seqused_k`), as spans relative
+/// to `k0`: their V must be zero once packed, so such a key never reaches an output even as
+/// `0·NaN`.
+pub(super) fn unused_spans(p: &Problem, b: usize, k0: usize, k1: usize) -> Vec<(usize, usize)> {
     let Some(used) = &p.mods.seqused_k else {
-        return;
+        return Vec::new();
     };
     let spans: Vec<(usize, usize)> = match &p.mods.varlen {
         Some(v) => (0..used.len()).map(|s| (v.cu_seqlens_k[s] + used[s], v.cu_seqlens_k[s + 1])).collect(),
         None => vec![(used[b], p.seq_k)],
     };
-    for (lo, hi) in spans {
-        let (lo, hi) = (lo.max(k0), hi.min(k1));
-        if lo < hi {
-            vpack[(lo - k0) * dp..(hi - k0) * dp].fill(0.0);
-        }
+    spans
+        .into_iter()
+        .map(|(lo, hi)| (lo.max(k0), hi.min(k1)))
+        .filter(|(lo, hi)| lo < hi)
+        .map(|(lo, hi)| (lo - k0, hi - k0))
+        .collect()
+}
+
+/// Zeroes the packed V rows (`vpack`, `DP` floats per key, key 0 = absolute key `k0`) of the
+/// [`unused_spans`].
+pub(super) fn zero_unused_values(p: &Problem, b: usize, k0: usize, k1: usize, dp: usize, vpack: &mut [f32]) {
+    for (lo, hi) in unused_spans(p, b, k0, k1) {
+        vpack[lo * dp..hi * dp].fill(0.0);
     }
 }

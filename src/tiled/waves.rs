@@ -35,7 +35,7 @@ fn wave_bytes(p: &Problem, isa: Isa) -> (u64, u64) {
     let (d, shape) = (p.head_dim, isa.shape());
     let packed_keys = p.seq_k.div_ceil(shape.kp) * shape.kp;
     let per_head = match bf16::applies(isa, p) {
-        Some(_) => bf16::head_bytes(p),
+        Some(_) => bf16::head_bytes(p, shape.kp),
         None => (packed_keys as u64).saturating_mul(((d + padded_dim(d)) * 4) as u64),
     };
     let threads = rayon::current_num_threads().max(1) as u64;
@@ -59,7 +59,6 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     let nkv = p.batch * p.kv_heads;
     let threads = rayon::current_num_threads().max(1);
     let tasks_per_kv = g * nq.div_ceil(bq);
-    let packed_keys = nk.div_ceil(shape.kp) * shape.kp;
     let (per_head, scratch) = wave_bytes(p, isa);
     let bf16_kernel = bf16::applies(isa, p);
     // KV heads packed per wave: enough to keep every thread busy, and up to 32 MiB of
@@ -78,11 +77,11 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
         let packed: Vec<Packed> = (w0..w1)
             .into_par_iter()
             .map(|kvh| {
+                let b = kvh / p.kv_heads;
                 if bf16_kernel.is_some() {
-                    return Packed::Bf16(bf16::pack_head(args, kvh * nk * d));
+                    return Packed::Bf16(bf16::pack_head(args, kvh * nk * d, b, shape.kp));
                 }
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                let b = kvh / p.kv_heads;
                 // Keys past a batch entry's used length are not even read.
                 let used = match (&p.mods.seqused_k, &p.mods.varlen) {
                     (Some(u), None) => u[b],
@@ -99,11 +98,10 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
         let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
         tasks.into_par_iter().for_each_init(
             Default::default,
-            |(scr, scr16): &mut (Scratch, bf16::Scratch), (hi, bi, o, l)| {
+            |(scr, scr16): &mut (Scratch, Scratch<u32>), (hi, bi, o, l)| {
                 let (nkeys, vbad) = match &packed[hi / g] {
                     Packed::F32(_, _, n, bad) => (*n, &bad[..]),
-                    // The bf16 panels carry their own list.
-                    Packed::Bf16(_) => (packed_keys, &[][..]),
+                    Packed::Bf16(pk) => (pk.nkeys, &pk.vbad[..]),
                 };
                 let spec = BlockSpec {
                     isa,
@@ -121,7 +119,6 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                 };
                 match (&packed[hi / g], bf16_kernel) {
                     (Packed::F32(kb, vb, ..), _) => run_query_block(&spec, kb, vb, scr, o, l),
-                    // bf16::applies admits only problems without modifiers (see there).
                     (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
                     (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
                 }
