@@ -302,3 +302,30 @@ fn every_refusal_is_typed_and_writes_nothing() {
     assert!(matches!(c.attend(&masked, &q, Some(&[0]), &mut out, None), Err(AttnError::Unsupported { .. })));
     assert_eq!((c.seqlens().to_vec(), c.to_dense(0).unwrap(), c.to_dense(1).unwrap()), snapshot);
 }
+
+/// The decode output error of the int8 cache against the f32 result, beside the bf16 cache's,
+/// on the `normal` and `structured` families (D = 128, 2048 keys, GQA 8/2). The issue asks for
+/// at most 3×; symmetric int8 with a scale per 32 cannot reach it on Gaussian rows (its step
+/// is max|x|/127 of the block, bf16's is |x|/128 of each element: for N(0,1) blocks of 32 the
+/// ratio of error standard deviations is about 4), so the bound held here is 5× (4.05×
+/// measured on `normal`), a guard against regressions, not the issue's target.
+#[test]
+fn int8_error_against_bf16_on_normal_and_structured_inputs() {
+    use attnkit::inputs::{InputFamily, generate};
+    let p = Problem::new(1, 8, 1, 128).with_kv_heads(2).with_seq_k(2048);
+    for family in [InputFamily::Normal, InputFamily::Structured { sharpness: attnkit::inputs::DEFAULT_SHARPNESS }] {
+        let (q, k, v) = generate(family, &p, 5);
+        let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
+        let want = oracle(&AttnArgs::new(&p, q.as_slice(), k.as_slice(), v.as_slice()).unwrap());
+        let err = |dtype| {
+            let mut c = KvCache::contiguous(1, 2, 128, 2048, dtype).unwrap();
+            c.append(&k, &v, 2048, &AppendOptions::default()).unwrap();
+            let e = compare(&run(&c, &Problem { seq_k: 1, ..p.clone() }, &q), &want);
+            assert_eq!(e.non_finite, 0);
+            e.max_abs
+        };
+        let (e16, e8) = (err(KvDType::BF16), err(KvDType::Int8));
+        println!("{family}: bf16 cache error {e16:.3e}, int8 {e8:.3e}, ratio {:.2}", e8 / e16);
+        assert!(e8 <= 5.0 * e16, "{family}: int8 {e8:.3e} > 5 × bf16 {e16:.3e}");
+    }
+}
