@@ -2,15 +2,19 @@
 //! (N_q new tokens, causal bottom-right aligned to each sequence's length), f32 / bf16 / int8,
 //! contiguous or paged, GQA/MQA, windows, ALiBi, softcap and sinks.
 //!
-//! Algorithm: split-KV decode ([`crate::tiled::decode`]'s). Per (query batch row, KV head, row
-//! tile, key chunk) one rayon task runs the online softmax of the tile's rows (all query heads
-//! of the group, i-major) over the chunk; partials fold with [`merge_partials`] in chunk order,
-//! then sinks join through [`crate::lse::add_sinks`]. Per block of [`KB`] keys the task stages
-//! the block's K and V rows of its KV head from their pages into per-thread f32 scratch
-//! (widening bf16, dequantizing int8; 2·32·D floats, L1-resident) and runs the f32 decode
-//! kernel ([`crate::simd::decode`]) on it; softcap and ALiBi enter through the kernel's score
-//! hook. Row `i` of sequence `b` (valid keys `[leftpad, seqlen)`, `len` of them) sees the
-//! logical keys of the problem's causal/window band with `N_k = len`.
+//! Algorithm: split-KV decode ([`crate::tiled::decode`]'s). Per (query batch row, row tile,
+//! key chunk) one rayon task runs the online softmax of the tile's rows (all query heads of
+//! each KV group, i-major) over the chunk, for every KV head; partials fold with
+//! [`merge_partials`] in chunk order, then sinks join through [`crate::lse::add_sinks`]. Per
+//! block of [`KB`] keys the task stages the block's K and V rows of all KV heads from their
+//! pages into per-thread f32 scratch (widening bf16, dequantizing int8; `2·H_kv·32·D` floats,
+//! 256 KiB at H_kv = 8, D = 128: L2-resident) and runs the f32 decode kernel
+//! ([`crate::simd::decode`]) on each head's block; softcap and ALiBi enter through the
+//! kernel's score hook. All heads in one task because NHD puts the heads of a token side by
+//! side: staging them together reads each page as one stream (one task per KV head read rows
+//! `H_kv·D` apart and ran at under half the speed). Row `i` of sequence `b` (valid keys
+//! `[leftpad, seqlen)`, `len` of them) sees the logical keys of the problem's causal/window
+//! band with `N_k = len`.
 //!
 //! The split (row tiles of [`ROW_TILE`] rows, chunks from the longest sequence) depends on the
 //! shapes and lengths only, so results are bitwise identical at any thread count.
@@ -26,7 +30,7 @@ use crate::error::{AttnError, Result};
 use crate::lse::{add_sinks, merge_partials};
 use crate::modifiers::Modifier;
 use crate::problem::Problem;
-use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, ScoreHook, Strip};
+use crate::simd::decode::{self as kernel, Ahead, PREFETCH_BYTES, DecodeState, KB, ScoreHook, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly, modify_slice};
 use crate::simd::{Isa, scalar::Portable};
@@ -112,20 +116,21 @@ impl KvCache {
         // Prefill tasks already multiply by the row tiles: longer chunks keep the partials small.
         let chunk = if tiles > 1 { chunk_keys(maxlen).max(8192) } else { chunk_keys(maxlen) };
         let sp = Split { rows, tile, tiles, chunk, chunks: maxlen.div_ceil(chunk) };
-        let units = p.batch * p.kv_heads * tiles * sp.chunks;
-        let part_bytes = (units as u64).checked_mul(tile as u64 * (d as u64 + 1) * 4);
+        let hkv = p.kv_heads;
+        let units = p.batch * tiles * sp.chunks;
+        let part_bytes = (units as u64).checked_mul(hkv as u64 * tile as u64 * (d as u64 + 1) * 4);
         check_budget("kvcache", "attention partials", part_bytes)?;
         let isa = Isa::best();
 
-        let mut part_o = vec![0.0f32; units * tile * d];
-        let mut part_l = vec![0.0f32; units * tile];
-        part_o.par_chunks_mut(tile * d).zip(part_l.par_chunks_mut(tile)).enumerate().for_each_init(
+        // Partial of (query row bq, tile t, chunk c, KV head h): rows at `at(bq, t, c, h)`.
+        let at = |bq: usize, t: usize, c: usize, h: usize| (((bq * tiles + t) * sp.chunks + c) * hkv + h) * tile;
+        let mut part_o = vec![0.0f32; units * hkv * tile * d];
+        let mut part_l = vec![0.0f32; units * hkv * tile];
+        part_o.par_chunks_mut(hkv * tile * d).zip(part_l.par_chunks_mut(hkv * tile)).enumerate().for_each_init(
             Scratch::default,
             |scr, (u, (po, pl))| {
-                let c = u % sp.chunks;
-                let t = (u / sp.chunks) % sp.tiles;
-                let bk = u / (sp.chunks * sp.tiles);
-                self.task(p, q, idx, isa, &sp, (bk / p.kv_heads, bk % p.kv_heads, t, c), scr, po, pl);
+                let (c, t, bq) = (u % sp.chunks, (u / sp.chunks) % sp.tiles, u / (sp.chunks * sp.tiles));
+                self.task(p, q, idx, isa, &sp, (bq, t, c), scr, po, pl);
             },
         );
 
@@ -139,12 +144,14 @@ impl KvCache {
         };
         let (part_o, part_l) = (&part_o, &part_l);
         out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
+            let (bq, h) = (bk / hkv, bk % hkv);
             for t in 0..tiles {
-                let at = |c: usize| ((bk * tiles + t) * sp.chunks + c) * tile;
-                let mut mo = part_o[at(0) * d..(at(0) + tile) * d].to_vec();
-                let mut ml = part_l[at(0)..at(0) + tile].to_vec();
+                let a0 = at(bq, t, 0, h);
+                let mut mo = part_o[a0 * d..(a0 + tile) * d].to_vec();
+                let mut ml = part_l[a0..a0 + tile].to_vec();
                 for c in 1..sp.chunks {
-                    merge_partials(&mut mo, &mut ml, &part_o[at(c) * d..(at(c) + tile) * d], &part_l[at(c)..at(c) + tile], d)?;
+                    let a = at(bq, t, c, h);
+                    merge_partials(&mut mo, &mut ml, &part_o[a * d..(a + tile) * d], &part_l[a..a + tile], d)?;
                 }
                 for r in 0..tile.min(rows - t * tile) {
                     let gr = t * tile + r;
@@ -164,7 +171,9 @@ impl KvCache {
         self.seqlens()[b] - self.leftpad()[b]
     }
 
-    /// One (query row `bq`, KV head, row tile, chunk) task.
+    /// One (query row `bq`, row tile, chunk) task over every KV head: each block stages the
+    /// block's tokens for all heads (consecutive in NHD pages, so the reads stream), then runs
+    /// the kernel head by head. `po`/`pl` hold `H_kv × tile` rows.
     #[allow(clippy::too_many_arguments)]
     fn task(
         &self,
@@ -173,12 +182,12 @@ impl KvCache {
         idx: Option<&[usize]>,
         isa: Isa,
         sp: &Split,
-        (bq, kvh, t, c): (usize, usize, usize, usize),
+        (bq, t, c): (usize, usize, usize),
         scr: &mut Scratch,
         po: &mut [f32],
         pl: &mut [f32],
     ) {
-        let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
+        let (nq, d, g, hkv) = (p.seq_q, p.head_dim, p.group_size(), p.kv_heads);
         let b = self.target(idx, bq);
         let (len, lp) = (self.len_of(b), self.leftpad()[b]);
         let row0 = t * sp.tile;
@@ -199,54 +208,80 @@ impl KvCache {
         if lo >= hi {
             return;
         }
-        scr.q.resize(n * d, 0.0);
-        for r in 0..n {
-            let (i, hh) = ((row0 + r) / g, (row0 + r) % g);
-            let at = ((bq * p.heads + kvh * g + hh) * nq + i) * d;
-            scr.q[r * d..(r + 1) * d].copy_from_slice(&q[at..at + d]);
+        let dp = padded_dim(d);
+        scr.q.resize(hkv * n * d, 0.0);
+        for h in 0..hkv {
+            for r in 0..n {
+                let (i, hh) = ((row0 + r) / g, (row0 + r) % g);
+                let at = ((bq * p.heads + h * g + hh) * nq + i) * d;
+                scr.q[(h * n + r) * d..(h * n + r + 1) * d].copy_from_slice(&q[at..at + d]);
+            }
         }
         let m = &p.mods;
         let so = ScoreOnly { scale: p.scale, softcap: m.softcap, alibi: m.alibi_slopes.is_some() };
-        let block0 = Cell::new(0usize);
+        let (block0, head) = (Cell::new(0usize), Cell::new(0usize));
         let offset = len as f32 - nq as f32;
         let hook = |r: usize, lo: usize, xs: &mut [f32]| {
             let (i, hh) = ((row0 + r) / g, (row0 + r) % g);
-            let slope = p.alibi_slope(bq, i, kvh * g + hh);
+            let slope = p.alibi_slope(bq, i, head.get() * g + hh);
             let diag = i as f32 + offset - (block0.get() + lo) as f32;
             modify_slice(Portable, &so, RowMod { slope, diag }, xs);
         };
         let modified = so.softcap.is_some() || so.alibi;
         let log2e = std::f32::consts::LOG2_E;
-        scr.acc.resize(n * padded_dim(d), 0.0);
-        scr.m.resize(n, 0.0);
-        scr.l.resize(n, 0.0);
+        scr.acc.clear();
+        scr.acc.resize(hkv * n * dp, 0.0);
+        scr.m.clear();
+        scr.m.resize(hkv * n, f32::NEG_INFINITY);
+        scr.l.clear();
+        scr.l.resize(hkv * n, 0.0);
         scr.s.resize(kernel::RB * KB, 0.0);
-        scr.kw.resize(KB * d, 0.0);
-        scr.vw.resize(KB * d, 0.0);
-        let mut st = DecodeState {
-            d,
-            q: &scr.q,
-            scale_log2: if modified { log2e } else { p.scale * log2e },
-            acc: &mut scr.acc,
-            m: &mut scr.m,
-            l: &mut scr.l,
-            s: &mut scr.s,
-            ahead: Ahead::NONE,
-            score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
-        };
-        st.reset();
+        scr.kw.resize(hkv * KB * d, 0.0);
+        scr.vw.resize(hkv * KB * d, 0.0);
         let (kw, vw) = (&mut scr.kw, &mut scr.vw);
+        let (qs, acc, ms, ls, s) = (&scr.q, &mut scr.acc, &mut scr.m, &mut scr.l, &mut scr.s);
+        // Tokens asked for ahead of the one being staged: about PREFETCH_BYTES of each stream.
+        let ahead = PREFETCH_BYTES.div_ceil(hkv * self.dtype().row_bytes(d)).max(1);
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
             for j in b0..b1 {
-                let row = self.row_of(b, lp + j, kvh);
-                let at = (j - b0) * d;
-                self.k.read_row(row, &mut kw[at..at + d]);
-                self.v.read_row(row, &mut vw[at..at + d]);
+                if j + ahead < hi {
+                    let far = self.row_of(b, lp + j + ahead, 0);
+                    for h in 0..hkv {
+                        self.k.prefetch_row(far + h, d);
+                        self.v.prefetch_row(far + h, d);
+                    }
+                }
+                let row = self.row_of(b, lp + j, 0);
+                for h in 0..hkv {
+                    let at = (h * KB + j - b0) * d;
+                    self.k.read_row(row + h, &mut kw[at..at + d]);
+                    self.v.read_row(row + h, &mut vw[at..at + d]);
+                }
             }
             block0.set(b0);
             let nb = (b1 - b0) * d;
-            kernel::run(isa, &mut st, &kw[..nb], &vw[..nb], strips);
+            for h in 0..hkv {
+                head.set(h);
+                let mut st = DecodeState {
+                    d,
+                    q: &qs[h * n * d..(h + 1) * n * d],
+                    scale_log2: if modified { log2e } else { p.scale * log2e },
+                    acc: &mut acc[h * n * dp..(h + 1) * n * dp],
+                    m: &mut ms[h * n..(h + 1) * n],
+                    l: &mut ls[h * n..(h + 1) * n],
+                    s,
+                    ahead: Ahead::NONE,
+                    score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
+                };
+                let kb = h * KB * d;
+                kernel::run(isa, &mut st, &kw[kb..kb + nb], &vw[kb..kb + nb], strips);
+            }
         });
-        finish_rows(&scr.acc, &scr.m, &scr.l, d, &mut po[..n * d], Some(&mut pl[..n]));
+        let tile = sp.tile;
+        for h in 0..hkv {
+            let (a, z) = (h * n, (h + 1) * n);
+            let (o, l) = (&mut po[h * tile * d..(h * tile + n) * d], &mut pl[h * tile..h * tile + n]);
+            finish_rows(&acc[a * dp..z * dp], &ms[a..z], &ls[a..z], d, o, Some(l));
+        }
     }
 }

@@ -23,10 +23,10 @@
 //! # Complexity and caveats
 //! Append: O(new tokens · H_kv · D). Attention: as the decode strategy of `flash-cpu`
 //! ([`crate::tiled::decode`]): each K/V byte of the attended range is read once per call;
-//! the kernel stages one block of 32 keys of one KV head at a time (widened or dequantized to
-//! f32) in per-thread scratch that stays in L1, then runs the f32 decode kernel on it. That
-//! staging is the only copy: nothing sequence-sized is gathered. The dequantization happens
-//! there, in L1, not in registers inside the dot products.
+//! the kernel stages one block of 32 tokens (all KV heads, widened or dequantized to f32) at a
+//! time in per-thread scratch, then runs the f32 decode kernel on it. That staging is the only
+//! copy: nothing sequence-sized is gathered. The dequantization happens there, in cache, not
+//! in registers inside the dot products.
 //! Refusals ([`KvCacheError`]) are checked before anything is written.
 
 pub mod append;
@@ -203,6 +203,24 @@ impl Store {
                 let nb = d.div_ceil(quant::QBLOCK);
                 quant::dequantize_row(&q[slot * d..(slot + 1) * d], &scale[slot * nb..(slot + 1) * nb], dst);
             }
+        }
+    }
+
+    /// Asks the cache for row `slot` (D = `d` elements, and its int8 scales): NHD rows of one
+    /// KV head lie `H_kv` rows apart, a stride the hardware prefetchers do not follow across
+    /// 4 KiB pages, so the attention kernel asks a few rows ahead itself.
+    #[inline]
+    pub(crate) fn prefetch_row(&self, slot: usize, d: usize) {
+        let (ptr, bytes) = match self {
+            Store::F32(x) => (x[slot * d..].as_ptr() as *const u8, 4 * d),
+            Store::BF16(x) => (x[slot * d..].as_ptr() as *const u8, 2 * d),
+            Store::Int8 { q, scale } => {
+                prefetch_line(scale[slot * d.div_ceil(quant::QBLOCK)..].as_ptr() as *const u8);
+                (q[slot * d..].as_ptr() as *const u8, d)
+            }
+        };
+        for off in (0..bytes).step_by(64) {
+            prefetch_line(ptr.wrapping_add(off));
         }
     }
 
@@ -413,6 +431,18 @@ impl KvCache {
         }
         Ok((k, v))
     }
+}
+
+/// Asks the cache for the 64-byte line at `p` (a no-op off x86-64).
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Every block-table entry must be a page index.

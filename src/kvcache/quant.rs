@@ -15,8 +15,9 @@
 //! The scale is f32, not f16, so the scale adds no rounding of its own.
 //!
 //! The widening/dequantization loops are plain slices loops instantiated under
-//! `#[target_feature(enable = "avx512f")]` when the CPU has it (the compiler vectorizes them to
-//! `vpmovsxbd`/`vcvtdq2ps`/`vmulps` and `vpmovzxwd`/`vpslld`), portable otherwise.
+//! `#[target_feature(enable = "avx512f,avx512bw")]` or `"avx2,fma"`, whichever the CPU has
+//! (the compiler vectorizes them to `vpmovsxbd`/`vcvtdq2ps`/`vmulps` and `vpmovzxwd`/`vpslld`),
+//! portable otherwise.
 
 use half::bf16;
 
@@ -74,6 +75,23 @@ fn widen_avx512(x: &[bf16], dst: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dequantize_avx2(q: &[i8], scale: &[f32], dst: &mut [f32]) {
+    dequantize_portable(q, scale, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn widen_avx2(x: &[bf16], dst: &mut [f32]) {
+    widen_portable(x, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
 }
@@ -85,6 +103,11 @@ pub fn dequantize_row(q: &[i8], scale: &[f32], dst: &mut [f32]) {
         // SAFETY: the CPU has AVX-512F and AVX-512BW (checked just above).
         return unsafe { dequantize_avx512(q, scale, dst) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { dequantize_avx2(q, scale, dst) };
+    }
     dequantize_portable(q, scale, dst)
 }
 
@@ -94,6 +117,11 @@ pub fn widen_bf16(x: &[bf16], dst: &mut [f32]) {
     if has_avx512() {
         // SAFETY: the CPU has AVX-512F and AVX-512BW (checked just above).
         return unsafe { widen_avx512(x, dst) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { widen_avx2(x, dst) };
     }
     widen_portable(x, dst)
 }
