@@ -41,7 +41,10 @@ fn cache(layout: KvLayout, dtype: KvDType, hkv: usize, d: usize, nk: usize) -> K
 
 fn bandwidth() -> f64 {
     let c = bandwidth_ceiling(BANDWIDTH_BUFFER_BYTES, 6).expect("ceiling");
-    println!("{{\"ceiling\":\"bandwidth\",\"bytes\":{},\"threads\":{},\"gb_s\":{:.2}}}", c.bytes, c.threads, c.gb_per_s);
+    println!(
+        "{{\"ceiling\":\"bandwidth\",\"bytes\":{},\"threads\":{},\"gb_s\":{:.2}}}",
+        c.bytes, c.threads, c.gb_per_s
+    );
     c.gb_per_s
 }
 

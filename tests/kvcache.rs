@@ -132,7 +132,8 @@ fn append_then_attend_equals_attention_on_concatenated_tensors() {
         let mut c = filled(layout, KvDType::F32, hkv, d, &[old, old + 3], 64, 3);
         let before: Vec<_> = (0..2).map(|b| c.to_dense(b).unwrap()).collect();
         let p = Problem::new(2, h, n, d).with_kv_heads(hkv).with_causal(true);
-        let (q, kn, vn) = (normal_values(p.q_len(), 1), normal_values(2 * hkv * n * d, 2), normal_values(2 * hkv * n * d, 4));
+        let (q, kn, vn) =
+            (normal_values(p.q_len(), 1), normal_values(2 * hkv * n * d, 2), normal_values(2 * hkv * n * d, 4));
         let mut out = vec![0.0f32; p.out_len()];
         c.append_attend(&p, &q, &kn, &vn, &AppendOptions::default(), &mut out, None).unwrap();
         assert_eq!(c.seqlens(), &[old + n, old + 3 + n]);
@@ -141,7 +142,9 @@ fn append_then_attend_equals_attention_on_concatenated_tensors() {
             let cat = |old: &[f32], new: &[f32]| -> Vec<f32> {
                 (0..hkv)
                     .flat_map(|g| {
-                        old[g * len * d..(g + 1) * len * d].iter().chain(&new[(b * hkv + g) * n * d..(b * hkv + g + 1) * n * d])
+                        old[g * len * d..(g + 1) * len * d]
+                            .iter()
+                            .chain(&new[(b * hkv + g) * n * d..(b * hkv + g + 1) * n * d])
                     })
                     .copied()
                     .collect()
@@ -256,10 +259,22 @@ fn every_refusal_is_typed_and_writes_nothing() {
     use KvCacheError as E;
     let (hkv, d) = (2, 16);
     let z = |n: usize| vec![0.5f32; hkv * n * d];
-    assert!(matches!(kv_err(KvCache::paged(1, hkv, d, 8, 2, 1, vec![0], KvDType::F32)), E::PageSizeTooSmall { page_size: 8, .. }));
-    assert!(matches!(kv_err(KvCache::paged(1, hkv, d, 16, 2, 2, vec![0, 2], KvDType::F32)), E::BadPageIndex { batch: 0, slot: 1, page: 2, .. }));
-    assert!(matches!(kv_err(KvCache::paged(1, hkv, d, 16, 2, 2, vec![0, -1], KvDType::F32)), E::BadPageIndex { page: -1, .. }));
-    assert!(matches!(kv_err(KvCache::paged(2, hkv, d, 16, 2, 2, vec![0, 1], KvDType::F32)), E::ShapeMismatch { what: "block_table", .. }));
+    assert!(matches!(
+        kv_err(KvCache::paged(1, hkv, d, 8, 2, 1, vec![0], KvDType::F32)),
+        E::PageSizeTooSmall { page_size: 8, .. }
+    ));
+    assert!(matches!(
+        kv_err(KvCache::paged(1, hkv, d, 16, 2, 2, vec![0, 2], KvDType::F32)),
+        E::BadPageIndex { batch: 0, slot: 1, page: 2, .. }
+    ));
+    assert!(matches!(
+        kv_err(KvCache::paged(1, hkv, d, 16, 2, 2, vec![0, -1], KvDType::F32)),
+        E::BadPageIndex { page: -1, .. }
+    ));
+    assert!(matches!(
+        kv_err(KvCache::paged(2, hkv, d, 16, 2, 2, vec![0, 1], KvDType::F32)),
+        E::ShapeMismatch { what: "block_table", .. }
+    ));
     assert!(matches!(kv_err("paged:8".parse::<KvLayout>()), E::PageSizeTooSmall { page_size: 8, .. }));
     let mut c = KvCache::paged(2, hkv, d, 16, 4, 2, vec![0, 1, 2, 3], KvDType::Int8).unwrap();
     c.append(&[z(20), z(20)].concat(), &[z(20), z(20)].concat(), 20, &AppendOptions::default()).unwrap();
@@ -268,22 +283,36 @@ fn every_refusal_is_typed_and_writes_nothing() {
     let rot = |rotary_dim| Some(Rotary { cos: &cos, sin: &sin, rotary_dim, layout: RotaryLayout::HalfSplit });
     let one = AppendOptions { cache_batch_idx: Some(&[1]), rotary: None };
     let refusals: Vec<(&str, attnkit::Result<()>, fn(&E) -> bool)> = vec![
-        ("full", c.clone().append(&z(13), &z(13), 13, &one), |e| matches!(e, E::CacheFull { batch: 1, seqlen: 20, new_tokens: 13, capacity: 32 })),
+        ("full", c.clone().append(&z(13), &z(13), 13, &one), |e| {
+            matches!(e, E::CacheFull { batch: 1, seqlen: 20, new_tokens: 13, capacity: 32 })
+        }),
         ("k len", c.clone().append(&z(3), &z(2), 2, &one), |e| matches!(e, E::ShapeMismatch { what: "k_new", .. })),
         ("v len", c.clone().append(&z(2), &z(3), 2, &one), |e| matches!(e, E::ShapeMismatch { what: "v_new", .. })),
-        ("batch idx", c.clone().append(&z(1), &z(1), 1, &AppendOptions { cache_batch_idx: Some(&[2]), rotary: None }), |e| {
-            matches!(e, E::BadBatchIndex { row: 0, index: 2, batch: 2 })
+        (
+            "batch idx",
+            c.clone().append(&z(1), &z(1), 1, &AppendOptions { cache_batch_idx: Some(&[2]), rotary: None }),
+            |e| matches!(e, E::BadBatchIndex { row: 0, index: 2, batch: 2 }),
+        ),
+        (
+            "dup idx",
+            c.clone().append(&z(2), &z(2), 1, &AppendOptions { cache_batch_idx: Some(&[1, 1]), rotary: None }),
+            |e| matches!(e, E::DuplicateBatchIndex { index: 1 }),
+        ),
+        ("rotary odd", c.clone().append(&z(1), &z(1), 1, &AppendOptions { rotary: rot(7), ..one }), |e| {
+            matches!(e, E::RotaryDim { rotary_dim: 7, .. })
         }),
-        ("dup idx", c.clone().append(&z(2), &z(2), 1, &AppendOptions { cache_batch_idx: Some(&[1, 1]), rotary: None }), |e| {
-            matches!(e, E::DuplicateBatchIndex { index: 1 })
-        }),
-        ("rotary odd", c.clone().append(&z(1), &z(1), 1, &AppendOptions { rotary: rot(7), ..one }), |e| matches!(e, E::RotaryDim { rotary_dim: 7, .. })),
         ("rotary short", c.clone().append(&z(6), &z(6), 6, &AppendOptions { rotary: rot(8), ..one }), |e| {
             matches!(e, E::RotaryTooShort { needed: 25, positions: 25 })
         }),
-        ("length", c.clone().set_lengths(&[33, 0], None), |e| matches!(e, E::LengthOutOfRange { batch: 0, len: 33, capacity: 32 })),
-        ("leftpad", c.clone().set_lengths(&[3, 0], Some(&[4, 0])), |e| matches!(e, E::LeftpadBeyondLength { batch: 0, leftpad: 4, seqlen: 3 })),
-        ("table", c.clone().set_block_table(vec![0, 1, 2, 4]), |e| matches!(e, E::BadPageIndex { batch: 1, slot: 1, page: 4, .. })),
+        ("length", c.clone().set_lengths(&[33, 0], None), |e| {
+            matches!(e, E::LengthOutOfRange { batch: 0, len: 33, capacity: 32 })
+        }),
+        ("leftpad", c.clone().set_lengths(&[3, 0], Some(&[4, 0])), |e| {
+            matches!(e, E::LeftpadBeyondLength { batch: 0, leftpad: 4, seqlen: 3 })
+        }),
+        ("table", c.clone().set_block_table(vec![0, 1, 2, 4]), |e| {
+            matches!(e, E::BadPageIndex { batch: 1, slot: 1, page: 4, .. })
+        }),
     ];
     for (name, r, ok) in refusals {
         let e = kv_err(r);

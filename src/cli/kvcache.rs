@@ -49,7 +49,13 @@ struct Prepared {
     full: (Problem, Vec<f32>, Vec<f32>),
 }
 
-fn prepare(kv: &KvArgs, shape: &ShapeArgs, mods: &ModifierArgs, family: InputFamily, seq_kv: usize) -> Result<Prepared, AttnError> {
+fn prepare(
+    kv: &KvArgs,
+    shape: &ShapeArgs,
+    mods: &ModifierArgs,
+    family: InputFamily,
+    seq_kv: usize,
+) -> Result<Prepared, AttnError> {
     if shape.dtype != DType::F32 {
         return Err(AttnError::invalid(format!(
             "--dtype {} applies to the backends; with a KV cache queries are f32 and the cache's type is --kv-dtype",
@@ -85,7 +91,13 @@ fn describe(c: &KvCache, p: &Problem) -> String {
     format!("kv cache {} {} of {} keys, {}", c.layout(), c.dtype(), c.seqlens()[0], p)
 }
 
-pub fn check(kv: &KvArgs, shape: &ShapeArgs, mods: &ModifierArgs, family: InputFamily, seq_kv: usize) -> Result<ExitCode, AttnError> {
+pub fn check(
+    kv: &KvArgs,
+    shape: &ShapeArgs,
+    mods: &ModifierArgs,
+    family: InputFamily,
+    seq_kv: usize,
+) -> Result<ExitCode, AttnError> {
     let pr = prepare(kv, shape, mods, family, seq_kv)?;
     let (c, p) = (&pr.cache, &pr.p);
     let mut out = vec![0.0f32; p.out_len()];

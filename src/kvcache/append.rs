@@ -60,13 +60,23 @@ impl Rotary<'_> {
             return Err(KvCacheError::RotaryDim { rotary_dim: rd, head_dim });
         }
         if !self.cos.len().is_multiple_of(rd / 2) {
-            return Err(KvCacheError::ShapeMismatch { what: "rotary cos", got: self.cos.len(), expected: self.positions() * rd / 2 });
+            return Err(KvCacheError::ShapeMismatch {
+                what: "rotary cos",
+                got: self.cos.len(),
+                expected: self.positions() * rd / 2,
+            });
         }
         if self.sin.len() != self.cos.len() {
-            return Err(KvCacheError::ShapeMismatch { what: "rotary sin", got: self.sin.len(), expected: self.cos.len() });
+            return Err(KvCacheError::ShapeMismatch {
+                what: "rotary sin",
+                got: self.sin.len(),
+                expected: self.cos.len(),
+            });
         }
         match last_position {
-            Some(p) if p >= self.positions() => Err(KvCacheError::RotaryTooShort { needed: p, positions: self.positions() }),
+            Some(p) if p >= self.positions() => {
+                Err(KvCacheError::RotaryTooShort { needed: p, positions: self.positions() })
+            }
             _ => Ok(()),
         }
     }
@@ -104,7 +114,9 @@ impl KvCache {
     /// Checks `cache_batch_idx` (or its absence) for `rows` new rows; returns `rows`.
     pub(crate) fn check_batch_idx(&self, idx: Option<&[usize]>, rows: usize) -> std::result::Result<(), KvCacheError> {
         match idx {
-            None if rows != self.batch => Err(KvCacheError::ShapeMismatch { what: "batch of the new rows", got: rows, expected: self.batch }),
+            None if rows != self.batch => {
+                Err(KvCacheError::ShapeMismatch { what: "batch of the new rows", got: rows, expected: self.batch })
+            }
             None => Ok(()),
             Some(x) => {
                 if x.len() != rows {
@@ -139,7 +151,9 @@ impl KvCache {
             let b = self.target(opts.cache_batch_idx, i);
             let seqlen = self.seqlens[b];
             if seqlen + n_new > self.capacity() {
-                return Err(KvCacheError::CacheFull { batch: b, seqlen, new_tokens: n_new, capacity: self.capacity() }.into());
+                return Err(
+                    KvCacheError::CacheFull { batch: b, seqlen, new_tokens: n_new, capacity: self.capacity() }.into()
+                );
             }
             if n_new > 0 {
                 last = last.max(Some(seqlen + n_new - 1 - self.leftpad[b]));

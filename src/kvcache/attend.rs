@@ -30,7 +30,7 @@ use crate::error::{AttnError, Result};
 use crate::lse::{add_sinks, merge_partials};
 use crate::modifiers::Modifier;
 use crate::problem::Problem;
-use crate::simd::decode::{self as kernel, Ahead, PREFETCH_BYTES, DecodeState, KB, ScoreHook, Strip};
+use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, PREFETCH_BYTES, ScoreHook, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly, modify_slice};
 use crate::simd::{Isa, scalar::Portable};
@@ -90,9 +90,11 @@ impl KvCache {
         if !reasons.is_empty() {
             return Err(AttnError::Unsupported { backend: "kvcache".into(), reasons });
         }
-        for (what, got, expected) in
-            [("q", q.len(), p.q_len()), ("out", out_len, p.out_len()), ("lse", lse_len.unwrap_or(p.lse_len()), p.lse_len())]
-        {
+        for (what, got, expected) in [
+            ("q", q.len(), p.q_len()),
+            ("out", out_len, p.out_len()),
+            ("lse", lse_len.unwrap_or(p.lse_len()), p.lse_len()),
+        ] {
             if got != expected {
                 return Err(KvCacheError::ShapeMismatch { what, got, expected }.into());
             }
@@ -106,7 +108,14 @@ impl KvCache {
     /// N_q, scale, causal, window and the ALiBi/softcap/sinks modifiers (its `seq_k` is
     /// ignored: each sequence's length is its own). Writes `out` (`(B_q, H, N_q, D)`) and, when
     /// given, `lse` (`(B_q, H, N_q)`, natural log).
-    pub fn attend(&self, p: &Problem, q: &[f32], idx: Option<&[usize]>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
+    pub fn attend(
+        &self,
+        p: &Problem,
+        q: &[f32],
+        idx: Option<&[usize]>,
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<()> {
         self.check_attend(p, q, idx, out.len(), lse.as_ref().map(|l| l.len()), 0)?;
         let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
         let rows = nq * g;

@@ -168,7 +168,10 @@ pub(crate) enum Store {
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     /// Values and one scale per [`quant::QBLOCK`] elements of a row.
-    Int8 { q: Vec<i8>, scale: Vec<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
 }
 
 impl Store {
@@ -185,7 +188,9 @@ impl Store {
         let d = src.len();
         match self {
             Store::F32(x) => x[slot * d..(slot + 1) * d].copy_from_slice(src),
-            Store::BF16(x) => x[slot * d..(slot + 1) * d].iter_mut().zip(src).for_each(|(y, &s)| *y = bf16::from_f32(s)),
+            Store::BF16(x) => {
+                x[slot * d..(slot + 1) * d].iter_mut().zip(src).for_each(|(y, &s)| *y = bf16::from_f32(s))
+            }
             Store::Int8 { q, scale } => {
                 let nb = d.div_ceil(quant::QBLOCK);
                 quant::quantize_row(src, &mut q[slot * d..(slot + 1) * d], &mut scale[slot * nb..(slot + 1) * nb]);
@@ -260,7 +265,9 @@ impl KvCache {
     /// A contiguous cache: `capacity` slots per sequence, empty.
     pub fn contiguous(batch: usize, kv_heads: usize, head_dim: usize, capacity: usize, dtype: KvDType) -> Result<Self> {
         nonzero("batch", batch)?;
-        let table = (0..batch).map(|b| i32::try_from(b).map_err(|_| KvCacheError::Overflow { what: "batch" })).collect::<std::result::Result<Vec<_>, _>>()?;
+        let table = (0..batch)
+            .map(|b| i32::try_from(b).map_err(|_| KvCacheError::Overflow { what: "batch" }))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Self::build(batch, kv_heads, head_dim, capacity, batch, 1, table, dtype, KvLayout::Contiguous)
     }
 
@@ -280,7 +287,17 @@ impl KvCache {
         if page_size < MIN_PAGE_SIZE {
             return Err(KvCacheError::PageSizeTooSmall { page_size, min: MIN_PAGE_SIZE }.into());
         }
-        Self::build(batch, kv_heads, head_dim, page_size, num_pages, max_pages, block_table, dtype, KvLayout::Paged { page_size })
+        Self::build(
+            batch,
+            kv_heads,
+            head_dim,
+            page_size,
+            num_pages,
+            max_pages,
+            block_table,
+            dtype,
+            KvLayout::Paged { page_size },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
