@@ -254,6 +254,9 @@ fn kv_err(r: attnkit::Result<impl Sized>) -> KvCacheError {
     }
 }
 
+/// A named refused call and what its error must match.
+type Refusal = (&'static str, attnkit::Result<()>, fn(&KvCacheError) -> bool);
+
 #[test]
 fn every_refusal_is_typed_and_writes_nothing() {
     use KvCacheError as E;
@@ -282,7 +285,7 @@ fn every_refusal_is_typed_and_writes_nothing() {
     let (cos, sin) = Rotary::tables(25, 8, 10000.0);
     let rot = |rotary_dim| Some(Rotary { cos: &cos, sin: &sin, rotary_dim, layout: RotaryLayout::HalfSplit });
     let one = AppendOptions { cache_batch_idx: Some(&[1]), rotary: None };
-    let refusals: Vec<(&str, attnkit::Result<()>, fn(&E) -> bool)> = vec![
+    let refusals: Vec<Refusal> = vec![
         ("full", c.clone().append(&z(13), &z(13), 13, &one), |e| {
             matches!(e, E::CacheFull { batch: 1, seqlen: 20, new_tokens: 13, capacity: 32 })
         }),

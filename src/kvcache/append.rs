@@ -208,7 +208,7 @@ impl KvCache {
     ) -> Result<()> {
         let rows = self.check_append(k_new, v_new, p.seq_q, opts)?;
         let lse_len = lse.as_ref().map(|l| l.len());
-        self.check_attend(p, q, opts.cache_batch_idx, out.len(), lse_len, p.seq_q)?;
+        self.check_attend(p, q, opts.cache_batch_idx, out.len(), lse_len)?;
         if rows != p.batch {
             return Err(KvCacheError::ShapeMismatch { what: "batch of q", got: p.batch, expected: rows }.into());
         }

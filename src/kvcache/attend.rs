@@ -77,7 +77,6 @@ impl KvCache {
         idx: Option<&[usize]>,
         out_len: usize,
         lse_len: Option<usize>,
-        _pending: usize,
     ) -> Result<()> {
         Problem { seq_k: self.capacity(), ..p.clone() }.validate()?;
         if p.kv_heads != self.kv_heads || p.head_dim != self.head_dim {
@@ -116,7 +115,7 @@ impl KvCache {
         out: &mut [f32],
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
-        self.check_attend(p, q, idx, out.len(), lse.as_ref().map(|l| l.len()), 0)?;
+        self.check_attend(p, q, idx, out.len(), lse.as_ref().map(|l| l.len()))?;
         let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
         let rows = nq * g;
         let tile = if rows <= ROW_TILE { rows } else { (ROW_TILE / g).max(1) * g };

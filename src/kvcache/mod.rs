@@ -274,6 +274,7 @@ impl KvCache {
     /// A paged cache of `num_pages` pages of `page_size` slots; `block_table` is `(batch,
     /// max_pages)` row-major, every entry a page index in `[0, num_pages)` (pages may be
     /// shared between sequences, e.g. a common prompt prefix). Empty.
+    #[allow(clippy::too_many_arguments)]
     pub fn paged(
         batch: usize,
         kv_heads: usize,
