@@ -9,12 +9,14 @@
 //! `gb_s` counts the bytes each variant actually reads (K and V rows of its dtype, int8 scales
 //! included, plus Q and O); `frac_bw` divides it by `ceiling::bandwidth_ceiling` measured
 //! before and after (the lower is used); `time_vs_contiguous` is the variant's time over
-//! contiguous f32's. Threads: rayon's pool (`RAYON_NUM_THREADS=2` for the setting).
+//! contiguous f32's. The last row is `flash-cpu`'s decode on plain `(B, H_kv, N, D)` f32
+//! tensors (no cache), the path the cache's layout is compared with. Threads: rayon's pool (`RAYON_NUM_THREADS=2` for the setting).
 
+use attnkit::backends::flash_cpu::FlashCpu;
 use attnkit::bench::median;
 use attnkit::ceiling::{BANDWIDTH_BUFFER_BYTES, bandwidth_ceiling};
 use attnkit::kvcache::{AppendOptions, KvCache, KvDType, KvLayout};
-use attnkit::{Problem, seeded::normal_values};
+use attnkit::{Attention, AttnArgs, Problem, seeded::normal_values};
 use std::time::Instant;
 
 /// A cache of `nk` keys of random K/V (appended in pieces of 4096 tokens).
@@ -66,7 +68,11 @@ fn main() {
     let caches: Vec<KvCache> = variants.iter().map(|&(_, l, t)| cache(l, t, hkv, d, nk)).collect();
     let q = normal_values(p.q_len(), 9);
     let mut out = vec![0.0f32; p.out_len()];
-    let mut times = vec![Vec::new(); variants.len()];
+    // Reference: flash-cpu's decode on plain (B, H_kv, N, D) f32 tensors, no cache.
+    let pk = p.clone().with_seq_k(nk);
+    let (k, v) = (normal_values(pk.kv_len(), 1), normal_values(pk.kv_len(), 2));
+    let flash = FlashCpu::new();
+    let mut times = vec![Vec::new(); variants.len() + 1];
     for rep in 0..=reps {
         for (i, c) in caches.iter().enumerate() {
             let t = Instant::now();
@@ -75,10 +81,17 @@ fn main() {
                 times[i].push(t.elapsed().as_secs_f64());
             }
         }
+        let t = Instant::now();
+        let args = AttnArgs::new(&pk, q.as_slice(), k.as_slice(), v.as_slice()).expect("args");
+        flash.forward_into(&args, &mut out, None).expect("flash-cpu");
+        if rep > 0 {
+            times[variants.len()].push(t.elapsed().as_secs_f64());
+        }
     }
     let bw = bw0.min(bandwidth());
     let base = median(&times[0]);
-    for ((name, _, dtype), t) in variants.iter().zip(&times) {
+    let rows = variants.iter().map(|&(n, _, t)| (n, t)).chain([("flash-cpu-bhnd-f32", KvDType::F32)]);
+    for ((name, dtype), t) in rows.zip(&times) {
         let t = median(t);
         let bytes = (2 * nk * hkv * dtype.row_bytes(d) + 2 * p.q_len() * 4) as f64;
         let gbs = bytes / t / 1e9;
