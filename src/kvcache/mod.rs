@@ -34,8 +34,10 @@
 //! took 0.93–1.04× the time of contiguous; the contiguous f32 cache 1.30× the time of
 //! `flash-cpu`'s plain decode on (B, H_kv, N, D) tensors, at 44–47% of the streaming-read
 //! ceiling; bf16 and int8 caches ran at the same speed as each other (0.63–0.71× of f32's
-//! time): the per-block staging (widen, dequantize) and the f32 kernel bound them, not memory.
-//! The targets (int8 ≥ 1.7× bf16, ≥ 70% of the ceiling) are not met on that machine.
+//! time), so something other than bytes read bounds them there: the per-block staging
+//! (widen, dequantize) and the f32 kernel, or CPU time taken by the other builds (load average
+//! 20–99 during the runs; not separated). The targets (int8 ≥ 1.7× bf16, ≥ 70% of the
+//! ceiling) are not met on that machine; an AVX-512 machine was not available to measure.
 //! int8's decode error: 4.05× bf16's on `normal`, 1.70× on `structured` ([`quant`]).
 
 pub mod append;
