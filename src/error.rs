@@ -47,6 +47,10 @@ pub enum AttnError {
     #[error("safetensors `{path}`: {reason}")]
     Safetensors { path: String, reason: String },
 
+    /// A KV-cache operation was refused; nothing was written (names the offending value).
+    #[error("kv cache: {0}")]
+    KvCache(crate::kvcache::KvCacheError),
+
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 

@@ -20,6 +20,7 @@ pub mod error;
 pub mod grad;
 pub mod inputs;
 pub mod interop;
+pub mod kvcache;
 pub mod layer;
 pub mod linalg;
 pub mod lse;

@@ -424,3 +424,38 @@ fn kernels_subcommand_rejects_a_bad_arch() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("sm_7x") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn kv_cache_flags_on_check_and_bench() {
+    // Each layout and dtype passes the oracle check on chunked prefill onto a cache.
+    for (layout, dtype) in [("contiguous", "f32"), ("paged:16", "bf16"), ("paged:64", "int8")] {
+        let args = ["check", "--seq-kv", "300", "--new-tokens", "16", "--kv-layout", layout, "--kv-dtype", dtype];
+        let out = attnkit(&[&args[..], &["--heads", "4", "--kv-heads", "2", "--causal", "--window", "64,0"]].concat());
+        let s = text(&out.stdout);
+        assert!(out.status.success(), "{layout} {dtype}: {s}{}", text(&out.stderr));
+        assert!(s.contains(&format!("kv cache {layout} {dtype} of 316 keys")) && s.contains(" ok;"), "{s}");
+    }
+    let out = attnkit(&["bench", "--seq-kv", "2048", "--kv-dtype", "int8", "--reps", "1", "--threads", "1", "--json"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{s}{}", text(&out.stderr));
+    for field in
+        ["\"kv_layout\":\"contiguous\"", "\"kv_dtype\":\"int8\"", "\"gb_s\":", "\"frac_bw\":", "\"ceiling_gb_s\":"]
+    {
+        assert!(s.contains(field), "{field} missing: {s}");
+    }
+    // clap's own errors (its first line names the value), then ours (one line).
+    for (args, want) in [
+        (["check", "--kv-layout", "paged:8"], "page size 8 is below the minimum 16"),
+        (["check", "--kv-dtype", "fp8"], "unknown kv dtype `fp8`"),
+    ] {
+        let err = text(&attnkit(&args).stderr);
+        assert!(
+            err.starts_with("error:") && err.lines().next().unwrap().contains(want) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+    assert_one_line_error(
+        &attnkit(&["check", "--new-tokens", "4", "--dtype", "bf16"]),
+        "--dtype bf16 applies to the backends",
+    );
+}

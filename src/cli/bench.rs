@@ -52,6 +52,8 @@ pub struct BenchArgs {
     /// FLOPs) and the backward's fraction of the GEMM ceiling. Backends without a backward skip.
     #[arg(long)]
     pub backward: bool,
+    #[command(flatten)]
+    pub kv: super::kvcache::KvArgs,
 }
 
 pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
@@ -70,6 +72,11 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode, AttnError> {
             a.seq_kv.len(),
             a.seq.len()
         )));
+    }
+    if a.kv.active() {
+        let nk = if a.seq_kv.is_empty() { &a.seq } else { &a.seq_kv };
+        let run = || super::kvcache::bench(&a.kv, &a.shape, &a.mods, a.inputs, nk, a.reps, a.json);
+        return with_threads(a.threads, run)?;
     }
     let (names, explicit) = resolve_backends(&a.backends, &["reference"])?;
     // Validate every problem before any work.

@@ -35,9 +35,14 @@ pub struct CheckArgs {
     /// backend that has one, against the f64 oracle's gradients for a seeded random dO.
     #[arg(long)]
     pub backward: bool,
+    #[command(flatten)]
+    pub kv: super::kvcache::KvArgs,
 }
 
 pub fn run(a: &CheckArgs) -> Result<ExitCode, AttnError> {
+    if a.kv.active() {
+        return super::kvcache::check(&a.kv, &a.shape, &a.mods, a.inputs, a.seq_kv.unwrap_or(a.seq));
+    }
     let (names, explicit) = resolve_backends(&a.backends, &[])?;
     if a.backward {
         return super::check_backward::run(a, &names, explicit);

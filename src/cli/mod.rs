@@ -13,6 +13,7 @@ mod bench_backward;
 mod check;
 mod check_backward;
 mod kernels;
+mod kvcache;
 mod list;
 mod modifiers;
 mod report;

@@ -116,7 +116,15 @@ pub struct DecodeState<'a, Q = f32> {
     pub s: &'a mut [f32],
     /// The next block's rows, prefetched during this one's scores.
     pub ahead: Ahead,
+    /// Score modifiers (softcap, ALiBi) of the f32 kernel: called per strip row with the state
+    /// row, the strip's first key within the block and its scores (padded to `W`, pads set to
+    /// −∞ afterwards); with a hook the scores it leaves are natural units and `scale_log2` is
+    /// `log2 e` (the caller's choice). `None` keeps the plain path.
+    pub score_mod: Option<&'a ScoreHook<'a>>,
 }
+
+/// A score-modifier step for [`DecodeState::score_mod`]: `(row, first key, scores)`.
+pub type ScoreHook<'a> = dyn Fn(usize, usize, &mut [f32]) + 'a;
 
 impl<Q> DecodeState<'_, Q> {
     /// Resets the accumulators of every row (O = 0, m = −∞, l = 0).
@@ -281,8 +289,11 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
     let mut alpha = [1.0f32; R];
     for r in 0..R {
         let row = &mut st.s[r * KB..r * KB + npad];
-        row[n..].fill(f32::NEG_INFINITY);
         let i = sp.row0 + r;
+        if let Some(hook) = st.score_mod {
+            hook(i, sp.lo, row);
+        }
+        row[n..].fill(f32::NEG_INFINITY);
         alpha[r] = online_softmax_step(s, row, st.scale_log2, &mut st.m[i], &mut st.l[i]);
     }
     let dp = padded_dim(d);

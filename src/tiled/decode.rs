@@ -106,7 +106,7 @@ struct Scratch {
 
 /// Strips of a block `[k0, k1)`: runs of consecutive rows (i-major order) with the same clamped
 /// range, cut at [`RB`] rows; rows that see no key of the block are left out.
-fn block_strips(ranges: &[(usize, usize)], k0: usize, k1: usize, strips: &mut Vec<Strip>) {
+pub(crate) fn block_strips(ranges: &[(usize, usize)], k0: usize, k1: usize, strips: &mut Vec<Strip>) {
     strips.clear();
     let clamp = |&(lo, hi): &(usize, usize)| {
         let (a, b) = (lo.clamp(k0, k1) - k0, hi.clamp(k0, k1) - k0);
@@ -127,7 +127,7 @@ fn block_strips(ranges: &[(usize, usize)], k0: usize, k1: usize, strips: &mut Ve
 }
 
 /// Calls `f(strips, b0, b1)` for each block `[b0, b1)` of [`KB`] keys of `[lo, hi)`.
-fn for_blocks(
+pub(crate) fn for_blocks(
     ranges: &[(usize, usize)],
     (lo, hi): (usize, usize),
     strips: &mut Vec<Strip>,
@@ -274,6 +274,7 @@ impl Task<'_> {
                     l: &mut scr.l,
                     s: &mut scr.s,
                     ahead: Ahead::NONE,
+                    score_mod: None,
                 };
                 st.reset();
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
@@ -341,6 +342,7 @@ impl Task<'_> {
             l: &mut scr.l,
             s: &mut scr.s,
             ahead: Ahead::NONE,
+            score_mod: None,
         };
         st.reset();
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {

@@ -1,0 +1,295 @@
+//! Attention of new queries over a [`KvCache`]: decode (few query rows) and chunked prefill
+//! (N_q new tokens, causal bottom-right aligned to each sequence's length), f32 / bf16 / int8,
+//! contiguous or paged, GQA/MQA, windows, ALiBi, softcap and sinks.
+//!
+//! Algorithm: split-KV decode ([`crate::tiled::decode`]'s). Per (query batch row, row tile,
+//! key chunk) one rayon task runs the online softmax of the tile's rows (all query heads of
+//! each KV group, i-major) over the chunk, for every KV head; partials fold with
+//! [`merge_partials`] in chunk order, then sinks join through [`crate::lse::add_sinks`]. Per
+//! block of [`KB`] keys the task stages the block's K and V rows of all KV heads from their
+//! pages into per-thread f32 scratch (widening bf16, dequantizing int8; `2·H_kv·32·D` floats,
+//! 256 KiB at H_kv = 8, D = 128: L2-resident) and runs the f32 decode kernel
+//! ([`crate::simd::decode`]) on each head's block; softcap and ALiBi enter through the
+//! kernel's score hook. All heads in one task because NHD puts the heads of a token side by
+//! side: staging them together reads each page as one stream (one task per KV head read rows
+//! `H_kv·D` apart and ran at under half the speed). Row `i` of sequence `b` (valid keys
+//! `[leftpad, seqlen)`, `len` of them) sees the logical keys of the problem's causal/window
+//! band with `N_k = len`.
+//!
+//! The split (row tiles of [`ROW_TILE`] rows, chunks from the longest sequence) depends on the
+//! shapes and lengths only, so results are bitwise identical at any thread count.
+//!
+//! Complexity: O(B·H·allowed pairs·D) time; each cached byte of a task's range is read once
+//! per row tile. Memory: partials `units × tile rows × (D + 1)` f32 plus per-thread scratch.
+//! Caveat: chunked prefill runs on this GEMV-shaped kernel, not on the tiled GEMM-shaped one,
+//! so it is far from the GEMM ceiling for long N_q.
+
+use super::{KvCache, KvCacheError};
+use crate::budget::check_budget;
+use crate::error::{AttnError, Result};
+use crate::lse::{add_sinks, merge_partials};
+use crate::modifiers::Modifier;
+use crate::problem::Problem;
+use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, PREFETCH_BYTES, ScoreHook, Strip};
+use crate::simd::flash::{finish_rows, padded_dim};
+use crate::simd::score_mod::{RowMod, ScoreOnly, modify_slice};
+use crate::simd::{Isa, scalar::Portable};
+use crate::tiled::decode::{chunk_keys, for_blocks};
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// Most query rows (positions × group) per task: bounds the accumulators of chunked prefill.
+pub const ROW_TILE: usize = 64;
+
+/// Modifiers attention over the cache implements (bands come from causal/window).
+const IMPLEMENTED: [Modifier; 3] = [Modifier::Alibi, Modifier::Softcap, Modifier::Sinks];
+
+/// Per-thread scratch, reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    acc: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    s: Vec<f32>,
+    kw: Vec<f32>,
+    vw: Vec<f32>,
+    ranges: Vec<(usize, usize)>,
+    strips: Vec<Strip>,
+}
+
+/// The split of one call.
+struct Split {
+    rows: usize,
+    tile: usize,
+    tiles: usize,
+    chunk: usize,
+    chunks: usize,
+}
+
+impl KvCache {
+    /// Everything [`KvCache::attend`] refuses: problem/cache mismatch, tensor lengths,
+    /// unsupported modifiers, `cache_batch_idx`.
+    pub(crate) fn check_attend(
+        &self,
+        p: &Problem,
+        q: &[f32],
+        idx: Option<&[usize]>,
+        out_len: usize,
+        lse_len: Option<usize>,
+    ) -> Result<()> {
+        Problem { seq_k: self.capacity(), ..p.clone() }.validate()?;
+        if p.kv_heads != self.kv_heads || p.head_dim != self.head_dim {
+            return Err(AttnError::shape(format!(
+                "problem has kv_heads={} head_dim={}, the cache kv_heads={} head_dim={}",
+                p.kv_heads, p.head_dim, self.kv_heads, self.head_dim
+            )));
+        }
+        let reasons = p.mods.refusals_except("kvcache", "not for a KV cache", &IMPLEMENTED);
+        if !reasons.is_empty() {
+            return Err(AttnError::Unsupported { backend: "kvcache".into(), reasons });
+        }
+        for (what, got, expected) in [
+            ("q", q.len(), p.q_len()),
+            ("out", out_len, p.out_len()),
+            ("lse", lse_len.unwrap_or(p.lse_len()), p.lse_len()),
+        ] {
+            if got != expected {
+                return Err(KvCacheError::ShapeMismatch { what, got, expected }.into());
+            }
+        }
+        self.check_batch_idx(idx, p.batch)?;
+        Ok(())
+    }
+
+    /// Attention of `q` (`(B_q, H, N_q, D)` f32, already rotated) over the cache: query batch
+    /// row `i` reads sequence `cache_batch_idx[i]` (identity when absent). `p` gives H,
+    /// N_q, scale, causal, window and the ALiBi/softcap/sinks modifiers (its `seq_k` is
+    /// ignored: each sequence's length is its own). Writes `out` (`(B_q, H, N_q, D)`) and, when
+    /// given, `lse` (`(B_q, H, N_q)`, natural log).
+    pub fn attend(
+        &self,
+        p: &Problem,
+        q: &[f32],
+        idx: Option<&[usize]>,
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<()> {
+        self.check_attend(p, q, idx, out.len(), lse.as_ref().map(|l| l.len()))?;
+        let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
+        let rows = nq * g;
+        let tile = if rows <= ROW_TILE { rows } else { (ROW_TILE / g).max(1) * g };
+        let tiles = rows.div_ceil(tile);
+        let maxlen = (0..p.batch).map(|i| self.len_of(self.target(idx, i))).max().unwrap_or(0).max(1);
+        // Prefill tasks already multiply by the row tiles: longer chunks keep the partials small.
+        let chunk = if tiles > 1 { chunk_keys(maxlen).max(8192) } else { chunk_keys(maxlen) };
+        let sp = Split { rows, tile, tiles, chunk, chunks: maxlen.div_ceil(chunk) };
+        let hkv = p.kv_heads;
+        let units = p.batch * tiles * sp.chunks;
+        let part_bytes = (units as u64).checked_mul(hkv as u64 * tile as u64 * (d as u64 + 1) * 4);
+        check_budget("kvcache", "attention partials", part_bytes)?;
+        let isa = Isa::best();
+
+        // Partial of (query row bq, tile t, chunk c, KV head h): rows at `at(bq, t, c, h)`.
+        let at = |bq: usize, t: usize, c: usize, h: usize| (((bq * tiles + t) * sp.chunks + c) * hkv + h) * tile;
+        let mut part_o = vec![0.0f32; units * hkv * tile * d];
+        let mut part_l = vec![0.0f32; units * hkv * tile];
+        part_o.par_chunks_mut(hkv * tile * d).zip(part_l.par_chunks_mut(hkv * tile)).enumerate().for_each_init(
+            Scratch::default,
+            |scr, (u, (po, pl))| {
+                let (c, t, bq) = (u % sp.chunks, (u / sp.chunks) % sp.tiles, u / (sp.chunks * sp.tiles));
+                self.task(p, q, idx, isa, &sp, (bq, t, c), scr, po, pl);
+            },
+        );
+
+        let mut lse_tmp;
+        let lse = match lse {
+            Some(l) => l,
+            None => {
+                lse_tmp = vec![0.0f32; p.lse_len()];
+                &mut lse_tmp
+            }
+        };
+        let (part_o, part_l) = (&part_o, &part_l);
+        out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
+            let (bq, h) = (bk / hkv, bk % hkv);
+            for t in 0..tiles {
+                let a0 = at(bq, t, 0, h);
+                let mut mo = part_o[a0 * d..(a0 + tile) * d].to_vec();
+                let mut ml = part_l[a0..a0 + tile].to_vec();
+                for c in 1..sp.chunks {
+                    let a = at(bq, t, c, h);
+                    merge_partials(&mut mo, &mut ml, &part_o[a * d..(a + tile) * d], &part_l[a..a + tile], d)?;
+                }
+                for r in 0..tile.min(rows - t * tile) {
+                    let gr = t * tile + r;
+                    let dst = (gr % g) * nq + gr / g;
+                    o[dst * d..(dst + 1) * d].copy_from_slice(&mo[r * d..(r + 1) * d]);
+                    l[dst] = ml[r];
+                }
+            }
+            Ok::<(), AttnError>(())
+        })?;
+        add_sinks(p, out, lse);
+        Ok(())
+    }
+
+    /// Valid keys of sequence `b`.
+    fn len_of(&self, b: usize) -> usize {
+        self.seqlens()[b] - self.leftpad()[b]
+    }
+
+    /// One (query row `bq`, row tile, chunk) task over every KV head: each block stages the
+    /// block's tokens for all heads (consecutive in NHD pages, so the reads stream), then runs
+    /// the kernel head by head. `po`/`pl` hold `H_kv × tile` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn task(
+        &self,
+        p: &Problem,
+        q: &[f32],
+        idx: Option<&[usize]>,
+        isa: Isa,
+        sp: &Split,
+        (bq, t, c): (usize, usize, usize),
+        scr: &mut Scratch,
+        po: &mut [f32],
+        pl: &mut [f32],
+    ) {
+        let (nq, d, g, hkv) = (p.seq_q, p.head_dim, p.group_size(), p.kv_heads);
+        let b = self.target(idx, bq);
+        let (len, lp) = (self.len_of(b), self.leftpad()[b]);
+        let row0 = t * sp.tile;
+        let n = sp.tile.min(sp.rows - row0);
+        let (k0, k1) = (c * sp.chunk, ((c + 1) * sp.chunk).min(len));
+        scr.ranges.clear();
+        let (mut lo, mut hi) = (k1, k0);
+        for r in 0..n {
+            let (a, z) = if len == 0 { (0, 0) } else { p.band((row0 + r) / g, nq, len) };
+            scr.ranges.push((a, z));
+            if a.max(k0) < z.min(k1) {
+                lo = lo.min(a.max(k0));
+                hi = hi.max(z.min(k1));
+            }
+        }
+        po.fill(0.0);
+        pl.fill(f32::NEG_INFINITY);
+        if lo >= hi {
+            return;
+        }
+        let dp = padded_dim(d);
+        scr.q.resize(hkv * n * d, 0.0);
+        for h in 0..hkv {
+            for r in 0..n {
+                let (i, hh) = ((row0 + r) / g, (row0 + r) % g);
+                let at = ((bq * p.heads + h * g + hh) * nq + i) * d;
+                scr.q[(h * n + r) * d..(h * n + r + 1) * d].copy_from_slice(&q[at..at + d]);
+            }
+        }
+        let m = &p.mods;
+        let so = ScoreOnly { scale: p.scale, softcap: m.softcap, alibi: m.alibi_slopes.is_some() };
+        let (block0, head) = (Cell::new(0usize), Cell::new(0usize));
+        let offset = len as f32 - nq as f32;
+        let hook = |r: usize, lo: usize, xs: &mut [f32]| {
+            let (i, hh) = ((row0 + r) / g, (row0 + r) % g);
+            let slope = p.alibi_slope(bq, i, head.get() * g + hh);
+            let diag = i as f32 + offset - (block0.get() + lo) as f32;
+            modify_slice(Portable, &so, RowMod { slope, diag }, xs);
+        };
+        let modified = so.softcap.is_some() || so.alibi;
+        let log2e = std::f32::consts::LOG2_E;
+        scr.acc.clear();
+        scr.acc.resize(hkv * n * dp, 0.0);
+        scr.m.clear();
+        scr.m.resize(hkv * n, f32::NEG_INFINITY);
+        scr.l.clear();
+        scr.l.resize(hkv * n, 0.0);
+        scr.s.resize(kernel::RB * KB, 0.0);
+        scr.kw.resize(hkv * KB * d, 0.0);
+        scr.vw.resize(hkv * KB * d, 0.0);
+        let (kw, vw) = (&mut scr.kw, &mut scr.vw);
+        let (qs, acc, ms, ls, s) = (&scr.q, &mut scr.acc, &mut scr.m, &mut scr.l, &mut scr.s);
+        // Tokens asked for ahead of the one being staged: about PREFETCH_BYTES of each stream.
+        let ahead = PREFETCH_BYTES.div_ceil(hkv * self.dtype().row_bytes(d)).max(1);
+        for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
+            for j in b0..b1 {
+                if j + ahead < hi {
+                    let far = self.row_of(b, lp + j + ahead, 0);
+                    for h in 0..hkv {
+                        self.k.prefetch_row(far + h, d);
+                        self.v.prefetch_row(far + h, d);
+                    }
+                }
+                let row = self.row_of(b, lp + j, 0);
+                for h in 0..hkv {
+                    let at = (h * KB + j - b0) * d;
+                    self.k.read_row(row + h, &mut kw[at..at + d]);
+                    self.v.read_row(row + h, &mut vw[at..at + d]);
+                }
+            }
+            block0.set(b0);
+            let nb = (b1 - b0) * d;
+            for h in 0..hkv {
+                head.set(h);
+                let mut st = DecodeState {
+                    d,
+                    q: &qs[h * n * d..(h + 1) * n * d],
+                    scale_log2: if modified { log2e } else { p.scale * log2e },
+                    acc: &mut acc[h * n * dp..(h + 1) * n * dp],
+                    m: &mut ms[h * n..(h + 1) * n],
+                    l: &mut ls[h * n..(h + 1) * n],
+                    s,
+                    ahead: Ahead::NONE,
+                    score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
+                };
+                let kb = h * KB * d;
+                kernel::run(isa, &mut st, &kw[kb..kb + nb], &vw[kb..kb + nb], strips);
+            }
+        });
+        let tile = sp.tile;
+        for h in 0..hkv {
+            let (a, z) = (h * n, (h + 1) * n);
+            let (o, l) = (&mut po[h * tile * d..(h * tile + n) * d], &mut pl[h * tile..h * tile + n]);
+            finish_rows(&acc[a * dp..z * dp], &ms[a..z], &ls[a..z], d, o, Some(l));
+        }
+    }
+}

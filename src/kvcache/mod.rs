@@ -1,0 +1,488 @@
+//! A KV cache for serving: contiguous or paged storage, f32 / bf16 / int8 elements, in-place
+//! append with fused rotary embedding, and attention over the cache (decode and chunked
+//! prefill) reading the pages where they lie.
+//!
+//! # Layout (FlashAttention's / FlashInfer's NHD)
+//! K and V each live in `(num_pages, page_size, H_kv, D)`. Sequence `b` owns the pages listed in
+//! row `b` of the block table `(B, max_pages)` (i32, as FlashAttention's `block_table`); its
+//! logical token `t` is slot `t % page_size` of page `block_table[b][t / page_size]`. A
+//! *contiguous* cache is the special case of one page per sequence (`page_size` = capacity,
+//! block table `[[0], [1], …]`), i.e. FlashAttention's `(B, seqlen_cache, H_kv, D)`.
+//!
+//! `cache_seqlens[b]` is the end of sequence `b`'s filled slots and `cache_leftpad[b]` its start
+//! (FlashAttention's semantics: keys `[leftpad, seqlen)` are valid; the new tokens of an append
+//! go to `seqlen`, and their rotary positions count from `leftpad`).
+//!
+//! # Element types
+//! f32 and bf16 store the values. int8 ([`quant`]) is symmetric int8 with one f32 scale per
+//! block of 32 consecutive elements of a (token, KV head) row, llama.cpp's q8_0 grouping with an
+//! f32 scale: blocks of 32 bound an outlier channel's damage to its own 32 elements (one scale
+//! per row of D = 128 lets one outlier coarsen all 128), at 144 bytes per row of D = 128
+//! against 256 for bf16 (1.78× fewer bytes). Quantization happens on append, once per row.
+//!
+//! # Complexity and caveats
+//! Append: O(new tokens · H_kv · D). Attention: as the decode strategy of `flash-cpu`
+//! ([`crate::tiled::decode`]): each K/V byte of the attended range is read once per call;
+//! the kernel stages one block of 32 tokens (all KV heads, widened or dequantized to f32) at a
+//! time in per-thread scratch, then runs the f32 decode kernel on it. That staging is the only
+//! copy: nothing sequence-sized is gathered. The dequantization happens there, in cache, not
+//! in registers inside the dot products.
+//! Refusals ([`KvCacheError`]) are checked before anything is written.
+//!
+//! Measured (`examples/kvcache_speed.rs`, 2 threads, 1 × 32768 keys, H = 32/8, D = 128, on a
+//! 2-vCPU AVX2 machine without AVX-512 shared with other builds, so noisy): paged 16 and 256
+//! took 0.93–1.04× the time of contiguous; the contiguous f32 cache 1.30× the time of
+//! `flash-cpu`'s plain decode on (B, H_kv, N, D) tensors, at 44–47% of the streaming-read
+//! ceiling; bf16 and int8 caches ran at the same speed as each other (0.63–0.71× of f32's
+//! time), so something other than bytes read bounds them there: the per-block staging
+//! (widen, dequantize) and the f32 kernel, or CPU time taken by the other builds (load average
+//! 20–99 during the runs; not separated). The targets (int8 ≥ 1.7× bf16, ≥ 70% of the
+//! ceiling) are not met on that machine; an AVX-512 machine was not available to measure.
+//! int8's decode error: 4.05× bf16's on `normal`, 1.70× on `structured` ([`quant`]).
+
+pub mod append;
+pub mod attend;
+pub mod quant;
+
+pub use append::{AppendOptions, Rotary, RotaryLayout};
+
+use crate::error::{AttnError, Result};
+use half::bf16;
+use std::fmt;
+
+/// Smallest page size of a paged cache.
+pub const MIN_PAGE_SIZE: usize = 16;
+
+/// Why a cache operation was refused. Nothing was written when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvCacheError {
+    #[error("cache full: sequence {batch} holds {seqlen} of {capacity} slots, cannot append {new_tokens}")]
+    CacheFull { batch: usize, seqlen: usize, new_tokens: usize, capacity: usize },
+    #[error("block table entry [{batch}][{slot}] = {page} is not a page index in [0, {num_pages})")]
+    BadPageIndex { batch: usize, slot: usize, page: i64, num_pages: usize },
+    #[error("length {len} of sequence {batch} is out of range (capacity {capacity})")]
+    LengthOutOfRange { batch: usize, len: usize, capacity: usize },
+    #[error("leftpad {leftpad} of sequence {batch} exceeds its length {seqlen}")]
+    LeftpadBeyondLength { batch: usize, leftpad: usize, seqlen: usize },
+    #[error("page size {page_size} is below the minimum {min}")]
+    PageSizeTooSmall { page_size: usize, min: usize },
+    #[error("{what} has {got} elements, expected {expected}")]
+    ShapeMismatch { what: &'static str, got: usize, expected: usize },
+    #[error("cache_batch_idx[{row}] = {index} is not a sequence of the cache (batch {batch})")]
+    BadBatchIndex { row: usize, index: usize, batch: usize },
+    #[error("cache_batch_idx names sequence {index} twice")]
+    DuplicateBatchIndex { index: usize },
+    #[error("rotary dim {rotary_dim} must be even and at most head_dim {head_dim}")]
+    RotaryDim { rotary_dim: usize, head_dim: usize },
+    #[error("rotary tables hold {positions} positions, position {needed} is needed")]
+    RotaryTooShort { needed: usize, positions: usize },
+    #[error("zero-sized cache dimension {what}")]
+    ZeroDim { what: &'static str },
+    #[error("cache of {what} elements overflows usize")]
+    Overflow { what: &'static str },
+}
+
+impl From<KvCacheError> for AttnError {
+    fn from(e: KvCacheError) -> Self {
+        AttnError::KvCache(e)
+    }
+}
+
+/// Element type of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvDType {
+    F32,
+    BF16,
+    /// Symmetric int8, one f32 scale per 32 elements of a row ([`quant`]).
+    Int8,
+}
+
+impl KvDType {
+    pub const ALL: [KvDType; 3] = [KvDType::F32, KvDType::BF16, KvDType::Int8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvDType::F32 => "f32",
+            KvDType::BF16 => "bf16",
+            KvDType::Int8 => "int8",
+        }
+    }
+
+    /// Bytes one (token, KV head) row of `d` elements takes, scales included.
+    pub fn row_bytes(self, d: usize) -> usize {
+        match self {
+            KvDType::F32 => 4 * d,
+            KvDType::BF16 => 2 * d,
+            KvDType::Int8 => d + 4 * d.div_ceil(quant::QBLOCK),
+        }
+    }
+}
+
+impl fmt::Display for KvDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = AttnError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(KvDType::F32),
+            "bf16" => Ok(KvDType::BF16),
+            "int8" => Ok(KvDType::Int8),
+            _ => Err(AttnError::invalid(format!("unknown kv dtype `{s}` (expected f32, bf16 or int8)"))),
+        }
+    }
+}
+
+/// Storage layout of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvLayout {
+    /// One region of `capacity` slots per sequence.
+    Contiguous,
+    /// Pages of `page_size` slots addressed by a block table.
+    Paged { page_size: usize },
+}
+
+impl fmt::Display for KvLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvLayout::Contiguous => f.write_str("contiguous"),
+            KvLayout::Paged { page_size } => write!(f, "paged:{page_size}"),
+        }
+    }
+}
+
+impl std::str::FromStr for KvLayout {
+    type Err = AttnError;
+    /// `contiguous` or `paged:PAGE`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || AttnError::invalid(format!("kv layout `{s}` must be `contiguous` or `paged:PAGE`"));
+        match s.split_once(':') {
+            None if s == "contiguous" => Ok(KvLayout::Contiguous),
+            Some(("paged", n)) => {
+                let page_size: usize = n.parse().map_err(|_| bad())?;
+                if page_size < MIN_PAGE_SIZE {
+                    return Err(KvCacheError::PageSizeTooSmall { page_size, min: MIN_PAGE_SIZE }.into());
+                }
+                Ok(KvLayout::Paged { page_size })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The element storage of K or V.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    /// Values and one scale per [`quant::QBLOCK`] elements of a row.
+    Int8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
+}
+
+impl Store {
+    fn new(dtype: KvDType, slots: usize, d: usize) -> Store {
+        match dtype {
+            KvDType::F32 => Store::F32(vec![0.0; slots * d]),
+            KvDType::BF16 => Store::BF16(vec![bf16::ZERO; slots * d]),
+            KvDType::Int8 => Store::Int8 { q: vec![0; slots * d], scale: vec![0.0; slots * d.div_ceil(quant::QBLOCK)] },
+        }
+    }
+
+    /// Writes row `slot` (a (token, head) row of `src.len()` = D elements).
+    pub(crate) fn write_row(&mut self, slot: usize, src: &[f32]) {
+        let d = src.len();
+        match self {
+            Store::F32(x) => x[slot * d..(slot + 1) * d].copy_from_slice(src),
+            Store::BF16(x) => {
+                x[slot * d..(slot + 1) * d].iter_mut().zip(src).for_each(|(y, &s)| *y = bf16::from_f32(s))
+            }
+            Store::Int8 { q, scale } => {
+                let nb = d.div_ceil(quant::QBLOCK);
+                quant::quantize_row(src, &mut q[slot * d..(slot + 1) * d], &mut scale[slot * nb..(slot + 1) * nb]);
+            }
+        }
+    }
+
+    /// Reads row `slot` into `dst` (D elements) as f32.
+    pub(crate) fn read_row(&self, slot: usize, dst: &mut [f32]) {
+        let d = dst.len();
+        match self {
+            Store::F32(x) => dst.copy_from_slice(&x[slot * d..(slot + 1) * d]),
+            Store::BF16(x) => quant::widen_bf16(&x[slot * d..(slot + 1) * d], dst),
+            Store::Int8 { q, scale } => {
+                let nb = d.div_ceil(quant::QBLOCK);
+                quant::dequantize_row(&q[slot * d..(slot + 1) * d], &scale[slot * nb..(slot + 1) * nb], dst);
+            }
+        }
+    }
+
+    /// Asks the cache for row `slot` (D = `d` elements, and its int8 scales): NHD rows of one
+    /// KV head lie `H_kv` rows apart, a stride the hardware prefetchers do not follow across
+    /// 4 KiB pages, so the attention kernel asks a few rows ahead itself.
+    #[inline]
+    pub(crate) fn prefetch_row(&self, slot: usize, d: usize) {
+        let (ptr, bytes) = match self {
+            Store::F32(x) => (x[slot * d..].as_ptr() as *const u8, 4 * d),
+            Store::BF16(x) => (x[slot * d..].as_ptr() as *const u8, 2 * d),
+            Store::Int8 { q, scale } => {
+                prefetch_line(scale[slot * d.div_ceil(quant::QBLOCK)..].as_ptr() as *const u8);
+                (q[slot * d..].as_ptr() as *const u8, d)
+            }
+        };
+        for off in (0..bytes).step_by(64) {
+            prefetch_line(ptr.wrapping_add(off));
+        }
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(x) => 4 * x.len(),
+            Store::BF16(x) => 2 * x.len(),
+            Store::Int8 { q, scale } => q.len() + 4 * scale.len(),
+        }
+    }
+}
+
+/// A KV cache of `batch` sequences (see the module docs for the layout and semantics).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    batch: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: KvDType,
+    layout: KvLayout,
+    page_size: usize,
+    num_pages: usize,
+    max_pages: usize,
+    block_table: Vec<i32>,
+    seqlens: Vec<usize>,
+    leftpad: Vec<usize>,
+    pub(crate) k: Store,
+    pub(crate) v: Store,
+}
+
+fn nonzero(what: &'static str, x: usize) -> std::result::Result<usize, KvCacheError> {
+    if x == 0 { Err(KvCacheError::ZeroDim { what }) } else { Ok(x) }
+}
+
+impl KvCache {
+    /// A contiguous cache: `capacity` slots per sequence, empty.
+    pub fn contiguous(batch: usize, kv_heads: usize, head_dim: usize, capacity: usize, dtype: KvDType) -> Result<Self> {
+        nonzero("batch", batch)?;
+        let table = (0..batch)
+            .map(|b| i32::try_from(b).map_err(|_| KvCacheError::Overflow { what: "batch" }))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::build(batch, kv_heads, head_dim, capacity, batch, 1, table, dtype, KvLayout::Contiguous)
+    }
+
+    /// A paged cache of `num_pages` pages of `page_size` slots; `block_table` is `(batch,
+    /// max_pages)` row-major, every entry a page index in `[0, num_pages)` (pages may be
+    /// shared between sequences, e.g. a common prompt prefix). Empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged(
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        page_size: usize,
+        num_pages: usize,
+        max_pages: usize,
+        block_table: Vec<i32>,
+        dtype: KvDType,
+    ) -> Result<Self> {
+        if page_size < MIN_PAGE_SIZE {
+            return Err(KvCacheError::PageSizeTooSmall { page_size, min: MIN_PAGE_SIZE }.into());
+        }
+        Self::build(
+            batch,
+            kv_heads,
+            head_dim,
+            page_size,
+            num_pages,
+            max_pages,
+            block_table,
+            dtype,
+            KvLayout::Paged { page_size },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        page_size: usize,
+        num_pages: usize,
+        max_pages: usize,
+        block_table: Vec<i32>,
+        dtype: KvDType,
+        layout: KvLayout,
+    ) -> Result<Self> {
+        for (what, x) in [("batch", batch), ("kv_heads", kv_heads), ("head_dim", head_dim), ("page_size", page_size)] {
+            nonzero(what, x)?;
+        }
+        nonzero("num_pages", num_pages)?;
+        nonzero("max_pages", max_pages)?;
+        let expected = batch.checked_mul(max_pages).ok_or(KvCacheError::Overflow { what: "block table" })?;
+        if block_table.len() != expected {
+            return Err(KvCacheError::ShapeMismatch { what: "block_table", got: block_table.len(), expected }.into());
+        }
+        check_table(&block_table, max_pages, num_pages)?;
+        let slots = [page_size, kv_heads]
+            .iter()
+            .try_fold(num_pages, |a, &x| a.checked_mul(x))
+            .filter(|s| s.checked_mul(head_dim).and_then(|e| e.checked_mul(4)).is_some())
+            .ok_or(KvCacheError::Overflow { what: "storage" })?;
+        let bytes = (2 * slots * dtype.row_bytes(head_dim)) as u64;
+        crate::budget::check_budget("kvcache", "cache storage", Some(bytes))?;
+        Ok(KvCache {
+            batch,
+            kv_heads,
+            head_dim,
+            dtype,
+            layout,
+            page_size,
+            num_pages,
+            max_pages,
+            block_table,
+            seqlens: vec![0; batch],
+            leftpad: vec![0; batch],
+            k: Store::new(dtype, slots, head_dim),
+            v: Store::new(dtype, slots, head_dim),
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
+    }
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    pub fn num_pages(&self) -> usize {
+        self.num_pages
+    }
+    pub fn block_table(&self) -> &[i32] {
+        &self.block_table
+    }
+    /// `cache_seqlens`: end of each sequence's filled slots.
+    pub fn seqlens(&self) -> &[usize] {
+        &self.seqlens
+    }
+    /// `cache_leftpad`: start of each sequence's valid slots.
+    pub fn leftpad(&self) -> &[usize] {
+        &self.leftpad
+    }
+    /// Slots per sequence (`max_pages · page_size`).
+    pub fn capacity(&self) -> usize {
+        self.max_pages * self.page_size
+    }
+    /// Bytes of K and V storage.
+    pub fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes()
+    }
+
+    /// Replaces the block table (the engine moved or allocated pages); checked first.
+    pub fn set_block_table(&mut self, table: Vec<i32>) -> Result<()> {
+        if table.len() != self.block_table.len() {
+            let (got, expected) = (table.len(), self.block_table.len());
+            return Err(KvCacheError::ShapeMismatch { what: "block_table", got, expected }.into());
+        }
+        check_table(&table, self.max_pages, self.num_pages)?;
+        self.block_table = table;
+        Ok(())
+    }
+
+    /// Sets `cache_seqlens` and `cache_leftpad` (FlashAttention's: keys `[leftpad, seqlen)`
+    /// are valid). Checked first: one of each per sequence, `leftpad ≤ seqlen ≤ capacity`.
+    pub fn set_lengths(&mut self, seqlens: &[usize], leftpad: Option<&[usize]>) -> Result<()> {
+        let zeros = vec![0; self.batch];
+        let leftpad = leftpad.unwrap_or(&zeros);
+        for (what, got) in [("cache_seqlens", seqlens.len()), ("cache_leftpad", leftpad.len())] {
+            if got != self.batch {
+                return Err(KvCacheError::ShapeMismatch { what, got, expected: self.batch }.into());
+            }
+        }
+        for (b, (&len, &lp)) in seqlens.iter().zip(leftpad).enumerate() {
+            if len > self.capacity() {
+                return Err(KvCacheError::LengthOutOfRange { batch: b, len, capacity: self.capacity() }.into());
+            }
+            if lp > len {
+                return Err(KvCacheError::LeftpadBeyondLength { batch: b, leftpad: lp, seqlen: len }.into());
+            }
+        }
+        self.seqlens.copy_from_slice(seqlens);
+        self.leftpad.copy_from_slice(leftpad);
+        Ok(())
+    }
+
+    /// Storage row of logical slot `pos` of sequence `b`, head `h` (the table was checked).
+    #[inline]
+    pub(crate) fn row_of(&self, b: usize, pos: usize, h: usize) -> usize {
+        let page = self.block_table[b * self.max_pages + pos / self.page_size] as usize;
+        (page * self.page_size + pos % self.page_size) * self.kv_heads + h
+    }
+
+    /// The valid keys and values of sequence `b` (slots `[leftpad, seqlen)`), dequantized,
+    /// as `(H_kv, len, D)` f32 each: a copy, for checking and inspection (attention never
+    /// gathers).
+    pub fn to_dense(&self, b: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        if b >= self.batch {
+            return Err(KvCacheError::BadBatchIndex { row: 0, index: b, batch: self.batch }.into());
+        }
+        let (lo, hi, d) = (self.leftpad[b], self.seqlens[b], self.head_dim);
+        let n = hi - lo;
+        let (mut k, mut v) = (vec![0.0; self.kv_heads * n * d], vec![0.0; self.kv_heads * n * d]);
+        for h in 0..self.kv_heads {
+            for t in 0..n {
+                let r = self.row_of(b, lo + t, h);
+                let at = (h * n + t) * d;
+                self.k.read_row(r, &mut k[at..at + d]);
+                self.v.read_row(r, &mut v[at..at + d]);
+            }
+        }
+        Ok((k, v))
+    }
+}
+
+/// Asks the cache for the 64-byte line at `p` (a no-op off x86-64).
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Every block-table entry must be a page index.
+fn check_table(table: &[i32], max_pages: usize, num_pages: usize) -> std::result::Result<(), KvCacheError> {
+    match table.iter().position(|&p| p < 0 || p as usize >= num_pages) {
+        Some(i) => Err(KvCacheError::BadPageIndex {
+            batch: i / max_pages,
+            slot: i % max_pages,
+            page: table[i] as i64,
+            num_pages,
+        }),
+        None => Ok(()),
+    }
+}
