@@ -12,6 +12,8 @@
 //! attnkit's message; a non-array argument is a `TypeError`.
 
 mod arrays;
+mod flash;
+mod layout;
 
 use arrays::{Borrowed, is_torch};
 use attnkit::interop::strided::View4;
@@ -26,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-fn to_py(e: AttnError) -> PyErr {
+pub(crate) fn to_py(e: AttnError) -> PyErr {
     match e {
         AttnError::Shape(_)
         | AttnError::InvalidArgument(_)
@@ -39,7 +41,7 @@ fn to_py(e: AttnError) -> PyErr {
 /// Backends built once per (name, options): `auto` builds every candidate, which is not free.
 static BACKENDS: Mutex<Option<HashMap<String, Arc<dyn Attention>>>> = Mutex::new(None);
 
-fn cached_backend(opts: &AttnOptions) -> Result<Arc<dyn Attention>, AttnError> {
+pub(crate) fn cached_backend(opts: &AttnOptions) -> Result<Arc<dyn Attention>, AttnError> {
     let key = format!("{}|{:?}", opts.backend, opts.backend_options);
     let mut guard = BACKENDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
@@ -83,14 +85,14 @@ fn options(
 }
 
 /// Q, K, V contiguous in (B, H, N, D): borrowed from Python when they already are.
-enum Contig<'a> {
+pub(crate) enum Contig<'a> {
     F32(Cow<'a, [f32]>),
     F16(Cow<'a, [f16]>),
     BF16(Cow<'a, [bf16]>),
 }
 
 impl Contig<'_> {
-    fn as_ref(&self) -> TensorRef<'_> {
+    pub(crate) fn as_ref(&self) -> TensorRef<'_> {
         match self {
             Contig::F32(c) => TensorRef::F32(c),
             Contig::F16(c) => TensorRef::F16(c),
@@ -254,8 +256,10 @@ fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 }
 
 #[pymodule]
-#[pyo3(name = "attnkit")]
+#[pyo3(name = "_attnkit")]
 fn attnkit_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(flash::_fwd, m)?)?;
+    m.add_function(wrap_pyfunction!(flash::_bwd, m)?)?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
     m.add_function(wrap_pyfunction!(_time_in_rust, m)?)?;
