@@ -21,6 +21,7 @@ use attnkit::interop::{AttnOptions, common_dtype, compute};
 use attnkit::{Attention, AttnError, AttnOutput, BackendOptions, DType, Problem, TensorRef, Window};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use std::borrow::Cow;
@@ -194,6 +195,16 @@ fn attention(
     backend_options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Py<PyAny>> {
     let opts = options(backend, causal, window, scale, backend_options)?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        // Its output would silently leave the autograd graph: refuse, naming the door that records it.
+        if is_torch(t)? && t.getattr(intern!(py, "requires_grad")).and_then(|r| r.extract::<bool>()).unwrap_or(false) {
+            return Err(PyValueError::new_err(format!(
+                "{name} requires grad, and attnkit.attention is not differentiable: use \
+                 attnkit.scaled_dot_product_attention (the same (B, H, N, D) layout) or \
+                 attnkit.flash_attn.flash_attn_func, or pass {name}.detach()"
+            )));
+        }
+    }
     let (qb, kb, vb) = (Borrowed::from_object("q", q)?, Borrowed::from_object("k", k)?, Borrowed::from_object("v", v)?);
     let prepared = prepare(&opts, &qb, &kb, &vb)?;
     let out = py.detach(|| prepared.run(return_lse)).map_err(to_py)?;

@@ -21,7 +21,7 @@ def local_mask(sq, sk, window, causal, q_lens=None, k_lens=None, b=1):
     left, right = window
     if causal:
         right = 0
-    masked = j >= kl[:, None, None]
+    masked = (j >= kl[:, None, None]).expand(b, sq, sk).clone()
     if right >= 0:
         masked |= j > diag + right
     if left >= 0:
@@ -65,13 +65,34 @@ def unit_roundoff(dtype):
     return {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
 
 
-def assert_fa_close(got, ref64, naive, dtype, what, mult=2.0):
+def score_term(q, k, v, scale=None):
+    """u(f32) scale max||q_i|| max||k_j|| max|v|: the f32 rounding of one score, carried to the
+    output (attnkit::validate's term; it matters where the reference is ~0, e.g. dQ with one key)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qn, kn = (t.double().norm(dim=-1).max().item() for t in (q, k))
+    return 2.0 ** -24 * scale * qn * kn * v.double().abs().max().item()
+
+
+def grad_term(q, k, v, dout, scale=None):
+    """The f32 rounding of D_i = rowsum(dO_i * O_i) against dP_ij = dO_i . v_j, which cancel
+    exactly in dS = P (dP - D) where one key takes the whole weight (N_k = 1, say; the naive
+    computation, which never forms D, gets 0 there): u(f32) scale max||dO_i|| max||v_j|| max|q|,
+    |k| grown as a random walk over the sqrt(rows) the gradient sums."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    rows = max(q.shape[1] * q.shape[2] // k.shape[2], k.shape[1])
+    dn, vn = (t.double().norm(dim=-1).max().item() for t in (dout, v))
+    qk = max(q.double().abs().max().item(), k.double().abs().max().item())
+    return 2.0 ** -24 * scale * math.sqrt(rows) * dn * vn * qk
+
+
+def assert_fa_close(got, ref64, naive, dtype, what, mult=2.0, score=0.0):
     """FlashAttention's rule: max|got - ref| <= mult * max|naive - ref| + floor, with the floor of
-    attnkit::validate (4 u(dtype) max(1, max|ref|): one rounding of the output)."""
+    attnkit::validate: 4 u(dtype) max(1, max|ref|) (one rounding of the output) + ``score``
+    (``score_term``)."""
     got, ref64, naive = got.double(), ref64.double(), naive.double()
     err = (got - ref64).abs().max().item()
     naive_err = (naive - ref64).abs().max().item()
-    floor = 4 * unit_roundoff(dtype) * max(1.0, ref64.abs().max().item())
+    floor = 4 * unit_roundoff(dtype) * max(1.0, ref64.abs().max().item()) + score
     assert err <= mult * naive_err + floor, f"{what}: err {err:.3g} > {mult} x naive {naive_err:.3g} + {floor:.3g}"
 
 

@@ -82,10 +82,9 @@ def test_kvcache(case):
     torch.testing.assert_close(k_cache.double(), kc_ref.double(), atol=tol, rtol=tol)
     assert torch.equal(v_cache, vc_ref)
     used = seqlens.long() + nn - lp
-    keys = torch.stack([kc_ref[ii[bi], lp[bi]:] for bi in range(b)])
-    vals = torch.stack([vc_ref[ii[bi], lp[bi]:] for bi in range(b)])
-    keys = torch.nn.functional.pad(keys, (0, 0, 0, 0, 0, nc - keys.shape[1]))
-    vals = torch.nn.functional.pad(vals, (0, 0, 0, 0, 0, nc - vals.shape[1]))
+    pad = lambda x, bi: torch.nn.functional.pad(x[ii[bi], lp[bi]:], (0, 0, 0, 0, 0, int(lp[bi])))
+    keys = torch.stack([pad(kc_ref, bi) for bi in range(b)])
+    vals = torch.stack([pad(vc_ref, bi) for bi in range(b)])
     ref, ref_lse = attention_ref(qr, keys.double(), vals.double(), causal=causal, k_lens=used)
     naive, _ = attention_ref(qr.to(dtype), keys, vals, causal=causal, k_lens=used, upcast=False)
     # The rotated q is rounded to the dtype before the kernel (as FlashAttention does): allow it

@@ -39,16 +39,15 @@ def test_sdpa_matches_torch_float64(case, dtype):
         mask = torch.randn(1, h, l, s, generator=gen).to(dtype)
     gqa = h != hk
     out = attnkit.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
-                                         attn_mask=None if mask is None or mask.dtype == torch.bool else mask.double(),
-                                         is_causal=causal, enable_gqa=gqa) if mkind != "bool" else \
-        F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, enable_gqa=gqa)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    m64 = mask.double() if mkind == "float" else mask
+    ref = F.scaled_dot_product_attention(q64, k64, v64, attn_mask=m64, is_causal=causal, enable_gqa=gqa)
     assert out.dtype == dtype and out.shape == q.shape
     tol = 3e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
     dout = torch.randn(out.shape, generator=gen).to(dtype)
     got = torch.autograd.grad(out, (q, k, v), dout)
-    want = torch.autograd.grad(ref, (q, k, v), dout.double())
+    want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, atol=10 * tol, rtol=10 * tol)
 
