@@ -13,13 +13,13 @@
 //! writing into an input during the call is a data race on those floats (as it is for NumPy);
 //! one that frees the input's memory (a PyTorch `resize_`) is not guarded against.
 
+use crate::layout::is_row_major;
 use attnkit::interop::strided::View4;
 use attnkit::{AttnError, DType};
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::intern;
-use crate::layout::is_row_major;
 use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
 use std::ffi::c_void;
 

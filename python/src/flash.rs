@@ -197,7 +197,8 @@ fn pair<'a>(
 
 /// LSE (f32, B·H·N_q elements, row-major in whatever shape the caller gave it).
 fn check_lse(b: &Borrowed<'_>, p: &Problem) -> PyResult<()> {
-    if b.dtype != DType::F32 || b.shape.iter().product::<usize>() != p.lse_len() || !is_row_major(&b.shape, &b.strides) {
+    if b.dtype != DType::F32 || b.shape.iter().product::<usize>() != p.lse_len() || !is_row_major(&b.shape, &b.strides)
+    {
         return Err(PyValueError::new_err(format!(
             "lse must be a contiguous float32 array of {} elements (B={}, H={}, N_q={}); got {b:?}",
             p.lse_len(),
@@ -254,7 +255,8 @@ pub fn _fwd(
     let lse_dst = &mut lse_slice(&mut lb, &p)?[..p.lse_len()];
     py.detach(|| -> Result<(), AttnError> {
         let (qc, kc, vc) = (contiguous(&qsrc, qs), contiguous(&ksrc, ks), contiguous(&vsrc, vs));
-        let args = AttnArgs::new_with(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), PairData { bias: bias_ref, mask: mask_ref })?;
+        let args =
+            AttnArgs::new_with(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), PairData { bias: bias_ref, mask: mask_ref })?;
         let mut o32 = vec![0.0f32; p.out_len()];
         backend.forward_into(&args, &mut o32, Some(lse_dst))?;
         write_out(&o32, qs, perm, out_dst);
@@ -312,14 +314,21 @@ pub fn _bwd(
         }
     }
     let backend = cached_backend(&AttnOptions::default().with_backend(&mods.backend)).map_err(to_py)?;
-    let (dosrc, qsrc, ksrc, vsrc, osrc) =
-        (src("dout", &dob, perm)?, src("q", &qb, perm)?, src("k", &kb, perm)?, src("v", &vb, perm)?, src("out", &ob, perm)?);
+    let (dosrc, qsrc, ksrc, vsrc, osrc) = (
+        src("dout", &dob, perm)?,
+        src("q", &qb, perm)?,
+        src("k", &kb, perm)?,
+        src("v", &vb, perm)?,
+        src("out", &ob, perm)?,
+    );
     let lse_data = &lb.span::<f32>("lse")?.0[..p.lse_len()];
-    let (dq_dst, dk_dst, dv_dst) = (dst("dq", &mut g0, qs0, dtype)?, dst("dk", &mut g1, ks0, dtype)?, dst("dv", &mut g2, vs0, dtype)?);
+    let (dq_dst, dk_dst, dv_dst) =
+        (dst("dq", &mut g0, qs0, dtype)?, dst("dk", &mut g1, ks0, dtype)?, dst("dv", &mut g2, vs0, dtype)?);
     py.detach(|| -> Result<Option<Vec<f32>>, AttnError> {
         let (qc, kc, vc) = (contiguous(&qsrc, qs), contiguous(&ksrc, ks), contiguous(&vsrc, vs));
         let (o32, do32) = (f32_contiguous(&osrc, qs), f32_contiguous(&dosrc, qs));
-        let args = AttnArgs::new_with(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), PairData { bias: bias_ref, mask: mask_ref })?;
+        let args =
+            AttnArgs::new_with(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), PairData { bias: bias_ref, mask: mask_ref })?;
         let mut g = attnkit::Grads::zeros(&p, false);
         let mut gm: GradsMut<'_> = g.as_mut();
         backend.backward_into(&args, &Saved { out: &o32, lse: lse_data, d_out: &do32 }, &mut gm)?;

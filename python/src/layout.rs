@@ -67,7 +67,12 @@ impl<T: Copy> Src<'_, T> {
 
 /// `dest` (row-major, `shape`) ← `f(src)`. The caller has checked that `src` addresses only
 /// elements inside its slice for this shape (arrays::Borrowed::span), so indexing cannot fail.
-pub fn copy_into<T: Copy + Sync, U: Send>(src: Src<'_, T>, shape: [usize; 4], dest: &mut [U], f: impl Fn(T) -> U + Sync) {
+pub fn copy_into<T: Copy + Sync, U: Send>(
+    src: Src<'_, T>,
+    shape: [usize; 4],
+    dest: &mut [U],
+    f: impl Fn(T) -> U + Sync,
+) {
     let [_, n1, n2, d] = shape;
     debug_assert_eq!(dest.len(), shape.iter().product::<usize>());
     if d == 0 || dest.is_empty() {
