@@ -76,11 +76,13 @@ def score_term(q, k, v, scale=None):
 def grad_term(q, k, v, dout, scale=None):
     """The f32 rounding of D_i = rowsum(dO_i * O_i) against dP_ij = dO_i . v_j, which cancel
     exactly in dS = P (dP - D) where one key takes the whole weight (N_k = 1, say; the naive
-    computation, which never forms D, gets 0 there): u(f32) scale max||dO_i|| max||v_j|| max|q|,
-    |k| grown as a random walk over the sqrt(rows) the gradient sums."""
+    computation, which never forms D, gets 0 there): u(f32) scale rms||dO_i|| rms||v_j||
+    max|q|,|k|, grown as a random walk over the sqrt(rows) the gradient sums. In f32 it is
+    ~1e-5 at these shapes (the rounding it models measured up to 1.1e-5 with N_k = 1, MQA);
+    in f16/bf16 it is far below the naive error."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     rows = max(q.shape[1] * q.shape[2] // k.shape[2], k.shape[1])
-    dn, vn = (t.double().norm(dim=-1).max().item() for t in (dout, v))
+    dn, vn = (t.double().norm(dim=-1).pow(2).mean().sqrt().item() for t in (dout, v))
     qk = max(q.double().abs().max().item(), k.double().abs().max().item())
     return 2.0 ** -24 * scale * math.sqrt(rows) * dn * vn * qk
 
