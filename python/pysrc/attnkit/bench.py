@@ -3,6 +3,7 @@ tensors, in one process, alternating the contenders (order reversed every other 
 before each call: PyTorch's OpenMP threads spin after a call), medians and ratios.
 
     python -m attnkit.bench [--n 4096] [--b 2] [--h 8] [--d 64] [--rounds 5] [--quick]
+                            [--dtype float32 bfloat16] [--passes fwd fwdbwd]
 
 Rows: forward and forward+backward in float32 and bfloat16 (flash_attn_func on (B, N, H, D)
 against F.scaled_dot_product_attention on the (B, H, N, D) transposed views of the same
@@ -106,6 +107,8 @@ def main():
     ap.add_argument("--h", type=int, default=8)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
+    ap.add_argument("--passes", nargs="+", choices=["fwd", "fwdbwd"], default=["fwd", "fwdbwd"])
     ap.add_argument("--quick", action="store_true", help="N=512, 3 rounds, fewer overhead calls (a smoke run)")
     a = ap.parse_args()
     if a.quick:
@@ -115,9 +118,9 @@ def main():
     py, rust = overhead(300 if a.quick else 3000)
     print(f"overhead at N=16 (B=1 H=8 D=64 f32): flash_attn_func {py * 1e6:.1f} us, kernel in Rust "
           f"{rust * 1e6:.1f} us, overhead {(py - rust) * 1e6:.1f} us")
-    for dtype in (torch.float32, torch.bfloat16):
-        for backward in (False, True):
-            shape_rows(a.b, a.n, a.h, a.d, dtype, a.rounds, backward)
+    for dtype in a.dtype:
+        for p in a.passes:
+            shape_rows(a.b, a.n, a.h, a.d, getattr(torch, dtype), a.rounds, p == "fwdbwd")
 
 
 if __name__ == "__main__":
