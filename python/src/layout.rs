@@ -4,8 +4,9 @@
 //! source through arbitrary element strides.
 //!
 //! Cost: one read and one write of every element, O(B·H·N·D), split over the rayon pool; beside
-//! the kernel's O(N²·D) it is ~1 % at N = 4096 (python/pysrc/attnkit/bench.py measures the
-//! (B, N, H, D) call against the (B, H, N, D) one). Small tensors are moved on the calling
+//! the kernel's O(N²·D) it does not show: `python -m attnkit.bench` (the (B, N, H, D) call
+//! against the same call on contiguous (B, H, N, D), alternated) measured time ratios 0.99 (f32)
+//! and 0.97 (bf16) at B=2, N=4096, H=8, D=64 on a loaded 2-core machine. Small tensors are moved on the calling
 //! thread: waking the pool costs more than the copy below ~64 K elements.
 
 use half::{bf16, f16};
