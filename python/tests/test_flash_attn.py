@@ -111,6 +111,21 @@ def test_varlen_random_padding(dtype, causal, window, mha):
         assert_fa_close(g, w[m], n[m], dtype, name, score=score)
 
 
+def test_head_dim_above_flash_attention_limit():
+    """D = 320: FlashAttention refuses D > 256; attnkit takes it (forward and gradients)."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (t.requires_grad_() for t in make(1, 40, 50, 2, 2, 320, torch.float32, gen))
+    out = flash_attn_func(q, k, v, causal=True)
+    ref, _ = attention_ref(q, k, v, causal=True)
+    naive, _ = attention_ref(q, k, v, causal=True, upcast=False)
+    assert_fa_close(out, ref, naive, torch.float32, "out", score=score_term(q, k, v))
+    dout = torch.randn(out.shape, generator=gen)
+    score = score_term(q, k, v) + grad_term(q, k, v, dout)
+    for name, g, w, n in zip("qkv", grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout.double()),
+                             grads(naive, (q, k, v), dout)):
+        assert_fa_close(g, w, n, torch.float32, "d" + name, score=score)
+
+
 def test_packed_variants_match_unpacked():
     gen = torch.Generator().manual_seed(3)
     b, n, h, d = 2, 50, 4, 32
