@@ -138,25 +138,43 @@ fn problem(q: [usize; 4], k: [usize; 4], v: [usize; 4], dtype: DType, m: &Mods) 
     if let Some(s) = m.scale {
         p = p.with_scale(s);
     }
-    if m.softcap != 0.0 {
-        p.mods.softcap = Some(m.softcap);
-    }
-    p.mods.alibi_slopes = m.alibi_slopes.clone();
-    p.mods.sinks = m.sinks.clone();
-    p.mods.seqused_k = m.seqused_k.clone();
-    match (&m.cu_seqlens_q, &m.cu_seqlens_k) {
-        (None, None) => {}
-        (Some(q), Some(k)) => {
-            p.mods.varlen = Some(Varlen { cu_seqlens_q: q.clone(), cu_seqlens_k: k.clone() });
-        }
-        _ => return Err(AttnError::invalid("cu_seqlens_q and cu_seqlens_k must be given together")),
-    }
+    apply_mods(
+        &mut p,
+        m.softcap,
+        m.alibi_slopes.clone(),
+        m.sinks.clone(),
+        m.cu_seqlens_q.clone(),
+        m.cu_seqlens_k.clone(),
+        m.seqused_k.clone(),
+    )?;
     p.validate()?;
     Ok(p)
 }
 
+/// Sets the shape-free modifiers on `p` (softcap 0 = none), as FlashAttention names them.
+pub(crate) fn apply_mods(
+    p: &mut Problem,
+    softcap: f32,
+    alibi_slopes: Option<Vec<f32>>,
+    sinks: Option<Vec<f32>>,
+    cu_seqlens_q: Option<Vec<usize>>,
+    cu_seqlens_k: Option<Vec<usize>>,
+    seqused_k: Option<Vec<usize>>,
+) -> Result<(), AttnError> {
+    p.mods.softcap = (softcap != 0.0).then_some(softcap);
+    p.mods.alibi_slopes = alibi_slopes;
+    p.mods.sinks = sinks;
+    p.mods.seqused_k = seqused_k;
+    p.mods.varlen = match (cu_seqlens_q, cu_seqlens_k) {
+        (None, None) => None,
+        (Some(cu_seqlens_q), Some(cu_seqlens_k)) => Some(Varlen { cu_seqlens_q, cu_seqlens_k }),
+        _ => return Err(AttnError::invalid("cu_seqlens_q and cu_seqlens_k must be given together")),
+    };
+    p.validate()
+}
+
 /// Bias and mask data, contiguous (B|1, H|1, N_q, N_k); their shapes go on the problem.
-fn pair<'a>(
+pub(crate) fn pair<'a>(
     p: &mut Problem,
     bias: Option<&'a Borrowed<'_>>,
     mask: Option<&'a Bound<'_, PyAny>>,
