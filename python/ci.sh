@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
-# Builds the Python package as a user would (`pip install ./python`, maturin from PyPI) into a
-# fresh virtual environment and runs its pytest suite there (NumPy oracle). When the PyTorch
-# environment of ../shared/peers exists, the same wheel's suite runs there too, adding the
-# torch-tensor and SDPA checks. Reuses attnkit's target/ (same release profile), so the
-# dependencies `cargo test --release` compiled are not compiled again.
+# Builds the Python package two ways and tests both:
+# 1. the abi3 wheel with maturin (from PyPI), installed into a fresh virtual environment with
+#    pytest and NumPy only: the NumPy tests run, the torch tests skip (and `import attnkit` must
+#    not import torch);
+# 2. `pip install ./python`, as a user would, into another venv (import check only).
+# When the PyTorch environment of ../shared/peers exists (~/.cache/attnkit-peers, made by
+# `bash ../shared/peers/setup.sh`; ~6 GB, so CI does not install it), the same wheel's suite
+# runs there too: FlashAttention's interface, SDPA, gradients, torch.compile, opcheck.
+# Without it those tests are skipped and this script says so; ATTNKIT_REQUIRE_TORCH=1 makes
+# that a failure. Reuses attnkit's target/ (same release profile), so the dependencies
+# `cargo test --release` compiled are not compiled again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+python3 -m venv "$tmp/build"
+"$tmp/build/bin/pip" install -q --upgrade pip
+"$tmp/build/bin/pip" install -q 'maturin>=1.7,<2'
+"$tmp/build/bin/maturin" build -q --release -m python/Cargo.toml -o "$tmp/wheel"
+wheel=$(ls "$tmp"/wheel/attnkit-*.whl)
+case "$wheel" in *abi3*) echo "== wheel: $(basename "$wheel")" ;; *) echo "not an abi3 wheel: $wheel"; exit 1 ;; esac
+
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q --upgrade pip
-"$tmp/venv/bin/pip" install -q ./python pytest
-"$tmp/venv/bin/python" -c 'import attnkit; print("attnkit", attnkit.__version__, "from", attnkit.__file__)'
+"$tmp/venv/bin/pip" install -q "$wheel" pytest
+"$tmp/venv/bin/python" -c 'import sys, attnkit; assert "torch" not in sys.modules; print("attnkit", attnkit.__version__, "from", attnkit.__file__)'
 (cd python && "$tmp/venv/bin/python" -m pytest -q tests)
+
+"$tmp/build/bin/pip" install -q ./python
+"$tmp/build/bin/python" -c 'import attnkit; print("pip install ./python:", attnkit.__file__)'
 
 peers="${ATTNKIT_PEERS_VENV:-$HOME/.cache/attnkit-peers}/bin/python"
 if [ -x "$peers" ] && "$peers" -c 'import torch' 2>/dev/null; then
   echo "== python tests again with torch ($("$peers" -c 'import torch; print(torch.__version__)'))"
-  "$tmp/venv/bin/pip" wheel -q --no-deps ./python -w "$tmp/wheel"
   "$peers" -m pip install -q --target "$tmp/side" pytest
-  "$peers" -m pip install -q --target "$tmp/side" --no-deps "$tmp"/wheel/attnkit-*.whl
+  "$peers" -m pip install -q --target "$tmp/side" --no-deps "$wheel"
   (cd python && PYTHONPATH="$tmp/side" "$peers" -m pytest -q tests)
+  (cd "$tmp" && PYTHONPATH="$tmp/side" "$peers" -m attnkit.bench --quick)
+elif [ "${ATTNKIT_REQUIRE_TORCH:-0}" = 1 ]; then
+  echo "ATTNKIT_REQUIRE_TORCH=1 but no torch python at $peers"; exit 1
 else
-  echo "== torch not installed (python3 ../shared/peers/setup.sh makes it): torch tests skipped"
+  echo "== torch not installed (bash ../shared/peers/setup.sh makes it): the torch tests (FlashAttention interface, SDPA, compile, opcheck) were SKIPPED"
 fi

@@ -12,13 +12,18 @@
 //! attnkit's message; a non-array argument is a `TypeError`.
 
 mod arrays;
+mod flash;
+mod layout;
 
 use arrays::{Borrowed, is_torch};
 use attnkit::interop::strided::View4;
 use attnkit::interop::{AttnOptions, common_dtype, compute};
-use attnkit::{Attention, AttnError, AttnOutput, BackendOptions, DType, Problem, TensorRef, Window};
+use attnkit::{
+    Attention, AttnArgs, AttnError, AttnOutput, BackendOptions, DType, PairData, Problem, TensorRef, Window,
+};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use std::borrow::Cow;
@@ -26,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-fn to_py(e: AttnError) -> PyErr {
+pub(crate) fn to_py(e: AttnError) -> PyErr {
     match e {
         AttnError::Shape(_)
         | AttnError::InvalidArgument(_)
@@ -39,7 +44,7 @@ fn to_py(e: AttnError) -> PyErr {
 /// Backends built once per (name, options): `auto` builds every candidate, which is not free.
 static BACKENDS: Mutex<Option<HashMap<String, Arc<dyn Attention>>>> = Mutex::new(None);
 
-fn cached_backend(opts: &AttnOptions) -> Result<Arc<dyn Attention>, AttnError> {
+pub(crate) fn cached_backend(opts: &AttnOptions) -> Result<Arc<dyn Attention>, AttnError> {
     let key = format!("{}|{:?}", opts.backend, opts.backend_options);
     let mut guard = BACKENDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
@@ -83,14 +88,14 @@ fn options(
 }
 
 /// Q, K, V contiguous in (B, H, N, D): borrowed from Python when they already are.
-enum Contig<'a> {
+pub(crate) enum Contig<'a> {
     F32(Cow<'a, [f32]>),
     F16(Cow<'a, [f16]>),
     BF16(Cow<'a, [bf16]>),
 }
 
 impl Contig<'_> {
-    fn as_ref(&self) -> TensorRef<'_> {
+    pub(crate) fn as_ref(&self) -> TensorRef<'_> {
         match self {
             Contig::F32(c) => TensorRef::F32(c),
             Contig::F16(c) => TensorRef::F16(c),
@@ -141,6 +146,12 @@ impl Prepared<'_> {
     fn run(&self, want_lse: bool) -> Result<AttnOutput, AttnError> {
         compute(&*self.backend, &self.problem, self.q.as_ref(), self.k.as_ref(), self.v.as_ref(), want_lse)
     }
+
+    /// [`Prepared::run`] with the bias/mask data the problem declares.
+    fn run_with(&self, want_lse: bool, pair: PairData<'_>) -> Result<AttnOutput, AttnError> {
+        let args = AttnArgs::new_with(&self.problem, self.q.as_ref(), self.k.as_ref(), self.v.as_ref(), pair)?;
+        self.backend.forward(&args, want_lse)
+    }
 }
 
 /// A float32 buffer NumPy wraps without copying (through `__array_interface__`).
@@ -176,8 +187,15 @@ fn wrap(py: Python<'_>, data: Vec<f32>, shape: Vec<usize>, torch: bool) -> PyRes
 /// Scaled dot-product attention over q (B, H, N_q, D) and k, v (B, H_kv, N_k, D), or all three
 /// (H, N, D). H_kv comes from the shapes (GQA/MQA). Returns O (float32, shape of q), and with
 /// `return_lse=True` the pair (O, LSE) with LSE of shape q.shape[:-1].
+///
+/// Modifiers (attnkit's semantics, FlashAttention's names): `alibi_slopes` (H,) or (B, H);
+/// `softcap` c > 0; `sinks` (H,); `cu_seqlens_q`/`cu_seqlens_k` (packed varlen, B = 1);
+/// `seqused_k` (B,); `bias` (float, (B|1, H|1, N_q, N_k), added to the scores) and `mask`
+/// (bool, same shape, True = attend), both contiguous.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, *, backend="auto", causal=false, window=None, scale=None, return_lse=false, **backend_options))]
+#[pyo3(signature = (q, k, v, *, backend="auto", causal=false, window=None, scale=None, return_lse=false,
+    alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
+    bias=None, mask=None, **backend_options))]
 #[allow(clippy::too_many_arguments)]
 fn attention(
     py: Python<'_>,
@@ -189,12 +207,39 @@ fn attention(
     window: Option<(i64, i64)>,
     scale: Option<f32>,
     return_lse: bool,
+    alibi_slopes: Option<Vec<f32>>,
+    softcap: Option<f32>,
+    sinks: Option<Vec<f32>>,
+    cu_seqlens_q: Option<Vec<usize>>,
+    cu_seqlens_k: Option<Vec<usize>>,
+    seqused_k: Option<Vec<usize>>,
+    bias: Option<&Bound<'_, PyAny>>,
+    mask: Option<&Bound<'_, PyAny>>,
     backend_options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Py<PyAny>> {
     let opts = options(backend, causal, window, scale, backend_options)?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        // Its output would silently leave the autograd graph: refuse, naming the door that records it.
+        if is_torch(t)? && t.getattr(intern!(py, "requires_grad")).and_then(|r| r.extract::<bool>()).unwrap_or(false) {
+            return Err(PyValueError::new_err(format!(
+                "{name} requires grad, and attnkit.attention is not differentiable: use \
+                 attnkit.scaled_dot_product_attention (the same (B, H, N, D) layout) or \
+                 attnkit.flash_attn.flash_attn_func, or pass {name}.detach()"
+            )));
+        }
+    }
     let (qb, kb, vb) = (Borrowed::from_object("q", q)?, Borrowed::from_object("k", k)?, Borrowed::from_object("v", v)?);
-    let prepared = prepare(&opts, &qb, &kb, &vb)?;
-    let out = py.detach(|| prepared.run(return_lse)).map_err(to_py)?;
+    let bb = bias.map(|b| Borrowed::from_object("bias", b)).transpose()?;
+    let mut prepared = prepare(&opts, &qb, &kb, &vb)?;
+    if softcap == Some(0.0) {
+        return Err(PyValueError::new_err("softcap must be > 0 (omit it for none); got 0"));
+    }
+    let p = &mut prepared.problem;
+    flash::apply_mods(p, softcap.unwrap_or(0.0), alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k)
+        .map_err(to_py)?;
+    let (bias, mask) = flash::pair(p, bb.as_ref(), mask)?;
+    let prepared = prepared;
+    let out = py.detach(|| prepared.run_with(return_lse, PairData { bias, mask })).map_err(to_py)?;
     let torch = is_torch(q)?;
     let o = wrap(py, out.out, qb.shape.clone(), torch)?;
     match out.lse {
@@ -254,8 +299,10 @@ fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 }
 
 #[pymodule]
-#[pyo3(name = "attnkit")]
+#[pyo3(name = "_attnkit")]
 fn attnkit_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(flash::_fwd, m)?)?;
+    m.add_function(wrap_pyfunction!(flash::_bwd, m)?)?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
     m.add_function(wrap_pyfunction!(_time_in_rust, m)?)?;
