@@ -82,7 +82,8 @@ fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
         if i % 4 == 2 {
             p.mods.softcap = Some(2.0);
         }
-        let label = format!("P={ranks} {layout:?} causal={causal} H={heads}/{kv_heads} D={d} N={n} mods={:?}", p.mods.active());
+        let label =
+            format!("P={ranks} {layout:?} causal={causal} H={heads}/{kv_heads} D={d} N={n} mods={:?}", p.mods.active());
         let (q, k, v) = attnkit::seeded::normal_qkv(&p, 100 + i as u64);
         let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
         let d_out = attnkit::seeded::normal_values(p.out_len(), 200 + i as u64);
@@ -96,11 +97,9 @@ fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
         assert!(e.within(tol.bound), "{label}: forward error {} over bound {}", e.max_abs, tol.bound);
         let g64 = gradients_f64(&args, &d_out, false);
         let gt = gradient_tolerance(&args, &d_out, &g64);
-        for (name, g, w, t) in [
-            ("dq", &got.dq, &g64.dq, gt.dq),
-            ("dk", &got.dk, &g64.dk, gt.dk),
-            ("dv", &got.dv, &g64.dv, gt.dv),
-        ] {
+        for (name, g, w, t) in
+            [("dq", &got.dq, &g64.dq, gt.dq), ("dk", &got.dk, &g64.dk, gt.dk), ("dv", &got.dv, &g64.dv, gt.dv)]
+        {
             let e = compare(g, w);
             assert!(e.within(t.bound), "{label}: {name} error {} over bound {}", e.max_abs, t.bound);
         }

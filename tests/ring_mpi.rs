@@ -51,7 +51,12 @@ fn mpirun(ranks: usize, args: &[&str]) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Outcome { code, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap(), secs: start.elapsed().as_secs_f64() }
+    Outcome {
+        code,
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        secs: start.elapsed().as_secs_f64(),
+    }
 }
 
 /// (ranks, extra arguments); every N is uneven for its P.

@@ -129,9 +129,8 @@ pub fn run(a: &RingArgs) -> Result<ExitCode, AttnError> {
 }
 
 fn problem(a: &RingArgs) -> Result<Problem, AttnError> {
-    let mut p = Problem::new(a.batch, a.heads, a.seq, a.dim)
-        .with_kv_heads(a.kv_heads.unwrap_or(a.heads))
-        .with_causal(a.causal);
+    let mut p =
+        Problem::new(a.batch, a.heads, a.seq, a.dim).with_kv_heads(a.kv_heads.unwrap_or(a.heads)).with_causal(a.causal);
     if a.sinks {
         p.mods.sinks = Some(attnkit::seeded::normal_values(a.heads, a.seed ^ 0x5eed));
     }
@@ -193,9 +192,7 @@ fn body(a: &RingArgs, t: &MpiRing) -> Result<ExitCode, AttnError> {
     if !a.check {
         return Ok(ExitCode::SUCCESS);
     }
-    let lens = |w: usize, h: usize| -> Vec<usize> {
-        (0..ranks).map(|r| p.batch * h * w * plan.rows_of(r)).collect()
-    };
+    let lens = |w: usize, h: usize| -> Vec<usize> { (0..ranks).map(|r| p.batch * h * w * plan.rows_of(r)).collect() };
     let outs = t.all_gather(&f.out, &lens(p.head_dim, p.heads))?;
     let grads = match &b {
         Some(b) => Some((
@@ -272,17 +269,18 @@ fn check(
     let tol = exact_tolerance(&args, &want, p.dtype);
     let flash = attnkit::backends::flash_cpu::FlashCpu::new().forward(&args, true)?;
     let mut ok = true;
-    let mut verdict = |name: &str, got: &[f32], single: Option<&[f32]>, want: &[f64], bound: f64| -> Result<(), AttnError> {
-        let e = compare(got, want);
-        let pass = e.within(bound);
-        ok &= pass;
-        let s = single.map(|s| format!("{:.3e}", compare(s, want).max_abs)).unwrap_or_else(|| "-".into());
-        outln!(
-            "check {name:<6} ring max_abs {:.3e}  flash-cpu (1 process) {s}  bound {bound:.3e}  {}",
-            e.max_abs,
-            if pass { "PASS" } else { "FAIL" }
-        )
-    };
+    let mut verdict =
+        |name: &str, got: &[f32], single: Option<&[f32]>, want: &[f64], bound: f64| -> Result<(), AttnError> {
+            let e = compare(got, want);
+            let pass = e.within(bound);
+            ok &= pass;
+            let s = single.map(|s| format!("{:.3e}", compare(s, want).max_abs)).unwrap_or_else(|| "-".into());
+            outln!(
+                "check {name:<6} ring max_abs {:.3e}  flash-cpu (1 process) {s}  bound {bound:.3e}  {}",
+                e.max_abs,
+                if pass { "PASS" } else { "FAIL" }
+            )
+        };
     verdict("out", out, Some(&flash.out), &want, tol.bound)?;
     // Fingerprints of the exact bits, so two runs can be compared (reproducibility).
     let mut bits = vec![("out", fingerprint(out))];

@@ -3,17 +3,21 @@
 //! "Beyond one machine" table.
 //!
 //! The prediction uses only figures measured apart from the ring: the compute rate of
-//! single-process flash-cpu (`--baseline`, on 1 × threads), scaled by `min(1, cores/(P·threads))`
-//! when the ranks oversubscribe the machine, and the loopback bandwidth of the comm-only pass.
+//! single-process flash-cpu on the same P × threads threads (`--baseline`), divided by P (on a
+//! loaded or oversubscribed machine that is what each rank gets), and the loopback bandwidth of
+//! the comm-only pass.
 
 use super::ring::RingArgs;
 use attnkit::AttnError;
 use attnkit::Problem;
+use attnkit::dist::ShardPlan;
 use attnkit::dist::model::{Setup, predict, table};
 use attnkit::dist::mpi::MpiRing;
 use attnkit::dist::ring::{Stats, Transport};
-use attnkit::dist::ShardPlan;
 use std::process::ExitCode;
+
+/// Single-process (forward, backward) seconds on 1 × threads and on P × threads, one per run.
+pub type Baselines = (Vec<(f64, f64)>, Vec<(f64, f64)>);
 
 /// Per rank and run: forward compute, wait, total; backward compute, wait, total.
 const FIELDS: usize = 6;
@@ -31,7 +35,7 @@ pub fn print_timings(
     plan: &ShardPlan,
     runs: &[(Stats, Stats)],
     comm: (f64, usize),
-    single: &(Vec<(f64, f64)>, Vec<(f64, f64)>),
+    single: &Baselines,
 ) -> Result<(), AttnError> {
     let ranks = plan.ranks;
     let mut mine: Vec<f32> = Vec::new();
@@ -63,13 +67,17 @@ pub fn print_timings(
     outln!("{:>4} {:>11} {:>11} {:>11} {:>11} {:>8}", "rank", "compute_s", "wait_s", "comm_s", "total_s", "hidden")?;
     let mut hidden_sum = 0.0;
     for r in 0..ranks {
-        let (compute, wait, total) = (at(r, mid, 0) + at(r, mid, 3), at(r, mid, 1) + at(r, mid, 4), at(r, mid, 2) + at(r, mid, 5));
+        let (compute, wait, total) =
+            (at(r, mid, 0) + at(r, mid, 3), at(r, mid, 1) + at(r, mid, 4), at(r, mid, 2) + at(r, mid, 5));
         let comm_s = all[r * per + per - 1] as f64;
         let hidden = if comm_s > 0.0 { (1.0 - wait / comm_s).clamp(0.0, 1.0) } else { 1.0 };
         hidden_sum += hidden;
         outln!("{r:>4} {compute:>11.4} {wait:>11.4} {comm_s:>11.4} {total:>11.4} {:>7.1}%", 100.0 * hidden)?;
     }
-    outln!("ring wall time {ring_s:.4} s; communication hidden {:.1}% (mean over ranks)", 100.0 * hidden_sum / ranks as f64)?;
+    outln!(
+        "ring wall time {ring_s:.4} s; communication hidden {:.1}% (mean over ranks)",
+        100.0 * hidden_sum / ranks as f64
+    )?;
     if single.0.is_empty() {
         return Ok(());
     }
@@ -84,10 +92,9 @@ pub fn print_timings(
         a.threads * ranks,
         (tp.0 + tp.1) / ring_s
     )?;
-    // The model with measured inputs: compute rate from the 1 × threads baseline, scaled for
-    // oversubscription, and the comm-only pass's loopback bandwidth.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let share = (cores / (ranks * a.threads) as f64).min(1.0);
+    // The model with measured inputs: each rank's compute rate is 1/P of what one process gets
+    // from the same P × threads threads (so a loaded or oversubscribed machine is accounted
+    // for), and the comm-only pass's loopback bandwidth.
     let bandwidth = if comm.0 > 0.0 { comm.1 as f64 * 4.0 / comm.0 } else { f64::INFINITY };
     let setup = |backward: bool, secs: f64| Setup {
         n: p.seq_q as f64,
@@ -100,17 +107,18 @@ pub fn print_timings(
         layout: plan.layout,
         all_gather: a.layout == Some(super::ring::LayoutArg::Allgather),
         backward,
-        flops: p.flops() * if backward { 2.5 } else { 1.0 } / secs * share,
+        flops: p.flops() * if backward { 2.5 } else { 1.0 } / secs / ranks as f64,
         bandwidth,
         latency: 0.0,
     };
-    let mut predicted = predict(&setup(false, t1.0)).total_s;
+    let mut predicted = predict(&setup(false, tp.0)).total_s;
     if a.backward {
-        predicted += predict(&setup(true, t1.1)).total_s;
+        predicted += predict(&setup(true, tp.1)).total_s;
     }
     outln!(
-        "model: predicted {predicted:.4} s (compute {:.2} GFLOP/s/rank measured x {share:.2} core share, loopback {:.2} GB/s measured), measured {ring_s:.4} s: predicted/measured = {:.3}",
-        p.flops() / t1.0 / 1e9,
+        "model: predicted {predicted:.4} s (forward compute {:.2} GFLOP/s/rank = one process on {} threads / P, loopback {:.2} GB/s, both measured), measured {ring_s:.4} s: predicted/measured = {:.3}",
+        p.flops() / tp.0 / ranks as f64 / 1e9,
+        a.threads * ranks,
         bandwidth / 1e9,
         predicted / ring_s
     )?;

@@ -109,7 +109,8 @@ pub fn forward(
             }
             let sp = sub_problem(p, qc, kc, kind);
             let (ko, kn) = kvo[ki];
-            let args = AttnArgs::new(&sp, &q[qo[qi].0..qo[qi].0 + qo[qi].1], &kv[ko..ko + kn], &kv[ko + kn..ko + 2 * kn])?;
+            let args =
+                AttnArgs::new(&sp, &q[qo[qi].0..qo[qi].0 + qo[qi].1], &kv[ko..ko + kn], &kv[ko + kn..ko + 2 * kn])?;
             let mut o = vec![0.0f32; sp.out_len()];
             let mut l = vec![0.0f32; sp.lse_len()];
             engine.forward_into(&args, &mut o, Some(&mut l))?;
@@ -157,7 +158,8 @@ pub fn backward(
     dkv: &mut [f32],
 ) -> Result<BlockWork> {
     let engine = FlashCpu::new();
-    let (qo, lo, kvo) = (q_offsets(p, local.chunks, p.head_dim), q_offsets(p, local.chunks, 1), kv_offsets(p, kv_chunks));
+    let (qo, lo, kvo) =
+        (q_offsets(p, local.chunks, p.head_dim), q_offsets(p, local.chunks, 1), kv_offsets(p, kv_chunks));
     let mut work = BlockWork::default();
     for (qi, &qc) in local.chunks.iter().enumerate() {
         let rows = qo[qi].0..qo[qi].0 + qo[qi].1;
@@ -171,9 +173,13 @@ pub fn backward(
             let sp = sub_problem(p, qc, kc, kind);
             let (ko, kn) = kvo[ki];
             let args = AttnArgs::new(&sp, &local.q[rows.clone()], &kv[ko..ko + kn], &kv[ko + kn..ko + 2 * kn])?;
-            let saved =
-                Saved { out: &local.out[rows.clone()], lse: &local.lse[lrows.clone()], d_out: &local.d_out[rows.clone()] };
-            let (mut gq, mut gk, mut gv) = (vec![0.0f32; sp.out_len()], vec![0.0f32; sp.kv_len()], vec![0.0f32; sp.kv_len()]);
+            let saved = Saved {
+                out: &local.out[rows.clone()],
+                lse: &local.lse[lrows.clone()],
+                d_out: &local.d_out[rows.clone()],
+            };
+            let (mut gq, mut gk, mut gv) =
+                (vec![0.0f32; sp.out_len()], vec![0.0f32; sp.kv_len()], vec![0.0f32; sp.kv_len()]);
             let mut g = GradsMut { dq: &mut gq, dk: &mut gk, dv: &mut gv, dsinks: None, dbias: None };
             engine.backward_into(&args, &saved, &mut g)?;
             add(&mut dq[rows.clone()], &gq);

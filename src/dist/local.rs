@@ -57,9 +57,9 @@ impl ThreadRing {
     }
 
     fn send(&self, data: Vec<f32>) -> Result<()> {
-        self.to_next
-            .send(data)
-            .map_err(|_| AttnError::invalid(format!("rank {}: rank {} left the ring", self.rank, (self.rank + 1) % self.size)))
+        self.to_next.send(data).map_err(|_| {
+            AttnError::invalid(format!("rank {}: rank {} left the ring", self.rank, (self.rank + 1) % self.size))
+        })
     }
 }
 

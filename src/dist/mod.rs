@@ -37,9 +37,9 @@
 
 pub mod block;
 pub mod local;
+pub mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi;
-pub mod model;
 pub mod ring;
 
 use crate::error::{AttnError, Result};
@@ -174,11 +174,7 @@ pub fn not_supported_reasons(p: &Problem) -> Vec<String> {
 pub fn check_supported(p: &Problem) -> Result<()> {
     p.validate()?;
     let reasons = not_supported_reasons(p);
-    if reasons.is_empty() {
-        Ok(())
-    } else {
-        Err(AttnError::Unsupported { backend: "ring".into(), reasons })
-    }
+    if reasons.is_empty() { Ok(()) } else { Err(AttnError::Unsupported { backend: "ring".into(), reasons }) }
 }
 
 /// Rows `rows` (one chunk) of a (B, H, N, D) tensor as a contiguous (B, H, len, D) tensor.

@@ -94,7 +94,14 @@ pub const LINKS: [(&str, f64, f64); 4] = [
 /// The markdown table of "Beyond one machine": efficiency (and hidden fraction) for P = 2…1024,
 /// N up to 10M, causal (zigzag) and not (contiguous), ring and all-gather, per link, with
 /// compute at `flops_per_core` × `cores` per rank.
-pub fn table(flops_per_core: f64, cores: usize, heads: usize, kv_heads: usize, head_dim: usize, backward: bool) -> String {
+pub fn table(
+    flops_per_core: f64,
+    cores: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    backward: bool,
+) -> String {
     use std::fmt::Write as _;
     let ps = [2usize, 4, 8, 16, 64, 256, 1024];
     let ns = [131_072.0, 1_048_576.0, 10_485_760.0];

@@ -88,7 +88,13 @@ fn check_transport<T: Transport>(t: &T, p: &Problem, plan: &ShardPlan, shard: &S
 }
 
 /// Exact attention of this rank's queries over the whole sequence.
-pub fn forward<T: Transport>(t: &T, p: &Problem, plan: &ShardPlan, schedule: Schedule, shard: &Shard) -> Result<Forward> {
+pub fn forward<T: Transport>(
+    t: &T,
+    p: &Problem,
+    plan: &ShardPlan,
+    schedule: Schedule,
+    shard: &Shard,
+) -> Result<Forward> {
     check_transport(t, p, plan, shard)?;
     let start = Instant::now();
     let (ranks, r) = (plan.ranks, shard.rank);
