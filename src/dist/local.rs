@@ -70,7 +70,7 @@ impl Transport for ThreadRing {
     fn size(&self) -> usize {
         self.size
     }
-    fn shift<R>(&self, send: &[f32], recv: &mut [f32], work: impl FnOnce() -> R) -> Result<(R, f64)> {
+    fn shift<R: Send>(&self, send: &[f32], recv: &mut [f32], work: impl FnOnce() -> R + Send) -> Result<(R, f64)> {
         self.send(send.to_vec())?;
         let r = work();
         let t = Instant::now();

@@ -25,7 +25,7 @@ pub trait Transport {
     /// Sends `send` to rank+1 and receives rank−1's message, of exactly `recv.len()` elements,
     /// into `recv`, while `work` runs; returns its result and the seconds spent waiting for the
     /// transfers after it finished (the communication not hidden).
-    fn shift<R>(&self, send: &[f32], recv: &mut [f32], work: impl FnOnce() -> R) -> Result<(R, f64)>;
+    fn shift<R: Send>(&self, send: &[f32], recv: &mut [f32], work: impl FnOnce() -> R + Send) -> Result<(R, f64)>;
     /// Every rank's `mine` (`lens[r]` elements from rank r), concatenated in rank order.
     fn all_gather(&self, mine: &[f32], lens: &[usize]) -> Result<Vec<f32>>;
 }
