@@ -16,6 +16,7 @@ pub mod backends;
 pub mod bench;
 pub mod budget;
 pub mod cuda;
+pub mod dist;
 pub mod error;
 pub mod grad;
 pub mod inputs;

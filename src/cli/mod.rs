@@ -17,6 +17,10 @@ mod kvcache;
 mod list;
 mod modifiers;
 mod report;
+#[cfg(feature = "mpi")]
+mod ring;
+#[cfg(feature = "mpi")]
+mod ring_model;
 mod run;
 
 pub use attnkit::bench::fmt_secs;
@@ -87,6 +91,17 @@ enum Command {
     Kernels(kernels::KernelsArgs),
     /// Sweep every available backend over N and write reports/ (README.md, results, SVG plots).
     Report(report::ReportArgs),
+    /// Ring attention (context parallelism) across the ranks `mpirun` started (feature `mpi`).
+    ///
+    /// `mpirun -n P attnkit ring --seq N --dim D --heads H [--kv-heads H_kv] [--causal]
+    /// [--layout zigzag|contiguous|allgather] [--backward] [--check] [--baseline]`: each rank
+    /// holds a shard of the sequence and passes K/V around a ring; rank 0 prints per-rank
+    /// compute and communication times, the fraction hidden, the efficiency against one process
+    /// (`--baseline`) and the cost model's prediction; `--check` judges the gathered result
+    /// against the f64 oracle (tolerance rule). `--model` prints the "Beyond one machine" table.
+    /// Any rank's error aborts every rank with a message naming it.
+    #[cfg(feature = "mpi")]
+    Ring(ring::RingArgs),
 }
 
 /// Problem flags shared by `check` and `bench` (sequence lengths are per command).
@@ -230,6 +245,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(&a),
         Command::Report(a) => report::run(&a),
         Command::Kernels(a) => kernels::run(&a),
+        #[cfg(feature = "mpi")]
+        Command::Ring(a) => ring::run(&a),
     };
     match result {
         Ok(code) => code,
