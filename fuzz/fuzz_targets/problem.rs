@@ -2,11 +2,25 @@
 //! through validation and, when valid and small, through every available CPU backend. Score
 //! modifiers (ALiBi, softcap, sinks, varlen offsets, used key lengths, bias, boolean mask) are
 //! drawn from the input too, including invalid ones. Any panic or abort is a bug; errors are fine.
+//!
+//! Where the problem is small (at most [`ORACLE_WORK`] multiply-adds) and its finite inputs are
+//! moderate (|x| ≤ [`ORACLE_MAX_ABS`], so that no f32 score overflows where the f64 oracle's does
+//! not), every exact backend's output is also held to the crate's tolerance rule against the f64
+//! oracle ([`attnkit::validate::exact_tolerance`]), non-finite places included: a NaN or ∞ input
+//! must stay in the rows the oracle puts it in.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use attnkit::{AttnArgs, DType, Device, Problem, Tensor, Window, backend, backend_names};
+use attnkit::validate::{compare, exact_tolerance, oracle};
+use attnkit::{Attention, AttnOutput, Exactness};
 use libfuzzer_sys::fuzz_target;
+
+/// Largest B·H·N_q·N_k·D checked against the oracle (the oracle and the naive same-precision run
+/// both cost about this many f64 multiply-adds; ~1 ms at this size keeps executions fast).
+const ORACLE_WORK: usize = 1 << 16;
+/// Largest finite |value| of the inputs, slopes, sinks and scale when the oracle is checked.
+const ORACLE_MAX_ABS: f32 = 1e3;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -95,11 +109,35 @@ fuzz_target!(|inp: Input| {
     });
     let pair = attnkit::PairData { bias: bias.as_ref().map(|b| b.as_ref()), mask: mask.as_deref() };
     let Ok(args) = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair) else { return };
+    let work = p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim;
+    let moderate = |x: &[f32]| x.iter().all(|v| !v.is_finite() || v.abs() <= ORACLE_MAX_ABS);
+    let slopes_and_sinks = [p.mods.alibi_slopes.as_deref(), p.mods.sinks.as_deref()];
+    let checked = work <= ORACLE_WORK
+        && p.scale <= ORACLE_MAX_ABS
+        && slopes_and_sinks.into_iter().flatten().flatten().all(|v| v.is_finite() && v.abs() <= ORACLE_MAX_ABS)
+        && [Some(&q), Some(&k), Some(&v), bias.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|t| moderate(&Tensor::as_ref(t).to_f32_cow()));
+    let want = checked.then(|| oracle(&args));
     for name in backend_names() {
         let Ok(b) = backend(name) else { continue };
         if b.device() != Device::Cpu || b.availability().is_err() {
             continue;
         }
-        let _ = b.forward(&args, true);
+        let got = b.forward(&args, true);
+        if let (Some(want), Ok(got)) = (&want, &got) {
+            check_against_oracle(b.as_ref(), &args, got, want);
+        }
     }
 });
+
+/// Panics (a fuzzer finding) when an exact backend's output breaks the tolerance rule.
+fn check_against_oracle(b: &dyn Attention, args: &AttnArgs<'_>, got: &AttnOutput, want: &[f64]) {
+    if b.exactness() != Exactness::Exact {
+        return;
+    }
+    let tol = exact_tolerance(args, want, b.compute_precision(args));
+    let err = compare(&got.out, want);
+    assert!(err.within(tol.bound), "{}: {err:?} exceeds {tol:?} on {:?}", b.name(), args.problem());
+}
