@@ -1,5 +1,5 @@
 //! Every repository path the READMEs name exists: a reader who follows `src/…`, `tests/…` or
-//! `examples/…` (and `benches/`, `python/`, `kernels/`, `reports/`, `fuzz/`, `.ci/`) lands on a
+//! `examples/…` (and `benches/`, `python/`, `kernels/`, `reports/`, `fuzz/`, `scripts/`, `.ci/`) lands on a
 //! file or folder, not on one that was renamed or moved (README.md once named
 //! `src/modifiers.rs` after it moved to `src/problem/modifiers.rs`).
 
@@ -8,7 +8,8 @@ use std::path::Path;
 /// The documents checked, relative to the repository root (paths in them are root-relative too).
 const DOCS: [&str; 2] = ["README.md", "kernels/README.md"];
 /// The top-level folders whose paths are checked.
-const ROOTS: [&str; 9] = ["src/", "tests/", "examples/", "benches/", "python/", "kernels/", "reports/", "fuzz/", ".ci/"];
+const ROOTS: [&str; 10] =
+    ["src/", "tests/", "examples/", "benches/", "python/", "kernels/", "reports/", "fuzz/", "scripts/", ".ci/"];
 
 /// Characters a path may contain; anything else ends it.
 fn path_char(c: char) -> bool {
