@@ -14,7 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-60}
-input_timeout=${FUZZ_INPUT_TIMEOUT:-20}
+# Per input: the slowest legitimate input seen takes ~2 s of CPU under the sanitizer (performer's
+# first call at D = 1028 builds its features, O(m²·D)) and several times that on a loaded
+# machine; the hang this catches (the old O(D³) feature build) took minutes.
+input_timeout=${FUZZ_INPUT_TIMEOUT:-60}
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 root="$target/cargo-fuzz"
 export RUSTC_BOOTSTRAP=1
@@ -42,7 +45,7 @@ for src in fuzz/fuzz_targets/*.rs; do
   echo "== fuzz $name for $seconds s from $seeds ($(ls "$seeds" | wc -l) seeds)"
   if ! "${fuzz[@]}" run --target-dir "$target/fuzz" "$name" "$scratch" "$seeds" -- \
       -max_total_time="$seconds" -timeout="$input_timeout" -rss_limit_mb=4096 \
-      -artifact_prefix="$artifacts" -print_final_stats=1 2>&1 | tail -n 60; then
+      -artifact_prefix="$artifacts" -print_final_stats=1 2>&1 | { grep -v '# Uses: ' || true; } | tail -n 40; then
     echo "fuzz target $name failed; the input:"
     for f in "$artifacts"*; do [ -f "$f" ] && { echo "$f"; od -A d -t x1 "$f" | head -n 40; }; done
     exit 1
