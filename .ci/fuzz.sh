@@ -22,6 +22,9 @@ target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 root="$target/cargo-fuzz"
 export RUSTC_BOOTSTRAP=1
 
+# The fuzz crate is outside the workspace, so the root `cargo fmt --check` does not see it.
+(cd fuzz && cargo fmt --check)
+
 if ! "$root/bin/cargo-fuzz" --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then
   echo "== cargo install cargo-fuzz 0.13 into $root"
   cargo install --locked --quiet --root "$root" cargo-fuzz --version '~0.13'

@@ -27,7 +27,9 @@ fn exact_backends_match_the_oracle(args: &AttnArgs<'_>) {
 #[test]
 fn subnormal_softcap_is_refused_and_the_smallest_normal_one_computes() {
     let p = Problem::new(1, 1, 3, 4).with_seq_k(5);
-    for (bad, needle) in [(p.clone().with_softcap(1e-40), "1e-40"), (p.clone().with_scale(1e30).with_softcap(1e-9), "1e-9")] {
+    for (bad, needle) in
+        [(p.clone().with_softcap(1e-40), "1e-40"), (p.clone().with_scale(1e30).with_softcap(1e-9), "1e-9")]
+    {
         match bad.validate() {
             Err(AttnError::InvalidArgument(msg)) => assert!(msg.contains(needle) && msg.contains("too small"), "{msg}"),
             other => panic!("{needle}: expected Invalid, got {other:?}"),

@@ -421,7 +421,8 @@ fn seqused_k_keeps_the_first_columns_of_dense_projections() {
         let rows = h * nq * d;
         let cut_args = AttnArgs::new(&cut, &qf[b * rows..(b + 1) * rows], &ck, &cv).unwrap();
         let want = cut_lin.forward(&cut_args, true).unwrap();
-        let err = scaled_max_err(&got.out[b * rows..(b + 1) * rows], &want.out.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let err =
+            scaled_max_err(&got.out[b * rows..(b + 1) * rows], &want.out.iter().map(|&x| x as f64).collect::<Vec<_>>());
         assert!(err < 1e-5, "entry {b} (n = {n}): {err:.2e}");
     }
 }

@@ -372,7 +372,8 @@ fn sinks_join_the_estimated_normalizer() {
 #[test]
 fn seqused_k_equals_each_entry_cut_to_its_used_keys() {
     let used = [23usize, 0, 30, 7];
-    for (kernel, causal) in [(Kernel::Softmax, false), (Kernel::Softmax, true), (Kernel::Relu, false), (Kernel::Relu, true)]
+    for (kernel, causal) in
+        [(Kernel::Softmax, false), (Kernel::Softmax, true), (Kernel::Relu, false), (Kernel::Relu, true)]
     {
         let perf = Performer::new(32, 5).unwrap().with_kernel(kernel);
         let (h, hkv, nq, nk, d) = (4, 2, 9, 30, 16);

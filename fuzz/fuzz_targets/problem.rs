@@ -11,9 +11,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use attnkit::{AttnArgs, DType, Device, Problem, Tensor, Window, backend, backend_names};
 use attnkit::validate::{compare, exact_tolerance, oracle};
 use attnkit::{Attention, AttnOutput, Exactness};
+use attnkit::{AttnArgs, DType, Device, Problem, Tensor, Window, backend, backend_names};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -69,11 +69,12 @@ fuzz_target!(|inp: Input| {
     p.mods.sinks = inp.sinks.clone();
     if let Some(lens) = &inp.varlen {
         let cu = |f: fn(&(u8, u8)) -> u8| {
-            std::iter::once(0).chain(lens.iter().scan(0usize, move |acc, l| {
-                *acc += f(l) as usize;
-                Some(*acc)
-            }))
-            .collect::<Vec<usize>>()
+            std::iter::once(0)
+                .chain(lens.iter().scan(0usize, move |acc, l| {
+                    *acc += f(l) as usize;
+                    Some(*acc)
+                }))
+                .collect::<Vec<usize>>()
         };
         p = p.with_varlen(cu(|l| l.0), cu(|l| l.1));
     }

@@ -306,9 +306,7 @@ impl Linformer {
     /// all zero, so they keep all k.
     fn unreached(&self, e: &[f32], nk: usize) -> Vec<f32> {
         let k = self.k;
-        (0..k)
-            .map(|r| if (0..nk).all(|j| e[j * k + r] == 0.0) { f32::NEG_INFINITY } else { 0.0 })
-            .collect()
+        (0..k).map(|r| if (0..nk).all(|j| e[j * k + r] == 0.0) { f32::NEG_INFINITY } else { 0.0 }).collect()
     }
 
     /// One (batch, KV head): project K and V (`set`, or segment means when it is `None`), then

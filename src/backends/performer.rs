@@ -422,11 +422,8 @@ impl Attention for Performer {
         // Sinks need only the row's log-normalizer: the softmax kernel's LSE estimates it; the ReLU
         // kernel's normalizer is not a softmax's, so a sink logit has no meaning there. Used key
         // lengths only shorten the sums over keys, for either kernel.
-        let implemented: &[Modifier] = if self.kernel == Kernel::Softmax {
-            &[Modifier::Sinks, Modifier::SequsedK]
-        } else {
-            &[Modifier::SequsedK]
-        };
+        let implemented: &[Modifier] =
+            if self.kernel == Kernel::Softmax { &[Modifier::Sinks, Modifier::SequsedK] } else { &[Modifier::SequsedK] };
         let mut r = problem.mods.refusals_except(
             "performer",
             "FAVOR+ never forms per-pair scores, so there is no score to modify",
