@@ -8,8 +8,9 @@ shape family, each a small problem that validates, so the fuzzer starts inside t
 instead of spending its minute finding a valid head count. `npy` seeds are small valid .npy
 files of each dtype and layout `attnkit run` reads, and a few truncated or malformed headers.
 
-Run from the repository root: `python3 fuzz/seeds.py` (deterministic; CI runs it before fuzzing
-and the committed corpus is its output).
+Run it from anywhere: `python3 fuzz/seeds.py` (deterministic; the committed fuzz/corpus is its
+output, and .ci/fuzz.sh starts from that). Rerun it and commit the result when the target's
+`Input` changes, or the seeds decode to other problems than their names say.
 """
 import os
 import struct

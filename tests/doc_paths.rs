@@ -71,3 +71,22 @@ fn the_scanner_finds_paths_and_only_paths() {
         assert_eq!(named_paths(text), want, "in {text:?}");
     }
 }
+
+/// The READMEs name no issue numbers: a reader outside the tracker cannot tell what "issue 11's
+/// targets" were, so the text says what the target is instead.
+#[test]
+fn the_readmes_name_no_issue_numbers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in DOCS {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let lower = text.to_lowercase();
+        for (at, _) in lower.match_indices("issue ") {
+            let after = &lower[at + "issue ".len()..];
+            assert!(
+                !after.starts_with(|c: char| c.is_ascii_digit()),
+                "{doc} names an issue number: issue {}…",
+                after.chars().take(12).collect::<String>()
+            );
+        }
+    }
+}
