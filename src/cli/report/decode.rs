@@ -304,7 +304,7 @@ pub fn plot(dir: &Path, d: &Decode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnkit::ceiling::bytes_moved;
+    use attnkit::ceiling::{BandwidthCeiling, bytes_moved};
 
     fn decode_row(label: &str, nk: usize, t: f64, bw: &BandwidthCeiling) -> SectionRow {
         let (shape, dtype) = label.rsplit_once(' ').unwrap();
@@ -341,13 +341,5 @@ mod tests {
         assert!(!line.contains("PyTorch") && !line.contains("GQA"), "{line}");
         let none = Decode { rows: vec![], bandwidth: None, dot: None, torch_note: None, elapsed_s: 0.0 };
         assert!(reading(&none).starts_with("No decode row"));
-    }
-
-    #[test]
-    fn torch_json_is_read_from_the_last_json_line() {
-        let out = "warning: x\n{\"peer\": \"torch-sdpa-cpu\", \"median_s\": 0.012, \"gflops\": 3.5}\n";
-        assert_eq!(parse_torch(out), Ok(0.012));
-        assert!(parse_torch("no json").is_err());
-        assert!(parse_torch("{\"gflops\": 1}").is_err());
     }
 }

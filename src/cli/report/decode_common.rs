@@ -47,3 +47,16 @@ pub fn parse_torch(stdout: &str) -> Result<f64, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     v["median_s"].as_f64().filter(|t| *t > 0.0).ok_or_else(|| format!("no median_s in {line}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_torch;
+
+    #[test]
+    fn torch_json_is_read_from_the_last_json_line() {
+        let out = "warning: x\n{\"peer\": \"torch-sdpa-cpu\", \"median_s\": 0.012, \"gflops\": 3.5}\n";
+        assert_eq!(parse_torch(out), Ok(0.012));
+        assert!(parse_torch("no json").is_err());
+        assert!(parse_torch("{\"gflops\": 1}").is_err());
+    }
+}
