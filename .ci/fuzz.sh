@@ -44,6 +44,8 @@ for src in fuzz/fuzz_targets/*.rs; do
   fi
   scratch="$target/fuzz-corpus/$name"
   artifacts="$target/fuzz-artifacts/$name/"
+  # Only this run's findings are printed on failure.
+  rm -rf "$artifacts"
   mkdir -p "$scratch" "$artifacts"
   echo "== fuzz $name for $seconds s from $seeds ($(ls "$seeds" | wc -l) seeds)"
   if ! "${fuzz[@]}" run --target-dir "$target/fuzz" "$name" "$scratch" "$seeds" -- \
