@@ -10,6 +10,11 @@
 # dir); the sanitizer flags need a nightly rustc, and the stable one accepts them with
 # RUSTC_BOOTSTRAP=1. New inputs the fuzzer finds go to a scratch corpus in the target dir, so the
 # committed corpus changes only when someone commits new seeds.
+#
+# Cost, measured on the 2-core machine: installing cargo-fuzz ~80 s (once per target dir); the
+# sanitizer build from nothing 408 s of CPU (382 user + 26 sys; 29 min of wall time here only
+# because it ran at low priority beside other builds, so ~4–5 min on an idle machine), 254 s
+# after a change to the library alone; the runs 2 × 61 s. With everything built, 126 s in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
