@@ -14,7 +14,7 @@
 # Cost, measured on the 2-core machine: installing cargo-fuzz ~80 s (once per target dir); the
 # sanitizer build from nothing 408 s of CPU (382 user + 26 sys; 29 min of wall time here only
 # because it ran at low priority beside other builds, so ~4–5 min on an idle machine), 254 s
-# after a change to the library alone; the runs 2 × 61 s. With everything built, 126 s in all.
+# after a change to the library alone; the runs 2 × 61 s. With everything built, 125 s in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
