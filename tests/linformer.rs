@@ -375,3 +375,54 @@ fn untrained_projections_do_not_approximate_softmax() {
     let err = rel_err(&got, &exact);
     assert!(err > 1.0 && err.is_finite(), "relative error {err}: the docs claim it exceeds 1");
 }
+
+/// Used key lengths: with identity projections (the projected keys past an entry's used length
+/// are reached by no used key and dropped) and with pooled k ≥ N_k (one key per segment),
+/// linformer is exact attention over the used keys, so it must match the oracle with
+/// `seqused_k`, including an entry with no used key (O = 0, LSE = −∞); with sinks too.
+/// Tolerance as `identity_projections_reproduce_exact_attention` (2e-5).
+#[test]
+fn seqused_k_with_identity_or_one_key_segments_matches_the_oracle() {
+    let (h, hkv, nq, nk, d) = (4, 2, 7, 31, 8);
+    for (used, sinks) in [(vec![31, 12, 0], None), (vec![1, 30, 17], Some(vec![0.5, -1.0, 0.0, 2.0]))] {
+        let mut p = Problem::new(used.len(), h, nq, d).with_kv_heads(hkv).with_seq_k(nk).with_seqused_k(used.clone());
+        p.mods.sinks = sinks;
+        let (q, k, v) = inputs(&p, 5);
+        let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let (want, want_lse) = attention_f64(&args);
+        let identity = Linformer::with_projections(vec![identity(nk)], None, nk, nk).unwrap();
+        for lin in [identity, Linformer::pooled(64).unwrap()] {
+            assert!(lin.supports(&p), "{:?}", lin.not_supported_reasons(&p));
+            let got = lin.forward(&args, true).unwrap();
+            let (err, lerr) = (scaled_max_err(&got.out, &want), lse_max_err(got.lse.as_ref().unwrap(), &want_lse));
+            assert!(err < 2e-5 && lerr < 2e-5, "{p} {:?}: out err {err:.2e}, lse err {lerr:.2e}", lin.projection());
+        }
+    }
+}
+
+/// Dense Gaussian projections with used key lengths: E and F keep their first n columns, so an
+/// entry's result is the same as supplying those columns for the entry cut to n keys.
+#[test]
+fn seqused_k_keeps_the_first_columns_of_dense_projections() {
+    let (h, hkv, nq, nk, d, kp) = (2, 1, 6, 20, 8, 5);
+    let used = [20usize, 9];
+    let p = Problem::new(2, h, nq, d).with_kv_heads(hkv).with_seq_k(nk).with_seqused_k(used.to_vec());
+    let lin = Linformer::new(kp, 3).unwrap();
+    let (q, k, v) = inputs(&p, 8);
+    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    let got = lin.forward(&args, true).unwrap();
+    let (e, f) = lin.projection_pair(nk, hkv, 0).unwrap();
+    let (qf, kf, vf) = (q.as_ref().to_f32_cow(), k.as_ref().to_f32_cow(), v.as_ref().to_f32_cow());
+    for (b, &n) in used.iter().enumerate() {
+        let cols = |m: &[f32]| -> Vec<f32> { (0..kp).flat_map(|r| m[r * nk..r * nk + n].to_vec()).collect() };
+        let cut_lin = Linformer::with_projections(vec![cols(&e)], Some(vec![cols(&f)]), kp, n).unwrap();
+        let cut = Problem::new(1, h, nq, d).with_kv_heads(hkv).with_seq_k(n);
+        let (ck, cv) = (kf[b * nk * d..][..n * d].to_vec(), vf[b * nk * d..][..n * d].to_vec());
+        let rows = h * nq * d;
+        let cut_args = AttnArgs::new(&cut, &qf[b * rows..(b + 1) * rows], &ck, &cv).unwrap();
+        let want = cut_lin.forward(&cut_args, true).unwrap();
+        let err =
+            scaled_max_err(&got.out[b * rows..(b + 1) * rows], &want.out.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(err < 1e-5, "entry {b} (n = {n}): {err:.2e}");
+    }
+}

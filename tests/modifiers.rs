@@ -364,19 +364,24 @@ fn bad_modifier_inputs_get_typed_errors_naming_the_value() {
 
 #[test]
 fn backends_without_modifiers_refuse_each_with_a_reason() {
-    let p = Problem::new(1, 2, 16, 32).with_alibi(alibi_slopes(2)).with_softcap(5.0).with_sinks(vec![0.0; 2]);
-    // linformer and FAVOR+ performer take sinks through their own log-normalizer (tests/linformer.rs,
-    // tests/performer.rs); the ReLU performer and local-block refuse them too.
+    let p = Problem::new(1, 2, 16, 32)
+        .with_alibi(alibi_slopes(2))
+        .with_softcap(5.0)
+        .with_sinks(vec![0.0; 2])
+        .with_seqused_k(vec![9]);
+    // linformer and FAVOR+ performer take sinks through their own log-normalizer, and both
+    // performer kernels and linformer take used key lengths (tests/linformer.rs,
+    // tests/performer.rs); the ReLU performer and local-block refuse sinks.
     let relu = attnkit::BackendOptions { kernel: Some(attnkit::options::Kernel::Relu), ..Default::default() };
     let cases: [(&str, attnkit::BackendOptions, &[&str]); 4] = [
         ("linformer", Default::default(), &["alibi", "softcap"]),
         ("performer", Default::default(), &["alibi", "softcap"]),
         ("performer", relu, &["alibi", "softcap", "sinks"]),
-        ("local-block", Default::default(), &["alibi", "softcap", "sinks"]),
+        ("local-block", Default::default(), &["alibi", "softcap", "sinks", "seqused_k"]),
     ];
     for (name, opts, refused) in cases {
         let reasons = attnkit::backend_with(name, &opts).unwrap().not_supported_reasons(&p);
-        for m in ["alibi", "softcap", "sinks"] {
+        for m in ["alibi", "softcap", "sinks", "seqused_k"] {
             let says = reasons.iter().any(|r| r.contains(m));
             assert_eq!(says, refused.contains(&m), "{name}: refuses {m}? {reasons:?}");
         }

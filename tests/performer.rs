@@ -364,3 +364,52 @@ fn sinks_join_the_estimated_normalizer() {
     let p = Problem::new(1, 2, 8, 16).with_sinks(vec![0.0; 2]);
     assert!(relu.not_supported_reasons(&p).iter().any(|r| r.contains("sinks")));
 }
+
+/// Used key lengths: each batch entry's result is the same call on that entry cut to its used
+/// keys (the sums over keys, the key shift and the causal alignment all run over them), for both
+/// kernels, causal or not, GQA, and an entry with no used key (O = 0, LSE = −∞). The cut runs the
+/// same operations in the same order, so they must agree to the last bit.
+#[test]
+fn seqused_k_equals_each_entry_cut_to_its_used_keys() {
+    let used = [23usize, 0, 30, 7];
+    for (kernel, causal) in
+        [(Kernel::Softmax, false), (Kernel::Softmax, true), (Kernel::Relu, false), (Kernel::Relu, true)]
+    {
+        let perf = Performer::new(32, 5).unwrap().with_kernel(kernel);
+        let (h, hkv, nq, nk, d) = (4, 2, 9, 30, 16);
+        let p = Problem::new(used.len(), h, nq, d)
+            .with_kv_heads(hkv)
+            .with_seq_k(nk)
+            .with_causal(causal)
+            .with_seqused_k(used.to_vec());
+        assert!(perf.supports(&p), "{:?}", perf.not_supported_reasons(&p));
+        let (q, k, v) = inputs(&p, 6, 0.5);
+        let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let got = perf.forward(&args, true).unwrap();
+        let got_lse = got.lse.unwrap();
+        let (qf, kf, vf) = (q.as_ref().to_f32_cow(), k.as_ref().to_f32_cow(), v.as_ref().to_f32_cow());
+        for (b, &n) in used.iter().enumerate() {
+            let (rows, lse_rows) = (h * nq * d, h * nq);
+            let (o, l) = (&got.out[b * rows..(b + 1) * rows], &got_lse[b * lse_rows..(b + 1) * lse_rows]);
+            if n == 0 {
+                assert!(o.iter().all(|&x| x == 0.0) && l.iter().all(|&x| x == f32::NEG_INFINITY), "{kernel:?}");
+                continue;
+            }
+            let cut = Problem::new(1, h, nq, d).with_kv_heads(hkv).with_seq_k(n).with_causal(causal);
+            // Entry b's keys: for each KV head, its first n rows.
+            let keys = |x: &[f32]| -> Vec<f32> {
+                (0..hkv).flat_map(|g| x[((b * hkv + g) * nk) * d..][..n * d].to_vec()).collect()
+            };
+            let (cq, ck, cv) = (&qf[b * rows..(b + 1) * rows], keys(&kf), keys(&vf));
+            let cut_args = AttnArgs::new(&cut, cq, &ck, &cv).unwrap();
+            let want = perf.forward(&cut_args, true).unwrap();
+            assert_eq!(o, want.out.as_slice(), "{kernel:?} causal={causal} entry {b}");
+            assert_eq!(l, want.lse.unwrap().as_slice(), "{kernel:?} causal={causal} entry {b}");
+        }
+    }
+    // The other per-pair modifiers are still refused.
+    let perf = Performer::new(32, 5).unwrap();
+    let p = Problem::new(1, 2, 8, 16).with_seqused_k(vec![4]).with_softcap(5.0);
+    let reasons = perf.not_supported_reasons(&p);
+    assert!(reasons.iter().any(|r| r.contains("softcap")) && !reasons.iter().any(|r| r.contains("seqused_k")));
+}

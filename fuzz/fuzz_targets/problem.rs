@@ -2,11 +2,26 @@
 //! through validation and, when valid and small, through every available CPU backend. Score
 //! modifiers (ALiBi, softcap, sinks, varlen offsets, used key lengths, bias, boolean mask) are
 //! drawn from the input too, including invalid ones. Any panic or abort is a bug; errors are fine.
+//!
+//! Where the problem is small (at most [`ORACLE_WORK`] multiply-adds) and its finite inputs are
+//! moderate (|x| ≤ [`ORACLE_MAX_ABS`], so that no f32 score overflows where the f64 oracle's does
+//! not), every exact backend's output is also held to the crate's tolerance rule against the f64
+//! oracle ([`attnkit::validate::exact_tolerance`]), non-finite places included: a NaN or ∞ input
+//! must stay in the rows the oracle puts it in.
 #![no_main]
 
 use arbitrary::Arbitrary;
+use attnkit::validate::{compare, exact_tolerance, oracle};
+use attnkit::{Attention, AttnOutput, Exactness};
 use attnkit::{AttnArgs, DType, Device, Problem, Tensor, Window, backend, backend_names};
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+/// Largest B·H·N_q·N_k·D checked against the oracle (the oracle and the naive same-precision run
+/// both cost about this many f64 multiply-adds; ~1 ms at this size keeps executions fast).
+const ORACLE_WORK: usize = 1 << 16;
+/// Largest finite |value| of the inputs, slopes, sinks and scale when the oracle is checked.
+const ORACLE_MAX_ABS: f32 = 1e3;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -54,11 +69,12 @@ fuzz_target!(|inp: Input| {
     p.mods.sinks = inp.sinks.clone();
     if let Some(lens) = &inp.varlen {
         let cu = |f: fn(&(u8, u8)) -> u8| {
-            std::iter::once(0).chain(lens.iter().scan(0usize, move |acc, l| {
-                *acc += f(l) as usize;
-                Some(*acc)
-            }))
-            .collect::<Vec<usize>>()
+            std::iter::once(0)
+                .chain(lens.iter().scan(0usize, move |acc, l| {
+                    *acc += f(l) as usize;
+                    Some(*acc)
+                }))
+                .collect::<Vec<usize>>()
         };
         p = p.with_varlen(cu(|l| l.0), cu(|l| l.1));
     }
@@ -95,11 +111,45 @@ fuzz_target!(|inp: Input| {
     });
     let pair = attnkit::PairData { bias: bias.as_ref().map(|b| b.as_ref()), mask: mask.as_deref() };
     let Ok(args) = AttnArgs::new_with(&p, q.as_ref(), k.as_ref(), v.as_ref(), pair) else { return };
-    for name in backend_names() {
-        let Ok(b) = backend(name) else { continue };
-        if b.device() != Device::Cpu || b.availability().is_err() {
-            continue;
+    let work = p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim;
+    let moderate = |x: &[f32]| x.iter().all(|v| !v.is_finite() || v.abs() <= ORACLE_MAX_ABS);
+    let slopes_and_sinks = [p.mods.alibi_slopes.as_deref(), p.mods.sinks.as_deref()];
+    let checked = work <= ORACLE_WORK
+        && p.scale <= ORACLE_MAX_ABS
+        && slopes_and_sinks.into_iter().flatten().flatten().all(|v| v.is_finite() && v.abs() <= ORACLE_MAX_ABS)
+        && [Some(&q), Some(&k), Some(&v), bias.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|t| moderate(&Tensor::as_ref(t).to_f32_cow()));
+    let want = checked.then(|| oracle(&args));
+    for b in cpu_backends() {
+        let got = b.forward(&args, true);
+        if let (Some(want), Ok(got)) = (&want, &got) {
+            check_against_oracle(b.as_ref(), &args, got, want);
         }
-        let _ = b.forward(&args, true);
     }
 });
+
+/// Every available CPU backend, built once and kept across executions as a user keeps them: a
+/// backend's caches (performer's features, linformer's projections) then live across calls, and
+/// an execution pays for them only when its head dimension or N_k differs from the last one's.
+fn cpu_backends() -> &'static [Box<dyn Attention>] {
+    static BACKENDS: OnceLock<Vec<Box<dyn Attention>>> = OnceLock::new();
+    BACKENDS.get_or_init(|| {
+        backend_names()
+            .iter()
+            .filter_map(|name| backend(name).ok())
+            .filter(|b| b.device() == Device::Cpu && b.availability().is_ok())
+            .collect()
+    })
+}
+
+/// Panics (a fuzzer finding) when an exact backend's output breaks the tolerance rule.
+fn check_against_oracle(b: &dyn Attention, args: &AttnArgs<'_>, got: &AttnOutput, want: &[f64]) {
+    if b.exactness() != Exactness::Exact {
+        return;
+    }
+    let tol = exact_tolerance(args, want, b.compute_precision(args));
+    let err = compare(&got.out, want);
+    assert!(err.within(tol.bound), "{}: {err:?} exceeds {tol:?} on {:?}", b.name(), args.problem());
+}

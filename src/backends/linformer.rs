@@ -32,6 +32,14 @@
 //! and sliding-window problems are refused with `Unsupported` and that reason (even a window
 //! wide enough to mask nothing: the request is judged, not its effect).
 //!
+//! Modifiers: attention sinks join each row's own softmax through its log-normalizer
+//! ([`crate::lse::add_sinks`]). Used key lengths (`seqused_k`, n ≤ N_k keys of a batch entry)
+//! shorten the key axis before the projection: pooled segments cut the n used keys, dense E and
+//! F keep their first n columns, and a projected key that no used key reaches (its E row zero on
+//! them, as for E = I) is dropped instead of entering the softmax as a zero key; with E = F = I
+//! or pooled k ≥ n the result is exact attention over the used keys. ALiBi, softcap, bias and
+//! mask are per (query, key) pair terms with no key to apply to after mixing, and are refused.
+//!
 //! LSE: we return ln Σ_r exp(scale·q·K′_r + b_r), the log-normalizer of Linformer's own softmax.
 //! Pooled, it estimates the exact LSE (never above it, by Jensen; exact when k = N_k); Gaussian,
 //! it equals the exact LSE only when E = I and otherwise is **not** an estimate of it.
@@ -267,12 +275,13 @@ impl Linformer {
         floats.checked_mul(4)
     }
 
-    /// K′ = E·K and V′ = F·V of KV slice `t` (k×D each), streamed in key blocks.
-    fn project(&self, args: &AttnArgs<'_>, t: usize, set: &ProjSet) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// K′ = E·K and V′ = F·V of KV slice `t` (k×D each) over its first `nk` keys (the used ones),
+    /// streamed in key blocks: the columns of E and F past `nk` are left out.
+    fn project(&self, args: &AttnArgs<'_>, t: usize, nk: usize, set: &ProjSet) -> Result<(Vec<f32>, Vec<f32>)> {
         let p = args.problem();
-        let (nk, d, k) = (p.seq_k, p.head_dim, self.k);
+        let (d, k) = (p.head_dim, self.k);
         let (e, f) = set.pair(t % p.kv_heads);
-        let kv_base = t * nk * d;
+        let kv_base = t * p.seq_k * d;
         let mut kp = vec![0.0f32; k * d];
         let mut vp = vec![0.0f32; k * d];
         let mut buf = vec![0.0f32; KEY_BLOCK.min(nk) * d];
@@ -290,6 +299,16 @@ impl Linformer {
         Ok((kp, vp))
     }
 
+    /// With `seqused_k`, the projected keys that no used key reaches: row r of E is zero on the
+    /// first `nk` columns. Such a key is a zero vector standing for no key at all, and would
+    /// otherwise take exp(0) of the softmax; it is dropped (its logit is −∞). Identity
+    /// projections thus give exact attention over the used keys; dense Gaussian rows are never
+    /// all zero, so they keep all k.
+    fn unreached(&self, e: &[f32], nk: usize) -> Vec<f32> {
+        let k = self.k;
+        (0..k).map(|r| if (0..nk).all(|j| e[j * k + r] == 0.0) { f32::NEG_INFINITY } else { 0.0 }).collect()
+    }
+
     /// One (batch, KV head): project K and V (`set`, or segment means when it is `None`), then
     /// attend every query head of the group. `o` is (group, N_q, D) and `l` (group, N_q).
     fn one_kv_head(
@@ -301,18 +320,28 @@ impl Linformer {
         mut l: Option<&mut [f32]>,
     ) -> Result<()> {
         let p = args.problem();
-        let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+        let (nq, d) = (p.seq_q, p.head_dim);
+        // The used keys of this batch entry (all N_k without seqused_k); the causal and window
+        // refusals leave nothing else that restricts a row's keys.
+        let nk = p.mods.seqused_k.as_ref().map_or(p.seq_k, |u| u[t / p.kv_heads]);
+        if nk == 0 {
+            // No key: zeros and −∞ by contract (an empty softmax, not 0/0).
+            o.fill(0.0);
+            l.iter_mut().for_each(|l| l.fill(f32::NEG_INFINITY));
+            return Ok(());
+        }
         let k = self.effective_proj_dim(nk);
         let (kp, vp, bias) = match set {
             Some(set) => {
-                let (kp, vp) = self.project(args, t, set)?;
-                (kp, vp, None)
+                let (kp, vp) = self.project(args, t, nk, set)?;
+                let dropped = (nk < p.seq_k).then(|| self.unreached(set.pair(t % p.kv_heads).0, nk));
+                (kp, vp, dropped)
             }
             None => {
                 // Pooled key r stands for its |segment| keys: exp(s·q·k̄ + ln|seg|) = |seg|·exp(s·q·k̄).
                 let bias: Vec<f32> =
                     (0..k).map(|r| segments::bounds(r, nk, k)).map(|(lo, hi)| ((hi - lo) as f32).ln()).collect();
-                let base = t * nk * d;
+                let base = t * p.seq_k * d;
                 (segments::means(args.k(), base, nk, d, k), segments::means(args.v(), base, nk, d, k), Some(bias))
             }
         };
@@ -333,6 +362,14 @@ impl Linformer {
                         row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
                     }
                     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    if row.iter().all(|&x| x == f32::NEG_INFINITY) {
+                        // Every projected key dropped (supplied E zero on all used columns).
+                        row.fill(0.0);
+                        if let Some(lh) = lh.as_deref_mut() {
+                            lh[i0 + r] = f32::NEG_INFINITY;
+                        }
+                        continue;
+                    }
                     crate::simd::exp_shifted(row, m);
                     let sum: f32 = row.iter().sum();
                     let inv = 1.0 / sum;
@@ -364,11 +401,12 @@ impl Attention for Linformer {
         vec!["linformer has no backward pass yet: the math is dQ and dK′, dV′ from softmax attention over the k projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′ and, for trainable projections, dE = dK′·Kᵀ, dF = dV′·Vᵀ; not implemented (train through flash-cpu or sdpa)".to_string()]
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
-        // Sinks need only the row's log-normalizer, which linformer has (crate::lse::add_sinks).
+        // Sinks need only the row's log-normalizer, which linformer has (crate::lse::add_sinks);
+        // used key lengths only shorten the key axis the projection runs over.
         let mut reasons = problem.mods.refusals_except(
             "linformer",
             "its projected keys mix every position, so per-pair terms have no key to apply to",
-            &[Modifier::Sinks],
+            &[Modifier::Sinks, Modifier::SequsedK],
         );
         if problem.causal {
             reasons.push(

@@ -39,6 +39,11 @@
 //! Sliding windows are refused: a band needs a prefix-state difference, which cancels
 //! catastrophically for these positive sums.
 //!
+//! Used key lengths (`seqused_k`): each batch entry's sums over keys (K′ᵀV, Σ K′_j, the key
+//! shift) run over its first n used keys only, and causal rows align to n (as
+//! [`Problem::key_range_at`]), so the result equals the same call on the entry cut to n keys; an
+//! entry with n = 0 gives zero rows and LSE −∞. Other per-pair modifiers are refused.
+//!
 //! Complexity: O(B·H·N·m·D) time; extra memory O(m·D + 128·(m + D)) per KV head in flight,
 //! independent of N. Parallel over (batch, KV head) pairs; every reduction runs in a fixed
 //! order inside one task, so outputs are bitwise identical for any thread count.
@@ -223,6 +228,13 @@ impl Task<'_, '_> {
         self.t * self.args.problem().seq_k * self.fm.d
     }
 
+    /// Keys this task reads: the batch entry's used length with `seqused_k`, else N_k. Keys past
+    /// it are neither read nor counted, as in exact attention.
+    fn used_keys(&self) -> usize {
+        let p = self.args.problem();
+        p.mods.seqused_k.as_ref().map_or(p.seq_k, |u| u[self.t / p.kv_heads])
+    }
+
     /// Loads keys [j0, j1) and their exponents into the scratch (`len·m` of `kf`).
     fn key_exponents(&self, s: &mut Scratch, j0: usize, j1: usize) -> Result<()> {
         let d = self.fm.d;
@@ -266,7 +278,13 @@ impl Task<'_, '_> {
 
     fn non_causal(&self, o: &mut [f32], mut l: Option<&mut [f32]>) -> Result<()> {
         let p = self.args.problem();
-        let (nq, nk, m, d) = (p.seq_q, p.seq_k, self.fm.m, self.fm.d);
+        let (nq, nk, m, d) = (p.seq_q, self.used_keys(), self.fm.m, self.fm.d);
+        if nk == 0 {
+            // No key: zeros and −∞ by contract, whatever the queries hold.
+            o.fill(0.0);
+            l.iter_mut().for_each(|l| l.fill(f32::NEG_INFINITY));
+            return Ok(());
+        }
         let mut s = Scratch::new(m, d);
         let mut st = KvState::new(m, d);
         let mut key_shift = f32::NEG_INFINITY;
@@ -303,7 +321,7 @@ impl Task<'_, '_> {
 
     fn causal(&self, o: &mut [f32], mut l: Option<&mut [f32]>) -> Result<()> {
         let p = self.args.problem();
-        let (nq, nk, m, d) = (p.seq_q, p.seq_k, self.fm.m, self.fm.d);
+        let (nq, nk, m, d) = (p.seq_q, self.used_keys(), self.fm.m, self.fm.d);
         let mut s = Scratch::new(m, d);
         // Pass 1: the single key shift, over all keys of this head (a causal row's ratio does not
         // depend on it, but δ and the LSE do, and they must not depend on the block walk).
@@ -313,7 +331,9 @@ impl Task<'_, '_> {
             self.key_exponents(&mut s, j0, j1)?;
             key_shift = key_shift.max(self.fm.key_shift_of(&s.kf[..(j1 - j0) * m]));
         }
-        let hi = |i: usize| p.key_range(i).1;
+        // Bottom-right aligned to the used keys (Problem::key_range_at).
+        let b = self.t / p.kv_heads;
+        let hi = |i: usize| p.key_range_at(b, i).1;
         let mut st = KvState::new(m, d);
         let mut absorbed = 0usize;
         let mut den = [0.0f32; BLOCK];
@@ -400,8 +420,10 @@ impl Attention for Performer {
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         // Sinks need only the row's log-normalizer: the softmax kernel's LSE estimates it; the ReLU
-        // kernel's normalizer is not a softmax's, so a sink logit has no meaning there.
-        let implemented: &[Modifier] = if self.kernel == Kernel::Softmax { &[Modifier::Sinks] } else { &[] };
+        // kernel's normalizer is not a softmax's, so a sink logit has no meaning there. Used key
+        // lengths only shorten the sums over keys, for either kernel.
+        let implemented: &[Modifier] =
+            if self.kernel == Kernel::Softmax { &[Modifier::Sinks, Modifier::SequsedK] } else { &[Modifier::SequsedK] };
         let mut r = problem.mods.refusals_except(
             "performer",
             "FAVOR+ never forms per-pair scores, so there is no score to modify",

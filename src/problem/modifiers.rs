@@ -220,6 +220,19 @@ pub(crate) fn validate(p: &Problem) -> Result<()> {
     {
         return Err(AttnError::invalid(format!("softcap must be finite and > 0, got {c}")));
     }
+    // The kernels compute c·tanh(s·(scale/c)): a subnormal c (1/c = ∞) or a scale/c that
+    // overflows f32 turns a zero score into 0·∞ = NaN where the f64 oracle is finite (the fuzzer
+    // found softcap = 1e-40). Such a cap clips every score to ±c ≈ 0 anyway.
+    if let Some(c) = m.softcap
+        && !(c >= f32::MIN_POSITIVE && (p.scale / c).is_finite())
+    {
+        return Err(AttnError::invalid(format!(
+            "softcap {c:e} is too small: it must be a normal f32 (≥ {:e}) with scale / softcap finite in f32 \
+             (scale = {})",
+            f32::MIN_POSITIVE,
+            p.scale
+        )));
+    }
     if let Some(v) = &m.varlen {
         check_varlen(p, v)?;
     }
@@ -442,6 +455,8 @@ mod tests {
         let base = Problem::new(1, 2, 4, 8);
         let cases: Vec<(Problem, &str)> = vec![
             (base.clone().with_softcap(-1.0), "-1"),
+            (base.clone().with_softcap(1e-40), "softcap 1e-40 is too small"),
+            (base.clone().with_scale(1e30).with_softcap(1e-9), "scale = 1000000000000000000000000000000"),
             (base.clone().with_alibi(vec![0.5; 3]), "3 values"),
             (base.clone().with_alibi(vec![0.5, f32::NAN]), "slope [1]"),
             (base.clone().with_sinks(vec![0.0, f32::INFINITY]), "sink [1]"),

@@ -7,7 +7,7 @@
 //! its peer). Per N, every backend and PyTorch run in turn, round after round; each row is the
 //! median over rounds ([`attnkit::bench::backward::run_backward_cell`] per backend and round).
 
-use super::decode::torch_env;
+use super::decode_common::torch_env;
 use super::plots::{self, Axis, Series, Ticks};
 use super::section::Scale;
 use crate::cli::fmt_secs;

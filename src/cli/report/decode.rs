@@ -1,20 +1,22 @@
-//! The report's *Decode and bf16* section (issue 12 item 4): `flash-cpu` decode (N_q = 1,
+//! The report's *Decode and bf16* section: `flash-cpu` decode (N_q = 1,
 //! non-causal, which for one query row equals bottom-right causal) against N_k, f32 and bf16,
 //! for an MHA shape (H = 4, D = 64) and a GQA shape (H = 8 over 2 KV heads, D = 128), each
 //! row's GB/s ([`attnkit::ceiling::bytes_moved`] over the median) beside the streaming-read
 //! ceiling measured in the same run; PyTorch CPU SDPA on the same shapes when
 //! `ATTNKIT_TORCH_PYTHON` and `ATTNKIT_PEERS` are set; and bf16 vs f32 prefill at N = 4096
 //! (D = 64, H = 8) measured alternately, beside the bf16 dot-product ceiling when the CPU has
-//! AVX512_BF16. The heads are fewer than the issue's 32/8 so the largest cache (N_k = 256K)
-//! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores; the issue's own
-//! shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`].
+//! AVX512_BF16. The heads are fewer than the target shape's 32/8 so the largest cache (N_k = 256K)
+//! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores; the decode
+//! target shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`].
 
+use super::decode_common::Decode;
+use super::decode_common::{torch_env, torch_time};
 use super::plots::{self, Axis, Series, Ticks};
 use super::section::{Case, Scale, SectionRow, alternate, round_ratio, verdict};
 use crate::cli::fmt_secs;
 use attnkit::attention::PairOwned;
 use attnkit::bench::{LazyCeiling, Policy};
-use attnkit::ceiling::{BandwidthCeiling, DotCeiling, LazyBandwidth, bf16_dot_ceiling};
+use attnkit::ceiling::{DotCeiling, LazyBandwidth, bf16_dot_ceiling};
 use attnkit::{AttnError, DType, Problem};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,17 +31,6 @@ pub const PLOT_FILE: &str = "decode_bandwidth.svg";
 pub fn decode_nks(sc: &Scale) -> Vec<usize> {
     let top = sc.n(1 << 18, 1 << 15).max(1 << 10);
     (10..=18).map(|e| 1usize << e).filter(|&n| n <= top).collect()
-}
-
-/// What the section measured.
-pub struct Decode {
-    pub rows: Vec<SectionRow>,
-    pub bandwidth: Option<BandwidthCeiling>,
-    pub dot: Option<DotCeiling>,
-    /// Why the PyTorch column is empty, when it is.
-    pub torch_note: Option<String>,
-    /// Wall time of the whole section.
-    pub elapsed_s: f64,
 }
 
 /// The decode problem of `shape` at `nk` in `dtype`.
@@ -105,35 +96,6 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
     }
     let (dot, elapsed_s) = (bf16_dot_ceiling(3), started.elapsed().as_secs_f64());
     Ok(Decode { rows, bandwidth: bw.measured().copied(), dot, torch_note: torch.err(), elapsed_s })
-}
-
-/// The python with torch and the peers folder, or why the PyTorch column stays empty.
-pub(super) fn torch_env() -> Result<(String, String), String> {
-    match (std::env::var("ATTNKIT_TORCH_PYTHON"), std::env::var("ATTNKIT_PEERS")) {
-        (Ok(py), Ok(peers)) if !py.is_empty() && !peers.is_empty() => Ok((py, peers)),
-        _ => Err("not measured (set ATTNKIT_TORCH_PYTHON and ATTNKIT_PEERS)".into()),
-    }
-}
-
-/// PyTorch's median seconds on `p` (peers/torch_sdpa2.py, same thread count).
-pub(super) fn torch_time(py: &str, peers: &str, p: &Problem, reps: usize) -> Result<f64, String> {
-    let args = [p.seq_q, p.seq_k, p.head_dim, p.heads, p.kv_heads].map(|x| x.to_string());
-    let out = std::process::Command::new(py)
-        .arg(Path::new(peers).join("torch_sdpa2.py"))
-        .args(args)
-        .arg(p.dtype.to_string())
-        .args(["--reps", &reps.to_string()])
-        .env("OMP_NUM_THREADS", rayon::current_num_threads().to_string())
-        .output()
-        .map_err(|e| e.to_string())?;
-    parse_torch(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// `median_s` of the peer's last JSON line.
-pub fn parse_torch(stdout: &str) -> Result<f64, String> {
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or("no JSON line")?;
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    v["median_s"].as_f64().filter(|t| *t > 0.0).ok_or_else(|| format!("no median_s in {line}"))
 }
 
 /// GB/s of the peer's time on the row's shape (the same bytes as the row's).
@@ -250,7 +212,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
     s
 }
 
-/// bf16's speed-up over f32 against the issue's ≥ 1.6× target, and the bf16 dot ceiling.
+/// bf16's speed-up over f32 against the ≥ 1.6× target, and the bf16 dot ceiling.
 fn prefill_reading(pre: &[&SectionRow], dot: Option<&DotCeiling>) -> String {
     let bf16 = pre.iter().find(|r| r.rec.dtype == DType::BF16);
     let speedup = bf16.and_then(|r| r.ratio).map(|x| 1.0 / x);
@@ -342,7 +304,7 @@ pub fn plot(dir: &Path, d: &Decode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnkit::ceiling::bytes_moved;
+    use attnkit::ceiling::{BandwidthCeiling, bytes_moved};
 
     fn decode_row(label: &str, nk: usize, t: f64, bw: &BandwidthCeiling) -> SectionRow {
         let (shape, dtype) = label.rsplit_once(' ').unwrap();
@@ -379,13 +341,5 @@ mod tests {
         assert!(!line.contains("PyTorch") && !line.contains("GQA"), "{line}");
         let none = Decode { rows: vec![], bandwidth: None, dot: None, torch_note: None, elapsed_s: 0.0 };
         assert!(reading(&none).starts_with("No decode row"));
-    }
-
-    #[test]
-    fn torch_json_is_read_from_the_last_json_line() {
-        let out = "warning: x\n{\"peer\": \"torch-sdpa-cpu\", \"median_s\": 0.012, \"gflops\": 3.5}\n";
-        assert_eq!(parse_torch(out), Ok(0.012));
-        assert!(parse_torch("no json").is_err());
-        assert!(parse_torch("{\"gflops\": 1}").is_err());
     }
 }

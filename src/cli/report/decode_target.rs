@@ -1,11 +1,11 @@
-//! The report's check of issue 12's decode targets on the issue's own shape: one query row over
+//! The report's check of the decode targets on their own shape: one query row over
 //! N_k = 32768 keys, D = 128, 32 query heads over 8 KV heads, causal. f32 and bf16 `flash-cpu`
 //! and PyTorch's CPU SDPA (f32) run in turn, round after round in the same run, and the
 //! section states: f32 decode as a fraction of the streaming-read ceiling (target ≥ 60%), its
 //! speed-up over PyTorch (≥ 4×) and bf16's over f32 (≥ 1.8×), each a median over rounds of
 //! same-round ratios.
 
-use super::decode::{Decode, torch_env, torch_time};
+use super::decode_common::{Decode, torch_env, torch_time};
 use super::section::{Case, Scale, SectionRow, alternate, round_ratio, verdict};
 use crate::cli::fmt_secs;
 use attnkit::attention::PairOwned;
@@ -19,7 +19,7 @@ pub const SECTION: &str = "decode-target";
 /// Rounds of (f32, bf16, PyTorch f32).
 const ROUNDS: usize = 5;
 
-/// The issue's decode shape with `nk` keys in `dtype`.
+/// The decode target shape with `nk` keys in `dtype`.
 pub fn target_problem(nk: usize, dtype: DType) -> Problem {
     Problem::new(1, 32, 1, 128).with_kv_heads(8).with_seq_k(nk).with_causal(true).with_dtype(dtype)
 }

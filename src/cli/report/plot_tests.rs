@@ -4,7 +4,8 @@
 //! of the old frontier plot whose labels ran past its right edge. Also: results.json reads back
 //! to the same rows, and an empty result set draws without panicking.
 
-use super::decode::{self, Decode, SHAPES, decode_problem};
+use super::decode::{self, SHAPES, decode_problem};
+use super::decode_common::Decode;
 use super::figures;
 use super::replot;
 use super::results::{Row, tests::row};

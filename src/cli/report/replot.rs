@@ -10,7 +10,8 @@
 //! decode sweep was measured in alternated rounds then.
 
 use super::backward::{self, Backward, BackwardRow};
-use super::decode::{self, Decode};
+use super::decode;
+use super::decode_common::Decode;
 use super::figures;
 use super::results::Row;
 use super::section::SectionRow;

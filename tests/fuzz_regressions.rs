@@ -1,0 +1,62 @@
+//! One test per input the fuzz targets (fuzz/fuzz_targets, run by .ci/fuzz.sh) found to crash,
+//! hang or disagree with the oracle, each rebuilt from the finding's decoded input so that the
+//! fix stays fixed without the fuzzer.
+
+use attnkit::validate::{compare, exact_tolerance, oracle};
+use attnkit::{AttnArgs, AttnError, Device, Exactness, Problem, Tensor, backend, backend_names};
+
+/// Every available exact CPU backend on `args`, against the oracle by the crate's tolerance rule.
+fn exact_backends_match_the_oracle(args: &AttnArgs<'_>) {
+    let want = oracle(args);
+    for name in backend_names() {
+        let b = backend(name).unwrap();
+        if b.device() != Device::Cpu || b.availability().is_err() || b.exactness() != Exactness::Exact {
+            continue;
+        }
+        let Ok(got) = b.forward(args, true) else { continue };
+        let tol = exact_tolerance(args, &want, b.compute_precision(args));
+        let err = compare(&got.out, &want);
+        assert!(err.within(tol.bound), "{name}: {err:?} vs {tol:?}");
+    }
+}
+
+/// The `problem` target: a softcap below f32's normal range (1e-40) made 1/c = ∞, so a zero score
+/// became 0·∞ = NaN in every CPU kernel while the f64 oracle stayed finite; likewise a scale/c
+/// that overflows f32. Both are now refused by validation with the value named, before any
+/// kernel runs; the smallest accepted cap still agrees with the oracle.
+#[test]
+fn subnormal_softcap_is_refused_and_the_smallest_normal_one_computes() {
+    let p = Problem::new(1, 1, 3, 4).with_seq_k(5);
+    for (bad, needle) in
+        [(p.clone().with_softcap(1e-40), "1e-40"), (p.clone().with_scale(1e30).with_softcap(1e-9), "1e-9")]
+    {
+        match bad.validate() {
+            Err(AttnError::InvalidArgument(msg)) => assert!(msg.contains(needle) && msg.contains("too small"), "{msg}"),
+            other => panic!("{needle}: expected Invalid, got {other:?}"),
+        }
+    }
+    let ok = p.with_softcap(f32::MIN_POSITIVE);
+    // Zero rows in Q and K: every score is exactly 0, the case that produced 0·∞.
+    let mut q = vec![0.0f32; ok.q_len()];
+    q[4..8].copy_from_slice(&[0.5, -1.0, 2.0, 0.25]);
+    let k: Vec<f32> = (0..ok.kv_len()).map(|i| if i < 4 { 0.0 } else { (i % 7) as f32 - 3.0 }).collect();
+    let v: Vec<f32> = (0..ok.kv_len()).map(|i| i as f32 * 0.1).collect();
+    let (q, k, v) = (Tensor::from_f32(&q, ok.dtype), Tensor::from_f32(&k, ok.dtype), Tensor::from_f32(&v, ok.dtype));
+    let args = AttnArgs::new(&ok, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    exact_backends_match_the_oracle(&args);
+}
+
+/// The `problem` target: performer at a large head dimension (D = 4096, one query row) ran for
+/// minutes (the fuzzer's per-input timeout) building its features: each block of D orthogonal
+/// rows was orthonormalized whole, O(D³), although only m = 256 rows are used. It now
+/// orthonormalizes the rows it uses (the same features; see performer_features.rs), and this
+/// call takes well under a second in release.
+#[test]
+fn performer_features_at_the_largest_head_dim_are_quick() {
+    let p = Problem::new(1, 1, 1, 4096).with_seq_k(2);
+    let x: Vec<f32> = (0..p.kv_len()).map(|i| ((i * 13) % 11) as f32 * 0.01).collect();
+    let (q, k) = (Tensor::from_f32(&x[..p.q_len()], p.dtype), Tensor::from_f32(&x, p.dtype));
+    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), k.as_ref()).unwrap();
+    let got = backend("performer").unwrap().forward(&args, true).unwrap();
+    assert!(got.out.iter().all(|x| x.is_finite()));
+}
