@@ -110,13 +110,18 @@ fn dot64(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Matrices per slot, row-major k×N_k.
+type Mats = Vec<Vec<f32>>;
+/// dQ, dK, dV; dσ; dEᵀ, dFᵀ.
+type LinGrads64 = ([Vec<f64>; 3], Option<Vec<f64>>, Option<lg::ProjGrads<f64>>);
+
 /// One Linformer case: the problem, k, and dense projections per slot (row-major k×N_k) or
 /// pooled (`None`).
 struct LinCase {
     label: &'static str,
     p: Problem,
     k: usize,
-    dense: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    dense: Option<(Mats, Mats)>,
 }
 
 fn lin_cases() -> Vec<LinCase> {
@@ -172,12 +177,7 @@ fn lin_inputs<'a>(c: &'a LinCase, p: &'a Problem, x: &'a Vals) -> lg::Inputs<'a,
     lg::Inputs { p, q: &x.fields[0], k: &x.fields[1], v: &x.fields[2], proj }
 }
 
-fn lin_grads(
-    c: &LinCase,
-    p: &Problem,
-    x: &Vals,
-    d_out: &[f64],
-) -> ([Vec<f64>; 3], Option<Vec<f64>>, Option<lg::ProjGrads<f64>>) {
+fn lin_grads(c: &LinCase, p: &Problem, x: &Vals, d_out: &[f64]) -> LinGrads64 {
     let (mut dq, mut dk, mut dv) = (vec![0.0; p.q_len()], vec![0.0; p.kv_len()], vec![0.0; p.kv_len()]);
     let mut ds = p.mods.sinks.as_ref().map(|s| vec![0.0; s.len()]);
     let out = lg::Out { dq: &mut dq, dk: &mut dk, dv: &mut dv, dsinks: ds.as_deref_mut() };
@@ -198,7 +198,11 @@ fn linformer_f64_gradients_match_finite_differences() {
         // the forward jumps there, so those entries of E have no finite difference.
         let per = c.k * c.p.seq_k;
         let dropped = |f: usize, i: usize| {
-            c.label == "seqused_k_dropped_key" && f == 3 && i >= per && (i - per) % c.k == 0 && (i - per) / c.k < 3
+            c.label == "seqused_k_dropped_key"
+                && f == 3
+                && i >= per
+                && (i - per).is_multiple_of(c.k)
+                && (i - per) / c.k < 3
         };
         check_fd(c.label, &x, [&dq, &dk, &dv, &de, &df], &loss, &dropped);
         if let Some(ds) = ds {

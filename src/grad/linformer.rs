@@ -68,6 +68,9 @@ pub struct ProjGrads<T> {
     pub df: Vec<Vec<T>>,
 }
 
+/// One task's dK′, dV′ (k×D) and dσ of its query heads.
+type Part<T> = (Vec<T>, Vec<T>, Vec<T>);
+
 /// One (batch, KV head)'s projected keys and values with their logit bias.
 struct Projected<T> {
     kk: usize,
@@ -284,7 +287,7 @@ pub fn backward<T: Real>(x: &Inputs<'_, T>, d_out: &[T], out: Out<'_, T>, want_p
     let p = x.p;
     let (d, g) = (p.head_dim, p.group_size());
     let kv_chunk = p.seq_k * d;
-    let parts: Vec<(Vec<T>, Vec<T>, Vec<T>)> = out
+    let parts: Vec<Part<T>> = out
         .dq
         .par_chunks_mut(g * p.seq_q * d)
         .zip(out.dk.par_chunks_mut(kv_chunk))
@@ -311,7 +314,7 @@ pub fn backward<T: Real>(x: &Inputs<'_, T>, d_out: &[T], out: Out<'_, T>, want_p
     }
     // dEᵀ_s[j] = Σ over the tasks of slot s that use key j of dK′_t·k_j (dF likewise), rows in
     // parallel, each row's sum in task order.
-    let grad = |pick: fn(&(Vec<T>, Vec<T>, Vec<T>)) -> &Vec<T>, src: &[T], s: usize| -> Vec<T> {
+    let grad = |pick: fn(&Part<T>) -> &Vec<T>, src: &[T], s: usize| -> Vec<T> {
         let mut m = vec![T::ZERO; p.seq_k * k];
         m.par_chunks_mut(*k).enumerate().for_each(|(j, row)| {
             for (t, part) in parts.iter().enumerate().filter(|(t, _)| x.slot(*t) == s && j < x.used(*t)) {
