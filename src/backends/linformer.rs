@@ -52,6 +52,10 @@
 //! averages many values into a small ‖O‖; the error grows with N_k/k. Gaussian Linformer is only
 //! useful with projections learned together with the model.
 //!
+//! Backward: exact attention's backward over the projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′
+//! ([`crate::grad::linformer`]); dense E and F get their gradients on request
+//! ([`Linformer::backward_with_projections`], `linformer_backward.rs`).
+//!
 //! Measured figures (relative error beside the mean-of-V baseline per input family, pooled and
 //! Gaussian, speed against `flash-cpu`, time and memory slopes) live in reports/README.md,
 //! sections *Accuracy–speed frontier per input family* and *Results per backend* (written by

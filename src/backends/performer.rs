@@ -61,6 +61,10 @@
 //! against the input scale). On small-norm inputs the error falls like m^(−1/2)
 //! (tests/performer.rs fits the slope and accepts −0.75 … −0.25).
 //!
+//! Backward: the gradient of this forward with ω held fixed, through the features, the
+//! normalizer with its δ and the max-shifts, causal and sinks included ([`crate::grad::performer`],
+//! `performer_backward.rs`).
+//!
 //! Measured figures (relative error beside the mean-of-V baseline per input family, softmax and
 //! ReLU kernels, speed against `flash-cpu` and `sdpa`, time and memory slopes, causal and not)
 //! live in reports/README.md, sections *Accuracy–speed frontier per input family* and
