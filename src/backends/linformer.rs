@@ -52,22 +52,30 @@
 //! averages many values into a small ‖O‖; the error grows with N_k/k. Gaussian Linformer is only
 //! useful with projections learned together with the model.
 //!
+//! Backward: exact attention's backward over the projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′
+//! ([`crate::grad::linformer`]); dense E and F get their gradients on request
+//! ([`Linformer::backward_with_projections`], `linformer_backward.rs`).
+//!
 //! Measured figures (relative error beside the mean-of-V baseline per input family, pooled and
 //! Gaussian, speed against `flash-cpu`, time and memory slopes) live in reports/README.md,
 //! sections *Accuracy–speed frontier per input family* and *Results per backend* (written by
 //! `attnkit report`); `examples/approx_frontier.rs` reproduces them at other sizes.
 
 pub use super::linformer_proj::Sharing;
+#[path = "linformer_backward.rs"]
+mod backward;
 use super::linformer_proj::{Mat, ProjSet, supplied_set, transpose};
 use super::segments;
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
+use crate::grad::{GradsMut, Saved};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::options::{BackendOptions, Projection};
 use crate::problem::Problem;
 use crate::problem::modifiers::Modifier;
 use crate::seeded;
+pub use backward::ProjectionGrads;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -397,8 +405,16 @@ impl Attention for Linformer {
         Device::Cpu
     }
 
+    /// The forward's refusals only (`backward_into` adds them): the backward covers everything
+    /// the forward runs ([`crate::grad::linformer`]).
     fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
-        vec!["linformer has no backward pass yet: the math is dQ and dK′, dV′ from softmax attention over the k projected keys, then dK = Eᵀ·dK′, dV = Fᵀ·dV′ and, for trainable projections, dE = dK′·Kᵀ, dF = dV′·Vᵀ; not implemented (train through flash-cpu or sdpa)".to_string()]
+        Vec::new()
+    }
+    fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        self.backward_bytes(p, false)
+    }
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        self.run_backward(args, saved, grads, false).map(|_| ())
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         // Sinks need only the row's log-normalizer, which linformer has (crate::lse::add_sinks);

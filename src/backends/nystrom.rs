@@ -282,7 +282,16 @@ impl Attention for Nystrom {
     }
 
     fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
-        vec!["nystrom has no backward pass: the gradient through the landmark means and the iterative Moore–Penrose pseudo-inverse is not implemented (train through flash-cpu or sdpa)".to_string()]
+        // Kept refused on purpose: the gradient would have to run back through every step of the
+        // iterative pseudo-inverse (or use the pseudo-inverse's derivative, which blows up where
+        // Ã is near-singular, e.g. two alike landmarks), plus both landmark softmaxes.
+        vec![
+            "nystrom has no backward pass: its forward multiplies by the iterative Moore–Penrose pseudo-inverse \
+              Z ≈ Ã⁺ of the landmark kernel (the paper's Z ← ¼·Z·(13I − ÃZ·(15I − ÃZ·(7I − ÃZ))), a fixed number \
+              of iterations in f64), whose gradient, back through every iteration, is not implemented; train \
+              through flash-cpu or sdpa (exact), or linformer or performer (approximations with a backward)"
+                .to_string(),
+        ]
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         let mut reasons = Vec::new();

@@ -61,16 +61,23 @@
 //! against the input scale). On small-norm inputs the error falls like m^(−1/2)
 //! (tests/performer.rs fits the slope and accepts −0.75 … −0.25).
 //!
+//! Backward: the gradient of this forward with ω held fixed, through the features, the
+//! normalizer with its δ and the max-shifts, causal and sinks included ([`crate::grad::performer`],
+//! `performer_backward.rs`).
+//!
 //! Measured figures (relative error beside the mean-of-V baseline per input family, softmax and
 //! ReLU kernels, speed against `flash-cpu` and `sdpa`, time and memory slopes, causal and not)
 //! live in reports/README.md, sections *Accuracy–speed frontier per input family* and
 //! *Results per backend* (written by `attnkit report`).
 
 use super::performer_features::FeatureMap;
+#[path = "performer_backward.rs"]
+mod backward;
 pub use super::performer_features::{RELU_STABILIZER, iid_features, orthogonal_features};
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
+use crate::grad::{GradsMut, Saved};
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::options::BackendOptions;
 use crate::options::Kernel;
@@ -415,8 +422,16 @@ impl Attention for Performer {
         Device::Cpu
     }
 
+    /// The forward's refusals only (`backward_into` adds them): the backward covers everything
+    /// the forward runs, ω held fixed ([`crate::grad::performer`]).
     fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
-        vec!["performer has no backward pass: the gradient through FAVOR+'s random feature maps (features held fixed) is not implemented (train through flash-cpu or sdpa)".to_string()]
+        Vec::new()
+    }
+    fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
+        self.backward_bytes(p)
+    }
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        self.run_backward(args, saved, grads)
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         // Sinks need only the row's log-normalizer: the softmax kernel's LSE estimates it; the ReLU

@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn a_backend_without_backward_is_refused_before_inputs_and_ceiling() {
         let p = Problem::new(1, 2, 64, 16);
-        let b = crate::backend("performer").unwrap();
+        let b = crate::backend("nystrom").unwrap();
         let (inputs, ceiling) = (LazyInputs::new(&p, InputFamily::Normal, 0), LazyCeiling::new(32, 1));
         let r = run_backward_cell(b.as_ref(), &p, &inputs, 0, &ceiling, &POLICY, None).unwrap();
         assert!(matches!(&r.status, Status::Skipped(why) if why.contains("no backward")), "{:?}", r.status);

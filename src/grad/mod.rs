@@ -27,11 +27,16 @@
 //! [`Grads`] owns the result; [`GradsMut`] lends caller buffers to
 //! [`crate::Attention::backward_into`]. Implementations: [`oracle`] (f64, the `reference`
 //! backend), [`flash`] (FlashAttention-2's algorithm on CPU tiles: `flash-cpu`, `local`,
-//! `local-block`) and [`materialized`] (the textbook N_q×N_k computation: `sdpa`).
+//! `local-block`), [`materialized`] (the textbook N_q×N_k computation: `sdpa`), and the
+//! approximations' own gradients: [`linformer`] (through the projections, with dE and dF on
+//! request) and [`performer`] (through FAVOR+'s features, ω held fixed).
 
 pub mod flash;
+pub mod linformer;
 pub mod materialized;
 pub mod oracle;
+pub mod performer;
+pub mod real;
 mod rowstep;
 
 use crate::attention::AttnArgs;
