@@ -230,6 +230,23 @@ impl Store {
     }
 }
 
+/// The [`PageIndex`] of a cache, borrowing its fields one by one (a macro, not a method, so
+/// that [`KvCache::parts_mut`] can lend the stores mutably beside it).
+macro_rules! page_index {
+    ($c:expr) => {
+        PageIndex {
+            kv_heads: $c.kv_heads,
+            head_dim: $c.head_dim,
+            page_size: $c.page_size,
+            num_pages: $c.num_pages,
+            max_pages: $c.max_pages,
+            block_table: &$c.block_table,
+            seqlens: &$c.seqlens,
+            leftpad: &$c.leftpad,
+        }
+    };
+}
+
 /// A KV cache of `batch` sequences (see the module docs for the layout and semantics).
 #[derive(Clone, Debug)]
 pub struct KvCache {
@@ -415,31 +432,12 @@ impl KvCache {
 
     /// The geometry and lengths, borrowed (the table was checked when set).
     pub fn index(&self) -> PageIndex<'_> {
-        PageIndex {
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-            page_size: self.page_size,
-            num_pages: self.num_pages,
-            max_pages: self.max_pages,
-            block_table: &self.block_table,
-            seqlens: &self.seqlens,
-            leftpad: &self.leftpad,
-        }
+        page_index!(self)
     }
 
     /// The index and both stores, the stores writable (for the append).
     fn parts_mut(&mut self) -> (PageIndex<'_>, PagesMut<'_>, PagesMut<'_>) {
-        let ix = PageIndex {
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-            page_size: self.page_size,
-            num_pages: self.num_pages,
-            max_pages: self.max_pages,
-            block_table: &self.block_table,
-            seqlens: &self.seqlens,
-            leftpad: &self.leftpad,
-        };
-        (ix, self.k.pages_mut(), self.v.pages_mut())
+        (page_index!(self), self.k.pages_mut(), self.v.pages_mut())
     }
 
     /// The cache as a borrowed [`PagedKv`] (what [`KvCache::attend`] runs on).
