@@ -18,7 +18,9 @@ With ``block_table`` (a paged cache: k_cache/v_cache (num_blocks, page_size, nhe
 block_table (batch, max_blocks) int32) the same steps run in Rust on the pages in place
 (``attnkit.paged.kvcache_attention``, which also takes NumPy arrays): the append writes into the
 pages, the kernel reads them where they lie (no gather), cache_leftpad is supported, and
-cache_batch_idx is refused (as FlashAttention 2 refuses it with block_table).
+cache_batch_idx is refused (as FlashAttention 2 refuses it with block_table). The paged path
+is a direct call into Rust, not a ``torch.library.custom_op`` (yet): ``torch.compile`` breaks
+the graph at it.
 """
 
 import torch
