@@ -252,3 +252,68 @@ fn gradients_match_candle_autograd_in_both_layouts() {
         assert_eq!((g.dtype(), g.dims()), (CDType::BF16, &[s.0, s.1, s.2, s.3][..]));
     }
 }
+
+/// Paged decode through candle: pages in candle tensors (shuffled block table, f32 and bf16,
+/// (B, N, H, D) and (B, H, N, D) queries) give bitwise the output of attnkit's own `KvCache`
+/// holding the same tokens under the same table (which tests/kvcache.rs holds to the f64
+/// oracle); `kvcache_attention` on that cache too; bad tables and caches are errors.
+#[test]
+fn paged_decode_matches_the_kv_cache() {
+    use attnkit::kvcache::{AppendOptions, KvCache, KvDType};
+    use attnkit::seeded::normal_values;
+    let (b, h, hkv, d, ps, mp, nq) = (2, 8, 2, 32, 16, 4, 3);
+    let lens = [37usize, 50];
+    let table: Vec<i32> = vec![6, 1, 4, 7, 0, 5, 2, 3];
+    let num_pages = 9;
+    for (kdt, cdt) in [(KvDType::F32, CDType::F32), (KvDType::BF16, CDType::BF16)] {
+        let mut cache = KvCache::paged(b, hkv, d, ps, num_pages, mp, table.clone(), kdt).unwrap();
+        let mut kp = vec![0.0f32; num_pages * ps * hkv * d];
+        let mut vp = kp.clone();
+        for (i, &n) in lens.iter().enumerate() {
+            let (kn, vn) = (normal_values(hkv * n * d, 2 * i as u64), normal_values(hkv * n * d, 2 * i as u64 + 1));
+            cache.append(&kn, &vn, n, &AppendOptions { cache_batch_idx: Some(&[i]), rotary: None }).unwrap();
+            for (g, t) in (0..hkv).flat_map(|g| (0..n).map(move |t| (g, t))) {
+                let row = ((table[i * mp + t / ps] as usize * ps + t % ps) * hkv + g) * d;
+                kp[row..row + d].copy_from_slice(&kn[(g * n + t) * d..(g * n + t + 1) * d]);
+                vp[row..row + d].copy_from_slice(&vn[(g * n + t) * d..(g * n + t + 1) * d]);
+            }
+        }
+        let pages = |x: Vec<f32>| Tensor::from_vec(x, (num_pages, ps, hkv, d), &Device::Cpu).unwrap().to_dtype(cdt);
+        let (kc, vc) = (pages(kp).unwrap(), pages(vp).unwrap());
+        let bt = Tensor::from_vec(table.iter().map(|&x| x as i64).collect::<Vec<_>>(), (b, mp), &Device::Cpu).unwrap();
+        let sl = Tensor::from_vec(lens.iter().map(|&x| x as u32).collect::<Vec<_>>(), b, &Device::Cpu).unwrap();
+        // q rounded to the dtype first, so the cache's f32 query is the candle query exactly.
+        let q_bhnd = Tensor::from_vec(normal_values(b * h * nq * d, 9), (b, h, nq, d), &Device::Cpu)
+            .unwrap()
+            .to_dtype(cdt)
+            .unwrap();
+        let p = Problem::new(b, h, nq, d).with_kv_heads(hkv).with_causal(true);
+        let mut want = vec![0.0f32; p.out_len()];
+        cache.attend(&p, &to_f32_vec(&q_bhnd), None, &mut want, None).unwrap();
+        let want = to_f32_vec(&Tensor::from_vec(want, (b, h, nq, d), &Device::Cpu).unwrap().to_dtype(cdt).unwrap());
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            let opts = AttnOptions::default().with_causal(true).with_layout(layout);
+            let q = if layout == Layout::Bnhd { q_bhnd.transpose(1, 2).unwrap() } else { q_bhnd.clone() };
+            let back = |o: Tensor| {
+                assert_eq!((o.dims(), o.dtype()), (q.dims(), cdt));
+                to_f32_vec(&if layout == Layout::Bnhd { o.transpose(1, 2).unwrap() } else { o })
+            };
+            let got = back(attnkit::candle::paged_attention(&q, &kc, &vc, &bt, &sl, &opts).unwrap());
+            assert!(same_bits(&got, &want), "{cdt:?} {layout:?}: paged_attention differs from KvCache::attend");
+            let got = back(attnkit::candle::kvcache_attention(&q, &cache, &opts).unwrap());
+            assert!(same_bits(&got, &want), "{cdt:?} {layout:?}: kvcache_attention differs from KvCache::attend");
+        }
+        let opts = AttnOptions::default().with_layout(Layout::Bhnd);
+        let paged = |k: &Tensor, bt: &Tensor, sl: &Tensor| {
+            attnkit::candle::paged_attention(&q_bhnd, k, &vc, bt, sl, &opts).unwrap_err().to_string()
+        };
+        let bad = Tensor::from_vec(vec![6i64, 9, 4, 7, 0, 5, 2, 3], (b, mp), &Device::Cpu).unwrap();
+        assert!(paged(&kc, &bad, &sl).contains("block_table[0][1] = 9"), "{}", paged(&kc, &bad, &sl));
+        let long = Tensor::from_vec(vec![65u32, 3], b, &Device::Cpu).unwrap();
+        assert!(paged(&kc, &bt, &long).contains("out of range (capacity 64)"), "{}", paged(&kc, &bt, &long));
+        let strided = kc.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+        assert!(paged(&strided, &bt, &sl).contains("must be contiguous"), "{}", paged(&strided, &bt, &sl));
+        let other = kc.to_dtype(if cdt == CDType::F32 { CDType::F16 } else { CDType::F32 }).unwrap();
+        assert!(paged(&other, &bt, &sl).contains("must share shape and dtype"));
+    }
+}

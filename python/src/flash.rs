@@ -30,11 +30,11 @@ use std::borrow::Cow;
 #[derive(Clone, Debug, FromPyObject)]
 #[pyo3(from_item_all)]
 pub struct Mods {
-    causal: bool,
-    window: (i64, i64),
-    scale: Option<f32>,
-    softcap: f32,
-    alibi_slopes: Option<Vec<f32>>,
+    pub(crate) causal: bool,
+    pub(crate) window: (i64, i64),
+    pub(crate) scale: Option<f32>,
+    pub(crate) softcap: f32,
+    pub(crate) alibi_slopes: Option<Vec<f32>>,
     cu_seqlens_q: Option<Vec<usize>>,
     cu_seqlens_k: Option<Vec<usize>>,
     seqused_k: Option<Vec<usize>>,
@@ -43,26 +43,26 @@ pub struct Mods {
 }
 
 /// A strided input of any supported dtype.
-enum AnySrc<'a> {
+pub(crate) enum AnySrc<'a> {
     F32(Src<'a, f32>),
     F16(Src<'a, f16>),
     BF16(Src<'a, bf16>),
 }
 
 /// An output of any supported dtype, row-major in its own shape.
-enum AnyDst<'a> {
+pub(crate) enum AnyDst<'a> {
     F32(&'a mut [f32]),
     F16(&'a mut [f16]),
     BF16(&'a mut [bf16]),
 }
 
-fn rank4(name: &str, b: &Borrowed<'_>) -> PyResult<[usize; 4]> {
+pub(crate) fn rank4(name: &str, b: &Borrowed<'_>) -> PyResult<[usize; 4]> {
     <[usize; 4]>::try_from(b.shape.as_slice()).map_err(|_| {
         PyValueError::new_err(format!("{name} has shape {:?}; expected 4 dims (B, N, H, D) or (B, H, N, D)", b.shape))
     })
 }
 
-fn src<'a>(name: &str, b: &'a Borrowed<'_>, perm: [usize; 4]) -> PyResult<AnySrc<'a>> {
+pub(crate) fn src<'a>(name: &str, b: &'a Borrowed<'_>, perm: [usize; 4]) -> PyResult<AnySrc<'a>> {
     fn go<'a, T: Copy>(name: &str, b: &'a Borrowed<'_>, perm: [usize; 4]) -> PyResult<Src<'a, T>> {
         let (data, off) = b.span::<T>(name)?;
         let strides = <[isize; 4]>::try_from(b.strides.as_slice()).map_err(|_| PyValueError::new_err("rank"))?;
@@ -76,7 +76,7 @@ fn src<'a>(name: &str, b: &'a Borrowed<'_>, perm: [usize; 4]) -> PyResult<AnySrc
     })
 }
 
-fn dst<'a>(name: &str, b: &'a mut Borrowed<'_>, want: [usize; 4], dtype: DType) -> PyResult<AnyDst<'a>> {
+pub(crate) fn dst<'a>(name: &str, b: &'a mut Borrowed<'_>, want: [usize; 4], dtype: DType) -> PyResult<AnyDst<'a>> {
     if b.shape != want || b.dtype != dtype || !is_row_major(&b.shape, &b.strides) {
         return Err(PyValueError::new_err(format!(
             "{name} must be a contiguous {dtype} array of shape {want:?}; got {:?}",
@@ -109,7 +109,7 @@ fn contiguous<'a>(s: &AnySrc<'a>, shape: [usize; 4]) -> Contig<'a> {
 }
 
 /// Contiguous (B, H, N, D) f32 (O and dO for the backward).
-fn f32_contiguous(s: &AnySrc<'_>, shape: [usize; 4]) -> Vec<f32> {
+pub(crate) fn f32_contiguous(s: &AnySrc<'_>, shape: [usize; 4]) -> Vec<f32> {
     let mut v = vec![0.0f32; shape.iter().product()];
     match s {
         AnySrc::F32(s) => copy_into(*s, shape, &mut v, |x| x),
@@ -120,7 +120,7 @@ fn f32_contiguous(s: &AnySrc<'_>, shape: [usize; 4]) -> Vec<f32> {
 }
 
 /// f32 (B, H, N, D) `data` → `out` (row-major in the caller's axis order `perm`), rounded.
-fn write_out(data: &[f32], bhnd: [usize; 4], perm: [usize; 4], out: AnyDst<'_>) {
+pub(crate) fn write_out(data: &[f32], bhnd: [usize; 4], perm: [usize; 4], out: AnyDst<'_>) {
     let strides = attnkit::interop::strided::contiguous_strides(bhnd);
     let src = Src { data, off: 0, strides }.permuted(perm);
     let shape = perm.map(|a| bhnd[a]);
@@ -228,7 +228,7 @@ fn check_lse(b: &Borrowed<'_>, p: &Problem) -> PyResult<()> {
     Ok(())
 }
 
-fn lse_slice<'a>(b: &'a mut Borrowed<'_>, p: &Problem) -> PyResult<&'a mut [f32]> {
+pub(crate) fn lse_slice<'a>(b: &'a mut Borrowed<'_>, p: &Problem) -> PyResult<&'a mut [f32]> {
     check_lse(b, p)?;
     Ok(b.span_mut::<f32>("lse")?.0)
 }

@@ -7,12 +7,13 @@
 //! every attnkit backend, returned as NumPy arrays (as torch tensors for torch inputs) that own
 //! the kernel's buffer: no copy on the way out either. Kernels run with the GIL released.
 //!
-//! Errors: attnkit's shape, argument and routing errors become `ValueError`, capacity and
+//! Errors: attnkit's shape, argument, routing and KV-cache errors become `ValueError`, capacity and
 //! machine errors (memory budget, unavailable backend, CUDA) `RuntimeError`, each with
 //! attnkit's message; a non-array argument is a `TypeError`.
 
 mod arrays;
 mod flash;
+mod kvcache;
 mod layout;
 
 use arrays::{Borrowed, is_torch};
@@ -36,7 +37,8 @@ pub(crate) fn to_py(e: AttnError) -> PyErr {
         AttnError::Shape(_)
         | AttnError::InvalidArgument(_)
         | AttnError::Unsupported { .. }
-        | AttnError::UnknownBackend { .. } => PyValueError::new_err(e.to_string()),
+        | AttnError::UnknownBackend { .. }
+        | AttnError::KvCache(_) => PyValueError::new_err(e.to_string()),
         _ => PyRuntimeError::new_err(e.to_string()),
     }
 }
@@ -303,6 +305,7 @@ fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 fn attnkit_py(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flash::_fwd, m)?)?;
     m.add_function(wrap_pyfunction!(flash::_bwd, m)?)?;
+    m.add_function(wrap_pyfunction!(kvcache::_kvcache_paged, m)?)?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
     m.add_function(wrap_pyfunction!(_time_in_rust, m)?)?;

@@ -15,9 +15,13 @@
 //! dtype and layout. Without a tracked input it is `apply_op3_no_bwd` and saves nothing. A
 //! backend without a backward (the approximations) fails in `bwd` with the reason.
 //!
+//! Paged decode (a KV cache in candle tensors or an attnkit `KvCache`): [`paged_attention`]
+//! and [`kvcache_attention`] (`interop/candle_paged.rs`).
+//!
 //! Caveats: CPU only (a CUDA or Metal tensor gets an error naming its device). Measured speed
 //! against candle-nn's CPU attention: benches/candle.rs, figures in the README.
 
+pub use super::candle_paged::{kvcache_attention, paged_attention};
 use super::strided::{View4, contiguous_strides};
 use super::{AttnOptions, Layout, common_dtype, compute};
 use crate::attention::Attention;

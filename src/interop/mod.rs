@@ -11,6 +11,8 @@ pub mod strided;
 
 #[cfg(feature = "candle")]
 pub mod candle;
+#[cfg(feature = "candle")]
+mod candle_paged;
 #[cfg(feature = "ndarray")]
 pub mod ndarray;
 

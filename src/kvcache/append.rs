@@ -12,6 +12,7 @@
 //!
 //! Complexity: O(B_new · H_kv · N_new · D).
 
+use super::pages::{PageIndex, PagesMut, check_table};
 use super::{KvCache, KvCacheError};
 use crate::error::Result;
 use crate::problem::Problem;
@@ -54,7 +55,9 @@ impl Rotary<'_> {
         self.cos.len() / (self.rotary_dim / 2).max(1)
     }
 
-    fn check(&self, head_dim: usize, last_position: Option<usize>) -> std::result::Result<(), KvCacheError> {
+    /// Refuses a bad `rotary_dim`, tables of unequal or ragged length, and tables that do not
+    /// reach `last_position`.
+    pub fn check(&self, head_dim: usize, last_position: Option<usize>) -> std::result::Result<(), KvCacheError> {
         let rd = self.rotary_dim;
         if rd == 0 || !rd.is_multiple_of(2) || rd > head_dim {
             return Err(KvCacheError::RotaryDim { rotary_dim: rd, head_dim });
@@ -105,88 +108,168 @@ pub struct AppendOptions<'a> {
     pub rotary: Option<Rotary<'a>>,
 }
 
+/// Sequence of new row `i`.
+pub(crate) fn target(idx: Option<&[usize]>, i: usize) -> usize {
+    idx.map_or(i, |x| x[i])
+}
+
+/// Checks `cache_batch_idx` (or its absence) for `rows` new rows over `batch` sequences.
+pub(crate) fn check_batch_idx(
+    idx: Option<&[usize]>,
+    rows: usize,
+    batch: usize,
+) -> std::result::Result<(), KvCacheError> {
+    match idx {
+        None if rows != batch => {
+            Err(KvCacheError::ShapeMismatch { what: "batch of the new rows", got: rows, expected: batch })
+        }
+        None => Ok(()),
+        Some(x) => {
+            if x.len() != rows {
+                return Err(KvCacheError::ShapeMismatch { what: "cache_batch_idx", got: x.len(), expected: rows });
+            }
+            let mut seen = vec![false; batch];
+            for (row, &index) in x.iter().enumerate() {
+                if index >= batch {
+                    return Err(KvCacheError::BadBatchIndex { row, index, batch });
+                }
+                if std::mem::replace(&mut seen[index], true) {
+                    return Err(KvCacheError::DuplicateBatchIndex { index });
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Everything an append refuses, without writing; returns the number of new rows.
+fn check_append(
+    ix: &PageIndex<'_>,
+    k_new: &[f32],
+    v_new: &[f32],
+    n_new: usize,
+    opts: &AppendOptions<'_>,
+) -> Result<usize> {
+    let row = ix.kv_heads * n_new * ix.head_dim;
+    let rows = opts.cache_batch_idx.map_or(ix.batch(), |x| x.len());
+    for (what, t) in [("k_new", k_new), ("v_new", v_new)] {
+        if t.len() != rows * row {
+            return Err(KvCacheError::ShapeMismatch { what, got: t.len(), expected: rows * row }.into());
+        }
+    }
+    check_batch_idx(opts.cache_batch_idx, rows, ix.batch())?;
+    let mut last = None;
+    for i in 0..rows {
+        let b = target(opts.cache_batch_idx, i);
+        let seqlen = ix.seqlens[b];
+        if seqlen + n_new > ix.capacity() {
+            return Err(KvCacheError::CacheFull { batch: b, seqlen, new_tokens: n_new, capacity: ix.capacity() }.into());
+        }
+        if n_new > 0 {
+            last = last.max(Some(seqlen + n_new - 1 - ix.leftpad[b]));
+        }
+    }
+    if let Some(r) = &opts.rotary {
+        r.check(ix.head_dim, last)?;
+    }
+    Ok(rows)
+}
+
+/// Appends `n_new` tokens per row of `k_new`/`v_new` (`(B_new, H_kv, N_new, D)` f32) into
+/// caller-owned pages at `ix.seqlens`, rotating K by `opts.rotary` and rounding (or
+/// quantizing) to the storage's type. The lengths are the caller's to advance (as
+/// FlashAttention's `cache_seqlens` are). Every check runs first: a refusal writes nothing.
+/// The index must reach `seqlen + n_new` slots ([`PageIndex::new`] with `reserve = n_new`).
+pub fn append_pages(
+    ix: &PageIndex<'_>,
+    mut k: PagesMut<'_>,
+    mut v: PagesMut<'_>,
+    k_new: &[f32],
+    v_new: &[f32],
+    n_new: usize,
+    opts: &AppendOptions<'_>,
+) -> Result<()> {
+    ix.check_rows("k_cache", &k.as_pages())?;
+    ix.check_rows("v_cache", &v.as_pages())?;
+    let rows = check_append(ix, k_new, v_new, n_new, opts)?;
+    // The table entries the new slots land on (`PageIndex::new` checks them with its reserve;
+    // checked again here for an index built without one).
+    for i in 0..rows {
+        let b = target(opts.cache_batch_idx, i);
+        let mp = ix.max_pages;
+        let reached = (ix.seqlens[b] + n_new).div_ceil(ix.page_size);
+        check_table(&ix.block_table[b * mp..b * mp + reached], mp, ix.num_pages).map_err(|e| match e {
+            KvCacheError::BadPageIndex { slot, page, num_pages, .. } => {
+                KvCacheError::BadPageIndex { batch: b, slot, page, num_pages }
+            }
+            e => e,
+        })?;
+    }
+    write_rows(ix, &mut k, &mut v, k_new, v_new, n_new, rows, opts);
+    Ok(())
+}
+
+/// The writes of an append (checked by the caller).
+#[allow(clippy::too_many_arguments)]
+fn write_rows(
+    ix: &PageIndex<'_>,
+    k: &mut PagesMut<'_>,
+    v: &mut PagesMut<'_>,
+    k_new: &[f32],
+    v_new: &[f32],
+    n_new: usize,
+    rows: usize,
+    opts: &AppendOptions<'_>,
+) {
+    let d = ix.head_dim;
+    let mut tmp = vec![0.0f32; d];
+    for i in 0..rows {
+        let b = target(opts.cache_batch_idx, i);
+        let (start, lp) = (ix.seqlens[b], ix.leftpad[b]);
+        for h in 0..ix.kv_heads {
+            for t in 0..n_new {
+                let src = ((i * ix.kv_heads + h) * n_new + t) * d;
+                let slot = ix.row_of(b, start + t, h);
+                tmp.copy_from_slice(&k_new[src..src + d]);
+                if let Some(r) = &opts.rotary {
+                    r.apply(&mut tmp, start + t - lp);
+                }
+                k.write_row(slot, &tmp);
+                v.write_row(slot, &v_new[src..src + d]);
+            }
+        }
+    }
+}
+
+/// Rotates `q` (`(B, H, N_q, D)` f32) for attention after an append: row `b`'s query `i` at
+/// position `start[b] + i` when `per_position` (causal or windowed), else at `start[b]`
+/// (FlashAttention's rule), `start[b]` being the first new token's position (`seqlen −
+/// leftpad` before the append).
+pub fn rotate_q(
+    q: &mut [f32],
+    heads: usize,
+    seq_q: usize,
+    head_dim: usize,
+    r: &Rotary<'_>,
+    start: &[usize],
+    per_position: bool,
+) {
+    for (at, row) in q.chunks_mut(head_dim).enumerate() {
+        let (i, b) = (at % seq_q, at / (seq_q * heads));
+        r.apply(row, start[b] + if per_position { i } else { 0 });
+    }
+}
+
 impl KvCache {
-    /// Sequence of new row `i`.
-    pub(crate) fn target(&self, idx: Option<&[usize]>, i: usize) -> usize {
-        idx.map_or(i, |x| x[i])
-    }
-
-    /// Checks `cache_batch_idx` (or its absence) for `rows` new rows; returns `rows`.
-    pub(crate) fn check_batch_idx(&self, idx: Option<&[usize]>, rows: usize) -> std::result::Result<(), KvCacheError> {
-        match idx {
-            None if rows != self.batch => {
-                Err(KvCacheError::ShapeMismatch { what: "batch of the new rows", got: rows, expected: self.batch })
-            }
-            None => Ok(()),
-            Some(x) => {
-                if x.len() != rows {
-                    return Err(KvCacheError::ShapeMismatch { what: "cache_batch_idx", got: x.len(), expected: rows });
-                }
-                let mut seen = vec![false; self.batch];
-                for (row, &index) in x.iter().enumerate() {
-                    if index >= self.batch {
-                        return Err(KvCacheError::BadBatchIndex { row, index, batch: self.batch });
-                    }
-                    if std::mem::replace(&mut seen[index], true) {
-                        return Err(KvCacheError::DuplicateBatchIndex { index });
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Everything [`KvCache::append`] refuses, without writing.
-    fn check_append(&self, k_new: &[f32], v_new: &[f32], n_new: usize, opts: &AppendOptions<'_>) -> Result<usize> {
-        let row = self.kv_heads * n_new * self.head_dim;
-        let rows = opts.cache_batch_idx.map_or(self.batch, |x| x.len());
-        for (what, t) in [("k_new", k_new), ("v_new", v_new)] {
-            if t.len() != rows * row {
-                return Err(KvCacheError::ShapeMismatch { what, got: t.len(), expected: rows * row }.into());
-            }
-        }
-        self.check_batch_idx(opts.cache_batch_idx, rows)?;
-        let mut last = None;
-        for i in 0..rows {
-            let b = self.target(opts.cache_batch_idx, i);
-            let seqlen = self.seqlens[b];
-            if seqlen + n_new > self.capacity() {
-                return Err(
-                    KvCacheError::CacheFull { batch: b, seqlen, new_tokens: n_new, capacity: self.capacity() }.into()
-                );
-            }
-            if n_new > 0 {
-                last = last.max(Some(seqlen + n_new - 1 - self.leftpad[b]));
-            }
-        }
-        if let Some(r) = &opts.rotary {
-            r.check(self.head_dim, last)?;
-        }
-        Ok(rows)
-    }
-
     /// Appends `n_new` tokens per row of `k_new`/`v_new` (`(B_new, H_kv, N_new, D)`) in place,
     /// rotating K by `opts.rotary`, and advances the lengths. Refusals write nothing.
     pub fn append(&mut self, k_new: &[f32], v_new: &[f32], n_new: usize, opts: &AppendOptions<'_>) -> Result<()> {
-        let rows = self.check_append(k_new, v_new, n_new, opts)?;
-        let d = self.head_dim;
-        let mut tmp = vec![0.0f32; d];
+        let rows = check_append(&self.index(), k_new, v_new, n_new, opts)?;
+        let (ix, mut k, mut v) = self.parts_mut();
+        write_rows(&ix, &mut k, &mut v, k_new, v_new, n_new, rows, opts);
         for i in 0..rows {
-            let b = self.target(opts.cache_batch_idx, i);
-            let (start, lp) = (self.seqlens[b], self.leftpad[b]);
-            for h in 0..self.kv_heads {
-                for t in 0..n_new {
-                    let src = ((i * self.kv_heads + h) * n_new + t) * d;
-                    let slot = self.row_of(b, start + t, h);
-                    tmp.copy_from_slice(&k_new[src..src + d]);
-                    if let Some(r) = &opts.rotary {
-                        r.apply(&mut tmp, start + t - lp);
-                    }
-                    self.k.write_row(slot, &tmp);
-                    self.v.write_row(slot, &v_new[src..src + d]);
-                }
-            }
-            self.seqlens[b] = start + n_new;
+            let b = target(opts.cache_batch_idx, i);
+            self.seqlens[b] += n_new;
         }
         Ok(())
     }
@@ -206,13 +289,18 @@ impl KvCache {
         out: &mut [f32],
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
-        let rows = self.check_append(k_new, v_new, p.seq_q, opts)?;
+        let rows = check_append(&self.index(), k_new, v_new, p.seq_q, opts)?;
         let lse_len = lse.as_ref().map(|l| l.len());
-        self.check_attend(p, q, opts.cache_batch_idx, out.len(), lse_len)?;
+        self.view().check_attend(p, q, opts.cache_batch_idx, out.len(), lse_len)?;
         if rows != p.batch {
             return Err(KvCacheError::ShapeMismatch { what: "batch of q", got: p.batch, expected: rows }.into());
         }
-        let start: Vec<usize> = (0..rows).map(|i| self.seqlens[self.target(opts.cache_batch_idx, i)]).collect();
+        let start: Vec<usize> = (0..rows)
+            .map(|i| {
+                let b = target(opts.cache_batch_idx, i);
+                self.seqlens[b] - self.leftpad[b]
+            })
+            .collect();
         self.append(k_new, v_new, p.seq_q, opts)?;
         let mut qr;
         let q = match &opts.rotary {
@@ -220,11 +308,7 @@ impl KvCache {
             Some(r) => {
                 qr = q.to_vec();
                 let per_pos = p.causal || !p.window.is_unbounded();
-                for (at, row) in qr.chunks_mut(p.head_dim).enumerate() {
-                    let (i, b) = (at % p.seq_q, at / (p.seq_q * p.heads));
-                    let lp = self.leftpad[self.target(opts.cache_batch_idx, b)];
-                    r.apply(row, start[b] - lp + if per_pos { i } else { 0 });
-                }
+                rotate_q(&mut qr, p.heads, p.seq_q, p.head_dim, r, &start, per_pos);
                 &qr
             }
         };

@@ -24,7 +24,8 @@
 //! Caveat: chunked prefill runs on this GEMV-shaped kernel, not on the tiled GEMM-shaped one,
 //! so it is far from the GEMM ceiling for long N_q.
 
-use super::{KvCache, KvCacheError};
+use super::append::{check_batch_idx, target};
+use super::{KvCache, KvCacheError, PagedKv};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::lse::{add_sinks, merge_partials};
@@ -68,9 +69,23 @@ struct Split {
 }
 
 impl KvCache {
-    /// Everything [`KvCache::attend`] refuses: problem/cache mismatch, tensor lengths,
+    /// Attention of `q` over the cache: [`PagedKv::attend`] on [`KvCache::view`].
+    pub fn attend(
+        &self,
+        p: &Problem,
+        q: &[f32],
+        idx: Option<&[usize]>,
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<()> {
+        self.view().attend(p, q, idx, out, lse)
+    }
+}
+
+impl PagedKv<'_> {
+    /// Everything [`PagedKv::attend`] refuses: problem/cache mismatch, tensor lengths,
     /// unsupported modifiers, `cache_batch_idx`.
-    pub(crate) fn check_attend(
+    pub fn check_attend(
         &self,
         p: &Problem,
         q: &[f32],
@@ -78,11 +93,12 @@ impl KvCache {
         out_len: usize,
         lse_len: Option<usize>,
     ) -> Result<()> {
-        Problem { seq_k: self.capacity(), ..p.clone() }.validate()?;
-        if p.kv_heads != self.kv_heads || p.head_dim != self.head_dim {
+        let ix = &self.index;
+        Problem { seq_k: ix.capacity(), ..p.clone() }.validate()?;
+        if p.kv_heads != ix.kv_heads || p.head_dim != ix.head_dim {
             return Err(AttnError::shape(format!(
                 "problem has kv_heads={} head_dim={}, the cache kv_heads={} head_dim={}",
-                p.kv_heads, p.head_dim, self.kv_heads, self.head_dim
+                p.kv_heads, p.head_dim, ix.kv_heads, ix.head_dim
             )));
         }
         let reasons = p.mods.refusals_except("kvcache", "not for a KV cache", &IMPLEMENTED);
@@ -98,7 +114,7 @@ impl KvCache {
                 return Err(KvCacheError::ShapeMismatch { what, got, expected }.into());
             }
         }
-        self.check_batch_idx(idx, p.batch)?;
+        check_batch_idx(idx, p.batch, ix.batch())?;
         Ok(())
     }
 
@@ -106,7 +122,7 @@ impl KvCache {
     /// row `i` reads sequence `cache_batch_idx[i]` (identity when absent). `p` gives H,
     /// N_q, scale, causal, window and the ALiBi/softcap/sinks modifiers (its `seq_k` is
     /// ignored: each sequence's length is its own). Writes `out` (`(B_q, H, N_q, D)`) and, when
-    /// given, `lse` (`(B_q, H, N_q)`, natural log).
+    /// given, `lse` (`(B_q, H, N_q)`, natural log). The pages are read where they lie.
     pub fn attend(
         &self,
         p: &Problem,
@@ -120,7 +136,7 @@ impl KvCache {
         let rows = nq * g;
         let tile = if rows <= ROW_TILE { rows } else { (ROW_TILE / g).max(1) * g };
         let tiles = rows.div_ceil(tile);
-        let maxlen = (0..p.batch).map(|i| self.len_of(self.target(idx, i))).max().unwrap_or(0).max(1);
+        let maxlen = (0..p.batch).map(|i| self.index.len_of(target(idx, i))).max().unwrap_or(0).max(1);
         // Prefill tasks already multiply by the row tiles: longer chunks keep the partials small.
         let chunk = if tiles > 1 { chunk_keys(maxlen).max(8192) } else { chunk_keys(maxlen) };
         let sp = Split { rows, tile, tiles, chunk, chunks: maxlen.div_ceil(chunk) };
@@ -174,11 +190,6 @@ impl KvCache {
         Ok(())
     }
 
-    /// Valid keys of sequence `b`.
-    fn len_of(&self, b: usize) -> usize {
-        self.seqlens()[b] - self.leftpad()[b]
-    }
-
     /// One (query row `bq`, row tile, chunk) task over every KV head: each block stages the
     /// block's tokens for all heads (consecutive in NHD pages, so the reads stream), then runs
     /// the kernel head by head. `po`/`pl` hold `H_kv × tile` rows.
@@ -196,8 +207,9 @@ impl KvCache {
         pl: &mut [f32],
     ) {
         let (nq, d, g, hkv) = (p.seq_q, p.head_dim, p.group_size(), p.kv_heads);
-        let b = self.target(idx, bq);
-        let (len, lp) = (self.len_of(b), self.leftpad()[b]);
+        let ix = &self.index;
+        let b = target(idx, bq);
+        let (len, lp) = (ix.len_of(b), ix.leftpad[b]);
         let row0 = t * sp.tile;
         let n = sp.tile.min(sp.rows - row0);
         let (k0, k1) = (c * sp.chunk, ((c + 1) * sp.chunk).min(len));
@@ -249,17 +261,17 @@ impl KvCache {
         let (kw, vw) = (&mut scr.kw, &mut scr.vw);
         let (qs, acc, ms, ls, s) = (&scr.q, &mut scr.acc, &mut scr.m, &mut scr.l, &mut scr.s);
         // Tokens asked for ahead of the one being staged: about PREFETCH_BYTES of each stream.
-        let ahead = PREFETCH_BYTES.div_ceil(hkv * self.dtype().row_bytes(d)).max(1);
+        let ahead = PREFETCH_BYTES.div_ceil(hkv * self.row_bytes()).max(1);
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
             for j in b0..b1 {
                 if j + ahead < hi {
-                    let far = self.row_of(b, lp + j + ahead, 0);
+                    let far = ix.row_of(b, lp + j + ahead, 0);
                     for h in 0..hkv {
                         self.k.prefetch_row(far + h, d);
                         self.v.prefetch_row(far + h, d);
                     }
                 }
-                let row = self.row_of(b, lp + j, 0);
+                let row = ix.row_of(b, lp + j, 0);
                 for h in 0..hkv {
                     let at = (h * KB + j - b0) * d;
                     self.k.read_row(row + h, &mut kw[at..at + d]);

@@ -42,9 +42,12 @@
 
 pub mod append;
 pub mod attend;
+pub mod pages;
 pub mod quant;
 
-pub use append::{AppendOptions, Rotary, RotaryLayout};
+pub use append::{AppendOptions, Rotary, RotaryLayout, append_pages, rotate_q};
+use pages::check_table;
+pub use pages::{PageIndex, PagedKv, Pages, PagesMut};
 
 use crate::error::{AttnError, Result};
 use half::bf16;
@@ -56,9 +59,12 @@ pub const MIN_PAGE_SIZE: usize = 16;
 /// Why a cache operation was refused. Nothing was written when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvCacheError {
-    #[error("cache full: sequence {batch} holds {seqlen} of {capacity} slots, cannot append {new_tokens}")]
+    #[error(
+        "cache full: sequence {batch} holds {seqlen} of {capacity} slots (block_table's max_pages × page_size), \
+         cannot append {new_tokens}"
+    )]
     CacheFull { batch: usize, seqlen: usize, new_tokens: usize, capacity: usize },
-    #[error("block table entry [{batch}][{slot}] = {page} is not a page index in [0, {num_pages})")]
+    #[error("block_table[{batch}][{slot}] = {page} is not a page index in [0, {num_pages})")]
     BadPageIndex { batch: usize, slot: usize, page: i64, num_pages: usize },
     #[error("length {len} of sequence {batch} is out of range (capacity {capacity})")]
     LengthOutOfRange { batch: usize, len: usize, capacity: usize },
@@ -80,6 +86,8 @@ pub enum KvCacheError {
     ZeroDim { what: &'static str },
     #[error("cache of {what} elements overflows usize")]
     Overflow { what: &'static str },
+    #[error("k_cache and v_cache have different element types")]
+    DTypeMismatch,
 }
 
 impl From<KvCacheError> for AttnError {
@@ -194,49 +202,21 @@ impl Store {
         }
     }
 
-    /// Writes row `slot` (a (token, head) row of `src.len()` = D elements).
-    pub(crate) fn write_row(&mut self, slot: usize, src: &[f32]) {
-        let d = src.len();
+    /// The storage, borrowed read-only.
+    pub(crate) fn pages(&self) -> Pages<'_> {
         match self {
-            Store::F32(x) => x[slot * d..(slot + 1) * d].copy_from_slice(src),
-            Store::BF16(x) => {
-                x[slot * d..(slot + 1) * d].iter_mut().zip(src).for_each(|(y, &s)| *y = bf16::from_f32(s))
-            }
-            Store::Int8 { q, scale } => {
-                let nb = d.div_ceil(quant::QBLOCK);
-                quant::quantize_row(src, &mut q[slot * d..(slot + 1) * d], &mut scale[slot * nb..(slot + 1) * nb]);
-            }
+            Store::F32(x) => Pages::F32(x),
+            Store::BF16(x) => Pages::BF16(x),
+            Store::Int8 { q, scale } => Pages::Int8 { q, scale },
         }
     }
 
-    /// Reads row `slot` into `dst` (D elements) as f32.
-    pub(crate) fn read_row(&self, slot: usize, dst: &mut [f32]) {
-        let d = dst.len();
+    /// The storage, borrowed for writing.
+    pub(crate) fn pages_mut(&mut self) -> PagesMut<'_> {
         match self {
-            Store::F32(x) => dst.copy_from_slice(&x[slot * d..(slot + 1) * d]),
-            Store::BF16(x) => quant::widen_bf16(&x[slot * d..(slot + 1) * d], dst),
-            Store::Int8 { q, scale } => {
-                let nb = d.div_ceil(quant::QBLOCK);
-                quant::dequantize_row(&q[slot * d..(slot + 1) * d], &scale[slot * nb..(slot + 1) * nb], dst);
-            }
-        }
-    }
-
-    /// Asks the cache for row `slot` (D = `d` elements, and its int8 scales): NHD rows of one
-    /// KV head lie `H_kv` rows apart, a stride the hardware prefetchers do not follow across
-    /// 4 KiB pages, so the attention kernel asks a few rows ahead itself.
-    #[inline]
-    pub(crate) fn prefetch_row(&self, slot: usize, d: usize) {
-        let (ptr, bytes) = match self {
-            Store::F32(x) => (x[slot * d..].as_ptr() as *const u8, 4 * d),
-            Store::BF16(x) => (x[slot * d..].as_ptr() as *const u8, 2 * d),
-            Store::Int8 { q, scale } => {
-                prefetch_line(scale[slot * d.div_ceil(quant::QBLOCK)..].as_ptr() as *const u8);
-                (q[slot * d..].as_ptr() as *const u8, d)
-            }
-        };
-        for off in (0..bytes).step_by(64) {
-            prefetch_line(ptr.wrapping_add(off));
+            Store::F32(x) => PagesMut::F32(x),
+            Store::BF16(x) => PagesMut::BF16(x),
+            Store::Int8 { q, scale } => PagesMut::Int8 { q, scale },
         }
     }
 
@@ -248,6 +228,23 @@ impl Store {
             Store::Int8 { q, scale } => q.len() + 4 * scale.len(),
         }
     }
+}
+
+/// The [`PageIndex`] of a cache, borrowing its fields one by one (a macro, not a method, so
+/// that [`KvCache::parts_mut`] can lend the stores mutably beside it).
+macro_rules! page_index {
+    ($c:expr) => {
+        PageIndex {
+            kv_heads: $c.kv_heads,
+            head_dim: $c.head_dim,
+            page_size: $c.page_size,
+            num_pages: $c.num_pages,
+            max_pages: $c.max_pages,
+            block_table: &$c.block_table,
+            seqlens: &$c.seqlens,
+            leftpad: &$c.leftpad,
+        }
+    };
 }
 
 /// A KV cache of `batch` sequences (see the module docs for the layout and semantics).
@@ -433,11 +430,19 @@ impl KvCache {
         Ok(())
     }
 
-    /// Storage row of logical slot `pos` of sequence `b`, head `h` (the table was checked).
-    #[inline]
-    pub(crate) fn row_of(&self, b: usize, pos: usize, h: usize) -> usize {
-        let page = self.block_table[b * self.max_pages + pos / self.page_size] as usize;
-        (page * self.page_size + pos % self.page_size) * self.kv_heads + h
+    /// The geometry and lengths, borrowed (the table was checked when set).
+    pub fn index(&self) -> PageIndex<'_> {
+        page_index!(self)
+    }
+
+    /// The index and both stores, the stores writable (for the append).
+    fn parts_mut(&mut self) -> (PageIndex<'_>, PagesMut<'_>, PagesMut<'_>) {
+        (page_index!(self), self.k.pages_mut(), self.v.pages_mut())
+    }
+
+    /// The cache as a borrowed [`PagedKv`] (what [`KvCache::attend`] runs on).
+    pub fn view(&self) -> PagedKv<'_> {
+        PagedKv { index: self.index(), k: self.k.pages(), v: self.v.pages() }
     }
 
     /// The valid keys and values of sequence `b` (slots `[leftpad, seqlen)`), dequantized,
@@ -448,41 +453,17 @@ impl KvCache {
             return Err(KvCacheError::BadBatchIndex { row: 0, index: b, batch: self.batch }.into());
         }
         let (lo, hi, d) = (self.leftpad[b], self.seqlens[b], self.head_dim);
+        let (ix, kp, vp) = (self.index(), self.k.pages(), self.v.pages());
         let n = hi - lo;
         let (mut k, mut v) = (vec![0.0; self.kv_heads * n * d], vec![0.0; self.kv_heads * n * d]);
         for h in 0..self.kv_heads {
             for t in 0..n {
-                let r = self.row_of(b, lo + t, h);
+                let r = ix.row_of(b, lo + t, h);
                 let at = (h * n + t) * d;
-                self.k.read_row(r, &mut k[at..at + d]);
-                self.v.read_row(r, &mut v[at..at + d]);
+                kp.read_row(r, &mut k[at..at + d]);
+                vp.read_row(r, &mut v[at..at + d]);
             }
         }
         Ok((k, v))
-    }
-}
-
-/// Asks the cache for the 64-byte line at `p` (a no-op off x86-64).
-#[inline(always)]
-fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Every block-table entry must be a page index.
-fn check_table(table: &[i32], max_pages: usize, num_pages: usize) -> std::result::Result<(), KvCacheError> {
-    match table.iter().position(|&p| p < 0 || p as usize >= num_pages) {
-        Some(i) => Err(KvCacheError::BadPageIndex {
-            batch: i / max_pages,
-            slot: i % max_pages,
-            page: table[i] as i64,
-            num_pages,
-        }),
-        None => Ok(()),
     }
 }

@@ -25,7 +25,8 @@
 //! (the compiler vectorizes them to `vpmovsxbd`/`vcvtdq2ps`/`vmulps` and `vpmovzxwd`/`vpslld`),
 //! portable otherwise.
 
-use half::bf16;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// Elements per int8 scale.
 pub const QBLOCK: usize = 32;
@@ -130,6 +131,11 @@ pub fn widen_bf16(x: &[bf16], dst: &mut [f32]) {
         return unsafe { widen_avx2(x, dst) };
     }
     widen_portable(x, dst)
+}
+
+/// `dst = x` widened (f16 to f32 is exact; `half` uses F16C where the CPU has it).
+pub fn widen_f16(x: &[f16], dst: &mut [f32]) {
+    x.convert_to_f32_slice(dst)
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ Differences, each raised or documented rather than silent:
 - ``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: the LSE as FlashAttention
   returns it, but no ``S_dmask`` (FlashAttention documents it as testing-only and not
   guaranteed correct; attnkit never materializes the probabilities).
-- ``block_table`` (paged KV cache) raises ValueError until attnkit's paged cache lands.
+- ``flash_attn_with_kvcache(block_table=...)`` (paged KV cache) runs on the pages in place
+  (``attnkit.paged``); ``flash_attn_varlen_func(block_table=...)`` raises ValueError (paged
+  varlen prefill is not implemented: use flash_attn_with_kvcache).
 - ``num_splits`` is accepted and ignored (the CPU kernel splits the work itself).
 """
 
@@ -114,8 +116,8 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 def _refuse_block_table(block_table):
     if block_table is not None:
         raise ValueError(
-            "block_table (a paged KV cache) is not supported yet by attnkit's CPU FlashAttention; pass "
-            "contiguous k_cache/v_cache of shape (batch, seqlen_cache, nheads_k, headdim) with cache_seqlens")
+            "block_table (a paged KV cache) is not supported by attnkit's flash_attn_varlen_func; pass contiguous "
+            "k/v, or use flash_attn_with_kvcache(..., block_table=...), which reads the pages in place")
 
 
 from .kvcache import flash_attn_with_kvcache  # noqa: E402  (uses _run and _check above)

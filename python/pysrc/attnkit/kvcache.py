@@ -13,11 +13,20 @@ Steps, as FlashAttention's kernel does them:
 
 cache_leftpad shifts the keys to start at 0 (one gather of the cache); without it and without
 cache_batch_idx the cache is read in place. Not differentiable (nor is FlashAttention's).
+
+With ``block_table`` (a paged cache: k_cache/v_cache (num_blocks, page_size, nheads_k, headdim),
+block_table (batch, max_blocks) int32) the same steps run in Rust on the pages in place
+(``attnkit.paged.kvcache_attention``, which also takes NumPy arrays): the append writes into the
+pages, the kernel reads them where they lie (no gather), cache_leftpad is supported, and
+cache_batch_idx is refused (as FlashAttention 2 refuses it with block_table). The paged path
+is a direct call into Rust, not a ``torch.library.custom_op`` (yet): ``torch.compile`` breaks
+the graph at it.
 """
 
 import torch
 
-from .flash_attn_interface import _check, _refuse_block_table, _run
+from .flash_attn_interface import _check, _run
+from .paged import kvcache_attention
 
 
 def _rotary(x, cos, sin, pos, interleaved):
@@ -39,11 +48,19 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
     """q (batch, seqlen_q, nheads, headdim); k_cache, v_cache (batch_cache, seqlen_cache,
-    nheads_k, headdim); k, v (batch, seqlen_new, nheads_k, headdim) appended in place;
+    nheads_k, headdim), or with block_table (num_blocks, page_size, nheads_k, headdim); k, v (batch, seqlen_new, nheads_k, headdim) appended in place;
     cache_seqlens int or (batch,) int32. Returns out, or (out, softmax_lse) with
     ``return_softmax_lse``."""
     _check(0.0, window_size, alibi_slopes)
-    _refuse_block_table(block_table)
+    if block_table is not None:
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx cannot be used with block_table (FlashAttention 2 refuses the pair "
+                             "too): the block table already maps each batch row to its pages; reorder block_table "
+                             "rows instead")
+        with torch.no_grad():
+            return kvcache_attention(q, k_cache, v_cache, block_table, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                                     cache_leftpad, softmax_scale, causal, window_size, softcap, rotary_interleaved,
+                                     alibi_slopes, return_softmax_lse)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new keys and values to append)")
     if (rotary_cos is None) != (rotary_sin is None):

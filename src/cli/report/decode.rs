@@ -7,7 +7,9 @@
 //! (D = 64, H = 8) measured alternately, beside the bf16 dot-product ceiling when the CPU has
 //! AVX512_BF16. The heads are fewer than the target shape's 32/8 so the largest cache (N_k = 256K)
 //! stays at 512 MiB of f32 K/V and the section at about a minute on 2 cores; the decode
-//! target shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`].
+//! target shape (32/8 at N_k = 32768) and its targets are [`super::decode_target`], the KV-cache
+//! rows on that shape (paged 16/256, bf16 and int8 caches beside contiguous f32)
+//! [`super::decode_kvcache`].
 
 use super::decode_common::Decode;
 use super::decode_common::{torch_env, torch_time};
@@ -76,6 +78,7 @@ pub fn run(sc: &Scale, ceiling: &LazyCeiling) -> Result<Decode, AttnError> {
     let order = |r: &SectionRow| SHAPES.iter().position(|s| r.label.starts_with(s.0)).unwrap_or(0);
     rows.sort_by_key(|r| (order(r), r.rec.dtype != DType::F32, r.rec.seq_kv));
     rows.extend(super::decode_target::run(sc, ceiling, &bw)?);
+    rows.extend(super::decode_kvcache::run(sc, &bw)?);
     let (n, d, h) = (sc.n(PREFILL.0, PREFILL.0), PREFILL.1, PREFILL.2);
     let prefill = |dtype| {
         Case::single(
@@ -192,6 +195,7 @@ pub fn markdown(d: &Decode, plot_note: &str) -> String {
         );
     }
     s.push_str(&super::decode_target::markdown(d));
+    s.push_str(&super::decode_kvcache::markdown(d));
     let pre: Vec<&SectionRow> = d.rows.iter().filter(|r| r.section == "prefill-bf16").collect();
     let (n, dim, h) = pre.first().map_or(PREFILL, |r| (r.rec.seq, r.rec.dim, r.rec.heads));
     let _ = writeln!(s, "\n### bf16 vs f32 prefill (N = {n}, D = {dim}, H = {h}, non-causal, measured alternately)\n");

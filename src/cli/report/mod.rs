@@ -38,6 +38,7 @@ mod analysis;
 mod backward;
 mod decode;
 mod decode_common;
+mod decode_kvcache;
 mod decode_target;
 mod figures;
 mod frontier_plot;

@@ -213,8 +213,8 @@ pub fn csv(rows: &[SectionRow]) -> String {
     s
 }
 
-/// A CPU `flash-cpu` record of `p` timed at `t` seconds (for the sections' tests).
-#[cfg(test)]
+/// A CPU `flash-cpu` record of `p` timed at `t` seconds (the sections' tests, and rows timed
+/// outside [`run_one`], such as the KV-cache decode rows).
 pub fn timed_record(p: &Problem, t: f64) -> BenchRecord {
     use attnkit::bench::{Measurement, Timing};
     let m = Measurement {
