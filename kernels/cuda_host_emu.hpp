@@ -364,3 +364,8 @@ inline unsigned pack2(float lo, float hi) {
     const uint32_t h = BF16 ? emu::f32_to_bf16(hi) : emu::f32_to_f16(hi);
     return l | (h << 16);
 }
+
+template <bool BF16>
+inline float half_to_float(unsigned short h) {
+    return BF16 ? emu::bf16_to_f32(h) : emu::f16_to_f32(h);
+}

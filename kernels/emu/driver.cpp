@@ -3,6 +3,7 @@
 // The kernel argument is the kernel source's own FlashFwdParams, passed through by value.
 #define ATTNKIT_EMU 1
 #include "../cuda_host_emu.hpp"
+#include "../flash_common.cuh"
 #include "../flash_fwd.cu"
 #include "../flash_combine.cu"
 
