@@ -68,8 +68,8 @@ struct FlashBwdParams {
     const int* seqused_k;     // (S,) keys used per batch entry / sequence, or null
 };
 
-// Per-variant tiles: BC·DP ≤ 4096 keeps dK + dV at ≤ 64 registers per thread; BR·BC and BC·DP are
-// multiples of the 128 threads so every thread owns the same number of elements. Keep in sync
+// Per-variant tiles: BC·DP ≤ 4096 keeps dK + dV at ≤ 64 registers per thread; BC divides the 128
+// threads and BR·BC, BR·DP are multiples of them, so every thread owns the same number of elements. Keep in sync
 // with BWD_CFG in src/cuda/bwd.rs (tests/cuda_emulated_bwd.rs compares them).
 template <int DP>
 struct FlashBwdCfg;
@@ -77,7 +77,7 @@ struct FlashBwdCfg;
 template <> struct FlashBwdCfg<32>  { enum { BC = 64, BR = 32 }; };
 template <> struct FlashBwdCfg<48>  { enum { BC = 64, BR = 32 }; };
 template <> struct FlashBwdCfg<64>  { enum { BC = 64, BR = 32 }; };
-template <> struct FlashBwdCfg<80>  { enum { BC = 48, BR = 32 }; };
+template <> struct FlashBwdCfg<80>  { enum { BC = 32, BR = 32 }; };
 template <> struct FlashBwdCfg<96>  { enum { BC = 32, BR = 32 }; };
 template <> struct FlashBwdCfg<128> { enum { BC = 32, BR = 32 }; };
 template <> struct FlashBwdCfg<160> { enum { BC = 16, BR = 16 }; };
@@ -143,10 +143,13 @@ template <int DP, bool BF16>
 DEVI void flash_bwd_body(const FlashBwdParams& p) {
     typedef FlashBwdGeom<DP> G;
     constexpr int BC = G::BC, BR = G::BR, KSTR = G::KSTR;
-    constexpr int EK = BC * DP / BWD_THREADS;  // dK and dV elements per thread
+    // dK/dV ownership: thread t holds key kj = t % BC, columns kc0 = t / BC + CSTEP·e.
+    constexpr int CSTEP = BWD_THREADS / BC;
+    constexpr int EK = DP / CSTEP;             // dK and dV elements per thread
     constexpr int ES = BR * BC / BWD_THREADS;  // (row, key) pairs per thread
     constexpr int EQ = BR * DP / BWD_THREADS;  // dQ elements per thread
-    static_assert(EK * BWD_THREADS == BC * DP && ES * BWD_THREADS == BR * BC && EQ * BWD_THREADS == BR * DP,
+    static_assert(CSTEP * BC == BWD_THREADS && EK * CSTEP == DP && ES * BWD_THREADS == BR * BC &&
+                      EQ * BWD_THREADS == BR * DP,
                   "tiles must split evenly over the threads");
 
     DECLARE_DYNAMIC_SMEM(smem_raw);
@@ -160,6 +163,7 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
     float* const sD = sLse + BR;
 
     const int tid = threadIdx.x, d = p.d, kvh = blockIdx.y;
+    const int kj = tid % BC, kc0 = tid / BC;
     const BwdSeq sq(p, blockIdx.z);
     const int group = p.heads / p.kv_heads;
     const float scale = p.scale, cap = p.softcap;
@@ -195,8 +199,10 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
                     sD[r] = in ? p.delta[row0 + m0 + r] : 0.f;
                 }
                 __syncthreads();  // tiles (and, on the first, K and V) visible to every thread
-                // P and dS of this thread's pairs; a pair outside the band gets exactly 0.
-#pragma unroll
+                // P and dS of this thread's pairs; a pair outside the band gets exactly 0. The
+                // loops that index no register array stay rolled (unrolled, ptxas hoisted their
+                // shared loads and spilled next to the 2·EK accumulators).
+#pragma unroll 1
                 for (int e = 0; e < ES; ++e) {
                     const int idx = tid + e * BWD_THREADS, i = idx / BC, j = idx % BC;
                     const int row = m0 + i, key = n0 + j;
@@ -204,6 +210,7 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
                     if (row < sq.nq && key < band_hi(row, sq.off, p.win_right, sq.nk) &&
                         key >= band_lo(row, sq.off, p.win_left)) {
                         float s = 0.f, dp = 0.f;
+#pragma unroll 4
                         for (int c = 0; c < DP; ++c) {
                             s += sQ[i * DP + c] * sK[j * KSTR + c];
                             dp += sdO[i * DP + c] * sV[j * KSTR + c];
@@ -223,24 +230,31 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
                     sdS[i * BC + j] = ds;
                 }
                 __syncthreads();  // P and dS visible
-                // dV += Pᵀ·dO and dK += dSᵀ·Q for this thread's (key, column) elements.
-#pragma unroll
-                for (int e = 0; e < EK; ++e) {
-                    const int idx = tid + e * BWD_THREADS, j = idx / DP, c = idx % DP;
-                    float av = dv[e], ak = dk[e];
+                // dV += Pᵀ·dO and dK += dSᵀ·Q for this thread's key kj and columns kc0 + CSTEP·e:
+                // one P/dS address and one dO/Q address plus compile-time offsets, so nothing but
+                // the accumulators stays live across the tile loop.
+                {
+                    const float* const pP = sP + kj;
+                    const float* const pS = sdS + kj;
+                    const float* const pO = sdO + kc0;
+                    const float* const pQ = sQ + kc0;
+#pragma unroll 1
                     for (int i = 0; i < BR; ++i) {
-                        av += sP[i * BC + j] * sdO[i * DP + c];
-                        ak += sdS[i * BC + j] * sQ[i * DP + c];
+                        const float pv = pP[i * BC], ds = pS[i * BC];
+#pragma unroll
+                        for (int e = 0; e < EK; ++e) {
+                            dv[e] += pv * pO[i * DP + e * CSTEP];
+                            dk[e] += ds * pQ[i * DP + e * CSTEP];
+                        }
                     }
-                    dv[e] = av;
-                    dk[e] = ak;
                 }
                 // dQ += dS·K into this split's partial buffer.
-#pragma unroll
+#pragma unroll 1
                 for (int e = 0; e < EQ; ++e) {
                     const int idx = tid + e * BWD_THREADS, i = idx / DP, c = idx % DP;
                     if (m0 + i < sq.nq && c < d) {
                         float acc = 0.f;
+#pragma unroll 4
                         for (int j = 0; j < BC; ++j) acc += sdS[i * BC + j] * sK[j * KSTR + c];
                         dq_acc[(row0 + m0 + i) * d + c] += acc;
                     }
@@ -248,13 +262,15 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
             }
         }
         // dK and dV of the tile's stored keys (zero for keys no row sees), written once.
+        if (n0 + kj < sq.nk_all) {
 #pragma unroll
-        for (int e = 0; e < EK; ++e) {
-            const int idx = tid + e * BWD_THREADS, j = idx / DP, c = idx % DP;
-            if (n0 + j < sq.nk_all && c < d) {
-                const long long o = (kv_row0 + n0 + j) * d + c;
-                p.dk[o] = dk[e];
-                p.dv[o] = dv[e];
+            for (int e = 0; e < EK; ++e) {
+                const int c = kc0 + e * CSTEP;
+                if (c < d) {
+                    const long long o = (kv_row0 + n0 + kj) * d + c;
+                    p.dk[o] = dk[e];
+                    p.dv[o] = dv[e];
+                }
             }
         }
     }
@@ -311,8 +327,10 @@ DEVI void flash_bwd_dsink_body(const FlashBwdParams& p) {
 // Entry points. FLASH_BWD_ONLY_DT / _DP restrict the module to one main variant (the runtime path
 // compiles what it launches); the three helpers are in every module.
 // ------------------------------------------------------------------------------------------
+// minBlocks = 1: without it ptxas 12 for sm_90 capped the main kernels at 128 registers and
+// spilled d80/d128/d160/d256 (kernels/README.md); they need ~125-165.
 #define FLASH_BWD_ENTRY(DT, IS_BF16, DP)                                                                     \
-    extern "C" __global__ void __launch_bounds__(BWD_THREADS) flash_bwd_##DT##_d##DP(const FlashBwdParams p) { \
+    extern "C" __global__ void __launch_bounds__(BWD_THREADS, 1) flash_bwd_##DT##_d##DP(const FlashBwdParams p) { \
         flash_bwd_body<DP, IS_BF16>(p);                                                                      \
     }
 #define FLASH_BWD_ALL_VARIANTS(X)                                                                            \

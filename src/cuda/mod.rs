@@ -18,8 +18,8 @@ mod ptxas;
 mod variants;
 
 pub use bwd::{
-    BWD_CONVERT_KERNEL, BWD_DSINK_KERNEL, BWD_PREPROCESS_KERNEL, BWD_ROWS_PER_BLOCK, BWD_THREADS, BwdVariant, FLASH_BWD_SRC,
-    FlashBwdLaunch, FlashBwdParams, MAX_BWD_SPLITS, bwd_variant_for, bwd_variants,
+    BWD_CONVERT_KERNEL, BWD_DSINK_KERNEL, BWD_PREPROCESS_KERNEL, BWD_ROWS_PER_BLOCK, BWD_THREADS, BwdVariant,
+    FLASH_BWD_SRC, FlashBwdLaunch, FlashBwdParams, MAX_BWD_SPLITS, bwd_variant_for, bwd_variants,
 };
 pub use cost::{TileCost, ToolchainReport, cost_table_markdown};
 #[cfg(feature = "cuda")]
@@ -154,8 +154,10 @@ pub fn compile_report_with(
     let mut reports = Vec::new();
     for arch in archs {
         // The forward module: every variant, then flash_combine (in every module).
-        let mut fwd: Vec<Entry> =
-            variants().iter().map(|v| (v.kernel_name(), v.smem_bytes() as u32, THREADS, Some(v.only_defines()))).collect();
+        let mut fwd: Vec<Entry> = variants()
+            .iter()
+            .map(|v| (v.kernel_name(), v.smem_bytes() as u32, THREADS, Some(v.only_defines())))
+            .collect();
         fwd.push((COMBINE_KERNEL.to_string(), 0, 32 * COMBINE_ROWS_PER_BLOCK as u32, None));
         reports.extend(module_rows(nvrtc, ptxas, arch, FLASH_FWD_SRC, &fwd));
         // The backward module: every main variant, then its three helpers (in every module).
