@@ -155,13 +155,7 @@ fn emulate(
     sms: usize,
     lazy: bool,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), String> {
-    let bits = |t: &Tensor| -> Vec<u16> {
-        match t {
-            Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::BF16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
-        }
-    };
+    let bits = common::emu::half_bits;
     // The emulator's fault record, buffer registry and copy schedule are process-wide: one
     // launch at a time across the tests of this binary.
     static EMU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -97,13 +97,7 @@ fn emulate(
     (o, lse, d_out): (&[f32], &[f32], &[f32]),
     sms: usize,
 ) -> Result<EmuGrads, String> {
-    let bits = |t: &Tensor| -> Vec<u16> {
-        match t {
-            Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::BF16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
-        }
-    };
+    let bits = common::emu::half_bits;
     // The emulator's fault record is process-wide: one launch at a time.
     static EMU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = EMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -27,29 +27,7 @@ const Variant* find(int bf16, int dp) {
     return nullptr;
 }
 
-void copy_msg(const std::string& m, char* err, size_t len) {
-    if (err == nullptr || len == 0) return;
-    const size_t n = std::min(len - 1, m.size());
-    std::memcpy(err, m.data(), n);
-    err[n] = 0;
-}
-
-// Clears the fault record, runs `body`, and reports the first fault (−2) or success (0).
-template <class F>
-int run_checked(char* err, size_t err_len, F body) {
-    {
-        std::lock_guard<std::mutex> l(emu::global().mu);
-        emu::global().buffers.clear();
-        emu::global().first_error.clear();
-    }
-    body();
-    std::lock_guard<std::mutex> l(emu::global().mu);
-    if (!emu::global().first_error.empty()) {
-        copy_msg(emu::global().first_error, err, err_len);
-        return -2;
-    }
-    return 0;
-}
+using emu::copy_msg;
 }  // namespace
 
 // Writes the tiles of a main variant; returns 0, or −1 when there is no such variant.
@@ -89,7 +67,7 @@ extern "C" int attnkit_emu_flash_bwd(int bf16, int dp, unsigned grid_x, unsigned
         copy_msg("no such variant", err, err_len);
         return -1;
     }
-    return run_checked(err, err_len, [&] {
+    return emu::run_checked(err, err_len, [&] {
         emu::launch(emu::Dim3{pre_blocks, 1, 1}, emu::Dim3{32 * BWD_ROWS_PER_BLOCK, 1, 1}, 0,
                     [&] { flash_bwd_preprocess(p); });
         emu::launch(emu::Dim3{grid_x, grid_y, grid_z}, emu::Dim3{BWD_THREADS, 1, 1},

@@ -135,34 +135,42 @@ impl Gpu {
         if let Some(f) = map.get(&v) {
             return Ok(f.clone());
         }
-        if v.smem_bytes() > self.max_smem_optin.max(DEFAULT_SMEM_LIMIT) {
+        let (module, f) = self.load_main(cuda::FLASH_FWD_SRC, &v.kernel_name(), v.smem_bytes(), &v.only_defines())?;
+        let combine = module.load_function(cuda::COMBINE_KERNEL)?;
+        map.insert(v, (f.clone(), combine.clone()));
+        Ok((f, combine))
+    }
+
+    /// Compiles `src` with `defines` for this device, loads the module and its entry point `name`
+    /// (which takes `smem` bytes of dynamic shared memory, enabled when above 48 KB); refuses
+    /// with the reason when the device cannot give a block that much.
+    fn load_main(
+        &self,
+        src: &str,
+        name: &str,
+        smem: usize,
+        defines: &[String],
+    ) -> Result<(Arc<cudarc::driver::CudaModule>, CudaFunction)> {
+        if smem > self.max_smem_optin.max(DEFAULT_SMEM_LIMIT) {
             return Err(AttnError::Unsupported {
                 backend: NAME.into(),
                 reasons: vec![format!(
-                    "{} needs {} bytes of shared memory per block; this {} device allows {}",
-                    v.kernel_name(),
-                    v.smem_bytes(),
-                    self.arch,
-                    self.max_smem_optin
+                    "{name} needs {smem} bytes of shared memory per block; this {} device allows {}",
+                    self.arch, self.max_smem_optin
                 )],
             });
         }
-        let compiled = cuda::compile(cuda::FLASH_FWD_SRC, &self.arch, &v.only_defines())?;
+        let compiled = cuda::compile(src, &self.arch, defines)?;
         let image = match compiled.cubin {
             Some(c) => cudarc::nvrtc::Ptx::from_binary(c),
             None => cudarc::nvrtc::Ptx::from_src(compiled.ptx),
         };
         let module = self.ctx.load_module(image)?;
-        let f = module.load_function(&v.kernel_name())?;
-        let combine = module.load_function(cuda::COMBINE_KERNEL)?;
-        if v.smem_bytes() > DEFAULT_SMEM_LIMIT {
-            f.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                v.smem_bytes() as i32,
-            )?;
+        let f = module.load_function(name)?;
+        if smem > DEFAULT_SMEM_LIMIT {
+            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         }
-        map.insert(v, (f.clone(), combine.clone()));
-        Ok((f, combine))
+        Ok((module, f))
     }
 
     /// Refuses allocations over the memory budget or the device's free memory.

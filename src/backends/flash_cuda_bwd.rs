@@ -17,7 +17,7 @@ use crate::cuda::{self, BwdVariant, FlashBwdLaunch};
 use crate::error::{AttnError, Result};
 use crate::grad::{GradsMut, Saved};
 use crate::problem::{DType, Problem};
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, sys};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 // SAFETY: FlashBwdParams is #[repr(C)], Copy, holds only integers and floats (device addresses as
 // u64) and matches the kernels' `struct FlashBwdParams` (tests/cuda_emulated_bwd.rs compares the
@@ -48,32 +48,9 @@ impl FlashCuda {
         if let Some(f) = map.get(&v) {
             return Ok(f.clone());
         }
-        if v.smem_bytes() > gpu.max_smem_optin.max(super::DEFAULT_SMEM_LIMIT) {
-            return Err(AttnError::Unsupported {
-                backend: NAME.into(),
-                reasons: vec![format!(
-                    "{} needs {} bytes of shared memory per block; this {} device allows {}",
-                    v.kernel_name(),
-                    v.smem_bytes(),
-                    gpu.arch,
-                    gpu.max_smem_optin
-                )],
-            });
-        }
-        let compiled = cuda::compile(cuda::FLASH_BWD_SRC, &gpu.arch, &v.only_defines())?;
-        let image = match compiled.cubin {
-            Some(c) => cudarc::nvrtc::Ptx::from_binary(c),
-            None => cudarc::nvrtc::Ptx::from_src(compiled.ptx),
-        };
         let f = guarded("module load", || {
-            let module = gpu.ctx.load_module(image)?;
-            let main = module.load_function(&v.kernel_name())?;
-            if v.smem_bytes() > super::DEFAULT_SMEM_LIMIT {
-                main.set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    v.smem_bytes() as i32,
-                )?;
-            }
+            let (module, main) =
+                gpu.load_main(cuda::FLASH_BWD_SRC, &v.kernel_name(), v.smem_bytes(), &v.only_defines())?;
             Ok([
                 main,
                 module.load_function(cuda::BWD_PREPROCESS_KERNEL)?,
@@ -96,11 +73,17 @@ impl FlashCuda {
             }
             d => d,
         };
-        FlashBwdLaunch::plan_for(p, kd, gpu.sms).map_err(|reasons| AttnError::Unsupported { backend: NAME.into(), reasons })
+        FlashBwdLaunch::plan_for(p, kd, gpu.sms)
+            .map_err(|reasons| AttnError::Unsupported { backend: NAME.into(), reasons })
     }
 
     /// The whole backward on the GPU into `grads` (validated by `backward_into`).
-    pub(super) fn backward_on_device(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+    pub(super) fn backward_on_device(
+        &self,
+        args: &AttnArgs<'_>,
+        saved: &Saved<'_>,
+        grads: &mut GradsMut<'_>,
+    ) -> Result<()> {
         let gpu = self.gpu()?;
         let p = args.problem();
         let l = self.backward_plan(args)?;
@@ -114,11 +97,10 @@ impl FlashCuda {
             let s = &gpu.stream;
             let f32s = |x: &Option<Vec<f32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
             let i32s = |x: &Option<Vec<i32>>| x.as_ref().map(|x| s.clone_htod(x)).transpose();
-            let (mf, mi) = ([f32s(&md.alibi_slopes)?, f32s(&md.sinks)?], [
-                i32s(&md.cu_seqlens_q)?,
-                i32s(&md.cu_seqlens_k)?,
-                i32s(&md.seqused_k)?,
-            ]);
+            let (mf, mi) = (
+                [f32s(&md.alibi_slopes)?, f32s(&md.sinks)?],
+                [i32s(&md.cu_seqlens_q)?, i32s(&md.cu_seqlens_k)?, i32s(&md.seqused_k)?],
+            );
             let (qd, kd, vd) = (s.clone_htod(q.as_ref())?, s.clone_htod(k.as_ref())?, s.clone_htod(v.as_ref())?);
             let (od, dod, lsed) = (s.clone_htod(saved.out)?, s.clone_htod(saved.d_out)?, s.clone_htod(saved.lse)?);
             let mut dqd = s.alloc_zeros::<f32>(p.out_len())?;

@@ -13,7 +13,7 @@
 //! (tests/cuda_emulated_bwd.rs) only.
 
 use super::params::layout_string_of;
-use super::variants::{HEAD_DIMS, unsupported_reasons};
+use super::variants::{HEAD_DIMS, alibi_seq_stride, kernel_bf16, kernel_window, unsupported_reasons};
 use crate::problem::{DType, Problem};
 use std::mem::offset_of;
 
@@ -198,14 +198,7 @@ pub fn bwd_variants() -> Vec<BwdVariant> {
 
 /// The variant that runs `head_dim` in a 16-bit `kernel_dtype` (the forward's padding rule).
 pub fn bwd_variant_for(kernel_dtype: DType, head_dim: usize) -> Option<BwdVariant> {
-    let bf16 = match kernel_dtype {
-        DType::F16 => false,
-        DType::BF16 => true,
-        DType::F32 => return None,
-    };
-    if head_dim == 0 || !head_dim.is_multiple_of(8) {
-        return None;
-    }
+    let bf16 = kernel_bf16(kernel_dtype, head_dim)?;
     debug_assert_eq!(BWD_CFG.map(|c| c.0), HEAD_DIMS);
     bwd_variants().into_iter().find(|v| v.bf16 == bf16 && v.dp >= head_dim)
 }
@@ -251,8 +244,8 @@ impl FlashBwdLaunch {
         };
         let base = (p.kv_heads * seqs).max(1);
         let key_blocks = max_k.div_ceil(variant.bc).max(1);
-        let splits = (2 * sms).div_ceil(base).min(key_blocks).min(MAX_BWD_SPLITS).max(1);
-        let (left, right) = p.effective_window();
+        let splits = (2 * sms).div_ceil(base).min(key_blocks).clamp(1, MAX_BWD_SPLITS);
+        let (win_left, win_right) = kernel_window(p);
         let rows = p.batch * p.heads * p.seq_q;
         Ok(FlashBwdLaunch {
             variant,
@@ -269,14 +262,11 @@ impl FlashBwdLaunch {
                 nk: p.seq_k as i32,
                 d: p.head_dim as i32,
                 scale: p.scale,
-                win_left: left.map_or(-1, |l| l.min(p.seq_k) as i32),
-                win_right: right.map_or(-1, |r| r.min(p.seq_q) as i32),
+                win_left,
+                win_right,
                 num_splits: splits as i32,
                 softcap: m.softcap.unwrap_or(0.0),
-                alibi_seq_stride: match &m.alibi_slopes {
-                    Some(s) if s.len() != p.heads => p.heads as i32,
-                    _ => 0,
-                },
+                alibi_seq_stride: alibi_seq_stride(p),
                 ..FlashBwdParams::default()
             },
         })

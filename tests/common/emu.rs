@@ -1,5 +1,6 @@
 //! Builds and loads the CUDA emulation harnesses (kernels/emu/*.cpp) for the emulator tests.
 
+use attnkit::Tensor;
 use std::path::PathBuf;
 
 /// Builds `driver` (relative to the crate root; it includes the emulator and the kernel source)
@@ -53,4 +54,13 @@ pub fn build_and_load(driver: &str, sources: &[&str], stem: &str) -> Result<libl
     // SAFETY: the library is the driver we just built; loading it runs no initializers beyond
     // C++ static constructors of that driver (none with side effects).
     unsafe { libloading::Library::new(&lib_path) }.map_err(|e| format!("dlopen {}: {e}", lib_path.display()))
+}
+
+/// The bits of a 16-bit tensor, as the kernels read them (emulated cases are never f32).
+pub fn half_bits(t: &Tensor) -> Vec<u16> {
+    match t {
+        Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
+        Tensor::BF16(x) => x.iter().map(|e| e.to_bits()).collect(),
+        Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
+    }
 }
