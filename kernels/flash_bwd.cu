@@ -29,7 +29,9 @@
 // zero gradients), softcap (dS times 1 − tanh²), ALiBi (applied on recompute; no slope gradient),
 // sinks (their gradient from D and LSE alone). Masked pairs get P = dS = 0 explicitly; query tiles
 // outside a key block's band are not visited. A row with no allowed key has no pair and so gets
-// zero gradients.
+// zero gradients. Caveat (not yet the CPU backward's NaN policy): a masked pair's P = 0 still
+// multiplies its dO/Q row in the dV/dK sums, so a NaN/∞ in dO or Q of a row inside a visited tile
+// can reach dK/dV of a key that row does not see; finite inputs are unaffected.
 //
 // Shared memory (dynamic, f32): K and V tiles BC×(DP+1) (the pad keeps the per-thread key rows of
 // the score loop on distinct banks), Q and dO tiles BR×DP, P and dS BR×BC, LSE and D for BR rows.
