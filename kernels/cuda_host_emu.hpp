@@ -160,6 +160,32 @@ inline void do_copy(const Copy& c) {
     std::memset(static_cast<unsigned char*>(c.dst) + c.bytes, 0, static_cast<size_t>(16 - c.bytes));
 }
 
+// Copies m into err (len bytes, NUL-terminated, truncated): the drivers' error out-parameter.
+inline void copy_msg(const std::string& m, char* err, size_t len) {
+    if (err == nullptr || len == 0) return;
+    const size_t n = std::min(len - 1, m.size());
+    std::memcpy(err, m.data(), n);
+    err[n] = 0;
+}
+
+// Clears the fault record and the registered buffers, runs `body` (which registers what the
+// kernels may cp.async from, then launches), and reports the first fault into err (−2) or 0.
+template <class F>
+int run_checked(char* err, size_t err_len, F body) {
+    {
+        std::lock_guard<std::mutex> l(global().mu);
+        global().buffers.clear();
+        global().first_error.clear();
+    }
+    body();
+    std::lock_guard<std::mutex> l(global().mu);
+    if (!global().first_error.empty()) {
+        copy_msg(global().first_error, err, err_len);
+        return -2;
+    }
+    return 0;
+}
+
 // Runs `kernel` over the grid, blocks one after another, one OS thread per CUDA thread.
 template <class F>
 void launch(Dim3 grid, Dim3 block, size_t smem_bytes, F kernel) {
@@ -363,4 +389,9 @@ inline unsigned pack2(float lo, float hi) {
     const uint32_t l = BF16 ? emu::f32_to_bf16(lo) : emu::f32_to_f16(lo);
     const uint32_t h = BF16 ? emu::f32_to_bf16(hi) : emu::f32_to_f16(hi);
     return l | (h << 16);
+}
+
+template <bool BF16>
+inline float half_to_float(unsigned short h) {
+    return BF16 ? emu::bf16_to_f32(h) : emu::f16_to_f32(h);
 }

@@ -71,7 +71,8 @@
 // which supplies the primitives of kernels/flash_ptx.cuh with their documented PTX semantics.
 
 // GPU primitives (inline PTX): kernels/flash_ptx.cuh, prepended to this source by the host; the
-// CPU emulation supplies its own (kernels/cuda_host_emu.hpp).
+// CPU emulation supplies its own (kernels/cuda_host_emu.hpp). The key band and the softcap's
+// tanh come from kernels/flash_common.cuh (shared with the backward), prepended after them.
 
 // ------------------------------------------------------------------------------------------
 // The kernels' one argument, passed by value (as FlashAttention's Flash_fwd_params). Mirrors
@@ -170,14 +171,6 @@ DEVI void load_tile(unsigned sdst, const unsigned short* g, int row0, int rows_t
         off += (long long)RPI * d;
     }
 }
-
-// Key band of query position i: [lo, hi). Window bounds are pre-clamped by the host (−1 =
-// unbounded, causal folded into right = 0), so nothing here overflows 32 bits.
-DEVI int band_lo(int i, int off, int left) { return left >= 0 ? max(0, i + off - left) : 0; }
-DEVI int band_hi(int i, int off, int right, int nk) { return right >= 0 ? min(nk, i + off + right + 1) : nk; }
-
-// tanh(x) = 1 − 2/(e^{2x} + 1): exact limits ±1, absolute error ~1e-7 with ex2.approx.
-DEVI float softcap_tanh(float x) { return 1.f - 2.f * fast_rcp(fast_exp2(x * 2.8853900817779268f) + 1.f); }
 
 // The query rows of a block (blockIdx.y = by, blockIdx.z = bz): its first query head h0, key
 // split, and sequence (batch entry b, or packed sequence b under varlen: B = 1, rows q_start..

@@ -93,3 +93,12 @@ DEVI float fast_rcp(float x) {
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+
+// One f16 or bf16 value (its bits) widened to f32, exactly.
+template <bool BF16>
+DEVI float half_to_float(unsigned short h) {
+    if (BF16) return __int_as_float((int)((unsigned)h << 16));
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}

@@ -32,7 +32,6 @@ use attnkit::cuda::{DEFAULT_SMS, FlashFwdParams, FlashLaunch, ModData, variants}
 use attnkit::validate::{compare, exact_tolerance};
 use attnkit::{AttnArgs, DType, Problem, Tensor, Window, alibi_slopes};
 use std::ffi::c_char;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 type RunFn = unsafe extern "C" fn(i32, i32, i32, u32, u32, u32, FlashFwdParams, *mut c_char, usize) -> i32;
@@ -41,7 +40,8 @@ type LazyFn = unsafe extern "C" fn(i32);
 type LayoutFn = unsafe extern "C" fn(*mut c_char, usize) -> i32;
 type ConfigFn = unsafe extern "C" fn(i32, i32, i32, *mut i32, *mut i32, *mut i32, *mut i32, *mut i32) -> i32;
 
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 5] = [
+    include_str!("../kernels/flash_common.cuh"),
     include_str!("../kernels/flash_fwd.cu"),
     include_str!("../kernels/flash_combine.cu"),
     include_str!("../kernels/cuda_host_emu.hpp"),
@@ -55,52 +55,7 @@ fn emu_library() -> Result<&'static libloading::Library, String> {
 }
 
 fn build_and_load() -> Result<libloading::Library, String> {
-    if !cfg!(target_os = "linux") {
-        return Err("the emulation harness is built for Linux only".into());
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    SOURCES.hash(&mut h);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let lib_path = dir.join(format!("libattnkit_cuda_emu_{:016x}.so", h.finish()));
-    if !lib_path.exists() {
-        let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-        let compiler = cc::Build::new()
-            .cpp(true)
-            .target(&target)
-            .host(&target)
-            .opt_level(2)
-            .cargo_metadata(false)
-            .cargo_warnings(false)
-            .try_get_compiler()
-            .map_err(|e| format!("no C++ compiler: {e}"))?;
-        let tmp = lib_path.with_extension(format!("tmp{}", std::process::id()));
-        let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels/emu/driver.cpp");
-        let mut cmd = compiler.to_command();
-        cmd.args([
-            "-std=c++20",
-            "-pthread",
-            "-O2",
-            "-fPIC",
-            "-shared",
-            "-Wall",
-            "-Wextra",
-            "-Wno-unknown-pragmas",
-            "-Werror",
-            "-o",
-        ])
-        .arg(&tmp)
-        .arg(&driver);
-        let out = cmd.output().map_err(|e| format!("could not run the C++ compiler ({:?}): {e}", compiler.path()))?;
-        if !out.status.success() {
-            // A compiler that exists but rejects the source is a failure, not a skip.
-            panic!("emulator build failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::fs::rename(&tmp, &lib_path).map_err(|e| e.to_string())?;
-    }
-    // SAFETY: the library is the driver we just built; loading it runs no initializers beyond
-    // C++ static constructors of that driver (none with side effects).
-    unsafe { libloading::Library::new(&lib_path) }.map_err(|e| format!("dlopen {}: {e}", lib_path.display()))
+    common::emu::build_and_load("kernels/emu/driver.cpp", &SOURCES, "libattnkit_cuda_emu")
 }
 
 const LSE_REL_TOL: f64 = 1e-4;
@@ -200,13 +155,7 @@ fn emulate(
     sms: usize,
     lazy: bool,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), String> {
-    let bits = |t: &Tensor| -> Vec<u16> {
-        match t {
-            Tensor::F16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::BF16(x) => x.iter().map(|e| e.to_bits()).collect(),
-            Tensor::F32(_) => unreachable!("emulated cases are 16-bit"),
-        }
-    };
+    let bits = common::emu::half_bits;
     // The emulator's fault record, buffer registry and copy schedule are process-wide: one
     // launch at a time across the tests of this binary.
     static EMU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -7,7 +7,9 @@
 //! `ATTNKIT_REQUIRE_NVRTC=1` (CI) both majors, their ptxas, and the process-wide NVRTC are required.
 #![cfg(feature = "cuda")]
 
-use attnkit::cuda::{FLASH_FWD_SRC, Nvrtc, compile, compile_report, compile_report_with, nvrtc, variants};
+use attnkit::cuda::{
+    FLASH_BWD_SRC, FLASH_FWD_SRC, Nvrtc, bwd_variants, compile, compile_report, compile_report_with, nvrtc, variants,
+};
 use std::path::PathBuf;
 
 fn required() -> bool {
@@ -27,6 +29,12 @@ fn toolkit(major: i32) -> Option<(PathBuf, PathBuf)> {
     Some((var("NVRTC")?, var("PTXAS")?))
 }
 
+/// Report rows per arch: forward variants + flash_combine, backward variants + preprocess,
+/// convert and dsink.
+fn rows_per_arch() -> usize {
+    variants().len() + 1 + bwd_variants().len() + 3
+}
+
 fn check_all_variants(major: i32) -> usize {
     let Some((lib, ptxas)) = toolkit(major) else {
         skip(&format!("ATTNKIT_NVRTC_{major} / ATTNKIT_PTXAS_{major} not set"));
@@ -37,7 +45,7 @@ fn check_all_variants(major: i32) -> usize {
     assert_eq!(attnkit::cuda::ptxas_major(&ptxas), Some(major), "{} is not ptxas {major}", ptxas.display());
     let archs = ["sm_80".to_string(), "sm_90".to_string()];
     let reports = compile_report_with(&nvrtc, Some(&ptxas), &archs).expect("compile_report");
-    assert_eq!(reports.len(), archs.len() * (variants().len() + 1), "every variant + flash_combine per arch");
+    assert_eq!(reports.len(), archs.len() * rows_per_arch(), "every forward and backward kernel per arch");
     eprintln!("NVRTC {:?} from {}, ptxas {}", nvrtc.version(), nvrtc.path().display(), ptxas.display());
     eprintln!("{:<22} {:<6} {:>5} {:>6} {:>7} {:>7} {:>6}", "kernel", "arch", "regs", "spill", "smem", "blk/SM", "occ");
     for r in &reports {
@@ -64,13 +72,13 @@ fn check_all_variants(major: i32) -> usize {
 #[test]
 fn every_variant_compiles_with_nvrtc_12_without_spills() {
     let n = check_all_variants(12);
-    assert!(n == 0 || n == 2 * (variants().len() + 1), "checked {n}");
+    assert!(n == 0 || n == 2 * rows_per_arch(), "checked {n}");
 }
 
 #[test]
 fn every_variant_compiles_with_nvrtc_13_without_spills() {
     let n = check_all_variants(13);
-    assert!(n == 0 || n == 2 * (variants().len() + 1), "checked {n}");
+    assert!(n == 0 || n == 2 * rows_per_arch(), "checked {n}");
 }
 
 #[test]
@@ -98,6 +106,13 @@ fn single_variant_module_holds_only_that_entry_and_a_cubin() {
     );
     assert!(!c.ptx.contains("_param_1"), "more than one kernel parameter");
     assert!(c.cubin.as_ref().is_some_and(|b| b.starts_with(b"\x7fELF")), "no CUBIN for a real arch");
+    // The backward module of one variant: that main entry point and its three helpers.
+    let b = bwd_variants().into_iter().find(|v| v.bf16 && v.dp == 80).expect("bf16 d80 backward variant");
+    let c = compile(FLASH_BWD_SRC, "sm_80", &b.only_defines()).expect("compile backward");
+    assert!(c.ptx.contains(&format!(".entry {}(", b.kernel_name())), "backward entry missing");
+    assert_eq!(c.ptx.matches(".entry ").count(), 4, "FLASH_BWD_ONLY_* should leave one variant + 3 helpers");
+    let size = std::mem::size_of::<attnkit::cuda::FlashBwdParams>();
+    assert!(c.ptx.contains(&format!(".param .align 8 .b8 {}_param_0[{size}]", b.kernel_name())), "by-value param");
 }
 
 #[test]
@@ -120,7 +135,7 @@ fn kernels_subcommand_reports_every_variant_as_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), variants().len() + 1, "one line per variant + flash_combine");
+    assert_eq!(lines.len(), rows_per_arch(), "one line per kernel: forward + flash_combine, backward + 3 helpers");
     for v in &lines {
         for key in ["kernel", "arch", "nvrtc", "compiled", "registers", "spill_bytes", "shared_bytes"] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");

@@ -131,7 +131,8 @@ fn every_step_runs_and_writes_at_most_8_files() {
     for want in [
         "cuda_gpu tests (ATTNKIT_REQUIRE_GPU=1)**: PASS",
         "attnkit check**: PASS: 74/74",
-        "compute-sanitizer**: PASS: 6/6",
+        "compute-sanitizer**: PASS: 8/8",
+        "attnkit check --backward**: PASS: 8/8",
     ] {
         assert!(summary.contains(want), "{want} not in:\n{summary}");
     }

@@ -3,6 +3,7 @@
 // The kernel argument is the kernel source's own FlashFwdParams, passed through by value.
 #define ATTNKIT_EMU 1
 #include "../cuda_host_emu.hpp"
+#include "../flash_common.cuh"
 #include "../flash_fwd.cu"
 #include "../flash_combine.cu"
 
@@ -29,12 +30,7 @@ const Variant* find(int bf16, int dp, int mods) {
     return nullptr;
 }
 
-void copy_msg(const std::string& m, char* err, size_t len) {
-    if (err == nullptr || len == 0) return;
-    const size_t n = std::min(len - 1, m.size());
-    std::memcpy(err, m.data(), n);
-    err[n] = 0;
-}
+using emu::copy_msg;
 }  // namespace
 
 // Writes the launch geometry and schedule of a variant (K/V stages, overlapped softmax); returns
@@ -72,27 +68,13 @@ extern "C" int attnkit_emu_params_layout(char* out, size_t len) {
 extern "C" void attnkit_emu_set_lazy_copies(int lazy) { emu::set_lazy_copies(lazy != 0); }
 
 namespace {
-// Clears the fault record and the registered buffers, registers the inputs the kernel may
-// cp.async from, runs `body`, and reports the first fault (−2) or success (0).
-template <class F>
-int run_checked(const FlashFwdParams& p, char* err, size_t err_len, F body) {
-    {
-        std::lock_guard<std::mutex> l(emu::global().mu);
-        emu::global().buffers.clear();
-        emu::global().first_error.clear();
-    }
+// Registers the inputs the kernel may cp.async from (after run_checked has cleared the registry).
+void register_inputs(const FlashFwdParams& p) {
     const size_t q_elems = static_cast<size_t>(p.batch) * p.heads * p.nq * p.d;
     const size_t kv_elems = static_cast<size_t>(p.batch) * p.kv_heads * p.nk * p.d;
     emu::register_buffer(p.q, q_elems * 2);
     emu::register_buffer(p.k, kv_elems * 2);
     emu::register_buffer(p.v, kv_elems * 2);
-    body();
-    std::lock_guard<std::mutex> l(emu::global().mu);
-    if (!emu::global().first_error.empty()) {
-        copy_msg(emu::global().first_error, err, err_len);
-        return -2;
-    }
-    return 0;
 }
 }  // namespace
 
@@ -106,7 +88,8 @@ extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, int mods, unsigned grid_x
         copy_msg("no such variant", err, err_len);
         return -1;
     }
-    return run_checked(p, err, err_len, [&] {
+    return emu::run_checked(err, err_len, [&] {
+        register_inputs(p);
         emu::launch(emu::Dim3{grid_x, grid_y, grid_z}, emu::Dim3{FLASH_THREADS, 1, 1},
                     static_cast<size_t>(var->smem), [&] { var->fn(p); });
     });
@@ -114,7 +97,8 @@ extern "C" int attnkit_emu_flash_fwd(int bf16, int dp, int mods, unsigned grid_x
 
 // Runs the emulated flash_combine over `grid_x` blocks of COMBINE_ROWS_PER_BLOCK warps.
 extern "C" int attnkit_emu_flash_combine(unsigned grid_x, const FlashFwdParams p, char* err, size_t err_len) {
-    return run_checked(p, err, err_len, [&] {
+    return emu::run_checked(err, err_len, [&] {
+        register_inputs(p);
         emu::launch(emu::Dim3{grid_x, 1, 1}, emu::Dim3{32 * COMBINE_ROWS_PER_BLOCK, 1, 1}, 0,
                     [&] { flash_combine(p); });
     });

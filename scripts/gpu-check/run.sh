@@ -9,10 +9,12 @@
 #   env.txt         GPU, driver, glibc, toolkit tools, torch, `attnkit list` (driver + NVRTC found)
 #   tests.txt       tests/cuda_gpu.rs with ATTNKIT_REQUIRE_GPU=1 (a skip is a failure)
 #   check.txt       `attnkit check` over every head-dim variant d32…d256 (+ padded d40/d72),
+#                   and `attnkit check --backward` (flash_bwd.cu) on 8 shapes;
 #                   causal, windows, GQA/MQA, N_q ≠ N_k, ragged lengths, batch 2, f16 and bf16;
 #                   split-KV decode and score modifiers (softcap, ALiBi, sinks, varlen) at d128
 #   sanitizer.txt   compute-sanitizer racecheck, synccheck, memcheck on small ragged shapes
 #   bench_attnkit.jsonl, bench_torch.jsonl   flash-cuda vs torch SDPA FA2 / cuDNN, same method
+#                   (and the backward: attnkit bench --backward vs torch_bwd_gpu.py)
 #   ncu.txt         one profiled launch each (if time remains)
 #   summary.md      one verdict per step and the speed table (TFLOP/s, ratio to FA2)
 # Exit status: 0 every step passed; 1 a step failed or timed out; 2 no GPU here (nothing run
@@ -176,6 +178,32 @@ else
     FAILED=1
 fi
 
+# ---- 3b. the backward (kernels/flash_bwd.cu) against the f64 oracle's gradients ----------------
+# `attnkit check --backward`: dQ, dK, dV (dσ with sinks) under the gradient tolerance rule; the
+# kernels have only run under host emulation before this step.
+BWD_SHAPES=(
+    "--dim 64 --seq 257 --seq-kv 300 --causal --heads 4 --kv-heads 2"
+    "--dim 128 --seq 200 --window 32,8 --heads 4 --kv-heads 1"
+    "--dim 128 --seq 150 --heads 2 --softcap 30 --alibi --sinks-value 0.5"
+    "--dim 256 --seqlens 100,37,150 --causal --heads 2"
+)
+bwd_total=0
+bwd_ok=0
+for dtype in f16 bf16; do
+    for shape in "${BWD_SHAPES[@]}"; do
+        bwd_total=$((bwd_total + 1))
+        # shellcheck disable=SC2086
+        step "attnkit check --backward" 30 "$OUTDIR/check.txt" "$ATTNKIT" check --backward --backends flash-cuda \
+            --dtype "$dtype" $shape && bwd_ok=$((bwd_ok + 1))
+    done
+done
+if ((bwd_ok == bwd_total)); then
+    verdict "attnkit check --backward" "PASS: $bwd_ok/$bwd_total runs within the gradient tolerance"
+else
+    verdict "attnkit check --backward" "FAIL: $bwd_ok/$bwd_total runs passed (see check.txt)"
+    FAILED=1
+fi
+
 # ---- 4. compute-sanitizer ---------------------------------------------------------------------
 SAN="$OUTDIR/sanitizer.txt"
 san_ok=0
@@ -193,6 +221,17 @@ if command -v compute-sanitizer >/dev/null; then
                 san_ok=$((san_ok + 1))
             fi
         done
+    done
+    # The backward's four kernels on one small GQA shape with a ragged last key block.
+    for tool in racecheck memcheck; do
+        san_total=$((san_total + 1))
+        before=0; [[ -f "$SAN" ]] && before=$(wc -l <"$SAN")
+        if step "sanitizer $tool (backward)" 60 "$SAN" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            "$ATTNKIT" check --backward --backends flash-cuda --dim 64 --dtype bf16 --seq 67 --seq-kv 45 --causal \
+            --heads 2 --kv-heads 1 &&
+            tail -n +$((before + 1)) "$SAN" | grep -qE "ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards"; then
+            san_ok=$((san_ok + 1))
+        fi
     done
     if ((san_ok == san_total)); then
         verdict "compute-sanitizer" "PASS: $san_ok/$san_total runs with 0 errors (racecheck, synccheck, memcheck)"
@@ -221,6 +260,16 @@ for dtype in f16 bf16; do
                 --batch 2 --dtype "$dtype" $causal --reps 20 || bench_fail=1
         done
     done
+done
+# The backward at D = 128, f16, B·H = 32: `attnkit bench --backward` (host-timed: includes the
+# uploads and downloads) next to torch's FA2/cuDNN backward ((fwd+bwd) − fwd, CUDA events).
+for causal in "" "--causal"; do
+    # shellcheck disable=SC2086
+    step "bench flash-cuda backward" 60 "$BA" "$ATTNKIT" bench --backward --backends flash-cuda --seq 2048,4096 \
+        --dim 128 --heads 16 --batch 2 --dtype f16 $causal --reps 5 --json || bench_fail=1
+    # shellcheck disable=SC2086
+    step "bench torch backward" 60 "$BT" "$PY" "$HERE/torch_bwd_gpu.py" --seq 2048,4096 --dim 128 --heads 16 \
+        --batch 2 --dtype f16 $causal --reps 5 || bench_fail=1
 done
 if ((bench_fail == 0)); then
     verdict "speed" "measured (table below)"

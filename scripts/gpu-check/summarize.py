@@ -48,5 +48,30 @@ def main(attn_path, torch_path):
         print(f"| {k[0]} | {k[1]} | {'yes' if k[2] else 'no'} | {k[3]} | {fmt(ours)} | {fmt(fa2)} | {fmt(cudnn)} | {ratio} |")
 
 
+def backward(attn_path, torch_path):
+    """The backward rows: `attnkit bench --backward` (bwd_gflops, host-timed) and
+    torch_bwd_gpu.py (bwd_tflops, CUDA events)."""
+    table = {}
+    for r in read(attn_path):
+        if r.get("backend") == "flash-cuda" and r.get("bwd_gflops") is not None:
+            table.setdefault(key(r), {})["flash-cuda"] = r["bwd_gflops"] / 1e3
+    for r in read(torch_path):
+        if r.get("bwd_tflops") is not None:
+            table.setdefault(key(r), {})[r["backend"]] = r["bwd_tflops"]
+    if not table:
+        return
+    print()
+    print("Backward (flash-cuda host-timed, uploads and downloads included; torch (fwd+bwd) − fwd on CUDA events):")
+    print()
+    print("| dtype | D | causal | N | flash-cuda bwd TFLOP/s | FA2 bwd TFLOP/s | cuDNN bwd TFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    fmt = lambda x: "-" if x is None else f"{x:.1f}"
+    for k in sorted(table):
+        t = table[k]
+        print(f"| {k[0]} | {k[1]} | {'yes' if k[2] else 'no'} | {k[3]} | {fmt(t.get('flash-cuda'))} | "
+              f"{fmt(t.get('torch-fa2'))} | {fmt(t.get('torch-cudnn'))} |")
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    backward(sys.argv[1], sys.argv[2])

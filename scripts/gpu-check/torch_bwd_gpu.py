@@ -1,4 +1,4 @@
-"""GPU peer timing for the flash-cuda backward (not written yet): PyTorch's SDPA forward+backward
+"""GPU peer timing for the flash-cuda backward (kernels/flash_bwd.cu; run.sh benches both): PyTorch's SDPA forward+backward
 with the FLASH (FlashAttention-2) and cuDNN backends on the same shapes as run.sh's forward bench.
 Backward alone = (fwd+bwd) − fwd, each the median of --reps CUDA-event timings; FLOPs by
 FlashAttention's convention: forward 4·D per allowed pair × B·H, backward 2.5× that.

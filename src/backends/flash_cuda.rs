@@ -9,6 +9,8 @@
 //! next compiled variant: 32, 48, 64, 80, 96, 128, 160, 192, 256). See `kernels/README.md`.
 //! Softcap, ALiBi, sinks, packed varlen and seqused_k run on the `_mods` entry points (their
 //! buffers uploaded with Q/K/V); additive bias and boolean mask are refused with the reason.
+//! Backward: `kernels/flash_bwd.cu` (deterministic, FP32 on CUDA cores), launched by
+//! `flash_cuda_bwd.rs` with every modifier the forward runs; checked under emulation only.
 //!
 //! Host side: the source is embedded with `include_str!`, compiled by NVRTC on first use for the
 //! device's arch (CUBIN, so an older driver need not JIT newer PTX), one module per (dtype, head
@@ -33,6 +35,7 @@ use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::budget::check_budget;
 use crate::cuda::{self, FlashLaunch, Variant};
 use crate::error::{AttnError, Result};
+use crate::grad::{GradsMut, Saved};
 use crate::problem::{DType, Problem};
 use crate::tensor::TensorRef;
 use cudarc::driver::{
@@ -45,6 +48,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
+
+#[path = "flash_cuda_bwd.rs"]
+mod bwd;
 
 const NAME: &str = "flash-cuda";
 
@@ -61,6 +67,8 @@ struct Gpu {
     sms: usize,
     /// Per variant: its forward kernel and the module's `flash_combine`.
     functions: Mutex<HashMap<Variant, (CudaFunction, CudaFunction)>>,
+    /// Per backward variant: its main, preprocess, convert and dsink kernels.
+    bwd_functions: Mutex<HashMap<cuda::BwdVariant, bwd::BwdFunctions>>,
 }
 
 /// The `flash-cuda` backend. Cheap to construct; the GPU is initialized on first use.
@@ -114,6 +122,7 @@ fn init_gpu() -> std::result::Result<Gpu, String> {
             max_smem_optin,
             sms,
             functions: Mutex::new(HashMap::new()),
+            bwd_functions: Mutex::new(HashMap::new()),
         })
     })
     .map_err(|e| e.to_string())
@@ -126,34 +135,42 @@ impl Gpu {
         if let Some(f) = map.get(&v) {
             return Ok(f.clone());
         }
-        if v.smem_bytes() > self.max_smem_optin.max(DEFAULT_SMEM_LIMIT) {
+        let (module, f) = self.load_main(cuda::FLASH_FWD_SRC, &v.kernel_name(), v.smem_bytes(), &v.only_defines())?;
+        let combine = module.load_function(cuda::COMBINE_KERNEL)?;
+        map.insert(v, (f.clone(), combine.clone()));
+        Ok((f, combine))
+    }
+
+    /// Compiles `src` with `defines` for this device, loads the module and its entry point `name`
+    /// (which takes `smem` bytes of dynamic shared memory, enabled when above 48 KB); refuses
+    /// with the reason when the device cannot give a block that much.
+    fn load_main(
+        &self,
+        src: &str,
+        name: &str,
+        smem: usize,
+        defines: &[String],
+    ) -> Result<(Arc<cudarc::driver::CudaModule>, CudaFunction)> {
+        if smem > self.max_smem_optin.max(DEFAULT_SMEM_LIMIT) {
             return Err(AttnError::Unsupported {
                 backend: NAME.into(),
                 reasons: vec![format!(
-                    "{} needs {} bytes of shared memory per block; this {} device allows {}",
-                    v.kernel_name(),
-                    v.smem_bytes(),
-                    self.arch,
-                    self.max_smem_optin
+                    "{name} needs {smem} bytes of shared memory per block; this {} device allows {}",
+                    self.arch, self.max_smem_optin
                 )],
             });
         }
-        let compiled = cuda::compile(cuda::FLASH_FWD_SRC, &self.arch, &v.only_defines())?;
+        let compiled = cuda::compile(src, &self.arch, defines)?;
         let image = match compiled.cubin {
             Some(c) => cudarc::nvrtc::Ptx::from_binary(c),
             None => cudarc::nvrtc::Ptx::from_src(compiled.ptx),
         };
         let module = self.ctx.load_module(image)?;
-        let f = module.load_function(&v.kernel_name())?;
-        let combine = module.load_function(cuda::COMBINE_KERNEL)?;
-        if v.smem_bytes() > DEFAULT_SMEM_LIMIT {
-            f.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                v.smem_bytes() as i32,
-            )?;
+        let f = module.load_function(name)?;
+        if smem > DEFAULT_SMEM_LIMIT {
+            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         }
-        map.insert(v, (f.clone(), combine.clone()));
-        Ok((f, combine))
+        Ok((module, f))
     }
 
     /// Refuses allocations over the memory budget or the device's free memory.
@@ -442,6 +459,23 @@ impl Attention for FlashCuda {
         let mut bufs = self.upload(args)?;
         self.run_device(&mut bufs)?;
         self.download(&bufs, out, lse)
+    }
+
+    /// `kernels/flash_bwd.cu` (src/backends/flash_cuda_bwd.rs): every modifier the forward runs;
+    /// bias and mask are refused by the forward's reasons already.
+    fn backward_not_supported_reasons(&self, _problem: &Problem) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Device memory of the backward (planned for [`cuda::DEFAULT_SMS`]: no GPU touched here).
+    fn backward_working_bytes(&self, problem: &Problem) -> Option<u64> {
+        cuda::FlashBwdLaunch::plan_for(problem, DType::F16, cuda::DEFAULT_SMS)
+            .ok()
+            .map_or(Some(0), |l| bwd::backward_device_bytes(problem, &l))
+    }
+
+    fn compute_backward(&self, args: &AttnArgs<'_>, saved: &Saved<'_>, grads: &mut GradsMut<'_>) -> Result<()> {
+        self.backward_on_device(args, saved, grads)
     }
 }
 

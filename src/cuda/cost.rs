@@ -6,6 +6,9 @@
 //! bytes per warp (Q re-read unless it stays in registers, K and V once); cp.async writes the K
 //! and V tiles once per block, a quarter per warp. These are not measurements.
 
+use super::bwd::{
+    BWD_CONVERT_KERNEL, BWD_DSINK_KERNEL, BWD_PREPROCESS_KERNEL, BWD_ROWS_PER_BLOCK, BWD_THREADS, bwd_variants,
+};
 use super::variants::{THREADS, Variant};
 use super::{KernelCompileReport, theoretical_occupancy};
 
@@ -94,6 +97,48 @@ pub fn cost_table_markdown(variants: &[Variant], toolchains: &[ToolchainReport],
          ahead, Q·K_{{j+1}}ᵀ issued before tile j's softmax. smem/block in bytes; blocks/SM \
          is theoretical (registers allocated per warp in units of 256, 1 KB reserved per block).\n"
     ));
+    s.push_str(&bwd_cost_table(toolchains, archs));
+    s
+}
+
+/// The backward rows: one per f16 main variant and arch, then the helper kernels (from the first
+/// toolchain's figures for blocks/SM, as the forward rows take the most registers).
+fn bwd_cost_table(toolchains: &[ToolchainReport], archs: &[String]) -> String {
+    let names: Vec<&str> = toolchains.iter().map(|(n, _)| n.as_str()).collect();
+    let mut s = format!(
+        "\n| backward kernel | BC×BR | arch | regs ({n}) | spills ({n}) | smem/block | blocks/SM |\n|---|---|---|---|---|---|---|\n",
+        n = names.join(" / ")
+    );
+    let opt = |x: Option<u32>| x.map_or("–".to_string(), |v| v.to_string());
+    let mut kernels: Vec<(String, String, u32, u32)> = bwd_variants()
+        .iter()
+        .filter(|v| !v.bf16)
+        .map(|v| (v.kernel_name(), format!("{}×{}", v.bc, v.br), v.smem_bytes() as u32, BWD_THREADS))
+        .collect();
+    kernels.push((BWD_PREPROCESS_KERNEL.into(), "–".into(), 0, 32 * BWD_ROWS_PER_BLOCK as u32));
+    kernels.push((BWD_CONVERT_KERNEL.into(), "–".into(), 0, BWD_THREADS));
+    kernels.push((BWD_DSINK_KERNEL.into(), "–".into(), 4 * BWD_THREADS, BWD_THREADS));
+    for (name, tile, smem, threads) in &kernels {
+        for arch in archs {
+            let rows: Vec<Option<&KernelCompileReport>> =
+                toolchains.iter().map(|(_, r)| r.iter().find(|r| &r.kernel == name && &r.arch == arch)).collect();
+            let regs: Vec<String> = rows.iter().map(|r| opt(r.and_then(|r| r.registers))).collect();
+            let spills: Vec<String> = rows.iter().map(|r| opt(r.and_then(|r| r.spill_bytes))).collect();
+            let max_regs = rows.iter().filter_map(|r| r.and_then(|r| r.registers)).max();
+            let blocks = max_regs.map(|r| theoretical_occupancy(arch, r, *smem, *threads).0);
+            s.push_str(&format!(
+                "| {name} | {tile} | {arch} | {} | {} | {smem} | {} |\n",
+                regs.join(" / "),
+                spills.join(" / "),
+                opt(blocks)
+            ));
+        }
+    }
+    s.push_str(
+        "\nBackward: BC keys per dK/dV tile (kept in registers), BR query rows per tile; f32 tiles in shared \
+         memory, FP32 FMAs (no tensor cores yet). bf16 variants compile to the same resources (the NVRTC test \
+         checks both).\n",
+    );
     s
 }
 
@@ -130,5 +175,9 @@ mod tests {
         assert!(t.contains("| d128 | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
         assert!(t.contains("| d128 mods | 128×64 | smem | 1+1 | sm_90 | – | – |"), "{t}");
         assert!(t.contains("| d192 | 64×32 | smem | 2 stages, S overlap | sm_80 | – | – |"), "{t}");
+        // Backward: a row per f16 main variant and arch, and the three helpers.
+        let bwd = t.lines().filter(|l| l.starts_with("| flash_bwd_")).count();
+        assert_eq!(bwd, 2 * (bwd_variants().len() / 2 + 3));
+        assert!(t.contains("| flash_bwd_f16_d128 | 32×32 | sm_90 | – | – | 74240 | – |"), "{t}");
     }
 }

@@ -7,6 +7,7 @@
 //! argument and the ptxas parser build without the `cuda` feature (the emulator tests use them);
 //! the driver probe, NVRTC and [`compile_report`] need it.
 
+mod bwd;
 mod cost;
 #[cfg(feature = "cuda")]
 mod driver;
@@ -16,6 +17,10 @@ mod params;
 mod ptxas;
 mod variants;
 
+pub use bwd::{
+    BWD_CONVERT_KERNEL, BWD_DSINK_KERNEL, BWD_PREPROCESS_KERNEL, BWD_ROWS_PER_BLOCK, BWD_THREADS, BwdVariant,
+    FLASH_BWD_SRC, FlashBwdLaunch, FlashBwdParams, MAX_BWD_SPLITS, bwd_variant_for, bwd_variants,
+};
 pub use cost::{TileCost, ToolchainReport, cost_table_markdown};
 #[cfg(feature = "cuda")]
 pub use driver::{DriverInfo, driver_info};
@@ -36,6 +41,7 @@ use serde::Serialize;
 /// struct and the primitives).
 pub const FLASH_FWD_SRC: &str = concat!(
     include_str!("../../kernels/flash_ptx.cuh"),
+    include_str!("../../kernels/flash_common.cuh"),
     include_str!("../../kernels/flash_fwd.cu"),
     include_str!("../../kernels/flash_combine.cu")
 );
@@ -118,7 +124,8 @@ pub fn theoretical_occupancy(arch: &str, registers: u32, shared_bytes: u32, thre
     (blocks, (blocks * warps_per_block) as f64 / lim.max_warps as f64)
 }
 
-/// Compiles every kernel variant (and `flash_combine`, the last row per arch) for every arch in
+/// Compiles every kernel variant (forward variants and `flash_combine`, then backward variants and
+/// their preprocess/convert/dsink kernels, per arch) for every arch in
 /// `archs` through NVRTC and, when `ptxas` is on PATH, assembles the PTX and reports registers,
 /// spills, shared memory and occupancy.
 ///
@@ -146,24 +153,64 @@ pub fn compile_report_with(
     }
     let mut reports = Vec::new();
     for arch in archs {
-        // One module with every variant; per-variant compiles only to attribute a failure.
-        let whole = nvrtc.compile(FLASH_FWD_SRC, arch, &[]);
-        let mut per_entry = Vec::new();
-        let mut ptxas_err = None;
-        if let (Ok(c), Some(px)) = (&whole, ptxas) {
-            match run_ptxas(px, &c.ptx, arch) {
-                Ok(v) => per_entry = v,
-                Err(e) => ptxas_err = Some(e.to_string()),
-            }
+        // The forward module: every variant, then flash_combine (in every module).
+        let mut fwd: Vec<Entry> = variants()
+            .iter()
+            .map(|v| (v.kernel_name(), v.smem_bytes() as u32, THREADS, Some(v.only_defines())))
+            .collect();
+        fwd.push((COMBINE_KERNEL.to_string(), 0, 32 * COMBINE_ROWS_PER_BLOCK as u32, None));
+        reports.extend(module_rows(nvrtc, ptxas, arch, FLASH_FWD_SRC, &fwd));
+        // The backward module: every main variant, then its three helpers (in every module).
+        let mut bwd: Vec<Entry> = bwd_variants()
+            .iter()
+            .map(|v| (v.kernel_name(), v.smem_bytes() as u32, BWD_THREADS, Some(v.only_defines())))
+            .collect();
+        bwd.push((BWD_PREPROCESS_KERNEL.to_string(), 0, 32 * BWD_ROWS_PER_BLOCK as u32, None));
+        bwd.push((BWD_CONVERT_KERNEL.to_string(), 0, BWD_THREADS, None));
+        bwd.push((BWD_DSINK_KERNEL.to_string(), 4 * BWD_THREADS, BWD_THREADS, None));
+        reports.extend(module_rows(nvrtc, ptxas, arch, FLASH_BWD_SRC, &bwd));
+    }
+    Ok(reports)
+}
+
+/// One entry point of a module: (name, dynamic smem bytes, threads per block, the defines that
+/// compile it alone, or `None` for an entry present in every module of the source).
+#[cfg(feature = "cuda")]
+type Entry = (String, u32, u32, Option<Vec<String>>);
+
+/// Compiles `src` whole for `arch` (per entry only to attribute a failure) and reports each entry.
+#[cfg(feature = "cuda")]
+fn module_rows(
+    nvrtc: &Nvrtc,
+    ptxas: Option<&std::path::Path>,
+    arch: &str,
+    src: &str,
+    entries: &[Entry],
+) -> Vec<KernelCompileReport> {
+    let whole = nvrtc.compile(src, arch, &[]);
+    let mut per_entry = Vec::new();
+    let mut ptxas_err = None;
+    if let (Ok(c), Some(px)) = (&whole, ptxas) {
+        match run_ptxas(px, &c.ptx, arch) {
+            Ok(v) => per_entry = v,
+            Err(e) => ptxas_err = Some(e.to_string()),
         }
-        // One row: entry `kernel` launched with `threads` threads and `dyn_smem` dynamic smem.
-        let row = |kernel: String, dyn_smem: u32, threads: u32, compiled: bool, error: Option<String>| {
-            let info = per_entry.iter().find(|(n, _)| *n == kernel).map(|(_, i)| i.clone());
+    }
+    entries
+        .iter()
+        .map(|(kernel, dyn_smem, threads, defines)| {
+            let error = match (&whole, defines) {
+                (Ok(_), _) => ptxas_err.clone(),
+                (Err(e), None) => Some(e.to_string()),
+                (Err(_), Some(d)) => nvrtc.compile(src, arch, d).err().map(|e| e.to_string()),
+            };
+            let compiled = whole.is_ok() || (defines.is_some() && error.is_none());
+            let info = per_entry.iter().find(|(n, _)| n == kernel).map(|(_, i)| i.clone());
             let shared = dyn_smem + info.as_ref().map_or(0, |i| i.static_smem);
-            let occ = info.as_ref().map(|i| theoretical_occupancy(arch, i.registers, shared, threads));
+            let occ = info.as_ref().map(|i| theoretical_occupancy(arch, i.registers, shared, *threads));
             KernelCompileReport {
-                kernel,
-                arch: arch.clone(),
+                kernel: kernel.clone(),
+                arch: arch.to_string(),
                 nvrtc: format!("{}.{}", nvrtc.version().0, nvrtc.version().1),
                 compiled,
                 error,
@@ -171,25 +218,12 @@ pub fn compile_report_with(
                 spill_bytes: info.as_ref().map(|i| i.spill_stores + i.spill_loads),
                 shared_bytes: Some(shared),
                 ptxas: info.is_some(),
-                block_threads: threads,
+                block_threads: *threads,
                 blocks_per_sm: occ.map(|o| o.0),
                 occupancy: occ.map(|o| o.1),
             }
-        };
-        for v in variants() {
-            let error = match &whole {
-                Ok(_) => ptxas_err.clone(),
-                Err(_) => nvrtc.compile(FLASH_FWD_SRC, arch, &v.only_defines()).err().map(|e| e.to_string()),
-            };
-            let compiled = whole.is_ok() || error.is_none();
-            reports.push(row(v.kernel_name(), v.smem_bytes() as u32, THREADS, compiled, error));
-        }
-        // flash_combine is in every module (and in none alone): reported when the module compiled.
-        let combine_threads = 32 * COMBINE_ROWS_PER_BLOCK as u32;
-        let combine_err = whole.as_ref().err().map(|e| e.to_string()).or(ptxas_err.clone());
-        reports.push(row(COMBINE_KERNEL.to_string(), 0, combine_threads, whole.is_ok(), combine_err));
-    }
-    Ok(reports)
+        })
+        .collect()
 }
 
 #[cfg(test)]

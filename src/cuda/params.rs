@@ -90,8 +90,7 @@ impl FlashFwdParams {
 
     /// The layout as `name=offset,…,size=S,align=A`, the format the emulator driver prints.
     pub fn layout_string() -> String {
-        let fields: Vec<String> = Self::LAYOUT.iter().map(|(n, o)| format!("{n}={o}")).collect();
-        format!("{},size={},align={}", fields.join(","), size_of::<Self>(), align_of::<Self>())
+        layout_string_of::<Self>(&Self::LAYOUT)
     }
 
     /// These scalars with the five buffer addresses filled in.
@@ -109,6 +108,13 @@ impl FlashFwdParams {
     pub fn with_mods(self, [alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k]: [u64; 5]) -> Self {
         Self { alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, ..self }
     }
+}
+
+/// `name=offset,…,size=S,align=A` of a `#[repr(C)]` kernel argument `T` with these fields (the
+/// format the emulator drivers print from the C side).
+pub(crate) fn layout_string_of<T>(fields: &[(&str, usize)]) -> String {
+    let fields: Vec<String> = fields.iter().map(|(n, o)| format!("{n}={o}")).collect();
+    format!("{},size={},align={}", fields.join(","), size_of::<T>(), align_of::<T>())
 }
 
 #[cfg(test)]

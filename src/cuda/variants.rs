@@ -119,16 +119,20 @@ pub fn variants() -> Vec<Variant> {
         .collect()
 }
 
-/// The variant that runs `head_dim` for a 16-bit kernel dtype.
-pub fn variant_for(kernel_dtype: DType, head_dim: usize) -> Option<Variant> {
+/// Whether a 16-bit kernel dtype is bf16, for a head_dim the kernels can pad (a multiple of 8);
+/// `None` for f32 or another head_dim. Shared by the forward and backward variant choice.
+pub(crate) fn kernel_bf16(kernel_dtype: DType, head_dim: usize) -> Option<bool> {
     let bf16 = match kernel_dtype {
         DType::F16 => false,
         DType::BF16 => true,
         DType::F32 => return None,
     };
-    if head_dim == 0 || !head_dim.is_multiple_of(8) {
-        return None;
-    }
+    (head_dim > 0 && head_dim.is_multiple_of(8)).then_some(bf16)
+}
+
+/// The variant that runs `head_dim` for a 16-bit kernel dtype.
+pub fn variant_for(kernel_dtype: DType, head_dim: usize) -> Option<Variant> {
+    let bf16 = kernel_bf16(kernel_dtype, head_dim)?;
     variants().into_iter().find(|v| v.bf16 == bf16 && !v.mods && v.dp >= head_dim)
 }
 
@@ -156,6 +160,22 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
         );
     }
     r
+}
+
+/// The kernels' window bounds (forward and backward): causal folded in, −1 = unbounded. Clamping
+/// keeps the band identical: left ≥ N_k already admits key 0 for every row, and right ≥ N_q
+/// already admits key N_k − 1; afterwards all index sums fit in i32.
+pub(crate) fn kernel_window(p: &Problem) -> (i32, i32) {
+    let (left, right) = p.effective_window();
+    (left.map_or(-1, |l| l.min(p.seq_k) as i32), right.map_or(-1, |r| r.min(p.seq_q) as i32))
+}
+
+/// Index stride of a sequence in the ALiBi slopes: 0 for (H,) slopes, H for (S, H).
+pub(crate) fn alibi_seq_stride(p: &Problem) -> i32 {
+    match &p.mods.alibi_slopes {
+        Some(s) if s.len() != p.heads => p.heads as i32,
+        _ => 0,
+    }
 }
 
 /// Host copies of the modifier buffers the `_mods` kernel reads, in [`FlashFwdParams::with_mods`]
@@ -235,11 +255,7 @@ impl FlashLaunch {
             }
             None => (p.seq_q, p.seq_k),
         };
-        // Clamping keeps the band identical: left ≥ N_k already admits key 0 for every row, and
-        // right ≥ N_q already admits key N_k − 1; afterwards all index sums fit in i32.
-        let (left, right) = p.effective_window();
-        let win_left = left.map_or(-1, |l| l.min(p.seq_k) as i32);
-        let win_right = right.map_or(-1, |r| r.min(p.seq_q) as i32);
+        let (win_left, win_right) = kernel_window(p);
         // Modifiers are per head (slopes, sinks): no GQA packing with them.
         let pack = if p.seq_q == 1 && p.heads > p.kv_heads && !variant.mods { p.heads / p.kv_heads } else { 1 };
         let q_tiles = (max_q * pack).div_ceil(variant.br()).max(1);
@@ -273,10 +289,7 @@ impl FlashLaunch {
                 keys_per_split: (tiles_per_split * variant.bc) as i32,
                 pack: pack as i32,
                 softcap: m.softcap.unwrap_or(0.0),
-                alibi_seq_stride: match &m.alibi_slopes {
-                    Some(s) if s.len() != p.heads => p.heads as i32,
-                    _ => 0,
-                },
+                alibi_seq_stride: alibi_seq_stride(p),
                 ..FlashFwdParams::default()
             },
         })

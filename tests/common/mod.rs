@@ -1,6 +1,8 @@
 //! Shared shape tables and input generation for the integration tests.
 #![allow(dead_code)]
 
+pub mod emu;
+
 use attnkit::{DType, Problem, Tensor, Window};
 
 /// One row of the cross-validation table.
