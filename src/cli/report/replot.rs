@@ -108,6 +108,7 @@ fn section_row(v: &Value) -> Result<SectionRow, AttnError> {
         "prefill-bf16" => "prefill-bf16",
         "masks" => "masks",
         s if s == super::decode_target::SECTION => super::decode_target::SECTION,
+        s if s == super::decode_kvcache::SECTION => super::decode_kvcache::SECTION,
         s => return Err(bad(&format!("unknown section `{s}`"))),
     };
     let mut r = SectionRow::new(section, text(v, "label")?, record(v)?);
