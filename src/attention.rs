@@ -47,6 +47,7 @@
 use crate::error::{AttnError, Result};
 use crate::grad::{Grads, GradsMut, Saved};
 use crate::problem::{DType, Problem};
+use crate::row_layout::{HeadRows, Layouts, Operand, contiguous_then};
 use crate::tensor::TensorRef;
 use serde::Serialize;
 use std::fmt;
@@ -109,8 +110,10 @@ impl PairOwned {
 }
 
 /// Validated inputs for one call: the problem plus Q, K, V whose dtypes and lengths match it,
-/// and the bias/mask data the problem declares. The only way to build one is [`AttnArgs::new`]
-/// or [`AttnArgs::new_with`], so a backend can index without re-checking.
+/// and the bias/mask data the problem declares, and the row layouts of Q, K, V
+/// ([`crate::row_layout`]; contiguous (B, H, N, D) unless built by [`AttnArgs::new_strided`]).
+/// The only way to build one is [`AttnArgs::new`], [`AttnArgs::new_with`] or
+/// [`AttnArgs::new_strided`], so a backend can index without re-checking.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnArgs<'a> {
     problem: &'a Problem,
@@ -118,6 +121,7 @@ pub struct AttnArgs<'a> {
     k: TensorRef<'a>,
     v: TensorRef<'a>,
     pair: PairData<'a>,
+    layouts: Layouts,
 }
 
 impl<'a> AttnArgs<'a> {
@@ -141,45 +145,11 @@ impl<'a> AttnArgs<'a> {
         v: impl Into<TensorRef<'a>>,
         pair: PairData<'a>,
     ) -> Result<Self> {
-        problem.validate()?;
-        let lens = [
-            ("bias", problem.mods.bias, pair.bias.map(|b| b.len())),
-            ("mask", problem.mods.mask, pair.mask.map(|m| m.len())),
-        ];
-        for (name, shape, got) in lens {
-            match (shape, got) {
-                (None, None) => {}
-                (Some(s), None) => {
-                    return Err(AttnError::invalid(format!(
-                        "the problem declares a {name} of shape ({}, {}, N_q, N_k) but none was passed",
-                        s.batch, s.heads
-                    )));
-                }
-                (None, Some(_)) => {
-                    return Err(AttnError::invalid(format!(
-                        "a {name} was passed but the problem declares none (set it with Problem::with_{name})"
-                    )));
-                }
-                (Some(s), Some(n)) => {
-                    let want = s.len(problem).unwrap_or(usize::MAX);
-                    if n != want {
-                        return Err(AttnError::shape(format!(
-                            "{name} has {n} elements, expected {want} for shape ({}, {}, {}, {})",
-                            s.batch, s.heads, problem.seq_q, problem.seq_k
-                        )));
-                    }
-                }
-            }
-        }
         let (q, k, v) = (q.into(), k.into(), v.into());
+        problem.validate()?;
+        check_pair(problem, pair)?;
+        check_dtypes(problem, [q, k, v])?;
         for (name, t, want) in [("q", &q, problem.q_len()), ("k", &k, problem.kv_len()), ("v", &v, problem.kv_len())] {
-            if t.dtype() != problem.dtype {
-                return Err(AttnError::invalid(format!(
-                    "{name} has dtype {} but the problem says {}",
-                    t.dtype(),
-                    problem.dtype
-                )));
-            }
             if t.len() != want {
                 return Err(AttnError::shape(format!(
                     "{name} has {} elements, expected {want} for {problem}",
@@ -187,12 +157,76 @@ impl<'a> AttnArgs<'a> {
                 )));
             }
         }
-        Ok(AttnArgs { problem, q, k, v, pair })
+        Ok(AttnArgs { problem, q, k, v, pair, layouts: Layouts::default() })
+    }
+
+    /// [`AttnArgs::new_with`] for inputs in the row layouts `layouts` (e.g. FlashAttention's
+    /// (B, N, H, D), [`Layouts::bnhd`]) instead of contiguous (B, H, N, D). The layouts are
+    /// checked against the buffers before anything else runs (`AttnError::Strides` naming the
+    /// tensor); a layout that is in fact contiguous takes the contiguous path.
+    pub fn new_strided(
+        problem: &'a Problem,
+        q: impl Into<TensorRef<'a>>,
+        k: impl Into<TensorRef<'a>>,
+        v: impl Into<TensorRef<'a>>,
+        pair: PairData<'a>,
+        layouts: Layouts,
+    ) -> Result<Self> {
+        let (q, k, v) = (q.into(), k.into(), v.into());
+        problem.validate()?;
+        check_pair(problem, pair)?;
+        check_dtypes(problem, [q, k, v])?;
+        let layouts = layouts.check(problem, [q.len(), k.len(), v.len()])?;
+        // A layout that turned out contiguous reads the buffer's first B·H·N·D elements, as
+        // the contiguous kernels expect (the check above proved they exist).
+        let fit = |t: TensorRef<'a>, op: Operand| match layouts.get(op) {
+            None => t.prefix(op.shape(problem).iter().product()),
+            Some(_) => t,
+        };
+        let (q, k, v) = (fit(q, Operand::Q), fit(k, Operand::K), fit(v, Operand::V));
+        Ok(AttnArgs { problem, q, k, v, pair, layouts })
+    }
+
+    /// The same call on other inputs, all contiguous (B, H, N, D) (what
+    /// [`crate::row_layout::contiguous_then`] builds after gathering).
+    pub(crate) fn with_inputs<'b>(&self, q: TensorRef<'b>, k: TensorRef<'b>, v: TensorRef<'b>) -> AttnArgs<'b>
+    where
+        'a: 'b,
+    {
+        AttnArgs { problem: self.problem, q, k, v, pair: self.pair, layouts: Layouts::default() }
+    }
+
+    /// The row layouts of Q, K, V (all `None`, contiguous, unless built by
+    /// [`AttnArgs::new_strided`]). Only backends whose [`Attention::takes_strides`] is true
+    /// ever see strided ones.
+    pub fn layouts(&self) -> Layouts {
+        self.layouts
+    }
+
+    /// Head `h` of batch `b` of `op` (a KV head for K and V) as rows in its buffer.
+    #[inline]
+    pub fn head_rows(&self, op: Operand, b: usize, h: usize) -> HeadRows<'a> {
+        let p = self.problem;
+        let (src, [_, heads, n, d]) = (self.operand(op), op.shape(p));
+        match self.layouts.get(op) {
+            None => HeadRows { src, base: (b * heads + h) * n * d, stride: d },
+            Some(l) => HeadRows { src, base: l.at(b, h, 0), stride: l.row },
+        }
+    }
+
+    fn operand(&self, op: Operand) -> TensorRef<'a> {
+        match op {
+            Operand::Q => self.q,
+            Operand::K => self.k,
+            Operand::V => self.v,
+        }
     }
 
     pub fn problem(&self) -> &'a Problem {
         self.problem
     }
+    /// Q's buffer, laid out as [`AttnArgs::layouts`] says (contiguous unless the backend
+    /// [`Attention::takes_strides`]); likewise `k()` and `v()`.
     pub fn q(&self) -> TensorRef<'a> {
         self.q
     }
@@ -214,6 +248,53 @@ impl<'a> AttnArgs<'a> {
     pub fn pair_data(&self) -> PairData<'a> {
         self.pair
     }
+}
+
+/// The bias/mask data against the shapes the problem declares.
+fn check_pair(problem: &Problem, pair: PairData<'_>) -> Result<()> {
+    let lens = [
+        ("bias", problem.mods.bias, pair.bias.map(|b| b.len())),
+        ("mask", problem.mods.mask, pair.mask.map(|m| m.len())),
+    ];
+    for (name, shape, got) in lens {
+        match (shape, got) {
+            (None, None) => {}
+            (Some(s), None) => {
+                return Err(AttnError::invalid(format!(
+                    "the problem declares a {name} of shape ({}, {}, N_q, N_k) but none was passed",
+                    s.batch, s.heads
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(AttnError::invalid(format!(
+                    "a {name} was passed but the problem declares none (set it with Problem::with_{name})"
+                )));
+            }
+            (Some(s), Some(n)) => {
+                let want = s.len(problem).unwrap_or(usize::MAX);
+                if n != want {
+                    return Err(AttnError::shape(format!(
+                        "{name} has {n} elements, expected {want} for shape ({}, {}, {}, {})",
+                        s.batch, s.heads, problem.seq_q, problem.seq_k
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_dtypes(problem: &Problem, qkv: [TensorRef<'_>; 3]) -> Result<()> {
+    for (name, t) in ["q", "k", "v"].into_iter().zip(qkv) {
+        if t.dtype() != problem.dtype {
+            return Err(AttnError::invalid(format!(
+                "{name} has dtype {} but the problem says {}",
+                t.dtype(),
+                problem.dtype
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Output of [`Attention::forward`]: O in (B,H,N_q,D) and, if requested, LSE in (B,H,N_q).
@@ -266,9 +347,17 @@ pub trait Attention: Send + Sync {
     }
 
     /// Does the math. Called by [`Attention::forward_into`] after validation, so implementations
-    /// may rely on: `args` validated, `args.problem()` supported, `out.len() == out_len()`,
+    /// may rely on: `args` validated, `args.problem()` supported, inputs contiguous unless
+    /// [`Attention::takes_strides`], `out.len() == out_len()`,
     /// `lse.len() == lse_len()` when present. Callers should use `forward_into`/`forward`.
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()>;
+
+    /// Whether `compute` reads Q, K, V through [`AttnArgs::head_rows`] (any row layout,
+    /// [`crate::row_layout`]). When false (the default), [`Attention::forward_into`] gathers
+    /// strided inputs into contiguous buffers once before calling `compute`.
+    fn takes_strides(&self) -> bool {
+        false
+    }
 
     /// Device-resident timing for accelerator backends: `Some(seconds per pass)` over `reps`
     /// passes on inputs already on the device (no host transfers), timed with device events.
@@ -304,7 +393,11 @@ pub trait Attention: Send + Sync {
         if !reasons.is_empty() {
             return Err(AttnError::Unsupported { backend: self.name().to_string(), reasons });
         }
-        self.compute(args, out, lse)
+        if self.takes_strides() {
+            self.compute(args, out, lse)
+        } else {
+            contiguous_then(args, |a| self.compute(a, out, lse))
+        }
     }
 
     /// Allocates and returns O (and LSE when `want_lse`).
@@ -357,7 +450,8 @@ pub trait Attention: Send + Sync {
             return Err(AttnError::Unsupported { backend: self.name().to_string(), reasons });
         }
         crate::budget::check_budget(self.name(), "the backward pass", self.backward_working_bytes(p))?;
-        self.compute_backward(args, saved, grads)
+        // No backward pass reads strided inputs: gather them once (nothing when contiguous).
+        contiguous_then(args, |a| self.compute_backward(a, saved, grads))
     }
 
     /// Allocates and returns the gradients; `want_dbias` adds the bias gradient (N_q×N_k sized)

@@ -15,6 +15,10 @@ pub enum AttnError {
     #[error("shape error: {0}")]
     Shape(String),
 
+    /// A tensor's row layout (strides) is refused: it reaches outside the buffer or overflows.
+    #[error("strides of {tensor}: {reason}")]
+    Strides { tensor: &'static str, reason: String },
+
     /// A scalar option is out of its domain: scale, window, k, m, thread count, ...
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -29,6 +29,7 @@ pub mod npy;
 pub mod options;
 pub mod problem;
 pub mod registry;
+pub mod row_layout;
 #[cfg(feature = "safetensors")]
 pub mod safetensors_io;
 pub mod seeded;
@@ -49,6 +50,7 @@ pub use modifiers::{Modifier, Modifiers, PairShape, Varlen, alibi_slopes};
 /// Score modifiers and masks (`problem::modifiers`), at the crate root for short paths.
 pub use problem::modifiers;
 pub use problem::{DType, Problem, Window};
+pub use row_layout::{Layouts, Operand, RowLayout};
 pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
 pub use tensor::{Tensor, TensorRef};
 

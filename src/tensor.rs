@@ -28,6 +28,15 @@ impl<'a> TensorRef<'a> {
         }
     }
 
+    /// The first `n` elements (`n` ≤ `len()`; callers check it).
+    pub fn prefix(&self, n: usize) -> TensorRef<'a> {
+        match *self {
+            TensorRef::F32(s) => TensorRef::F32(&s[..n]),
+            TensorRef::F16(s) => TensorRef::F16(&s[..n]),
+            TensorRef::BF16(s) => TensorRef::BF16(&s[..n]),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

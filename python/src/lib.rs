@@ -38,7 +38,8 @@ pub(crate) fn to_py(e: AttnError) -> PyErr {
         | AttnError::InvalidArgument(_)
         | AttnError::Unsupported { .. }
         | AttnError::UnknownBackend { .. }
-        | AttnError::KvCache(_) => PyValueError::new_err(e.to_string()),
+        | AttnError::KvCache(_)
+        | AttnError::Strides { .. } => PyValueError::new_err(e.to_string()),
         _ => PyRuntimeError::new_err(e.to_string()),
     }
 }

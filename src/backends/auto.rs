@@ -90,6 +90,11 @@ impl Attention for Auto {
         })?;
         chosen.backward_into(args, saved, grads)
     }
+    /// Hands strided inputs on to the chosen backend's `forward_into`, which gathers them only
+    /// when that backend does not take strides.
+    fn takes_strides(&self) -> bool {
+        true
+    }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let chosen = self.choose(args.problem()).ok_or_else(|| AttnError::Unsupported {
             backend: "auto".into(),

@@ -97,6 +97,10 @@ impl Attention for FlashCpu {
     fn auto_rank(&self, _problem: &Problem) -> Option<u32> {
         Some(20)
     }
+    /// The tiled runner packs Q and K/V rows through `AttnArgs::head_rows` (any row layout).
+    fn takes_strides(&self) -> bool {
+        true
+    }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let isa = self.isa.resolve_for(self.name())?;
         self.plan(isa, args.problem()).run(args, out, lse)

@@ -123,6 +123,10 @@ impl Attention for Local {
             _ => None,
         }
     }
+    /// The tiled runner packs Q and K/V rows through `AttnArgs::head_rows` (any row layout).
+    fn takes_strides(&self) -> bool {
+        true
+    }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let isa = self.isa.resolve_for(self.name())?;
         self.plan(isa, args.problem()).run(args, out, lse)

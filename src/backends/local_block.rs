@@ -105,6 +105,10 @@ impl Attention for LocalBlock {
         self.plan(self.isa.for_sizing(), p).working_bytes(p)
     }
 
+    /// The tiled runner packs Q and K/V rows through `AttnArgs::head_rows` (any row layout).
+    fn takes_strides(&self) -> bool {
+        true
+    }
     fn compute(&self, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
         let isa = self.isa.resolve_for(self.name())?;
         self.plan(isa, args.problem()).run(args, out, lse)

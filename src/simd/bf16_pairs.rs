@@ -24,14 +24,15 @@ use super::operands::Operands;
 use super::{Simd, padded_dim};
 use half::bf16;
 
-/// Packs keys `k0..k1` (head key 0 at element `base`) into pair panels of `kp` keys; returns the
-/// packed key count (a multiple of `kp`, pad keys zero).
-pub fn pack_k_pairs(src: &[bf16], base: usize, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<u32>) -> usize {
+/// Packs keys `k0..k1` (head key 0 at element `base`, key `j` at `base + j·stride`) into pair
+/// panels of `kp` keys; returns the packed key count (a multiple of `kp`, pad keys zero).
+pub fn pack_k_pairs(src: &[bf16], (base, stride): (usize, usize), k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<u32>) -> usize {
     let (nkeys, d2) = ((k1 - k0).div_ceil(kp) * kp, d.div_ceil(2));
     dst.clear();
     dst.resize(nkeys * d2, 0);
     for j in 0..k1 - k0 {
-        let row = &src[base + (k0 + j) * d..base + (k0 + j + 1) * d];
+        let at = base + (k0 + j) * stride;
+        let row = &src[at..at + d];
         let panel = &mut dst[(j / kp) * d2 * kp..(j / kp + 1) * d2 * kp];
         for (t, pair) in row.chunks(2).enumerate() {
             let hi = pair.get(1).map_or(0, |x| x.to_bits() as u32);
@@ -45,7 +46,7 @@ pub fn pack_k_pairs(src: &[bf16], base: usize, k0: usize, k1: usize, d: usize, k
 /// [`pack_k_pairs`]). Returns the packed keys whose V row is not finite ([`BlockJob::vbad`]).
 pub fn pack_v_pairs(
     src: &[bf16],
-    base: usize,
+    (base, stride): (usize, usize),
     k0: usize,
     k1: usize,
     d: usize,
@@ -57,7 +58,8 @@ pub fn pack_v_pairs(
     dst.resize(nkeys / 2 * dp, 0);
     let mut bad = Vec::new();
     for j in 0..k1 - k0 {
-        let row = &src[base + (k0 + j) * d..base + (k0 + j + 1) * d];
+        let at = base + (k0 + j) * stride;
+        let row = &src[at..at + d];
         let shift = 16 * (j % 2);
         for (x, v) in dst[j / 2 * dp..j / 2 * dp + d].iter_mut().zip(row) {
             *x |= (v.to_bits() as u32) << shift;
@@ -82,13 +84,15 @@ pub fn pair_keep_other(j: usize) -> u32 {
     if j.is_multiple_of(2) { 0xffff_0000 } else { 0x0000_ffff }
 }
 
-/// Loads `rows` query rows (row 0 at `base`) as pairs into `rows_pad × ⌈D/2⌉` (pad rows zero).
-pub fn pack_q_pairs(src: &[bf16], base: usize, rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<u32>) {
+/// Loads `rows` query rows (row `r` at `base + r·stride`) as pairs into `rows_pad × ⌈D/2⌉`
+/// (pad rows zero).
+pub fn pack_q_pairs(src: &[bf16], (base, stride): (usize, usize), rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<u32>) {
     let d2 = d.div_ceil(2);
     dst.clear();
     dst.resize(rows_pad * d2, 0);
     for r in 0..rows {
-        for (t, pair) in src[base + r * d..base + (r + 1) * d].chunks(2).enumerate() {
+        let at = base + r * stride;
+        for (t, pair) in src[at..at + d].chunks(2).enumerate() {
             dst[r * d2 + t] = pair[0].to_bits() as u32 | pair.get(1).map_or(0, |x| x.to_bits() as u32) << 16;
         }
     }

@@ -45,7 +45,7 @@ pub use super::operands::{F32Panels, Operands};
 pub use super::padded_dim;
 pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
 use super::score_mod::{RowMod, modify};
-use crate::tensor::TensorRef;
+use crate::row_layout::HeadRows;
 
 /// Register geometry of one ISA's kernel: rows per strip and keys per packed K panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,15 +456,15 @@ pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32],
     finish_rows_with_sink(acc, m, l, d, out, lse, None)
 }
 
-/// Packs keys `k0..k1` of the head whose key 0 starts at element `base` into `D × kp` panels
+/// Packs keys `k0..k1` of one head's rows (any row stride) into `D × kp` panels
 /// (Kᵀ), zero-padding the last panel. Returns the packed key count (a multiple of `kp`).
-pub fn pack_k(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> usize {
+pub fn pack_k(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> usize {
     let nkeys = (k1 - k0).div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * d, 0.0);
     let mut row = vec![0.0f32; d];
     for j in 0..k1 - k0 {
-        src.read_f32(base + (k0 + j) * d, &mut row);
+        src.read(k0 + j, &mut row);
         let panel = &mut dst[(j / kp) * d * kp..(j / kp + 1) * d * kp];
         let jj = j % kp;
         for (t, &x) in row.iter().enumerate() {
@@ -474,11 +474,10 @@ pub fn pack_k(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, k
     nkeys
 }
 
-/// Packs value rows `k0..k1` (head key 0 at element `base`) as `nkeys × DP`, zero-padded.
+/// Packs value rows `k0..k1` of one head's rows as `nkeys × DP`, zero-padded.
 /// Returns the packed keys whose V row is not finite ([`BlockJob::vbad`]).
 pub fn pack_v(
-    src: TensorRef<'_>,
-    base: usize,
+    src: HeadRows<'_>,
     k0: usize,
     k1: usize,
     d: usize,
@@ -492,7 +491,7 @@ pub fn pack_v(
     let mut bad = Vec::new();
     for j in 0..k1 - k0 {
         let row = &mut dst[j * dp..j * dp + d];
-        src.read_f32(base + (k0 + j) * d, row);
+        src.read(k0 + j, row);
         if !super::masked_pv::all_finite(row) {
             bad.push(j);
         }
@@ -500,10 +499,10 @@ pub fn pack_v(
     bad
 }
 
-/// Loads `rows` query rows (row 0 at element `base`) into `dst` (`rows_pad × D`, zero pad rows).
+/// Loads query rows `i0..i0 + rows` of one head into `dst` (`rows_pad × D`, zero pad rows).
 /// Q is not pre-scaled: the scale is applied in the softmax step, one rounding fewer per score.
-pub fn pack_q(src: TensorRef<'_>, base: usize, rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<f32>) {
+pub fn pack_q(src: HeadRows<'_>, i0: usize, rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<f32>) {
     dst.clear();
     dst.resize(rows_pad * d, 0.0);
-    src.read_f32(base, &mut dst[..rows * d]);
+    src.read_rows(i0, d, &mut dst[..rows * d]);
 }

@@ -7,6 +7,7 @@
 use super::block::{BlockSpec, Scratch, run_block_with};
 use super::modify::unused_spans;
 use crate::attention::AttnArgs;
+use crate::row_layout::Operand;
 use crate::problem::{DType, Problem};
 use crate::simd::Isa;
 use crate::simd::bf16::Avx512Bf16;
@@ -63,18 +64,18 @@ pub(super) struct Packed {
     pub vbad: Vec<usize>,
 }
 
-/// Packs the keys of the KV head whose key 0 is element `base` (batch entry `b`), panels of
-/// `kp` keys; as the f32 packing, keys past a batch entry's used length are not read, and
+/// Packs the keys of KV head `g` of batch entry `b` (any row layout), panels of `kp` keys; as the f32 packing, keys past a batch entry's used length are not read, and
 /// unused keys inside packed varlen sequences get zero values.
-pub(super) fn pack_head(args: &AttnArgs<'_>, base: usize, b: usize, kp: usize) -> Packed {
+pub(super) fn pack_head(args: &AttnArgs<'_>, b: usize, g: usize, kp: usize) -> Packed {
     let (p, mut k, mut v, mut vbad, mut nkeys) = (args.problem(), Vec::new(), Vec::new(), Vec::new(), 0);
     let used = match (&p.mods.seqused_k, &p.mods.varlen) {
         (Some(u), None) => u[b],
         _ => p.seq_k,
     };
-    if let (TensorRef::BF16(ks), TensorRef::BF16(vs)) = (args.k(), args.v()) {
-        nkeys = pack_k_pairs(ks, base, 0, used, p.head_dim, kp, &mut k);
-        vbad = pack_v_pairs(vs, base, 0, used, p.head_dim, kp, &mut v);
+    let (kr, vr) = (args.head_rows(Operand::K, b, g), args.head_rows(Operand::V, b, g));
+    if let (TensorRef::BF16(ks), TensorRef::BF16(vs)) = (kr.src, vr.src) {
+        nkeys = pack_k_pairs(ks, (kr.base, kr.stride), 0, used, p.head_dim, kp, &mut k);
+        vbad = pack_v_pairs(vs, (vr.base, vr.stride), 0, used, p.head_dim, kp, &mut v);
         let dp = padded_dim(p.head_dim);
         for (lo, hi) in unused_spans(p, b, 0, used) {
             (lo..hi).for_each(|j| zero_value_pair_half(&mut v, j, dp));
@@ -92,10 +93,11 @@ pub(super) fn run_query_block(
     out: &mut [f32],
     lse: Option<&mut [f32]>,
 ) {
-    let TensorRef::BF16(q) = spec.q else { unreachable!("chosen for bf16 inputs only") };
-    let d = spec.problem.head_dim;
-    let load_q =
-        |base: usize, rows: usize, rows_pad: usize, dst: &mut Vec<u32>| pack_q_pairs(q, base, rows, rows_pad, d, dst);
+    let TensorRef::BF16(q) = spec.q.src else { unreachable!("chosen for bf16 inputs only") };
+    let (d, qb, qs) = (spec.problem.head_dim, spec.q.base, spec.q.stride);
+    let load_q = |i0: usize, rows: usize, rows_pad: usize, dst: &mut Vec<u32>| {
+        pack_q_pairs(q, (qb + i0 * qs, qs), rows, rows_pad, d, dst)
+    };
     let p_len = spec.shape.mr * spec.tile / 2;
     run_block_with(spec, (&packed.k, &packed.v, p_len), scr, (out, lse), load_q, |job| match kernel {
         Kernel::Vdp(t) => process(t, job),

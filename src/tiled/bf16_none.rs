@@ -23,7 +23,7 @@ pub(super) struct Packed {
     pub vbad: Vec<usize>,
 }
 
-pub(super) fn pack_head(_args: &AttnArgs<'_>, _base: usize, _b: usize, _kp: usize) -> Packed {
+pub(super) fn pack_head(_args: &AttnArgs<'_>, _b: usize, _g: usize, _kp: usize) -> Packed {
     Packed { nkeys: 0, vbad: Vec::new() }
 }
 

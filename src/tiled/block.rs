@@ -6,7 +6,7 @@ use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::simd::flash::{BlockJob, BlockMods, Cover, KernelShape, finish_rows_with_sink, pack_q, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly};
-use crate::tensor::TensorRef;
+use crate::row_layout::HeadRows;
 
 use super::RowRange;
 use super::modify::CallMods;
@@ -45,7 +45,8 @@ pub(super) struct BlockSpec<'a> {
     pub isa: Isa,
     pub shape: KernelShape,
     pub problem: &'a Problem,
-    pub q: TensorRef<'a>,
+    /// The rows of query head `bh`.
+    pub q: HeadRows<'a>,
     /// Query head (flattened b·H + h) and first row of the block.
     pub bh: usize,
     pub i0: usize,
@@ -72,14 +73,14 @@ pub(super) fn run_query_block(
     out: &mut [f32],
     lse: Option<&mut [f32]>,
 ) {
-    let load_q = |base: usize, rows: usize, rows_pad: usize, q: &mut Vec<f32>| {
-        pack_q(spec.q, base, rows, rows_pad, spec.problem.head_dim, q)
+    let load_q = |i0: usize, rows: usize, rows_pad: usize, q: &mut Vec<f32>| {
+        pack_q(spec.q, i0, rows, rows_pad, spec.problem.head_dim, q)
     };
     run_block_with(spec, (kpack, vpack, 0), scr, (out, lse), load_q, |job| spec.isa.run_block(job));
 }
 
 /// [`run_query_block`] for any operand format: `packed` is (K, V, P scratch length),
-/// `load_q(first element, rows, padded rows, dst)` packs the block's queries and `kernel` runs the block loop on the job.
+/// `load_q(first row, rows, padded rows, dst)` packs the block's queries and `kernel` runs the block loop on the job.
 pub(super) fn run_block_with<E: Copy>(
     spec: &BlockSpec<'_>,
     (kpack, vpack, p_len): (&[E], &[E], usize),
@@ -93,7 +94,7 @@ pub(super) fn run_block_with<E: Copy>(
     let rows = out.len() / d;
     let rows_pad = rows.div_ceil(spec.shape.mr) * spec.shape.mr;
     let (b, h) = (spec.bh / p.heads, spec.bh % p.heads);
-    load_q((spec.bh * p.seq_q + spec.i0) * d, rows, rows_pad, &mut scr.q);
+    load_q(spec.i0, rows, rows_pad, &mut scr.q);
     scr.ranges.clear();
     for i in spec.i0..spec.i0 + rows {
         let (lo, hi) = (spec.range)(b, i);

@@ -24,6 +24,7 @@ use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::lse::merge_partials;
 use crate::problem::{DType, Problem};
+use crate::row_layout::{HeadRows, Operand};
 use crate::simd::Isa;
 use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, RB, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
@@ -100,6 +101,9 @@ struct Scratch {
     s: Vec<f32>,
     kw: Vec<f32>,
     vw: Vec<f32>,
+    /// bf16 K/V rows gathered from a strided layout (bf16 kernel only).
+    kh: Vec<u16>,
+    vh: Vec<u16>,
     ranges: Vec<(usize, usize)>,
     strips: Vec<Strip>,
 }
@@ -234,7 +238,7 @@ impl Task<'_> {
     }
 
     fn run(&self, range: &BatchRowRange<'_>, scr: &mut Scratch, po: &mut [f32], pl: &mut [f32]) {
-        let (p, d, g, nq) = (self.p, self.p.head_dim, self.p.group_size(), self.p.seq_q);
+        let (p, d, g) = (self.p, self.p.head_dim, self.p.group_size());
         // Rows in i-major order (r = i·g + hh): rows of one query position share a band.
         scr.ranges.clear();
         let (mut lo, mut hi) = (self.k1, self.k0);
@@ -251,9 +255,16 @@ impl Task<'_> {
             pl.fill(f32::NEG_INFINITY);
             return;
         }
-        let head0 = self.b * p.heads + self.kvh * g;
-        let q_at = |r: usize| ((head0 + r % g) * nq + r / g) * d;
-        let kv_base = (self.b * p.kv_heads + self.kvh) * p.seq_k * d;
+        // Row addresses: row r (i-major: query position r / g of group head r % g) of Q, and
+        // K/V rows read in place when they are adjacent in one buffer position (contiguous
+        // (B, H, N, D)); any other layout ([`crate::row_layout`]) gathers each block of KB keys.
+        let q_at = |r: usize| {
+            let h = self.args.head_rows(Operand::Q, self.b, self.kvh * g + r % g);
+            h.base + (r / g) * h.stride
+        };
+        let (kr, vr) = (self.args.head_rows(Operand::K, self.b, self.kvh), self.args.head_rows(Operand::V, self.b, self.kvh));
+        let in_place = kr.stride == d && vr.stride == d && kr.base == vr.base;
+        let kv_base = kr.base;
         let dp = padded_dim(d);
         scr.m.resize(self.rows, 0.0);
         scr.l.resize(self.rows, 0.0);
@@ -280,15 +291,15 @@ impl Task<'_> {
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
                     let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
                     let (k, v): (&[f32], &[f32]) = match (self.args.k(), self.args.v()) {
-                        (TensorRef::F32(k), TensorRef::F32(v)) => {
+                        (TensorRef::F32(k), TensorRef::F32(v)) if in_place => {
                             st.ahead = self.ahead(k, v, kv_base, b0, hi);
                             (&k[s0..s1], &v[s0..s1])
                         }
-                        (k, v) => {
+                        _ => {
                             scr.kw.resize(s1 - s0, 0.0);
                             scr.vw.resize(s1 - s0, 0.0);
-                            k.read_f32(s0, &mut scr.kw);
-                            v.read_f32(s0, &mut scr.vw);
+                            kr.read_rows(b0, d, &mut scr.kw);
+                            vr.read_rows(b0, d, &mut scr.vw);
                             (&scr.kw, &scr.vw)
                         }
                     };
@@ -297,7 +308,7 @@ impl Task<'_> {
                 finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Bf16(t) => self.run_bf16(t, scr, (lo, hi), q_at, kv_base, po, pl),
+            Kernel::Bf16(t) => self.run_bf16(t, scr, (lo, hi), q_at, (kr, vr, in_place), po, pl),
         }
     }
 
@@ -309,7 +320,7 @@ impl Task<'_> {
         scr: &mut Scratch,
         (lo, hi): (usize, usize),
         q_at: impl Fn(usize) -> usize,
-        kv_base: usize,
+        (kr, vr, in_place): (HeadRows<'_>, HeadRows<'_>, bool),
         po: &mut [f32],
         pl: &mut [f32],
     ) {
@@ -345,10 +356,24 @@ impl Task<'_> {
             score_mod: None,
         };
         st.reset();
+        let kv_base = kr.base;
+        let gather = |rows: HeadRows<'_>, src: &[half::bf16], b0: usize, b1: usize, dst: &mut Vec<u16>| {
+            dst.clear();
+            for j in b0..b1 {
+                let at = rows.base + j * rows.stride;
+                dst.extend_from_slice(bits(&src[at..at + d]));
+            }
+        };
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
-            let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
-            st.ahead = self.ahead(k, v, kv_base, b0, hi);
-            process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
+            if in_place {
+                let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
+                st.ahead = self.ahead(k, v, kv_base, b0, hi);
+                process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
+            } else {
+                gather(kr, k, b0, b1, &mut scr.kh);
+                gather(vr, v, b0, b1, &mut scr.vh);
+                process(t, &mut st, &scr.kh, &scr.vh, strips);
+            }
         });
         st.finish_into(&mut scr.acc);
         finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));

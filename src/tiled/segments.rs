@@ -14,6 +14,7 @@ use crate::attention::AttnArgs;
 use crate::budget::check_budget;
 use crate::error::Result;
 use crate::problem::Problem;
+use crate::row_layout::Operand;
 use crate::simd::Isa;
 use crate::simd::flash::{pack_k, pack_v, padded_dim};
 use rayon::prelude::*;
@@ -38,7 +39,7 @@ pub(super) fn run(
 ) -> Result<()> {
     let p = args.problem();
     let (isa, shape) = (plan.isa, plan.isa.shape());
-    let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
+    let (nq, d) = (p.seq_q, p.head_dim);
     check_budget(plan.name, "per-thread band panels", bytes(p, isa, band))?;
     let bq = 8 * shape.mr;
     let range = &*plan.range;
@@ -60,12 +61,12 @@ pub(super) fn run(
         if lo >= hi {
             (lo, hi) = (0, 0);
         }
-        let kv_base = (b * p.kv_heads + p.kv_head_of(h)) * nk * d;
+        let g = p.kv_head_of(h);
         // Pack the segment's band once; its blocks slide over it.
         let mut kpack = std::mem::take(&mut scr.kpack);
         let mut vpack = std::mem::take(&mut scr.vpack);
-        let nkeys = pack_k(args.k(), kv_base, lo, hi, d, shape.kp, &mut kpack);
-        let vbad = pack_v(args.v(), kv_base, lo, hi, d, shape.kp, &mut vpack);
+        let nkeys = pack_k(args.head_rows(Operand::K, b, g), lo, hi, d, shape.kp, &mut kpack);
+        let vbad = pack_v(args.head_rows(Operand::V, b, g), lo, hi, d, shape.kp, &mut vpack);
         zero_unused_values(p, b, lo, hi, padded_dim(d), &mut vpack);
         for (bi, ob) in o.chunks_mut(bq * d).enumerate() {
             let lb = l.as_deref_mut().map(|l| &mut l[bi * bq..bi * bq + ob.len() / d]);
@@ -73,7 +74,7 @@ pub(super) fn run(
                 isa,
                 shape,
                 problem: p,
-                q: args.q(),
+                q: args.head_rows(Operand::Q, b, h),
                 bh,
                 i0: i0 + bi * bq,
                 kbase: lo,

@@ -13,6 +13,7 @@ use crate::attention::AttnArgs;
 use crate::budget::check_budget;
 use crate::error::Result;
 use crate::problem::Problem;
+use crate::row_layout::Operand;
 use crate::simd::Isa;
 use crate::simd::flash::{KernelShape, pack_k, pack_v, padded_dim};
 use rayon::prelude::*;
@@ -77,9 +78,9 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
         let packed: Vec<Packed> = (w0..w1)
             .into_par_iter()
             .map(|kvh| {
-                let b = kvh / p.kv_heads;
+                let (b, kg) = (kvh / p.kv_heads, kvh % p.kv_heads);
                 if bf16_kernel.is_some() {
-                    return Packed::Bf16(bf16::pack_head(args, kvh * nk * d, b, shape.kp));
+                    return Packed::Bf16(bf16::pack_head(args, b, kg, shape.kp));
                 }
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
                 // Keys past a batch entry's used length are not even read.
@@ -87,8 +88,9 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     (Some(u), None) => u[b],
                     _ => nk,
                 };
-                let nkeys = pack_k(args.k(), kvh * nk * d, 0, used, d, shape.kp, &mut kb);
-                let bad = pack_v(args.v(), kvh * nk * d, 0, used, d, shape.kp, &mut vb);
+                let (kr, vr) = (args.head_rows(Operand::K, b, kg), args.head_rows(Operand::V, b, kg));
+                let nkeys = pack_k(kr, 0, used, d, shape.kp, &mut kb);
+                let bad = pack_v(vr, 0, used, d, shape.kp, &mut vb);
                 zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
                 Packed::F32(kb, vb, nkeys, bad)
             })
@@ -103,12 +105,13 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
                     Packed::F32(_, _, n, bad) => (*n, &bad[..]),
                     Packed::Bf16(pk) => (pk.nkeys, &pk.vbad[..]),
                 };
+                let bh = w0 * g + hi;
                 let spec = BlockSpec {
                     isa,
                     shape,
                     problem: p,
-                    q: args.q(),
-                    bh: w0 * g + hi,
+                    q: args.head_rows(Operand::Q, bh / p.heads, bh % p.heads),
+                    bh,
                     i0: bi * bq,
                     kbase: 0,
                     range: &*plan.range,
