@@ -50,8 +50,8 @@ pub use modifiers::{Modifier, Modifiers, PairShape, Varlen, alibi_slopes};
 /// Score modifiers and masks (`problem::modifiers`), at the crate root for short paths.
 pub use problem::modifiers;
 pub use problem::{DType, Problem, Window};
-pub use row_layout::{Layouts, Operand, RowLayout};
 pub use registry::{BackendInfo, BackendOptions, backend, backend_names, backend_with, list_backends};
+pub use row_layout::{Layouts, Operand, RowLayout};
 pub use tensor::{Tensor, TensorRef};
 
 // The interop doors, each behind its own off-by-default feature (see src/interop/mod.rs).

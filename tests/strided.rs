@@ -1,7 +1,7 @@
 //! Row layouts (`attnkit::row_layout`): Q, K, V passed in FlashAttention's (B, N, H, D), or
 //! with padded rows (a slice of a packed QKV buffer), give bitwise the same O and LSE as the
 //! same data in contiguous (B, H, N, D), on every CPU backend: the tiled ones read the strided
-//! rows in place (prefill waves, band segments, decode), the others through the one gather at
+//! rows in place (prefill waves, band segments, decode, with score modifiers), the others through the one gather at
 //! their entry. The unused gaps of the strided buffers hold NaN, so a read of any element that
 //! is not a row of the tensor would poison a result and fail the bitwise comparison.
 //! Bad layouts are refused up front with `AttnError::Strides` naming the tensor.
@@ -9,8 +9,8 @@
 mod common;
 
 use attnkit::{
-    AttnArgs, AttnError, DType, Device, Layouts, PairData, Problem, RowLayout, Tensor, TensorRef, Window, backend,
-    backend_names,
+    AttnArgs, AttnError, DType, Device, Layouts, PairData, Problem, RowLayout, Tensor, TensorRef, Window, alibi_slopes,
+    backend, backend_names,
 };
 use common::qkv;
 
@@ -76,6 +76,10 @@ fn problems() -> Vec<(&'static str, Problem)> {
         ("decode_gqa", Problem::new(2, 8, 1, 64).with_kv_heads(2).with_seq_k(700)),
         ("decode_mqa_causal", Problem::new(1, 4, 3, 64).with_kv_heads(1).with_seq_k(300).with_causal(true)),
         ("decode_seqused", Problem::new(3, 2, 1, 32).with_seq_k(260).with_seqused_k(vec![260, 5, 0])),
+        (
+            "softcap_alibi_sinks",
+            Problem::new(1, 2, 70, 32).with_softcap(2.0).with_alibi(alibi_slopes(2)).with_sinks(vec![0.3, -1.0]),
+        ),
     ]
 }
 
@@ -195,6 +199,7 @@ fn bad_strides_are_refused_naming_the_tensor() {
     // one over a longer buffer (a view into a bigger allocation).
     assert!(AttnArgs::new_strided(&p, q.as_ref(), k.as_ref(), v.as_ref(), PairData::default(), bnhd).is_ok());
     let contiguous_q = Layouts { q: Some(RowLayout::bhnd(2, 8, 4)), ..bnhd };
-    let long = AttnArgs::new_strided(&p, TensorRef::F32(&big), k.as_ref(), v.as_ref(), PairData::default(), contiguous_q);
+    let long =
+        AttnArgs::new_strided(&p, TensorRef::F32(&big), k.as_ref(), v.as_ref(), PairData::default(), contiguous_q);
     assert_eq!(long.expect("accepted").q().len(), p.q_len());
 }

@@ -26,7 +26,15 @@ use half::bf16;
 
 /// Packs keys `k0..k1` (head key 0 at element `base`, key `j` at `base + j·stride`) into pair
 /// panels of `kp` keys; returns the packed key count (a multiple of `kp`, pad keys zero).
-pub fn pack_k_pairs(src: &[bf16], (base, stride): (usize, usize), k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<u32>) -> usize {
+pub fn pack_k_pairs(
+    src: &[bf16],
+    (base, stride): (usize, usize),
+    k0: usize,
+    k1: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<u32>,
+) -> usize {
     let (nkeys, d2) = ((k1 - k0).div_ceil(kp) * kp, d.div_ceil(2));
     dst.clear();
     dst.resize(nkeys * d2, 0);
@@ -86,7 +94,14 @@ pub fn pair_keep_other(j: usize) -> u32 {
 
 /// Loads `rows` query rows (row `r` at `base + r·stride`) as pairs into `rows_pad × ⌈D/2⌉`
 /// (pad rows zero).
-pub fn pack_q_pairs(src: &[bf16], (base, stride): (usize, usize), rows: usize, rows_pad: usize, d: usize, dst: &mut Vec<u32>) {
+pub fn pack_q_pairs(
+    src: &[bf16],
+    (base, stride): (usize, usize),
+    rows: usize,
+    rows_pad: usize,
+    d: usize,
+    dst: &mut Vec<u32>,
+) {
     let d2 = d.div_ceil(2);
     dst.clear();
     dst.resize(rows_pad * d2, 0);

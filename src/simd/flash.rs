@@ -476,14 +476,7 @@ pub fn pack_k(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst:
 
 /// Packs value rows `k0..k1` of one head's rows as `nkeys × DP`, zero-padded.
 /// Returns the packed keys whose V row is not finite ([`BlockJob::vbad`]).
-pub fn pack_v(
-    src: HeadRows<'_>,
-    k0: usize,
-    k1: usize,
-    d: usize,
-    kp: usize,
-    dst: &mut Vec<f32>,
-) -> Vec<usize> {
+pub fn pack_v(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> Vec<usize> {
     let dp = padded_dim(d);
     let nkeys = (k1 - k0).div_ceil(kp) * kp;
     dst.clear();

@@ -7,8 +7,8 @@
 use super::block::{BlockSpec, Scratch, run_block_with};
 use super::modify::unused_spans;
 use crate::attention::AttnArgs;
-use crate::row_layout::Operand;
 use crate::problem::{DType, Problem};
+use crate::row_layout::Operand;
 use crate::simd::Isa;
 use crate::simd::bf16::Avx512Bf16;
 use crate::simd::bf16_block::{KP, MR, process};

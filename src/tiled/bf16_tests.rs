@@ -147,3 +147,33 @@ fn pair_kernel_keeps_a_nan_in_v_in_its_band_and_mask() {
         }
     }
 }
+
+/// (B, H, N, D) data of `shape` rearranged to (B, N, H, D).
+fn to_bnhd(t: &Tensor, [b, h, n, d]: [usize; 4]) -> Tensor {
+    let x = t.to_f32();
+    let mut y = vec![0.0f32; x.len()];
+    for (r, row) in x.chunks(d).enumerate() {
+        let (bi, hi, i) = (r / (h * n), (r / n) % h, r % n);
+        let at = ((bi * n + i) * h + hi) * d;
+        y[at..at + d].copy_from_slice(row);
+    }
+    Tensor::from_f32(&y, DType::BF16)
+}
+
+/// The pair packers read (B, N, H, D) rows in place: bitwise the contiguous result.
+#[test]
+fn pair_kernel_reads_bnhd_rows_in_place() {
+    for c in cases().into_iter().filter(|c| c.bias.is_none() && c.mask.is_none()) {
+        let p = &c.p;
+        let (q, k, v) = normal_qkv(p, 5);
+        let (qs, ks) = ([p.batch, p.heads, p.seq_q, p.head_dim], [p.batch, p.kv_heads, p.seq_k, p.head_dim]);
+        let (qt, kt, vt) = (to_bnhd(&q, qs), to_bnhd(&k, ks), to_bnhd(&v, ks));
+        let args = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+        let lay = crate::Layouts::bnhd(p);
+        let sargs = AttnArgs::new_strided(p, qt.as_ref(), kt.as_ref(), vt.as_ref(), PairData::default(), lay).unwrap();
+        for b in paths() {
+            let (want, got) = (run(&b, &args, true), run(&b, &sargs, true));
+            assert!(want.out.iter().zip(&got.out).all(|(a, b)| a.to_bits() == b.to_bits()), "{}", c.name);
+        }
+    }
+}

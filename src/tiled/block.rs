@@ -3,10 +3,10 @@
 //! P·V) and normalizes into the output rows and LSE.
 
 use crate::problem::Problem;
+use crate::row_layout::HeadRows;
 use crate::simd::Isa;
 use crate::simd::flash::{BlockJob, BlockMods, Cover, KernelShape, finish_rows_with_sink, pack_q, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly};
-use crate::row_layout::HeadRows;
 
 use super::RowRange;
 use super::modify::CallMods;

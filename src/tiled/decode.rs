@@ -262,7 +262,8 @@ impl Task<'_> {
             let h = self.args.head_rows(Operand::Q, self.b, self.kvh * g + r % g);
             h.base + (r / g) * h.stride
         };
-        let (kr, vr) = (self.args.head_rows(Operand::K, self.b, self.kvh), self.args.head_rows(Operand::V, self.b, self.kvh));
+        let (kr, vr) =
+            (self.args.head_rows(Operand::K, self.b, self.kvh), self.args.head_rows(Operand::V, self.b, self.kvh));
         let in_place = kr.stride == d && vr.stride == d && kr.base == vr.base;
         let kv_base = kr.base;
         let dp = padded_dim(d);
