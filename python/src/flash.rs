@@ -8,9 +8,12 @@
 //! windows, softcap, ALiBi, packed varlen (`cu_seqlens_*`), `seqused_k`, sinks, an additive
 //! bias and a boolean mask (SDPA's `attn_mask`).
 //!
-//! Layout: the kernels take contiguous (B, H, N, D); inputs already in it are borrowed, others
-//! are moved in one parallel pass ([`crate::layout`]); the f32 result is moved (and rounded to
-//! the input dtype) into `out` the same way. LSE (f32, (B, H, N_q)) is written in place.
+//! Layout: the forward passes Q, K, V whose head-dim axis is contiguous — (B, N, H, D), (B, H,
+//! N, D), transposes and narrows of them, a KV cache read up to `seqused_k` — to the kernels in
+//! place as row layouts (`attnkit::row_layout`; backends that do not take strides gather them
+//! once at their entry); other strides are moved in one parallel pass ([`crate::layout`]), as
+//! are the backward's inputs. The f32 result is moved (and rounded to the input dtype) into
+//! `out` in one pass. LSE (f32, (B, H, N_q)) is written in place.
 //! Everything after argument parsing runs with the GIL released.
 //!
 //! Errors: attnkit's typed errors become ValueError/RuntimeError (`crate::to_py`), each naming
@@ -19,8 +22,12 @@
 use crate::arrays::{Borrowed, overlaps};
 use crate::layout::{Elem, Src, copy_into, is_row_major};
 use crate::{Contig, cached_backend, to_py};
+use attnkit::interop::strided::View4;
 use attnkit::interop::{AttnOptions, common_dtype, problem_from_shapes};
-use attnkit::{AttnArgs, AttnError, DType, GradsMut, PairData, PairShape, Problem, Saved, TensorRef, Varlen, Window};
+use attnkit::{
+    AttnArgs, AttnError, DType, GradsMut, Layouts, PairData, PairShape, Problem, RowLayout, Saved, TensorRef, Varlen,
+    Window,
+};
 use half::{bf16, f16};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -105,6 +112,25 @@ fn contiguous<'a>(s: &AnySrc<'a>, shape: [usize; 4]) -> Contig<'a> {
         AnySrc::F32(s) => Contig::F32(go(s, shape)),
         AnySrc::F16(s) => Contig::F16(go(s, shape)),
         AnySrc::BF16(s) => Contig::BF16(go(s, shape)),
+    }
+}
+
+/// The source as rows the CPU kernels read in place (a row layout over the buffer from the
+/// source's offset) when its head-dim axis is contiguous and no stride is negative — (B, N, H, D)
+/// tensors, transposes and narrows of them, a KV cache of any length — else gathered once into
+/// contiguous (B, H, N, D) ([`contiguous`]).
+fn rows_or_contiguous<'a>(s: &AnySrc<'a>, shape: [usize; 4]) -> (Contig<'a>, Option<RowLayout>) {
+    fn go<'a, T: Elem>(s: &Src<'a, T>, shape: [usize; 4]) -> Option<(&'a [T], RowLayout)> {
+        View4::new("input", s.data, s.off, shape, s.strides).ok()?.rows()
+    }
+    let rows = match s {
+        AnySrc::F32(x) => go(x, shape).map(|(d, l)| (Contig::F32(Cow::Borrowed(d)), l)),
+        AnySrc::F16(x) => go(x, shape).map(|(d, l)| (Contig::F16(Cow::Borrowed(d)), l)),
+        AnySrc::BF16(x) => go(x, shape).map(|(d, l)| (Contig::BF16(Cow::Borrowed(d)), l)),
+    };
+    match rows {
+        Some((c, l)) => (c, Some(l)),
+        None => (contiguous(s, shape), None),
     }
 }
 
@@ -272,9 +298,10 @@ pub fn _fwd(
     let out_dst = dst("out", &mut ob, rank4("q", &qb)?, dtype)?;
     let lse_dst = &mut lse_slice(&mut lb, &p)?[..p.lse_len()];
     py.detach(|| -> Result<(), AttnError> {
-        let (qc, kc, vc) = (contiguous(&qsrc, qs), contiguous(&ksrc, ks), contiguous(&vsrc, vs));
-        let args =
-            AttnArgs::new_with(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), PairData { bias: bias_ref, mask: mask_ref })?;
+        let ((qc, ql), (kc, kl), (vc, vl)) =
+            (rows_or_contiguous(&qsrc, qs), rows_or_contiguous(&ksrc, ks), rows_or_contiguous(&vsrc, vs));
+        let (pair, layouts) = (PairData { bias: bias_ref, mask: mask_ref }, Layouts { q: ql, k: kl, v: vl });
+        let args = AttnArgs::new_strided(&p, qc.as_ref(), kc.as_ref(), vc.as_ref(), pair, layouts)?;
         let mut o32 = vec![0.0f32; p.out_len()];
         backend.forward_into(&args, &mut o32, Some(lse_dst))?;
         write_out(&o32, qs, perm, out_dst);

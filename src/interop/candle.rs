@@ -23,7 +23,7 @@
 
 pub use super::candle_paged::{kvcache_attention, paged_attention};
 use super::strided::{View4, contiguous_strides};
-use super::{AttnOptions, Layout, common_dtype, compute};
+use super::{AttnOptions, Layout, common_dtype, compute_views};
 use crate::attention::Attention;
 use crate::tensor::TensorRef;
 use candle_core::backend::BackendStorage;
@@ -118,10 +118,8 @@ impl AttnOp {
     fn run<T: Elem>(&self, s: [&[T]; 3], l: [&CLayout; 3], dtype: crate::DType) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (self.view("q", s[0], l[0])?, self.view("k", s[1], l[1])?, self.view("v", s[2], l[2])?);
         let p = self.opts.problem(q.shape(), k.shape(), v.shape(), dtype).map_err(Error::wrap)?;
-        let (qc, kc, vc) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
         let want_lse = self.saved.is_some();
-        let out = compute(&*self.backend, &p, T::tensor_ref(&qc), T::tensor_ref(&kc), T::tensor_ref(&vc), want_lse)
-            .map_err(Error::wrap)?;
+        let out = compute_views(&*self.backend, &p, [q, k, v], want_lse, T::tensor_ref).map_err(Error::wrap)?;
         if let (Some(saved), Some(lse)) = (&self.saved, &out.lse) {
             *saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((out.out.clone(), lse.clone()));
         }

@@ -16,7 +16,8 @@ mod candle_paged;
 #[cfg(feature = "ndarray")]
 pub mod ndarray;
 
-use crate::attention::{Attention, AttnArgs, AttnOutput};
+use crate::attention::{Attention, AttnArgs, AttnOutput, PairData};
+use crate::row_layout::Layouts;
 use crate::error::{AttnError, Result};
 use crate::npy::shape4;
 use crate::problem::{DType, Problem, Window};
@@ -29,8 +30,9 @@ pub enum Layout {
     /// (batch, heads, seq, head_dim): PyTorch SDPA's order and attnkit's own.
     #[default]
     Bhnd,
-    /// (batch, seq, heads, head_dim): FlashAttention's and candle-nn's order. Always copied into
-    /// (B, H, N, D) before the kernel, and the output is returned in this order again.
+    /// (batch, seq, heads, head_dim): FlashAttention's and candle-nn's order. Read in place by
+    /// the CPU kernels that take row layouts ([`compute_views`]); the output is returned in
+    /// this order again.
     Bnhd,
 }
 
@@ -160,6 +162,30 @@ pub fn compute(
     want_lse: bool,
 ) -> Result<AttnOutput> {
     backend.forward(&AttnArgs::new(problem, q, k, v)?, want_lse)
+}
+
+/// Runs `backend` on Q, K, V given as (B, H, N, D) views of any strides: each view whose rows
+/// are contiguous is passed in place as a row layout ([`strided::View4::rows`]), the others
+/// (a strided head dim, negative strides) are gathered once. `wrap` lends a slice as a
+/// [`TensorRef`] of the views' dtype.
+pub fn compute_views<T: Copy>(
+    backend: &dyn Attention,
+    problem: &Problem,
+    views: [strided::View4<'_, T>; 3],
+    want_lse: bool,
+    wrap: impl for<'s> Fn(&'s [T]) -> TensorRef<'s>,
+) -> Result<AttnOutput> {
+    let rows = views.map(|v| v.rows());
+    let owned: Vec<Option<Vec<T>>> =
+        views.iter().zip(&rows).map(|(v, r)| r.is_none().then(|| v.gather_map(|x| x))).collect();
+    let pick = |i: usize| match (&rows[i], &owned[i]) {
+        (Some((data, l)), _) => (wrap(data), Some(*l)),
+        (None, Some(o)) => (wrap(o), None),
+        (None, None) => unreachable!("a view without rows was gathered"),
+    };
+    let ((q, ql), (k, kl), (v, vl)) = (pick(0), pick(1), pick(2));
+    let layouts = Layouts { q: ql, k: kl, v: vl };
+    backend.forward(&AttnArgs::new_strided(problem, q, k, v, PairData::default(), layouts)?, want_lse)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! strides, negative ones included, are copied once into standard order (ndarray's
 //! `as_standard_layout`, O(N·D) against the kernel's O(N²·D)).
 
-use super::{AttnOptions, Layout, compute};
+use super::strided::View4;
+use super::{AttnOptions, Layout, compute_views};
 use crate::error::{AttnError, Result};
 use crate::problem::DType;
 use crate::tensor::TensorRef;
@@ -33,9 +34,12 @@ pub fn attention(
     let dims = |a: &ArrayView4<'_, f32>| -> [usize; 4] { a.dim().into() };
     let p = opts.problem(dims(&q), dims(&k), dims(&v), DType::F32)?;
     let backend = opts.build_backend()?;
-    let (qc, kc, vc) = (q.as_standard_layout(), k.as_standard_layout(), v.as_standard_layout());
-    let (qs, ks, vs) = (slice("q", &qc)?, slice("k", &kc)?, slice("v", &vc)?);
-    let out = compute(&*backend, &p, qs, ks, vs, want_lse)?;
+    // Views over one memory-contiguous block with non-negative strides (a standard array in
+    // either layout, or a permuted one) are read in place; anything else (stepped slices,
+    // reversed axes) is copied once into standard order.
+    let (qc, kc, vc) = (in_place_or_copy(q), in_place_or_copy(k), in_place_or_copy(v));
+    let views = [view("q", &qc)?, view("k", &kc)?, view("v", &vc)?];
+    let out = compute_views(&*backend, &p, views, want_lse, |s| TensorRef::F32(s))?;
     let (b, h, n, d) = (p.batch, p.heads, p.seq_q, p.head_dim);
     let shape_err = |e: ::ndarray::ShapeError| AttnError::shape(format!("output of {p}: {e}"));
     let o = Array4::from_shape_vec((b, h, n, d), out.out).map_err(shape_err)?;
@@ -47,7 +51,16 @@ pub fn attention(
     Ok(NdOutput { out: o, lse })
 }
 
-/// The elements of a standard-layout array (which `as_standard_layout` always yields).
-fn slice<'a>(name: &str, a: &'a CowArray<'_, f32, Ix4>) -> Result<TensorRef<'a>> {
-    a.as_slice().map(TensorRef::F32).ok_or_else(|| AttnError::shape(format!("{name} is not in standard layout")))
+/// `a` itself when its elements are one memory-contiguous block addressed with non-negative
+/// strides (so element [0, 0, 0, 0] is the block's first), else a standard-layout copy.
+fn in_place_or_copy<'a>(a: ArrayView4<'a, f32>) -> CowArray<'a, f32, Ix4> {
+    let in_place = a.strides().iter().all(|&s| s >= 0) && a.as_slice_memory_order().is_some();
+    if in_place { CowArray::from(a) } else { CowArray::from(a.as_standard_layout().into_owned()) }
+}
+
+/// `a` as a strided (B, H, N, D) view over its memory block.
+fn view<'a>(name: &str, a: &'a CowArray<'_, f32, Ix4>) -> Result<View4<'a, f32>> {
+    let data = a.as_slice_memory_order().ok_or_else(|| AttnError::shape(format!("{name} is not one memory block")))?;
+    let strides: [isize; 4] = a.strides().try_into().map_err(|_| AttnError::shape(format!("{name} is not rank 4")))?;
+    View4::new(name, data, 0, a.dim().into(), strides)
 }

@@ -1,6 +1,6 @@
-//! Strided 4-D views over foreign buffers (candle storages, DLPack / NumPy arrays) and the one
-//! gather that turns them into the contiguous row-major (B, H, N, D) buffers every backend
-//! takes.
+//! Strided 4-D views over foreign buffers (candle storages, DLPack / NumPy arrays): as row
+//! layouts the CPU kernels read in place ([`View4::rows`]), or through the one gather into
+//! contiguous row-major (B, H, N, D) when their last axis is not contiguous.
 //!
 //! A view is `data[offset + Σ idx[a]·strides[a]]` with element (not byte) strides, which may be
 //! zero (broadcast) or negative (NumPy's reversed views). [`View4::new`] checks once that every
@@ -10,6 +10,7 @@
 //! elements, O(B·H·N·D), negligible beside attention's O(N²·D).
 
 use crate::error::{AttnError, Result};
+use crate::row_layout::RowLayout;
 use std::borrow::Cow;
 
 /// A strided 4-D view over `data`. Build with [`View4::new`].
@@ -74,6 +75,18 @@ impl<'a, T: Copy> View4<'a, T> {
             want = want.saturating_mul(self.shape[a] as isize);
         }
         true
+    }
+
+    /// The view as rows the CPU kernels read in place ([`crate::row_layout`]): the buffer from
+    /// the view's offset and the (batch, head, row) strides, when the last axis is contiguous
+    /// (or of extent 1) and no stride is negative; `None` otherwise (then gather it).
+    pub fn rows(&self) -> Option<(&'a [T], RowLayout)> {
+        let [s0, s1, s2, s3] = self.strides;
+        if (s3 != 1 && self.shape[3] > 1) || [s0, s1, s2].iter().any(|&s| s < 0) {
+            return None;
+        }
+        let l = RowLayout { batch: s0 as usize, head: s1 as usize, row: s2 as usize };
+        Some((&self.data[self.offset.min(self.data.len())..], l))
     }
 
     /// The elements in row-major order: borrowed when already contiguous, else gathered.
