@@ -2,13 +2,15 @@
 tensors, in one process, alternating the contenders (order reversed every other round, a pause
 before each call: PyTorch's OpenMP threads spin after a call), medians and ratios.
 
-    python -m attnkit.bench [--n 4096] [--b 2] [--h 8] [--d 64] [--rounds 5] [--quick]
+    python -m attnkit.bench [--n 4096] [--b 2] [--h 8] [--d 64] [--rounds 5] [--decode-n 16384] [--quick]
                             [--dtype float32 bfloat16] [--passes fwd fwdbwd]
 
 Rows: forward and forward+backward in float32 and bfloat16 (flash_attn_func on (B, N, H, D)
 against F.scaled_dot_product_attention on the (B, H, N, D) transposed views of the same
-memory); the layout cost (the same flash call on contiguous (B, H, N, D)); the f32 GEMM ceiling
-of the same run; and the per-call overhead at N = 16 (flash_attn_func from Python minus the same
+memory); the layout cost (the same flash call on contiguous (B, H, N, D)); decoding one token
+against a (B, N, H_kv, D) KV cache of --decode-n keys (H_kv = H/4) read in place, against the
+contiguous (B, H_kv, N, D) call and the streaming read of K and V; the f32 GEMM ceiling of the
+same run; and the per-call overhead at N = 16 (flash_attn_func from Python minus the same
 kernel timed inside Rust). Thread count: torch.get_num_threads() and attnkit's rayon pool (both
 follow the machine unless RAYON_NUM_THREADS / torch.set_num_threads say otherwise).
 """
@@ -100,6 +102,29 @@ def shape_rows(b, n, h, d, dtype, rounds, backward):
               f"{fa / med['attnkit (B,H,N,D) contiguous']:.3f}")
 
 
+def decode_rows(b, n_cache, h, hkv, d, dtype, rounds):
+    """One decoded token against a full (B, N, H_kv, D) KV cache: flash_attn_with_kvcache reading
+    the cache in place, against the same kernel on a contiguous (B, H_kv, N, D) copy of it, and
+    the streaming-read ceiling (summing K and V once)."""
+    from .kvcache import flash_attn_with_kvcache
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(b, 1, h, d, generator=gen).to(dtype)
+    kc, vc = (torch.randn(b, n_cache, hkv, d, generator=gen).to(dtype) for _ in range(2))
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, kc, vc))
+    contenders = {
+        "attnkit with_kvcache (B,N,H,D)": lambda: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=n_cache),
+        "attnkit (B,H,N,D) contiguous": lambda: _ops.attention(qt, kt, vt, bnhd=False),
+        "read K and V once (ceiling)": lambda: (kt.sum(), vt.sum()),
+    }
+    with torch.no_grad():
+        med = alternate(contenders, rounds)
+    gb = 2 * kc.numel() * kc.element_size() / 1e9
+    for name, t in med.items():
+        print(f"{str(dtype)[6:]:>8} decode   {name:<30} {t * 1e6:9.1f} us {gb / t:7.1f} GB/s")
+    print(f"{str(dtype)[6:]:>8} decode   layout: (B,N,H,D) / (B,H,N,D) time = "
+          f"{med['attnkit with_kvcache (B,N,H,D)'] / med['attnkit (B,H,N,D) contiguous']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=4096)
@@ -109,10 +134,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
     ap.add_argument("--passes", nargs="+", choices=["fwd", "fwdbwd"], default=["fwd", "fwdbwd"])
+    ap.add_argument("--decode-n", type=int, default=16384, help="KV cache length of the decode rows (0: none)")
     ap.add_argument("--quick", action="store_true", help="N=512, 3 rounds, fewer overhead calls (a smoke run)")
     a = ap.parse_args()
     if a.quick:
-        a.n, a.rounds = 512, 3
+        a.n, a.rounds, a.decode_n = 512, 3, 2048
     print(f"B={a.b} N={a.n} H={a.h} D={a.d} non-causal; torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads; GEMM ceiling f32 {gemm_ceiling():.1f} GFLOP/s")
     py, rust = overhead(300 if a.quick else 3000)
@@ -121,6 +147,8 @@ def main():
     for dtype in a.dtype:
         for p in a.passes:
             shape_rows(a.b, a.n, a.h, a.d, getattr(torch, dtype), a.rounds, p == "fwdbwd")
+        if a.decode_n:
+            decode_rows(a.b, a.decode_n, a.h, max(1, a.h // 4), a.d, getattr(torch, dtype), 5 * a.rounds)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Steps, as FlashAttention's kernel does them:
    and windows bottom-right aligned to that range (attnkit's ``seqused_k``).
 
 cache_leftpad shifts the keys to start at 0 (one gather of the cache); without it and without
-cache_batch_idx the cache is read in place. Not differentiable (nor is FlashAttention's).
+cache_batch_idx the cache is read in place: the kernels take (B, N, H, D) rows with strides, so
+decoding a token costs no O(cache) copy. Not differentiable (nor is FlashAttention's).
 
 With ``block_table`` (a paged cache: k_cache/v_cache (num_blocks, page_size, nheads_k, headdim),
 block_table (batch, max_blocks) int32) the same steps run in Rust on the pages in place
@@ -91,8 +92,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         k_cache[idx[:, None], rows] = k.to(k_cache.dtype)
         v_cache[idx[:, None], rows] = v.to(v_cache.dtype)
     used = seqlens + n_new
-    kc, vc = k_cache, v_cache
-    if cache_batch_idx is not None or b != k_cache.shape[0]:
+    # The cache reaches the kernel in place (a strided (B, N, H, D) view read up to seqused_k, no
+    # copy); only cache_batch_idx (a gather of the selected entries) and cache_leftpad copy.
+    kc, vc = k_cache[:b], v_cache[:b]
+    if cache_batch_idx is not None:
         kc, vc = k_cache[idx], v_cache[idx]
     if leftpad is not None:
         pos = (leftpad[:, None] + torch.arange(n_cache)).clamp(max=n_cache - 1)  # (B, n_cache)
