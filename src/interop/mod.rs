@@ -17,11 +17,11 @@ mod candle_paged;
 pub mod ndarray;
 
 use crate::attention::{Attention, AttnArgs, AttnOutput, PairData};
-use crate::row_layout::Layouts;
 use crate::error::{AttnError, Result};
 use crate::npy::shape4;
 use crate::problem::{DType, Problem, Window};
 use crate::registry::{BackendOptions, backend_with};
+use crate::row_layout::Layouts;
 use crate::tensor::TensorRef;
 
 /// Axis order of a 4-D attention tensor.

@@ -389,7 +389,7 @@ pub fn run(isa: Isa, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[S
 /// spreading T0 prefetches through the score loop was 1.4× slower on the EPYC (presumably as
 /// T0 fills L1, where the block being computed lives).
 #[inline(always)]
-fn prefetch_line(p: *const u8) {
+pub(crate) fn prefetch_line(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults, whatever the address.
     unsafe {

@@ -174,17 +174,33 @@ pub fn run(
         _ => Kernel::F32,
     };
 
+    // When the KV heads' rows interleave in memory (FlashAttention's (B, N, H_kv, D) cache),
+    // one task runs every KV head of a (batch, chunk) back to back, so the neighbour heads'
+    // bytes of each row (which the hardware prefetcher brings along) are used while cached;
+    // otherwise one task per (batch, KV head, chunk). Each (batch, KV head, chunk) partial is
+    // computed by the same code either way, so results are identical.
+    let heads_per_task = if interleaved(args) { p.kv_heads } else { 1 };
+    let part_at = |b: usize, kvh: usize, c: usize| match heads_per_task {
+        1 => (b * p.kv_heads + kvh) * nchunks + c,
+        _ => (b * nchunks + c) * p.kv_heads + kvh,
+    };
     let units = p.batch * p.kv_heads * nchunks;
     let mut part_o = vec![0.0f32; units * rows * d];
     let mut part_l = vec![0.0f32; units * rows];
-    part_o.par_chunks_mut(rows * d).zip(part_l.par_chunks_mut(rows)).enumerate().for_each_init(
+    let (per_o, per_l) = (heads_per_task * rows * d, heads_per_task * rows);
+    part_o.par_chunks_mut(per_o).zip(part_l.par_chunks_mut(per_l)).enumerate().for_each_init(
         Scratch::default,
-        |scr, (u, (po, pl))| {
-            let (bk, c) = (u / nchunks, u % nchunks);
-            let (b, kvh) = (bk / p.kv_heads, bk % p.kv_heads);
-            let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
-            let task = Task { p, args, kernel, isa, b, kvh, rows, k0, k1 };
-            task.run(range, scr, po, pl);
+        |scr, (t, (pos, pls))| {
+            for (x, (po, pl)) in pos.chunks_mut(rows * d).zip(pls.chunks_mut(rows)).enumerate() {
+                let u = t * heads_per_task + x;
+                let (b, kvh, c) = match heads_per_task {
+                    1 => (u / nchunks / p.kv_heads, u / nchunks % p.kv_heads, u % nchunks),
+                    _ => (u / p.kv_heads / nchunks, u % p.kv_heads, u / p.kv_heads % nchunks),
+                };
+                let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
+                let task = Task { p, args, kernel, isa, b, kvh, rows, k0, k1 };
+                task.run(range, scr, po, pl);
+            }
         },
     );
 
@@ -200,7 +216,7 @@ pub fn run(
     };
     let (part_o, part_l) = (&part_o, &part_l);
     out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
-        let at = |c: usize| (bk * nchunks + c) * rows;
+        let at = |c: usize| part_at(bk / p.kv_heads, bk % p.kv_heads, c) * rows;
         let mut mo = part_o[at(0) * d..(at(0) + rows) * d].to_vec();
         let mut ml = part_l[at(0)..at(0) + rows].to_vec();
         for c in 1..nchunks {
@@ -214,6 +230,30 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// For strided rows gathered block by block: asks the cache for the rows that come
+/// [`kernel::PREFETCH_BYTES`] of row data after block `[b0, b1)` (up to `hi`), as the in-place
+/// path's [`Ahead`] does for adjacent rows.
+fn prefetch_ahead(rows: &[HeadRows<'_>], b0: usize, b1: usize, d: usize, hi: usize) {
+    for r in rows {
+        let (ptr, size) = match r.src {
+            TensorRef::F32(s) => (s.as_ptr() as *const u8, 4),
+            TensorRef::F16(s) => (s.as_ptr() as *const u8, 2),
+            TensorRef::BF16(s) => (s.as_ptr() as *const u8, 2),
+        };
+        let ahead = kernel::PREFETCH_BYTES.div_ceil(d * size);
+        for j in (b0 + ahead).min(hi)..(b1 + ahead).min(hi) {
+            let row = ptr.wrapping_add((r.base + j * r.stride) * size);
+            (0..d * size).step_by(64).for_each(|off| kernel::prefetch_line(row.wrapping_add(off)));
+        }
+    }
+}
+
+/// Whether K's KV heads interleave row by row (head stride below row stride), as in a
+/// (B, N, H_kv, D) cache.
+fn interleaved(args: &AttnArgs<'_>) -> bool {
+    args.layouts().k.is_some_and(|l| args.problem().kv_heads > 1 && l.head < l.row)
 }
 
 /// One (batch, KV head, chunk) task.
@@ -297,6 +337,7 @@ impl Task<'_> {
                             (&k[s0..s1], &v[s0..s1])
                         }
                         _ => {
+                            prefetch_ahead(&[kr, vr], b0, b1, d, hi);
                             scr.kw.resize(s1 - s0, 0.0);
                             scr.vw.resize(s1 - s0, 0.0);
                             kr.read_rows(b0, d, &mut scr.kw);
@@ -371,6 +412,7 @@ impl Task<'_> {
                 st.ahead = self.ahead(k, v, kv_base, b0, hi);
                 process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
             } else {
+                prefetch_ahead(&[kr, vr], b0, b1, d, hi);
                 gather(kr, k, b0, b1, &mut scr.kh);
                 gather(vr, v, b0, b1, &mut scr.vh);
                 process(t, &mut st, &scr.kh, &scr.vh, strips);
