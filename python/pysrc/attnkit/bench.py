@@ -104,8 +104,9 @@ def shape_rows(b, n, h, d, dtype, rounds, backward):
 
 def decode_rows(b, n_cache, h, hkv, d, dtype, rounds):
     """One decoded token against a full (B, N, H_kv, D) KV cache: flash_attn_with_kvcache reading
-    the cache in place, against the same kernel on a contiguous (B, H_kv, N, D) copy of it, and
-    the streaming-read ceiling (summing K and V once)."""
+    the cache in place, against the same kernel on a contiguous (B, H_kv, N, D) copy of it, the
+    copy-then-call the door did before it took strides, and the streaming-read ceiling (summing
+    K and V once)."""
     from .kvcache import flash_attn_with_kvcache
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(b, 1, h, d, generator=gen).to(dtype)
@@ -114,6 +115,8 @@ def decode_rows(b, n_cache, h, hkv, d, dtype, rounds):
     contenders = {
         "attnkit with_kvcache (B,N,H,D)": lambda: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=n_cache),
         "attnkit (B,H,N,D) contiguous": lambda: _ops.attention(qt, kt, vt, bnhd=False),
+        "copy to (B,H,N,D) + call (old)": lambda: _ops.attention(qt, kc.transpose(1, 2).contiguous(),
+                                                             vc.transpose(1, 2).contiguous(), bnhd=False),
         "read K and V once (ceiling)": lambda: (kt.sum(), vt.sum()),
     }
     with torch.no_grad():
