@@ -149,7 +149,7 @@ fn pair_kernel_keeps_a_nan_in_v_in_its_band_and_mask() {
 }
 
 /// (B, H, N, D) data of `shape` rearranged to (B, N, H, D).
-fn to_bnhd(t: &Tensor, [b, h, n, d]: [usize; 4]) -> Tensor {
+fn to_bnhd(t: &Tensor, [_, h, n, d]: [usize; 4]) -> Tensor {
     let x = t.to_f32();
     let mut y = vec![0.0f32; x.len()];
     for (r, row) in x.chunks(d).enumerate() {
