@@ -1,8 +1,10 @@
 //! The `Attention` trait: the contract every backend implements.
 //!
 //! # Contract
-//! Given a validated [`Problem`] and Q (B,H,N_q,D), K and V (B,H_kv,N_k,D), all contiguous
-//! row-major in the problem's dtype, a backend computes
+//! Given a validated [`Problem`] and Q (B,H,N_q,D), K and V (B,H_kv,N_k,D) in the problem's
+//! dtype — contiguous row-major, or with row strides ([`crate::row_layout`], which only backends
+//! whose [`Attention::takes_strides`] is true see; the others get a contiguous copy) — a backend
+//! computes
 //!
 //! ```text
 //! O[b,h,i,:] = Σ_{j ∈ band(i)} softmax_j(scale · q_i·k_j) · v_j       (f32, (B,H,N_q,D))

@@ -1,5 +1,7 @@
-//! Moving rows between the caller's layout and the contiguous (B, H, N, D) buffers the kernels
-//! take, converting the dtype on the way: one parallel pass that walks the *destination* in
+//! Moving rows between the caller's layout and contiguous (B, H, N, D) buffers, converting the
+//! dtype on the way: the f32 outputs into the caller's arrays, the backward's inputs, and forward
+//! inputs whose head dim is not contiguous (the others reach the kernels in place as row
+//! layouts, `flash::rows_or_contiguous`). It is one parallel pass that walks the *destination* in
 //! row-major order (so each rayon task owns a disjoint chunk of it, in safe code) and reads the
 //! source through arbitrary element strides.
 //!

@@ -113,3 +113,35 @@ def test_import_without_torch_keeps_numpy_api():
     code = ("import sys, numpy as np, attnkit; q = np.ones((1, 1, 4, 8), 'f4'); attnkit.attention(q, q, q); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+STRIDED_CASES = [
+    # (name, B, Nq, Nk, H, Hk, D, causal): prefill (whole-head waves) and decode (N_q·group <= 16)
+    ("prefill_gqa", 2, 70, 90, 4, 2, 64, True),
+    ("decode_gqa", 2, 1, 300, 8, 2, 64, False),
+    ("decode_mha", 1, 2, 40, 2, 2, 32, True),
+]
+
+
+@pytest.mark.parametrize("case", STRIDED_CASES, ids=[c[0] for c in STRIDED_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_strided_inputs_are_read_in_place_bitwise(case, dtype):
+    """(B, N, H, D) tensors, qkv-packed slices and a longer KV cache give bitwise the output of
+    the same data in contiguous (B, H, N, D): the kernels read the strided rows in place."""
+    _, b, nq, nk, h, hk, d, causal = case
+    gen = torch.Generator().manual_seed(nq * nk)
+    q = torch.randn(b, nq, h, d, generator=gen).to(dtype)
+    k, v = (torch.randn(b, nk, hk, d, generator=gen).to(dtype) for _ in range(2))
+    want, want_lse = _ops.attention(*(x.transpose(1, 2).contiguous() for x in (q, k, v)), causal=causal, bnhd=False)
+    out, lse = _ops.attention(q, k, v, causal=causal)
+    assert torch.equal(out.transpose(1, 2), want) and torch.equal(lse, want_lse)
+    # K and V as slices of one packed (B, N, 2, H_kv, D) buffer (row stride 2·H_kv·D).
+    kv = torch.stack((k, v), dim=2)
+    out2, _ = _ops.attention(q, kv[:, :, 0], kv[:, :, 1], causal=causal)
+    assert torch.equal(out2, out)
+    # A cache with room for more tokens, read up to seqused_k (flash_attn_with_kvcache's path).
+    cache_k, cache_v = (torch.cat((x, torch.full_like(x, float("nan"))), dim=1) for x in (k, v))
+    used = torch.full((b,), nk, dtype=torch.int32)
+    out3, _ = _ops.attention(q, cache_k, cache_v, causal=causal, seqused_k=used)
+    want3, _ = _ops.attention(q, k, v, causal=causal, seqused_k=used)
+    assert torch.equal(out3, want3)
