@@ -24,6 +24,7 @@ from attnkit import kvcache_attention  # noqa: E402
 needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed")
 if torch is not None:
     from attnkit.flash_attn_interface import flash_attn_with_kvcache  # noqa: E402
+    from attnkit import _ops  # noqa: E402
     from flash_ref import assert_fa_close, attention_ref  # noqa: E402
 
 
@@ -357,3 +358,32 @@ def test_varlen_block_table_is_refused_by_name():
     cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(ValueError, match="block_table.*flash_attn_with_kvcache"):
         flash_attn_varlen_func(x, x, x, cu, cu, 4, 4, block_table=torch.zeros(1, 1, dtype=torch.int32))
+
+
+@needs_torch
+def test_paged_kvcache_compiles_fullgraph_and_opchecks():
+    """The paged path is one custom op mutating k_cache/v_cache: a decode step calling
+    flash_attn_with_kvcache(..., block_table=...) compiles with fullgraph=True (no graph break),
+    appends into the pages like eager, returns the same output; opcheck passes on the op."""
+    gen = torch.Generator().manual_seed(4)
+    b, h, hk, d, ps, mp = 2, 4, 2, 32, 16, 3
+    pages = torch.randn(b * mp, ps, hk, d, generator=gen)
+    table = torch.arange(b * mp, dtype=torch.int32).flip(0).reshape(b, mp)
+    q = torch.randn(b, 1, h, d, generator=gen)
+    k, v = (torch.randn(b, 1, hk, d, generator=gen) for _ in range(2))
+    seqlens = torch.tensor([5, 20], dtype=torch.int32)
+
+    def step(q, kc, vc, k, v):
+        out = flash_attn_with_kvcache(q, kc, vc, k, v, cache_seqlens=seqlens, block_table=table, causal=True)
+        return out * 2.0
+
+    ke, ve = pages.clone(), pages.clone() + 1.0
+    eager = step(q, ke, ve, k, v)
+    torch._dynamo.reset()
+    kc, vc = pages.clone(), pages.clone() + 1.0
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, kc, vc, k, v)
+    assert torch.equal(compiled, eager)
+    assert torch.equal(kc, ke) and torch.equal(vc, ve) and not torch.equal(kc, pages), "append lost or wrong"
+    args = (q, pages.clone(), pages.clone(), table, seqlens, k, v, None, None, True, None, None, True, -1, -1, 0.0,
+            None)
+    torch.library.opcheck(_ops.kvcache_paged, args)

@@ -109,3 +109,23 @@ def attention(q, k, v, scale=None, causal=False, wl=-1, wr=-1, softcap=0.0, alib
         return _fwd_impl(q, k, v, scale, causal, wl, wr, softcap, alibi, cu_q, cu_k, seqused_k, bnhd, bias, mask,
                          backend)
     return fwd(q, k, v, scale, causal, wl, wr, softcap, alibi, cu_q, cu_k, seqused_k, bnhd, bias, mask, backend)
+
+
+@torch.library.custom_op("attnkit::kvcache_paged", mutates_args=("k_cache", "v_cache"), device_types="cpu")
+def kvcache_paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seqlens: Tensor,
+                  k: Optional[Tensor], v: Optional[Tensor], rotary_cos: Optional[Tensor],
+                  rotary_sin: Optional[Tensor], rotary_interleaved: bool, leftpad: Optional[Tensor],
+                  scale: Optional[float], causal: bool, wl: int, wr: int, softcap: float,
+                  alibi: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """flash_attn_with_kvcache(..., block_table=...) as one operator: appends k/v into the pages
+    of k_cache/v_cache in place (declared in ``mutates_args``, so torch.compile orders it) and
+    returns (out, softmax_lse) as fresh tensors."""
+    from .paged import kvcache_attention
+    return kvcache_attention(q, k_cache, v_cache, block_table, k, v, rotary_cos, rotary_sin, seqlens, leftpad,
+                             scale, causal, (wl, wr), softcap, rotary_interleaved, alibi, True)
+
+
+@kvcache_paged.register_fake
+def _(q, k_cache, v_cache, block_table, seqlens, *rest):
+    b, nq, h = q.shape[0], q.shape[1], q.shape[2]
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, nq), dtype=torch.float32)

@@ -19,15 +19,15 @@ With ``block_table`` (a paged cache: k_cache/v_cache (num_blocks, page_size, nhe
 block_table (batch, max_blocks) int32) the same steps run in Rust on the pages in place
 (``attnkit.paged.kvcache_attention``, which also takes NumPy arrays): the append writes into the
 pages, the kernel reads them where they lie (no gather), cache_leftpad is supported, and
-cache_batch_idx is refused (as FlashAttention 2 refuses it with block_table). The paged path
-is a direct call into Rust, not a ``torch.library.custom_op`` (yet): ``torch.compile`` breaks
-the graph at it.
+cache_batch_idx is refused (as FlashAttention 2 refuses it with block_table). The paged path is
+one ``torch.library.custom_op`` (``attnkit::kvcache_paged``, mutating k_cache and v_cache), so
+``torch.compile(fullgraph=True)`` compiles a decode step that calls it.
 """
 
 import torch
 
 from .flash_attn_interface import _check, _run
-from .paged import kvcache_attention
+from . import _ops
 
 
 def _rotary(x, cos, sin, pos, interleaved):
@@ -58,10 +58,19 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError("cache_batch_idx cannot be used with block_table (FlashAttention 2 refuses the pair "
                              "too): the block table already maps each batch row to its pages; reorder block_table "
                              "rows instead")
+        b = q.shape[0]
+        if cache_seqlens is None:
+            cap = block_table.shape[1] * k_cache.shape[1]
+            seqlens = torch.full((b,), cap if k is None else 0, dtype=torch.int32)
+        elif isinstance(cache_seqlens, int):
+            seqlens = torch.full((b,), cache_seqlens, dtype=torch.int32)
+        else:
+            seqlens = cache_seqlens
         with torch.no_grad():
-            return kvcache_attention(q, k_cache, v_cache, block_table, k, v, rotary_cos, rotary_sin, cache_seqlens,
-                                     cache_leftpad, softmax_scale, causal, window_size, softcap, rotary_interleaved,
-                                     alibi_slopes, return_softmax_lse)
+            out, lse = _ops.kvcache_paged(q, k_cache, v_cache, block_table, seqlens, k, v, rotary_cos, rotary_sin,
+                                          bool(rotary_interleaved), cache_leftpad, softmax_scale, bool(causal),
+                                          int(window_size[0]), int(window_size[1]), float(softcap), alibi_slopes)
+        return (out, lse) if return_softmax_lse else out
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new keys and values to append)")
     if (rotary_cos is None) != (rotary_sin is None):
