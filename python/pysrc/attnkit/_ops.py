@@ -1,6 +1,7 @@
-"""The two torch operators behind attnkit's torch functions: ``attnkit::fwd`` (O and the f32
+"""The torch operators behind attnkit's torch functions: ``attnkit::fwd`` (O and the f32
 log-sum-exp) and ``attnkit::bwd`` (dQ, dK, dV), each a ``torch.library.custom_op`` with a fake
-(meta) implementation, and the autograd formula tying them together. ``torch.compile`` traces
+(meta) implementation, and the autograd formula tying them together; and
+``attnkit::kvcache_paged`` (flash_attn_with_kvcache on a paged cache, mutating its pages). ``torch.compile`` traces
 them as single opaque nodes (no graph break); ``torch.library.opcheck`` checks them.
 
 ``attention(...)`` is the entry point: in eager mode, with no gradient to record, it calls the
