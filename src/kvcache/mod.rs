@@ -121,7 +121,7 @@ impl KvDType {
         match self {
             KvDType::F32 => 4 * d,
             KvDType::BF16 => 2 * d,
-            KvDType::Int8 => d + 4 * d.div_ceil(quant::QBLOCK),
+            KvDType::Int8 => quant::row_bytes(d),
         }
     }
 }
@@ -189,7 +189,7 @@ pub(crate) enum Store {
     /// Values and one scale per [`quant::QBLOCK`] elements of a row.
     Int8 {
         q: Vec<i8>,
-        scale: Vec<f32>,
+        scale: Vec<bf16>,
     },
 }
 
@@ -198,7 +198,7 @@ impl Store {
         match dtype {
             KvDType::F32 => Store::F32(vec![0.0; slots * d]),
             KvDType::BF16 => Store::BF16(vec![bf16::ZERO; slots * d]),
-            KvDType::Int8 => Store::Int8 { q: vec![0; slots * d], scale: vec![0.0; slots * d.div_ceil(quant::QBLOCK)] },
+            KvDType::Int8 => Store::Int8 { q: vec![0; slots * d], scale: vec![bf16::ZERO; slots * quant::scales_per_row(d)] },
         }
     }
 
@@ -225,7 +225,7 @@ impl Store {
         match self {
             Store::F32(x) => 4 * x.len(),
             Store::BF16(x) => 2 * x.len(),
-            Store::Int8 { q, scale } => q.len() + 4 * scale.len(),
+            Store::Int8 { q, scale } => q.len() + quant::SCALE_BYTES * scale.len(),
         }
     }
 }
