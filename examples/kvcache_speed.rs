@@ -90,6 +90,10 @@ fn main() {
     }
     let bw = bw0.min(bandwidth());
     let base = median(&times[0]);
+    let med = |name: &str| variants.iter().position(|v| v.0 == name).map(|i| median(&times[i]));
+    if let (Some(b), Some(i)) = (med("contiguous-bf16"), med("contiguous-int8")) {
+        println!("{{\"int8_speedup_over_bf16\":{:.3},\"target\":1.7}}", b / i);
+    }
     let rows = variants.iter().map(|&(n, _, t)| (n, t)).chain([("flash-cpu-bhnd-f32", KvDType::F32)]);
     for ((name, dtype), t) in rows.zip(&times) {
         let t = median(t);
