@@ -92,6 +92,10 @@ fn cases() -> Vec<Case> {
         Case { window: Window::new(40, 0), sinks: true, ..case("window+sinks", 8, 2, 4, &[517, 33]) },
         Case { causal: false, window: Window::new(100, 3), ..case("window two-sided", 4, 2, 16, &[600, 250]) },
         Case { softcap: true, alibi: true, ..case("softcap+alibi", 4, 2, 4, &[517, 90]) },
+        // N_q·group > 16: the tiled prefill kernel, with each modifier and lengths 0 and < N_q.
+        Case { window: Window::new(40, 0), sinks: true, ..case("prefill window+sinks", 8, 2, 64, &[517, 0]) },
+        Case { softcap: true, alibi: true, ..case("prefill softcap+alibi", 4, 2, 64, &[300, 40]) },
+        Case { causal: false, window: Window::new(100, 3), ..case("prefill two-sided mqa", 4, 1, 33, &[600, 250]) },
     ]
 }
 
@@ -236,15 +240,18 @@ fn int8_stays_within_its_bound() {
 
 #[test]
 fn bitwise_deterministic_across_thread_counts() {
-    let p = Problem::new(2, 8, 4, 64).with_kv_heads(2).with_causal(true);
-    let q = normal_values(p.q_len(), 3);
-    for dtype in KvDType::ALL {
-        let c = filled(KvLayout::Paged { page_size: 16 }, dtype, 2, 64, &[9000, 5000], 9000, 1);
-        let outs: Vec<Vec<f32>> = [1, 2, 3]
-            .iter()
-            .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| run(&c, &p, &q)))
-            .collect();
-        assert!(outs[0] == outs[1] && outs[1] == outs[2], "{dtype}");
+    // N_q = 4 runs the decode kernel (16 query rows per KV head), N_q = 100 the tiled prefill.
+    for nq in [4, 100] {
+        let p = Problem::new(2, 8, nq, 64).with_kv_heads(2).with_causal(true);
+        let q = normal_values(p.q_len(), 3);
+        for dtype in KvDType::ALL {
+            let c = filled(KvLayout::Paged { page_size: 16 }, dtype, 2, 64, &[9000, 5000], 9000, 1);
+            let outs: Vec<Vec<f32>> = [1, 2, 3]
+                .iter()
+                .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| run(&c, &p, &q)))
+                .collect();
+            assert!(outs[0] == outs[1] && outs[1] == outs[2], "N_q={nq} {dtype}");
+        }
     }
 }
 

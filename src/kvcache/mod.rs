@@ -47,6 +47,7 @@
 pub mod append;
 pub mod attend;
 pub mod pages;
+pub mod prefill;
 pub mod quant;
 
 pub use append::{AppendOptions, Rotary, RotaryLayout, append_pages, rotate_q};

@@ -464,7 +464,13 @@ pub fn pack_k(src: TensorRef<'_>, base: usize, k0: usize, k1: usize, d: usize, k
 
 /// [`pack_k`] over `n` key rows from a row source: `read(j, row)` fills key `j`'s D elements
 /// (a KV cache's pages, say, read where they lie). Returns the packed key count.
-pub fn pack_k_rows(n: usize, d: usize, kp: usize, dst: &mut Vec<f32>, mut read: impl FnMut(usize, &mut [f32])) -> usize {
+pub fn pack_k_rows(
+    n: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+    mut read: impl FnMut(usize, &mut [f32]),
+) -> usize {
     let nkeys = n.div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * d, 0.0);
@@ -495,7 +501,13 @@ pub fn pack_v(
 }
 
 /// [`pack_v`] over `n` value rows from a row source (`read(j, row)` fills value `j`).
-pub fn pack_v_rows(n: usize, d: usize, kp: usize, dst: &mut Vec<f32>, mut read: impl FnMut(usize, &mut [f32])) -> Vec<usize> {
+pub fn pack_v_rows(
+    n: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+    mut read: impl FnMut(usize, &mut [f32]),
+) -> Vec<usize> {
     let dp = padded_dim(d);
     let nkeys = n.div_ceil(kp) * kp;
     dst.clear();

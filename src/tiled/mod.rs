@@ -28,6 +28,7 @@ mod bf16_tests;
 mod block;
 pub mod decode;
 mod modify;
+pub(crate) mod rows;
 mod segments;
 mod waves;
 
