@@ -190,8 +190,8 @@ fn dequantize_avx2(q: &[i8], scale: &[bf16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let full = dst.len() / QBLOCK;
     assert!(q.len() >= full * QBLOCK && scale.len() >= full);
-    for b in 0..full {
-        let s = _mm256_set1_ps(scale[b].to_f32());
+    for (b, sb) in scale[..full].iter().enumerate() {
+        let s = _mm256_set1_ps(sb.to_f32());
         // SAFETY: block `b` < `full` spans q[16b..16b + 16] and dst[16b..16b + 16], in bounds
         // by the assert above and `full`'s definition; unaligned loads and stores.
         unsafe {

@@ -28,6 +28,9 @@ use rayon::prelude::*;
 /// count and the keys whose V row is not finite (as `pack_k_rows`/`pack_v_rows` do).
 pub type HeadPacker<'a> = dyn Fn(usize, usize, &mut Vec<f32>, &mut Vec<f32>) -> (usize, Vec<usize>) + Sync + 'a;
 
+/// One head's K panels, V rows, packed key count and non-finite V rows.
+type Panels = (Vec<f32>, Vec<f32>, usize, Vec<usize>);
+
 /// Runs `p` (Q `(B, H, N_q, D)` f32, keys `[0, seq_k)` per batch row, each row's band from
 /// `range`) over the panels `pack` makes, into `out` (`(B, H, N_q, D)`) and `lse`.
 #[allow(clippy::too_many_arguments)]
@@ -55,7 +58,7 @@ pub(crate) fn run(
     let mods = CallMods::scores_only(p);
     for w0 in (0..nkv).step_by(inflight) {
         let w1 = (w0 + inflight).min(nkv);
-        let packed: Vec<(Vec<f32>, Vec<f32>, usize, Vec<usize>)> = (w0..w1)
+        let packed: Vec<Panels> = (w0..w1)
             .into_par_iter()
             .map(|kvh| {
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
