@@ -25,8 +25,9 @@
 //!
 //! # Complexity and caveats
 //! Append: O(new tokens · H_kv · D); int8 adds the step search (≤ 18 passes over each block of
-//! 16; measured 46 ns per element on the loaded 2-vCPU machine below, 3% of a 32K-token
-//! prefill's attention time, 0.2% of a decode step's at 32K keys). Decode (N_q·group ≤ 16,
+//! 16; measured 46 ns per element on the loaded 2-vCPU machine below, from the fill times
+//! `examples/kvcache_speed.rs` prints; from the figures below that is, as an estimate, about 3%
+//! of a 32K-token prefill's attention time and 0.2% of a decode step's at 32K keys). Decode (N_q·group ≤ 16,
 //! [`attend`]): as the decode strategy of `flash-cpu` ([`crate::tiled::decode`]): each K/V
 //! byte of the attended range is read once per call; the kernel stages one block of 32 tokens
 //! (all KV heads, widened or dequantized to f32) at a time in per-thread scratch, then runs
