@@ -31,6 +31,8 @@ use crate::error::Result;
 use crate::linalg::{MatRef, Par, sgemm};
 use crate::problem::Problem;
 use crate::simd::Isa;
+use crate::simd::bwd_tile::{COLS, TileGemm};
+use crate::tensor::TensorRef;
 use crate::tiled::RowRange;
 use rayon::prelude::*;
 
@@ -58,6 +60,19 @@ pub struct Tiling {
     pub bc: usize,
     /// Key chunks per (batch, KV head): tasks, each with its own dQ buffer after the first.
     pub chunks: usize,
+    /// Who multiplies the tiles.
+    pub kernel: TileKernel,
+}
+
+/// The GEMM behind a tiling's five products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileKernel {
+    /// The `gemm` crate (packs its operands per call): the materialized backward's N_q×N_k
+    /// products, large enough for its cache blocking to matter.
+    Crate,
+    /// The register-blocked tile kernel of [`crate::simd::bwd_tile`], Kᵀ and Vᵀ packed once per
+    /// key block: the flash tiling's 128×128×D products, where per-call packing would cost.
+    Simd,
 }
 
 impl Tiling {
@@ -65,12 +80,29 @@ impl Tiling {
     pub fn flash(p: &Problem) -> Self {
         let kblocks = p.seq_k.div_ceil(BC).max(1);
         let chunks = TARGET_TASKS.div_ceil((p.batch * p.kv_heads).max(1)).clamp(1, kblocks.min(MAX_CHUNKS));
-        Tiling { br: BR, bc: BC, chunks }
+        Tiling { br: BR, bc: BC, chunks, kernel: TileKernel::Simd }
     }
 
     /// The textbook computation: one N_q×N_k tile per head (`sdpa`'s materialized backward).
     pub fn materialized(p: &Problem) -> Self {
-        Tiling { br: p.seq_q.max(1), bc: p.seq_k.max(1), chunks: 1 }
+        Tiling { br: p.seq_q.max(1), bc: p.seq_k.max(1), chunks: 1, kernel: TileKernel::Crate }
+    }
+
+    /// Row stride of the D-wide tiles (Q, K, V, dO, dK, dV, dQ): D padded to whole column
+    /// chunks for the SIMD kernel, D for the crate.
+    fn row_len(&self, d: usize) -> usize {
+        match self.kernel {
+            TileKernel::Crate => d,
+            TileKernel::Simd => d.next_multiple_of(COLS),
+        }
+    }
+
+    /// Row stride of the S and dP tiles (and the width of the packed Kᵀ, Vᵀ).
+    fn score_ld(&self) -> usize {
+        match self.kernel {
+            TileKernel::Crate => self.bc,
+            TileKernel::Simd => self.bc.next_multiple_of(COLS),
+        }
     }
 
     /// Working bytes beyond the gradients: the extra dQ buffers, D, the row ranges, the
@@ -82,8 +114,14 @@ impl Tiling {
         let rows = (p.lse_len() as u64).checked_mul(4 + 1)?;
         let ranges = (p.batch as u64).checked_mul(p.seq_q as u64)?.checked_mul(16)?;
         let keys = p.kv_len() as u64 / d.max(1);
-        let tiles =
-            (4 * bc + 2 * br).checked_mul(d)?.checked_add(br.checked_mul(bc)?.checked_mul(2)?)?.checked_add(bc)?;
+        let (dp, lds) = (self.row_len(p.head_dim) as u64, self.score_ld() as u64);
+        // K, V, dK, dV; Q, dO, dQ (BR rows); Kᵀ, Vᵀ (SIMD kernel only); S, dP; the chain.
+        let packed = if self.kernel == TileKernel::Simd { 2 * d * lds } else { 0 };
+        let tiles = (4 * bc + 3 * br)
+            .checked_mul(dp)?
+            .checked_add(packed)?
+            .checked_add(br.checked_mul(lds)?.checked_mul(2)?)?
+            .checked_add(bc)?;
         let per_thread =
             tiles.checked_mul(4)?.checked_add(GEMM_WORKSPACE)?.checked_mul(rayon::current_num_threads() as u64)?;
         extra_dq.checked_add(rows)?.checked_add(ranges)?.checked_add(keys)?.checked_add(per_thread)
@@ -142,6 +180,7 @@ struct Ctx<'a> {
     finite: Finite,
     mods: StepMods<'a>,
     tiling: Tiling,
+    isa: Isa,
 }
 
 /// Runs the backward into `grads` (dQ, dK, dV, dσ; the bias gradient when requested).
@@ -158,7 +197,7 @@ pub fn run(
     let prep = Prepared::new(args, saved);
     let ranges: Vec<(usize, usize)> = (0..p.batch * p.seq_q).map(|r| range(r / p.seq_q, r % p.seq_q)).collect();
     let finite = Finite::new(args, saved.d_out);
-    let ctx = Ctx { args, saved, prep: &prep, ranges, finite, mods: StepMods::new(args, isa), tiling };
+    let ctx = Ctx { args, saved, prep: &prep, ranges, finite, mods: StepMods::new(args, isa), tiling, isa };
     let (nc, bc) = (tiling.chunks, tiling.bc);
     let group = p.group_size();
     let mut extra: Vec<Vec<f32>> = (1..nc).map(|_| vec![0.0f32; p.out_len()]).collect();
@@ -196,16 +235,47 @@ pub fn run(
     Ok(())
 }
 
-/// Per-task tiles.
+/// Per-task tiles. D-wide tiles have row stride `row_len(D)` (zero padding columns), S and dP
+/// row stride `score_ld()`; Kᵀ and Vᵀ are D × `score_ld()` (zero padding keys).
 struct Tiles {
     k: Vec<f32>,
     v: Vec<f32>,
+    kt: Vec<f32>,
+    vt: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
     q: Vec<f32>,
+    /// dO rows when D is padded (else dO is read in place).
+    dout: Vec<f32>,
+    /// One tile's dQ when D is padded (else dQ accumulates in place).
+    dq: Vec<f32>,
     s: Vec<f32>,
     dp: Vec<f32>,
     chain: Vec<f32>,
+}
+
+/// Reads `rows` rows of D elements from `src` (row 0 at element `start`) into `dst` with row
+/// stride `ld` ≥ D; padding columns are left as they are (zero).
+fn read_rows(src: TensorRef<'_>, start: usize, rows: usize, d: usize, ld: usize, dst: &mut [f32]) {
+    if ld == d {
+        src.read_f32(start, &mut dst[..rows * d]);
+    } else {
+        for r in 0..rows {
+            src.read_f32(start + r * d, &mut dst[r * ld..r * ld + d]);
+        }
+    }
+}
+
+/// `dst` (D × `ld`) = the transpose of `src`'s first `nk` rows (row stride `dp`), keys
+/// `nk..ld` zero.
+fn transpose_into(src: &[f32], nk: usize, d: usize, dp: usize, ld: usize, dst: &mut [f32]) {
+    for x in 0..d {
+        let row = &mut dst[x * ld..(x + 1) * ld];
+        for (c, y) in row[..nk].iter_mut().enumerate() {
+            *y = src[c * dp + x];
+        }
+        row[nk..].fill(0.0);
+    }
 }
 
 fn run_task(ctx: &Ctx<'_>, task: Task<'_>) {
@@ -213,14 +283,22 @@ fn run_task(ctx: &Ctx<'_>, task: Task<'_>) {
     let d = p.head_dim;
     let group = p.group_size();
     let (br, bc) = (ctx.tiling.br, ctx.tiling.bc);
+    let (dp, lds) = (ctx.tiling.row_len(d), ctx.tiling.score_ld());
+    let simd = ctx.tiling.kernel == TileKernel::Simd;
+    let padded = if dp != d { br * dp } else { 0 };
+    let packed = if simd { d * lds } else { 0 };
     let mut t = Tiles {
-        k: vec![0.0; bc * d],
-        v: vec![0.0; bc * d],
-        dk: vec![0.0; bc * d],
-        dv: vec![0.0; bc * d],
-        q: vec![0.0; br * d],
-        s: vec![0.0; br * bc],
-        dp: vec![0.0; br * bc],
+        k: vec![0.0; bc * dp],
+        v: vec![0.0; bc * dp],
+        kt: vec![0.0; packed],
+        vt: vec![0.0; packed],
+        dk: vec![0.0; bc * dp],
+        dv: vec![0.0; bc * dp],
+        q: vec![0.0; br * dp],
+        dout: vec![0.0; padded],
+        dq: vec![0.0; padded],
+        s: vec![0.0; br * lds],
+        dp: vec![0.0; br * lds],
         chain: vec![0.0; bc],
     };
     let (b, g) = (task.b, task.g);
@@ -228,10 +306,15 @@ fn run_task(ctx: &Ctx<'_>, task: Task<'_>) {
     for (kb, dk_out, dv_out) in task.blocks {
         let j0 = kb * bc;
         let nk = dk_out.len() / d;
-        ctx.args.k().read_f32(kv_row0 * d + j0 * d, &mut t.k[..nk * d]);
-        ctx.args.v().read_f32(kv_row0 * d + j0 * d, &mut t.v[..nk * d]);
-        t.dk[..nk * d].fill(0.0);
-        t.dv[..nk * d].fill(0.0);
+        read_rows(ctx.args.k(), kv_row0 * d + j0 * d, nk, d, dp, &mut t.k);
+        read_rows(ctx.args.v(), kv_row0 * d + j0 * d, nk, d, dp, &mut t.v);
+        if simd {
+            // Packed once per key block, reused by every query head and row block.
+            transpose_into(&t.k, nk, d, dp, lds, &mut t.kt);
+            transpose_into(&t.v, nk, d, dp, lds, &mut t.vt);
+        }
+        t.dk[..nk * dp].fill(0.0);
+        t.dv[..nk * dp].fill(0.0);
         let keys_ok = ctx.finite.keys[kv_row0 + j0..kv_row0 + j0 + nk].iter().all(|x| *x);
         for hg in 0..group {
             let h = g * group + hg;
@@ -246,9 +329,16 @@ fn run_task(ctx: &Ctx<'_>, task: Task<'_>) {
                 tile(ctx, &mut t, (b, h, i0, nr), (j0, nk), keys_ok, dq_rows);
             }
         }
-        dk_out.copy_from_slice(&t.dk[..nk * d]);
-        dv_out.copy_from_slice(&t.dv[..nk * d]);
+        for c in 0..nk {
+            dk_out[c * d..(c + 1) * d].copy_from_slice(&t.dk[c * dp..c * dp + d]);
+            dv_out[c * d..(c + 1) * d].copy_from_slice(&t.dv[c * dp..c * dp + d]);
+        }
     }
+}
+
+/// A row-major view with row stride `ld`.
+fn strided(data: &[f32], rows: usize, cols: usize, ld: usize) -> MatRef<'_> {
+    MatRef { data, rows, cols, row_stride: ld, col_stride: 1 }
 }
 
 /// One BR×BC tile: recompute P, form dS, accumulate dV, dK (tiles) and dQ (in place).
@@ -262,17 +352,33 @@ fn tile(
 ) {
     let p = ctx.args.problem();
     let d = p.head_dim;
-    let bc = ctx.tiling.bc;
+    let (dp, lds) = (ctx.tiling.row_len(d), ctx.tiling.score_ld());
     let row0 = (b * p.heads + h) * p.seq_q + i0;
-    ctx.args.q().read_f32(row0 * d, &mut t.q[..nr * d]);
+    read_rows(ctx.args.q(), row0 * d, nr, d, dp, &mut t.q);
     let dout = &ctx.saved.d_out[row0 * d..(row0 + nr) * d];
-    let q = MatRef::row_major(&t.q[..nr * d], nr, d);
-    let kt = MatRef::transposed(&t.k[..nk * d], nk, d);
-    let vt = MatRef::transposed(&t.v[..nk * d], nk, d);
-    let do_m = MatRef::row_major(dout, nr, d);
+    if dp != d {
+        for r in 0..nr {
+            t.dout[r * dp..r * dp + d].copy_from_slice(&dout[r * d..(r + 1) * d]);
+        }
+    }
+    let do_tile: &[f32] = if dp != d { &t.dout } else { dout };
+    let simd = ctx.tiling.kernel == TileKernel::Simd;
     // The shapes are consistent by construction; a GEMM shape error cannot happen here.
-    let _ = sgemm(q, kt, &mut t.s, bc, p.scale, 0.0, Par::Serial);
-    let _ = sgemm(do_m, vt, &mut t.dp, bc, 1.0, 0.0, Par::Serial);
+    if simd {
+        let nkp = nk.next_multiple_of(COLS);
+        let scores = |a: &[f32], bt: &[f32], c: &mut [f32], alpha: f32| {
+            let (a_rs, a_cs) = (dp, 1);
+            let (b, ldb, ldc, accumulate) = (bt, lds, lds, false);
+            ctx.isa.tile_gemm(&mut TileGemm { m: nr, n: nkp, k: d, a, a_rs, a_cs, b, ldb, c, ldc, alpha, accumulate });
+        };
+        scores(&t.q, &t.kt, &mut t.s, p.scale);
+        scores(do_tile, &t.vt, &mut t.dp, 1.0);
+    } else {
+        let (q, kt) = (strided(&t.q, nr, d, dp), MatRef::transposed(&t.k[..nk * d], nk, d));
+        let (do_m, vt) = (MatRef::row_major(dout, nr, d), MatRef::transposed(&t.v[..nk * d], nk, d));
+        let _ = sgemm(q, kt, &mut t.s, lds, p.scale, 0.0, Par::Serial);
+        let _ = sgemm(do_m, vt, &mut t.dp, lds, 1.0, 0.0, Par::Serial);
+    }
     for r in 0..nr {
         let row = Row {
             b,
@@ -282,19 +388,87 @@ fn tile(
             delta: ctx.prep.delta[row0 + r],
             range: ctx.ranges[b * p.seq_q + i0 + r],
         };
-        let (s, dp) = (&mut t.s[r * bc..r * bc + nk], &mut t.dp[r * bc..r * bc + nk]);
-        row_step(&ctx.mods, &row, j0, s, dp, &mut t.chain[..nk], false);
+        let (s, dpr) = (&mut t.s[r * lds..r * lds + nk], &mut t.dp[r * lds..r * lds + nk]);
+        row_step(&ctx.mods, &row, j0, s, dpr, &mut t.chain[..nk], false);
     }
     let rows_ok = ctx.finite.rows[row0..row0 + nr].iter().all(|x| *x);
-    if keys_ok && rows_ok {
-        let pm = MatRef { data: &t.s[..], rows: nk, cols: nr, row_stride: 1, col_stride: bc };
-        let dsm_t = MatRef { data: &t.dp[..], rows: nk, cols: nr, row_stride: 1, col_stride: bc };
-        let dsm = MatRef { data: &t.dp[..], rows: nr, cols: nk, row_stride: bc, col_stride: 1 };
-        let _ = sgemm(pm, do_m, &mut t.dv[..nk * d], d, 1.0, 1.0, Par::Serial);
-        let _ = sgemm(dsm_t, q, &mut t.dk[..nk * d], d, p.scale, 1.0, Par::Serial);
-        let _ = sgemm(dsm, MatRef::row_major(&t.k[..nk * d], nk, d), dq_rows, d, p.scale, 1.0, Par::Serial);
-    } else {
+    if !(keys_ok && rows_ok) {
         scalar_accumulate(ctx, t, (b, h, i0, nr), (j0, nk), dout, dq_rows);
+    } else if simd {
+        accumulate_simd(ctx, t, (nr, nk), dout, dq_rows);
+    } else {
+        let pm = MatRef { data: &t.s[..], rows: nk, cols: nr, row_stride: 1, col_stride: lds };
+        let dsm_t = MatRef { data: &t.dp[..], rows: nk, cols: nr, row_stride: 1, col_stride: lds };
+        let dsm = MatRef { data: &t.dp[..], rows: nr, cols: nk, row_stride: lds, col_stride: 1 };
+        let do_m = MatRef::row_major(dout, nr, d);
+        let _ = sgemm(pm, do_m, &mut t.dv[..nk * d], d, 1.0, 1.0, Par::Serial);
+        let _ =
+            sgemm(dsm_t, MatRef::row_major(&t.q[..nr * d], nr, d), &mut t.dk[..nk * d], d, p.scale, 1.0, Par::Serial);
+        let _ = sgemm(dsm, MatRef::row_major(&t.k[..nk * d], nk, d), dq_rows, d, p.scale, 1.0, Par::Serial);
+    }
+}
+
+/// The finite tile on the SIMD kernel: dV += Pᵀ·dO, dK += scale·dSᵀ·Q (Pᵀ and dSᵀ read in
+/// place through strides), dQ += scale·dS·K (in place when D needs no padding).
+fn accumulate_simd(ctx: &Ctx<'_>, t: &mut Tiles, (nr, nk): (usize, usize), dout: &[f32], dq_rows: &mut [f32]) {
+    let p = ctx.args.problem();
+    let d = p.head_dim;
+    let (dp, lds) = (ctx.tiling.row_len(d), ctx.tiling.score_ld());
+    let (scale, accumulate) = (p.scale, true);
+    let do_tile: &[f32] = if dp != d { &t.dout } else { dout };
+    let key_major = |a, b, c, alpha| TileGemm {
+        m: nk,
+        n: dp,
+        k: nr,
+        a,
+        a_rs: 1,
+        a_cs: lds,
+        b,
+        ldb: dp,
+        c,
+        ldc: dp,
+        alpha,
+        accumulate,
+    };
+    ctx.isa.tile_gemm(&mut key_major(&t.s, do_tile, &mut t.dv, 1.0));
+    ctx.isa.tile_gemm(&mut key_major(&t.dp, &t.q, &mut t.dk, scale));
+    let (a, b) = (&t.dp[..], &t.k[..]);
+    if dp == d {
+        let c = dq_rows;
+        ctx.isa.tile_gemm(&mut TileGemm {
+            m: nr,
+            n: dp,
+            k: nk,
+            a,
+            a_rs: lds,
+            a_cs: 1,
+            b,
+            ldb: dp,
+            c,
+            ldc: d,
+            alpha: scale,
+            accumulate,
+        });
+    } else {
+        let c = &mut t.dq[..];
+        let accumulate = false;
+        ctx.isa.tile_gemm(&mut TileGemm {
+            m: nr,
+            n: dp,
+            k: nk,
+            a,
+            a_rs: lds,
+            a_cs: 1,
+            b,
+            ldb: dp,
+            c,
+            ldc: dp,
+            alpha: scale,
+            accumulate,
+        });
+        for (dst, src) in dq_rows.chunks_exact_mut(d).zip(t.dq.chunks_exact(dp)) {
+            dst.iter_mut().zip(src).for_each(|(x, y)| *x += y);
+        }
     }
 }
 
@@ -309,18 +483,19 @@ fn scalar_accumulate(
 ) {
     let p = ctx.args.problem();
     let d = p.head_dim;
-    let (sc, bc) = (p.scale, ctx.tiling.bc);
+    let (dp, lds) = (ctx.tiling.row_len(d), ctx.tiling.score_ld());
+    let sc = p.scale;
     for r in 0..nr {
         let row = Row { b, h, i: i0 + r, lse: 0.0, delta: 0.0, range: ctx.ranges[b * p.seq_q + i0 + r] };
         for c in 0..nk {
             if !allowed(&ctx.mods, &row, j0 + c) {
                 continue;
             }
-            let (pij, ds) = (t.s[r * bc + c], t.dp[r * bc + c] * sc);
+            let (pij, ds) = (t.s[r * lds + c], t.dp[r * lds + c] * sc);
             for x in 0..d {
-                t.dv[c * d + x] += pij * dout[r * d + x];
-                t.dk[c * d + x] += ds * t.q[r * d + x];
-                dq_rows[r * d + x] += ds * t.k[c * d + x];
+                t.dv[c * dp + x] += pij * dout[r * d + x];
+                t.dk[c * dp + x] += ds * t.q[r * dp + x];
+                dq_rows[r * d + x] += ds * t.k[c * dp + x];
             }
         }
     }
