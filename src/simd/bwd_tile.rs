@@ -214,3 +214,84 @@ pub fn exp_ds<S: Simd>(s: S, sv: &mut [f32], dp: &mut [f32], lse: f32, delta: f3
         dp[full..].copy_from_slice(&td[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::Isa;
+
+    /// Deterministic values in [-1, 1) with mixed magnitudes.
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0).collect()
+    }
+
+    /// Every row remainder (m = 1..13), row-major and transposed A, both C modes, k = 0, on
+    /// every path the CPU has, against an f64 product. Tolerance: one f32 FMA chain over k ≤ 70
+    /// terms of size ≤ 1 has error ≤ k·u·Σ|terms| ≈ 70·6e-8·70 = 3e-4 in the worst case; the
+    /// bound 1e-4·k·(1 + |c|) is above that for these |terms| ≤ 1 values and far below any
+    /// indexing error (which is O(1)).
+    #[test]
+    fn tile_gemm_matches_f64_for_every_remainder_and_stride() {
+        let mut checked = 0;
+        for isa in [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.is_available()) {
+            for (m, n, k) in [(1, 16, 5), (5, 32, 64), (6, 16, 1), (7, 48, 70), (13, 16, 33), (12, 32, 0), (0, 16, 3)] {
+                for transposed in [false, true] {
+                    for accumulate in [false, true] {
+                        let (lda, ldb, ldc) = (k.max(m) + 3, n + 16, n + 5);
+                        let a = vals(lda * k.max(m).max(1) + lda, 1);
+                        let b = vals(ldb * k.max(1), 2);
+                        let c0 = vals(ldc * m.max(1), 3);
+                        let (a_rs, a_cs) = if transposed { (1, lda) } else { (lda, 1) };
+                        let mut c = c0.clone();
+                        let alpha = 0.75;
+                        let mut g =
+                            TileGemm { m, n, k, a: &a, a_rs, a_cs, b: &b, ldb, c: &mut c, ldc, alpha, accumulate };
+                        isa.tile_gemm(&mut g);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let dot: f64 =
+                                    (0..k).map(|t| a[i * a_rs + t * a_cs] as f64 * b[t * ldb + j] as f64).sum();
+                                let base = if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                                let want = base + alpha as f64 * dot;
+                                let got = c[i * ldc + j] as f64;
+                                let tol = 1e-4 * (k as f64) * (1.0 + want.abs()) + 1e-7;
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{isa} m={m} n={n} k={k} ({i},{j}): {got} vs {want}"
+                                );
+                            }
+                            // Columns past n are never written.
+                            assert_eq!(
+                                &c[i * ldc + n..i * ldc + ldc.min(n + 5)],
+                                &c0[i * ldc + n..i * ldc + ldc.min(n + 5)]
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 28, "only {checked} cases ran");
+    }
+
+    /// The fused step equals the separate passes it replaced (subtract, multiply, exp2, then
+    /// P·(dP − D)) bit for bit, tails included, and keeps NaN in place.
+    #[test]
+    fn exp_ds_equals_the_separate_passes() {
+        for isa in [Isa::Scalar, Isa::Avx2].into_iter().filter(|i| i.is_available()) {
+            for n in [1, 7, 8, 9, 16, 37] {
+                let mut s: Vec<f32> = vals(n, 4).iter().map(|x| x * 5.0 - 2.0).collect();
+                s[n / 2] = if n > 8 { f32::NAN } else { s[n / 2] };
+                let mut dp = vals(n, 5);
+                let (lse, delta) = (1.25f32, -0.3f32);
+                let mut want_p: Vec<f32> = s.iter().map(|x| (x - lse) * std::f32::consts::LOG2_E).collect();
+                isa.exp2_slice(&mut want_p);
+                let want_ds: Vec<f32> = want_p.iter().zip(&dp).map(|(p, g)| p * (g - delta)).collect();
+                isa.exp_ds(&mut s, &mut dp, lse, delta);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&s), bits(&want_p), "{isa} n={n}");
+                assert_eq!(bits(&dp), bits(&want_ds), "{isa} n={n}");
+            }
+        }
+    }
+}
