@@ -7,8 +7,17 @@
 //! every query head of the KV group and every block of `BR` query rows whose band reaches the
 //! keys: S = scale·Q·Kᵀ, P = exp(S' − LSE) recomputed from the saved LSE (S' the modified score,
 //! [`super::rowstep`]), dP = dO·Vᵀ, dS = P∘(dP − D), then dV += Pᵀ·dO, dK += scale·dSᵀ·Q and
-//! dQ += scale·dS·K (the five GEMMs, `gemm` crate, serial inside a task). Row blocks that the
-//! band or varlen layout leave empty are skipped; P is never stored beyond one BR×BC tile.
+//! dQ += scale·dS·K (the five GEMMs, serial inside a task). Row blocks that the band or varlen
+//! layout leave empty are skipped; P is never stored beyond one BR×BC tile.
+//!
+//! GEMMs ([`TileKernel`]): the flash tiling runs the register-blocked tile kernel of
+//! [`crate::simd::bwd_tile`] (the forward's 6×16 AVX2 microkernel shape) with Kᵀ and Vᵀ packed
+//! once per key block and Q, dO, K, Pᵀ, dSᵀ read in place through strides; the tiles' row
+//! strides are odd multiples of 64 bytes (see [`odd_chunks`]). That replaced five `gemm` crate
+//! calls per tile, which repacked the same operands on every call (measured on this 2-core AVX2
+//! machine, old and new binaries alternated: see the README's backward speed note). The
+//! materialized tiling (`sdpa`) keeps the `gemm` crate, whose cache blocking its N_q×N_k
+//! products need.
 //! Complexity: O(pairs·D) time (2.5× the forward's FLOPs), O(N·D) extra memory (at most three
 //! extra dQ-sized buffers, none when B·H_kv ≥ 8).
 //!
@@ -21,8 +30,9 @@
 //! skips masked pairs instead of multiplying them by zero, so the NaN stays where it can reach.
 //!
 //! Caveats: bf16/f16 inputs are widened to f32 per tile (no `vdpbf16ps` path yet), so the
-//! backward runs at the f32 rate for every dtype; the bias gradient is a second pass
-//! ([`super::materialized::dbias_pass`]).
+//! backward runs at the f32 rate for every dtype; AVX-512 CPUs run the AVX2 tile kernel (no
+//! AVX-512 backward kernel is written); diagonal tiles of a causal band compute their masked
+//! half; the bias gradient is a second pass ([`super::materialized::dbias_pass`]).
 
 use super::rowstep::{Row, StepMods, allowed, row_step};
 use super::{GradsMut, Prepared, Saved};
@@ -132,6 +142,8 @@ impl Tiling {
         let ranges = (p.batch as u64).checked_mul(p.seq_q as u64)?.checked_mul(16)?;
         let keys = p.kv_len() as u64 / d.max(1);
         let (dp, lds) = (self.row_len(p.head_dim) as u64, self.score_ld() as u64);
+        // The `gemm` crate's packing buffers; the SIMD tile kernel allocates nothing.
+        let workspace = if self.kernel == TileKernel::Crate { GEMM_WORKSPACE } else { 0 };
         // K, V, dK, dV; Q, dO, dQ (BR rows); Kᵀ, Vᵀ (SIMD kernel only); S, dP; the chain.
         let packed = if self.kernel == TileKernel::Simd { 2 * d * lds } else { 0 };
         let tiles = (4 * bc + 3 * br)
@@ -140,7 +152,7 @@ impl Tiling {
             .checked_add(br.checked_mul(lds)?.checked_mul(2)?)?
             .checked_add(bc)?;
         let per_thread =
-            tiles.checked_mul(4)?.checked_add(GEMM_WORKSPACE)?.checked_mul(rayon::current_num_threads() as u64)?;
+            tiles.checked_mul(4)?.checked_add(workspace)?.checked_mul(rayon::current_num_threads() as u64)?;
         extra_dq.checked_add(rows)?.checked_add(ranges)?.checked_add(keys)?.checked_add(per_thread)
     }
 }
