@@ -63,8 +63,8 @@ const MAX_CHUNKS: usize = 4;
 
 /// `n` rounded up to an odd number of column chunks: a row stride of 2ᵏ·64 bytes maps the
 /// rows of a tile column onto few L1 sets (with D = 128, the 128 rows of a B chunk fell on 8
-/// sets of an 8-way cache and the backward ran 8–17% slower than on the `gemm` crate in two alternated pairs), an odd
-/// multiple of 64 bytes spreads them over all sets.
+/// sets of an 8-way cache, and the backward ran 8–17% slower than on the `gemm` crate in two
+/// alternated pairs); an odd multiple of 64 bytes spreads them over all sets.
 fn odd_chunks(n: usize) -> usize {
     let chunks = n.div_ceil(COLS);
     (chunks | 1) * COLS
