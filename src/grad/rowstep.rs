@@ -9,7 +9,6 @@
 use crate::attention::AttnArgs;
 use crate::problem::Problem;
 use crate::simd::Isa;
-use std::f32::consts::LOG2_E;
 
 /// One query row's fixed inputs.
 #[derive(Clone, Copy, Debug)]
@@ -103,15 +102,8 @@ pub(crate) fn row_step(
             }
         }
     }
-    let l = row.lse;
-    for x in seg.iter_mut() {
-        *x = (*x - l) * LOG2_E;
-    }
-    m.isa.exp2_slice(seg);
-    let delta = row.delta;
-    for (x, g) in seg.iter().zip(dseg.iter_mut()) {
-        *g = x * (*g - delta);
-    }
+    // P = 2^((s − LSE)·log₂e) and dS = P·(dP − D) in one SIMD sweep.
+    m.isa.exp_ds(seg, dseg, row.lse, row.delta);
     if masked_any && let (Some(mask), Some(shape)) = (m.args.mask(), p.mods.mask) {
         let off = shape.row_offset(p, row.b, row.h, row.i) + j0 + lo;
         for (c, (x, g)) in seg.iter_mut().zip(dseg.iter_mut()).enumerate() {
