@@ -30,8 +30,8 @@
 //! skips masked pairs instead of multiplying them by zero, so the NaN stays where it can reach.
 //!
 //! Caveats: bf16/f16 inputs are widened to f32 per tile (no `vdpbf16ps` path yet), so the
-//! backward runs at the f32 rate for every dtype; AVX-512 CPUs run the AVX2 tile kernel (no
-//! AVX-512 backward kernel is written); diagonal tiles of a causal band compute their masked
+//! backward runs at the f32 rate for every dtype; the tile kernel is AVX2-wide, so AVX-512 paths keep
+//! the `gemm` crate's products ([`Tiling::flash`]; no AVX-512 tile kernel is written); diagonal tiles of a causal band compute their masked
 //! half; the bias gradient is a second pass ([`super::materialized::dbias_pass`]).
 
 use super::rowstep::{Row, StepMods, allowed, row_step};
@@ -95,11 +95,14 @@ pub enum TileKernel {
 }
 
 impl Tiling {
-    /// FlashAttention-2's tiling: BR×BC tiles, chunks up to [`TARGET_TASKS`] tasks.
-    pub fn flash(p: &Problem) -> Self {
+    /// FlashAttention-2's tiling: BR×BC tiles, chunks up to [`TARGET_TASKS`] tasks. The tile
+    /// kernel is 256-bit wide, so the AVX-512 paths keep the `gemm` crate (512-bit there, and
+    /// the path measured on AVX-512 machines before the tile kernel existed).
+    pub fn flash(p: &Problem, isa: Isa) -> Self {
         let kblocks = p.seq_k.div_ceil(BC).max(1);
         let chunks = TARGET_TASKS.div_ceil((p.batch * p.kv_heads).max(1)).clamp(1, kblocks.min(MAX_CHUNKS));
-        Tiling { br: BR, bc: BC, chunks, kernel: TileKernel::Simd }
+        let kernel = if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16) { TileKernel::Crate } else { TileKernel::Simd };
+        Tiling { br: BR, bc: BC, chunks, kernel }
     }
 
     /// The textbook computation: one N_q×N_k tile per head (`sdpa`'s materialized backward).
