@@ -23,8 +23,9 @@
 //! LSE of the query rows, which makes them the exact contributions of that pair.
 //!
 //! # Complexity
-//! Per rank: the allowed pairs of its rows (≈ 1/P of the total with zigzag or non-causal) times
-//! 4·D FLOPs forward; memory O((N/P)·(H + 2·H_kv)·D) plus two K/V blocks in flight. Traffic per
+//! Per rank: the allowed pairs of its rows (≈ 1/P of the total with zigzag or non-causal, and
+//! with a window in either layout, since every row then has at most L+R+1 keys) times 4·D FLOPs
+//! forward, plus O(rows) per chunk pair to classify it; memory O((N/P)·(H + 2·H_kv)·D) plus two K/V blocks in flight. Traffic per
 //! rank per step: one K/V block, 2·B·H_kv·(N/C)·D·4 bytes per chunk held (GQA sends H_kv heads
 //! only); the backward sends the K/V block and its dK/dV accumulator.
 //!
