@@ -366,6 +366,9 @@ impl fmt::Display for Problem {
         )?;
         for m in self.mods.active() {
             write!(f, " +{}", m.as_str())?;
+            if m == modifiers::Modifier::DiagShift {
+                write!(f, " {}", self.mods.diag_shift)?;
+            }
         }
         Ok(())
     }
