@@ -10,6 +10,9 @@ use crate::attention::AttnArgs;
 use crate::problem::Problem;
 use crate::simd::Isa;
 
+/// |tanh t| below which `c·tanh(x/c)` rounds to `x` in f32 (the cubic term is < 2^-24·x/3).
+const SMALL_TANH: f32 = 1.0 / 4096.0;
+
 /// One query row's fixed inputs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Row {
@@ -75,7 +78,11 @@ pub(crate) fn row_step(
         if let Some(c) = cap {
             for (x, ch) in seg.iter_mut().zip(chain.iter_mut()) {
                 let t = (*x / c).tanh();
-                *x = c * t;
+                // Below 2^-12, c·tanh(x/c) is x to f32 rounding; c·t would lose x's low bits
+                // where x/c is subnormal (a cap near f32::MAX).
+                if t.abs() >= SMALL_TANH {
+                    *x = c * t;
+                }
                 *ch = 1.0 - t * t;
             }
         }

@@ -241,9 +241,9 @@ pub(crate) fn validate(p: &Problem) -> Result<()> {
     {
         return Err(AttnError::invalid(format!("softcap must be finite and > 0, got {c}")));
     }
-    // The kernels compute c·tanh(s·(scale/c)): a subnormal c (1/c = ∞) or a scale/c that
-    // overflows f32 turns a zero score into 0·∞ = NaN where the f64 oracle is finite (the fuzzer
-    // found softcap = 1e-40). Such a cap clips every score to ±c ≈ 0 anyway.
+    // The kernels compute tanh's argument as (scale·s)·(1/c): a subnormal c (1/c = ∞) turns a
+    // zero score into 0·∞ = NaN where the f64 oracle is finite (the fuzzer found softcap =
+    // 1e-40), and so does a scale/c that overflows f32. Such a cap clips every score to ±c ≈ 0.
     if let Some(c) = m.softcap
         && !(c >= f32::MIN_POSITIVE && (p.scale / c).is_finite())
     {
