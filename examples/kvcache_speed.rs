@@ -65,7 +65,16 @@ fn main() {
         ("paged16-int8", KvLayout::Paged { page_size: 16 }, KvDType::Int8),
     ];
     let bw0 = bandwidth();
-    let caches: Vec<KvCache> = variants.iter().map(|&(_, l, t)| cache(l, t, hkv, d, nk)).collect();
+    let caches: Vec<KvCache> = variants
+        .iter()
+        .map(|&(name, l, t)| {
+            let t0 = Instant::now();
+            let c = cache(l, t, hkv, d, nk);
+            // Includes generating the random K/V (the same work for every variant).
+            println!("{{\"variant\":\"{name}\",\"fill_ms\":{:.1}}}", t0.elapsed().as_secs_f64() * 1e3);
+            c
+        })
+        .collect();
     let q = normal_values(p.q_len(), 9);
     let mut out = vec![0.0f32; p.out_len()];
     // Reference: flash-cpu's decode on plain (B, H_kv, N, D) f32 tensors, no cache.
@@ -90,6 +99,10 @@ fn main() {
     }
     let bw = bw0.min(bandwidth());
     let base = median(&times[0]);
+    let med = |name: &str| variants.iter().position(|v| v.0 == name).map(|i| median(&times[i]));
+    if let (Some(b), Some(i)) = (med("contiguous-bf16"), med("contiguous-int8")) {
+        println!("{{\"int8_speedup_over_bf16\":{:.3},\"target\":1.7}}", b / i);
+    }
     let rows = variants.iter().map(|&(n, _, t)| (n, t)).chain([("flash-cpu-bhnd-f32", KvDType::F32)]);
     for ((name, dtype), t) in rows.zip(&times) {
         let t = median(t);

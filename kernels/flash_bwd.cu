@@ -169,6 +169,7 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
     const BwdSeq sq(p, blockIdx.z);
     const int group = p.heads / p.kv_heads;
     const float scale = p.scale, cap = p.softcap;
+    const float inv_cap = cap > 0.f ? fast_rcp(cap) : 0.f, bound = softcap_bound(cap);
     const long long rows_total = (long long)p.batch * p.heads * p.nq;
     float* const dq_acc = p.dq_accum + (long long)blockIdx.x * rows_total * d;
     const long long kv_row0 = ((long long)sq.bb * p.kv_heads + kvh) * p.nk + sq.k_start;
@@ -220,8 +221,8 @@ DEVI void flash_bwd_body(const FlashBwdParams& p) {
                         s *= scale;
                         float chain = 1.f;
                         if (cap > 0.f) {
-                            const float t = softcap_tanh(s * fast_rcp(cap));
-                            s = cap * t;
+                            float t;
+                            s = softcap_score(s, inv_cap, bound, &t);
                             chain = 1.f - t * t;
                         }
                         s -= slope * fabsf((float)(row + sq.off - key));

@@ -284,6 +284,7 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
             // scale → softcap → ALiBi (natural units; scale_log2 = log2 e does the rest); the
             // mask below comes after, so masked keys stay −∞.
             const float scale = p.scale_log2 * 0.6931471805599453f, cap = p.softcap;
+            const float inv_cap = cap > 0.f ? fast_rcp(cap) : 0.f, bound = softcap_bound(cap);
             // One uniform branch on the softcap per tile, not one per element (ptxas keeps those
             // as branches: the tanh is not if-converted).
             auto modify = [&](const bool capped) {
@@ -298,7 +299,10 @@ DEVI void flash_fwd_body(const FlashFwdParams& p) {
 #pragma unroll
                             for (int e = 0; e < 2; ++e) {
                                 float x = s[mt][nt][2 * rr + e] * scale;
-                                if (capped) x = cap * softcap_tanh(x * fast_rcp(cap));
+                                if (capped) {
+                                    float t;
+                                    x = softcap_score(x, inv_cap, bound, &t);
+                                }
                                 x -= slope * fabsf((float)(diag - (nt * 8 + e)));
                                 s[mt][nt][2 * rr + e] = x;
                             }

@@ -179,7 +179,8 @@ fn fill_qk(p: &Problem, seed: u64, fill: impl Fn(&mut [f32], usize, i64, u64) + 
     let d = p.head_dim;
     let mut q = vec![0.0f32; p.q_len()];
     let mut k = vec![0.0f32; p.kv_len()];
-    let q_offset = p.seq_k as i64 - p.seq_q as i64;
+    // Row i sits at key position i + offset: its diagonal (Problem::key_range), shift included.
+    let q_offset = p.seq_k as i64 - p.seq_q as i64 + p.mods.diag_shift;
     q.par_chunks_mut(p.seq_q * d).enumerate().for_each(|(s, slice)| {
         let (b, h) = (s / p.heads, s % p.heads);
         let kv_slice = b * p.kv_heads + p.kv_head_of(h);

@@ -8,8 +8,10 @@
 //! kernel wants to stream. Strided views are not supported: pass contiguous buffers.
 //!
 //! # Mask semantics (FlashAttention's)
-//! Let `offset = N_k − N_q`. Query row `i` may attend key `j` iff
-//! - causal: `j ≤ i + offset` (bottom-right aligned when N_q ≠ N_k), and
+//! Let `offset = N_k − N_q + δ`, with `δ` the diagonal shift (0 unless set with
+//! [`Problem::with_diag_shift`]; see [`crate::modifiers`]), so query row `i`'s diagonal is key
+//! `i + offset`. Query row `i` may attend key `j` iff
+//! - causal: `j ≤ i + offset` (bottom-right aligned when N_q ≠ N_k and δ = 0), and
 //! - window `(left, right)`: `i + offset − left ≤ j ≤ i + offset + right`, inclusive, where
 //!   `-1` means unbounded on that side.
 //!
@@ -298,7 +300,8 @@ impl Problem {
     #[inline]
     pub(crate) fn band(&self, i: usize, nq: usize, nk: usize) -> (usize, usize) {
         let (left, right) = self.effective_window();
-        let diag = i as i64 + nk as i64 - nq as i64;
+        // The one place the band's diagonal is computed (RowSeq::diag is the same for ALiBi).
+        let diag = i as i64 + nk as i64 - nq as i64 + self.mods.diag_shift;
         let lo = match left {
             Some(l) => (diag - l as i64).max(0),
             None => 0,
@@ -363,6 +366,9 @@ impl fmt::Display for Problem {
         )?;
         for m in self.mods.active() {
             write!(f, " +{}", m.as_str())?;
+            if m == modifiers::Modifier::DiagShift {
+                write!(f, " {}", self.mods.diag_shift)?;
+            }
         }
         Ok(())
     }

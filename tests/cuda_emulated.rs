@@ -332,6 +332,9 @@ fn mod_cases() -> Vec<(&'static str, Problem)> {
             Problem::new(2, 2, 70, 48).with_seq_k(130).with_window(Window::new(30, -1)).with_alibi(per_seq(4)),
         ),
         ("softcap_d32", Problem::new(1, 2, 200, 32).with_softcap(2.0)),
+        // Caps where s/c is tiny (1e4) or subnormal (2e38): the kernel switches to tanh's series.
+        ("softcap_1e4_d64", Problem::new(1, 2, 70, 64).with_softcap(1e4)),
+        ("softcap_2e38_d64", Problem::new(1, 1, 40, 64).with_seq_k(90).with_softcap(2e38)),
         ("sinks_empty_rows_d128", Problem::new(1, 3, 100, 128).with_seq_k(60).with_causal(true).with_sinks(sinks(3))),
         (
             "all_score_mods_causal_d80",

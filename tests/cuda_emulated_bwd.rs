@@ -194,6 +194,7 @@ fn cases() -> Vec<(&'static str, Problem)> {
             "varlen_alibi_sinks_softcap_d192",
             packed(&[0, 20, 45], &[0, 30, 47], 2, 2, 192).with_alibi(per_seq(4)).with_sinks(sinks(2)).with_softcap(4.0),
         ),
+        ("softcap_2e38_causal_d64", Problem::new(1, 2, 45, 64).with_causal(true).with_softcap(2e38)),
         ("seqused_ragged_d256", Problem::new(3, 1, 20, 256).with_seq_k(40).with_seqused_k(vec![40, 7, 0])),
     ]
 }

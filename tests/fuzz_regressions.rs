@@ -60,3 +60,30 @@ fn performer_features_at_the_largest_head_dim_are_quick() {
     let got = backend("performer").unwrap().forward(&args, true).unwrap();
     assert!(got.out.iter().all(|x| x.is_finite()));
 }
+
+/// The `problem` target: a softcap near f32::MAX (2.03e38) with scale 0.5 left `s·scale/c`
+/// subnormal, so `c·tanh(s·scale/c)` kept only a few of the score's bits: sdpa missed the
+/// oracle by 3× the tolerance (1.0e-6 against a bound of 3.4e-7). The kernels now multiply the
+/// rational tanh fit by the scaled score itself (`y·p(x²)/q(x²)`, simd/score_mod.rs), and the
+/// backward's scalar step keeps the score where tanh is linear. The failing shape, with the
+/// fuzzer's two sinks (one subnormal), on deterministic data.
+#[test]
+fn softcap_near_f32_max_keeps_the_scores_bits() {
+    let p = Problem::new(1, 2, 6, 4)
+        .with_kv_heads(1)
+        .with_seq_k(10)
+        .with_scale(0.5)
+        .with_softcap(2.033_719e38)
+        .with_sinks(vec![0.5, 8.8e-44]);
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+    };
+    let q: Vec<f32> = (0..p.q_len()).map(|_| next()).collect();
+    let k: Vec<f32> = (0..p.kv_len()).map(|_| next()).collect();
+    let v: Vec<f32> = (0..p.kv_len()).map(|_| next()).collect();
+    let (q, k, v) = (Tensor::from_f32(&q, p.dtype), Tensor::from_f32(&k, p.dtype), Tensor::from_f32(&v, p.dtype));
+    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    exact_backends_match_the_oracle(&args);
+}

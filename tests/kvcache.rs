@@ -8,6 +8,7 @@
 //! (bf16/int8 values are exact in f32, so the cache's own rounding is not counted here; the
 //! int8 tests bound it separately).
 
+use attnkit::kvcache::quant::{QBLOCK, SEARCH_FLOOR};
 use attnkit::kvcache::{AppendOptions, KvCache, KvCacheError, KvDType, KvLayout, Rotary, RotaryLayout};
 use attnkit::validate::{compare, exact_tolerance, oracle};
 use attnkit::{AttnArgs, AttnError, DType, Problem, Window, seeded::normal_values};
@@ -91,6 +92,10 @@ fn cases() -> Vec<Case> {
         Case { window: Window::new(40, 0), sinks: true, ..case("window+sinks", 8, 2, 4, &[517, 33]) },
         Case { causal: false, window: Window::new(100, 3), ..case("window two-sided", 4, 2, 16, &[600, 250]) },
         Case { softcap: true, alibi: true, ..case("softcap+alibi", 4, 2, 4, &[517, 90]) },
+        // N_q·group > 16: the tiled prefill kernel, with each modifier and lengths 0 and < N_q.
+        Case { window: Window::new(40, 0), sinks: true, ..case("prefill window+sinks", 8, 2, 64, &[517, 0]) },
+        Case { softcap: true, alibi: true, ..case("prefill softcap+alibi", 4, 2, 64, &[300, 40]) },
+        Case { causal: false, window: Window::new(100, 3), ..case("prefill two-sided mqa", 4, 1, 33, &[600, 250]) },
     ]
 }
 
@@ -222,10 +227,11 @@ fn int8_stays_within_its_bound() {
     let (kq, vq) = c.to_dense(0).unwrap();
     for (x, y) in [(&k, &kq), (&v, &vq)] {
         for (row_x, row_y) in x.chunks(d).zip(y.chunks(d)) {
-            for (bx, by) in row_x.chunks(32).zip(row_y.chunks(32)) {
+            for (bx, by) in row_x.chunks(QBLOCK).zip(row_y.chunks(QBLOCK)) {
                 let amax = bx.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 for (a, b) in bx.iter().zip(by) {
-                    assert!((a - b).abs() <= amax / 254.0 * (1.0 + 1e-5), "{a} vs {b} (block max {amax})");
+                    let bound = amax / (2.0 * SEARCH_FLOOR) * (1.0 + 1e-5);
+                    assert!((a - b).abs() <= bound, "{a} vs {b} (block max {amax})");
                 }
             }
         }
@@ -234,15 +240,18 @@ fn int8_stays_within_its_bound() {
 
 #[test]
 fn bitwise_deterministic_across_thread_counts() {
-    let p = Problem::new(2, 8, 4, 64).with_kv_heads(2).with_causal(true);
-    let q = normal_values(p.q_len(), 3);
-    for dtype in KvDType::ALL {
-        let c = filled(KvLayout::Paged { page_size: 16 }, dtype, 2, 64, &[9000, 5000], 9000, 1);
-        let outs: Vec<Vec<f32>> = [1, 2, 3]
-            .iter()
-            .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| run(&c, &p, &q)))
-            .collect();
-        assert!(outs[0] == outs[1] && outs[1] == outs[2], "{dtype}");
+    // N_q = 4 runs the decode kernel (16 query rows per KV head), N_q = 100 the tiled prefill.
+    for nq in [4, 100] {
+        let p = Problem::new(2, 8, nq, 64).with_kv_heads(2).with_causal(true);
+        let q = normal_values(p.q_len(), 3);
+        for dtype in KvDType::ALL {
+            let c = filled(KvLayout::Paged { page_size: 16 }, dtype, 2, 64, &[9000, 5000], 9000, 1);
+            let outs: Vec<Vec<f32>> = [1, 2, 3]
+                .iter()
+                .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| run(&c, &p, &q)))
+                .collect();
+            assert!(outs[0] == outs[1] && outs[1] == outs[2], "N_q={nq} {dtype}");
+        }
     }
 }
 
@@ -335,29 +344,38 @@ fn every_refusal_is_typed_and_writes_nothing() {
     assert_eq!((c.seqlens().to_vec(), c.to_dense(0).unwrap(), c.to_dense(1).unwrap()), snapshot);
 }
 
-/// The decode output error of the int8 cache against the f32 result, beside the bf16 cache's,
-/// on the `normal` and `structured` families (D = 128, 2048 keys, GQA 8/2). The issue asks for
-/// at most 3×; symmetric int8 with a scale per 32 cannot reach it on Gaussian rows (its step
-/// is max|x|/127 of the block, bf16's is |x|/128 of each element: for N(0,1) blocks of 32 the
-/// ratio of error standard deviations is about 4), so the bound held here is 5× (4.05×
-/// measured on `normal`), a guard against regressions, not the issue's target.
+/// The decode output error (largest |difference| over the whole output) of the int8 cache
+/// against the f32 result, beside the bf16 cache's, on the `normal` and `structured` families:
+/// the issue's bound is int8 ≤ 3× bf16. Cases: D = 64 and 128; GQA 8/2, MQA 4/1 and MHA 4/4;
+/// 2048 keys; three seeds each. Largest ratio measured with this table: see
+/// [`attnkit::kvcache::quant`] (the margin to 3× is printed per case with `--nocapture`).
 #[test]
 fn int8_error_against_bf16_on_normal_and_structured_inputs() {
-    use attnkit::inputs::{InputFamily, generate};
-    let p = Problem::new(1, 8, 1, 128).with_kv_heads(2).with_seq_k(2048);
-    for family in [InputFamily::Normal, InputFamily::Structured { sharpness: attnkit::inputs::DEFAULT_SHARPNESS }] {
-        let (q, k, v) = generate(family, &p, 5);
-        let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
-        let want = oracle(&AttnArgs::new(&p, q.as_slice(), k.as_slice(), v.as_slice()).unwrap());
-        let err = |dtype| {
-            let mut c = KvCache::contiguous(1, 2, 128, 2048, dtype).unwrap();
-            c.append(&k, &v, 2048, &AppendOptions::default()).unwrap();
-            let e = compare(&run(&c, &Problem { seq_k: 1, ..p.clone() }, &q), &want);
-            assert_eq!(e.non_finite, 0);
-            e.max_abs
-        };
-        let (e16, e8) = (err(KvDType::BF16), err(KvDType::Int8));
-        println!("{family}: bf16 cache error {e16:.3e}, int8 {e8:.3e}, ratio {:.2}", e8 / e16);
-        assert!(e8 <= 5.0 * e16, "{family}: int8 {e8:.3e} > 5 × bf16 {e16:.3e}");
+    use attnkit::inputs::{DEFAULT_SHARPNESS, InputFamily, generate};
+    let n = 2048;
+    let families = [InputFamily::Normal, InputFamily::Structured { sharpness: DEFAULT_SHARPNESS }];
+    let mut worst = 0.0f64;
+    for (h, hkv, d) in [(8, 2, 128), (8, 2, 64), (4, 1, 128), (4, 4, 64)] {
+        let p = Problem::new(1, h, 1, d).with_kv_heads(hkv).with_seq_k(n);
+        for family in families {
+            for seed in [5, 6, 7] {
+                let (q, k, v) = generate(family, &p, seed);
+                let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
+                let want = oracle(&AttnArgs::new(&p, q.as_slice(), k.as_slice(), v.as_slice()).unwrap());
+                let err = |dtype| {
+                    let mut c = KvCache::contiguous(1, hkv, d, n, dtype).unwrap();
+                    c.append(&k, &v, n, &AppendOptions::default()).unwrap();
+                    let e = compare(&run(&c, &Problem { seq_k: 1, ..p.clone() }, &q), &want);
+                    assert_eq!(e.non_finite, 0);
+                    e.max_abs
+                };
+                let (e16, e8) = (err(KvDType::BF16), err(KvDType::Int8));
+                let ratio = e8 / e16;
+                worst = worst.max(ratio);
+                println!("H={h}/{hkv} D={d} {family} seed {seed}: bf16 {e16:.3e}, int8 {e8:.3e}, ratio {ratio:.2}");
+                assert!(ratio <= 3.0, "H={h}/{hkv} D={d} {family} seed {seed}: int8 {e8:.3e} > 3 × bf16 {e16:.3e}");
+            }
+        }
     }
+    println!("largest int8/bf16 error ratio: {worst:.2}");
 }

@@ -1,8 +1,10 @@
 //! Ring attention's algorithm (`attnkit::dist`) on the in-process thread transport, in the
 //! default build: forward and backward against the f64 oracle under FlashAttention's tolerance
 //! rule (`exact_tolerance`, `gradient_tolerance`), for P ∈ {1,2,3,4}, both layouts, causal and
-//! not, GQA, D ∈ {64,128}, N not divisible by 2P, sinks and softcap; bitwise identical across two
-//! runs and between the ring and all-gather schedules; refusals by name. The MPI transport runs
+//! not, GQA, D ∈ {64,128}, N not divisible by 2P, sinks and softcap, sliding windows (causal with
+//! a left bound, two-sided, narrower than a chunk so that whole pairs are skipped) and ALiBi
+//! (with and without causal or a window); bitwise identical across two runs and between the
+//! ring and all-gather schedules; refusals by name. The MPI transport runs
 //! the same code (tests/ring_mpi.rs runs it under mpirun).
 
 use attnkit::dist::local::ThreadRing;
@@ -10,9 +12,11 @@ use attnkit::dist::ring::{self, Schedule};
 use attnkit::dist::{Layout, Shard, ShardPlan, gather_full, gather_kv};
 use attnkit::grad::oracle::gradients_f64;
 use attnkit::validate::{compare, exact_tolerance, gradient_tolerance, oracle};
-use attnkit::{AttnArgs, Problem};
+use attnkit::{AttnArgs, Problem, Window, alibi_slopes};
 
 struct Run {
+    /// Chunk pairs the band skipped, summed over ranks (forward).
+    skipped: usize,
     out: Vec<f32>,
     lse: Vec<f32>,
     dq: Vec<f32>,
@@ -33,6 +37,7 @@ fn run_ring(p: &Problem, plan: &ShardPlan, schedule: Schedule, q: &[f32], k: &[f
         let b = ring::backward(t, p, plan, &shard, &f.out, &f.lse, &gd).unwrap();
         (f, b)
     });
+    let skipped = per_rank.iter().map(|(f, _)| f.stats.skipped).sum();
     let outs: Vec<Vec<f32>> = per_rank.iter().map(|(f, _)| f.out.clone()).collect();
     let lses: Vec<Vec<f32>> = per_rank.iter().map(|(f, _)| f.lse.clone()).collect();
     let dqs: Vec<Vec<f32>> = per_rank.iter().map(|(_, b)| b.dq.clone()).collect();
@@ -43,6 +48,7 @@ fn run_ring(p: &Problem, plan: &ShardPlan, schedule: Schedule, q: &[f32], k: &[f
         assert_eq!(b.dsinks, dsinks, "every rank holds the same dσ");
     }
     Run {
+        skipped,
         out: gather_full(p, plan, &outs, p.head_dim, p.heads),
         lse: gather_full(p, plan, &lses, 1, p.heads),
         dq: gather_full(p, plan, &dqs, p.head_dim, p.heads),
@@ -56,24 +62,55 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// (P, layout, causal, H, H_kv, D, N); every N leaves uneven chunks (N mod 2P ≠ 0 where P > 1).
-const CASES: &[(usize, Layout, bool, usize, usize, usize, usize)] = &[
-    (1, Layout::Contiguous, false, 2, 2, 64, 37),
-    (1, Layout::Zigzag, true, 2, 1, 64, 37),
-    (2, Layout::Contiguous, false, 2, 2, 64, 45),
-    (2, Layout::Zigzag, true, 4, 2, 64, 45),
-    (2, Layout::Contiguous, true, 2, 2, 128, 41),
-    (3, Layout::Zigzag, true, 2, 2, 128, 43),
-    (3, Layout::Contiguous, false, 4, 1, 64, 40),
-    (3, Layout::Zigzag, false, 2, 2, 64, 29),
-    (4, Layout::Zigzag, true, 4, 2, 64, 51),
-    (4, Layout::Contiguous, true, 2, 2, 64, 50),
-    (4, Layout::Zigzag, true, 2, 2, 128, 9),
+/// The position-dependent modifiers of a case.
+#[derive(Clone, Copy, Debug)]
+enum Mods {
+    None,
+    /// Sliding window (left, right); `skips`: narrower than a chunk, so some chunk pairs hold no
+    /// allowed key and must be skipped.
+    Window(i64, i64, bool),
+    /// ALiBi with the standard slopes.
+    Alibi,
+    /// ALiBi and a window.
+    AlibiWindow(i64, i64),
+    /// ALiBi, a window and a diagonal shift of the whole problem.
+    Shifted(i64),
+}
+
+/// (P, layout, causal, H, H_kv, D, N, mods); every N leaves uneven chunks (N mod 2P ≠ 0 where
+/// P > 1).
+type Case = (usize, Layout, bool, usize, usize, usize, usize, Mods);
+const CASES: &[Case] = &[
+    (1, Layout::Contiguous, false, 2, 2, 64, 37, Mods::None),
+    (1, Layout::Zigzag, true, 2, 1, 64, 37, Mods::None),
+    (2, Layout::Contiguous, false, 2, 2, 64, 45, Mods::None),
+    (2, Layout::Zigzag, true, 4, 2, 64, 45, Mods::None),
+    (2, Layout::Contiguous, true, 2, 2, 128, 41, Mods::None),
+    (3, Layout::Zigzag, true, 2, 2, 128, 43, Mods::None),
+    (3, Layout::Contiguous, false, 4, 1, 64, 40, Mods::None),
+    (3, Layout::Zigzag, false, 2, 2, 64, 29, Mods::None),
+    (4, Layout::Zigzag, true, 4, 2, 64, 51, Mods::None),
+    (4, Layout::Contiguous, true, 2, 2, 64, 50, Mods::None),
+    (4, Layout::Zigzag, true, 2, 2, 128, 9, Mods::None),
+    // Windows: causal with a left bound, two-sided, and narrower than a chunk.
+    (2, Layout::Zigzag, true, 4, 2, 64, 45, Mods::Window(9, -1, false)),
+    (3, Layout::Contiguous, true, 2, 2, 64, 47, Mods::Window(3, -1, true)),
+    (3, Layout::Contiguous, false, 4, 2, 64, 40, Mods::Window(3, 4, true)),
+    (4, Layout::Zigzag, false, 2, 1, 64, 57, Mods::Window(6, 2, true)),
+    (4, Layout::Zigzag, true, 2, 2, 128, 70, Mods::Window(2, 0, true)),
+    (2, Layout::Contiguous, false, 2, 2, 64, 33, Mods::Window(-1, 5, false)),
+    // ALiBi, with and without causal, and with a window.
+    (2, Layout::Contiguous, false, 4, 2, 64, 41, Mods::Alibi),
+    (3, Layout::Zigzag, true, 4, 2, 128, 43, Mods::Alibi),
+    (4, Layout::Zigzag, false, 2, 2, 64, 51, Mods::Alibi),
+    (4, Layout::Contiguous, true, 4, 1, 64, 50, Mods::AlibiWindow(7, 0)),
+    (2, Layout::Zigzag, false, 2, 2, 64, 39, Mods::AlibiWindow(5, 3)),
+    (3, Layout::Zigzag, true, 2, 2, 64, 40, Mods::Shifted(-4)),
 ];
 
 #[test]
 fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
-    for (i, &(ranks, layout, causal, heads, kv_heads, d, n)) in CASES.iter().enumerate() {
+    for (i, &(ranks, layout, causal, heads, kv_heads, d, n, mods)) in CASES.iter().enumerate() {
         let mut p = Problem::new(1, heads, n, d).with_kv_heads(kv_heads).with_causal(causal);
         // Sinks and softcap on some cases: sinks are added once after the merge, softcap per pair.
         if i % 3 == 1 {
@@ -82,8 +119,18 @@ fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
         if i % 4 == 2 {
             p.mods.softcap = Some(2.0);
         }
-        let label =
-            format!("P={ranks} {layout:?} causal={causal} H={heads}/{kv_heads} D={d} N={n} mods={:?}", p.mods.active());
+        match mods {
+            Mods::None => {}
+            Mods::Window(l, r, _) => p.window = Window::new(l, r),
+            Mods::Alibi => p = p.with_alibi(alibi_slopes(heads)),
+            Mods::AlibiWindow(l, r) => p = p.with_alibi(alibi_slopes(heads)).with_window(Window::new(l, r)),
+            Mods::Shifted(s) => p = p.with_alibi(alibi_slopes(heads)).with_window(Window::new(5, 1)).with_diag_shift(s),
+        }
+        let label = format!(
+            "P={ranks} {layout:?} causal={causal} H={heads}/{kv_heads} D={d} N={n} window={} mods={:?}",
+            p.window,
+            p.mods.active()
+        );
         let (q, k, v) = attnkit::seeded::normal_qkv(&p, 100 + i as u64);
         let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
         let d_out = attnkit::seeded::normal_values(p.out_len(), 200 + i as u64);
@@ -109,6 +156,11 @@ fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
         }
         assert_eq!(got.dsinks.is_some(), p.mods.sinks.is_some(), "{label}");
 
+        // Narrow windows leave chunk pairs with no allowed key, which are skipped.
+        if let Mods::Window(_, _, skips) = mods {
+            assert_eq!(got.skipped > 0, skips || causal, "{label}: {} pairs skipped", got.skipped);
+        }
+
         let again = run_ring(&p, &plan, Schedule::Ring, &q, &k, &v, &d_out);
         let gathered = run_ring(&p, &plan, Schedule::AllGather, &q, &k, &v, &d_out);
         for other in [&again, &gathered] {
@@ -125,12 +177,18 @@ fn ring_matches_the_oracle_forward_and_backward_and_is_reproducible() {
 fn unsupported_problems_and_bad_shards_are_refused_by_name() {
     let q = vec![0.0f32; 16 * 8];
     let plan = ShardPlan::new(16, 2, Layout::Zigzag).unwrap();
-    let mut p = Problem::new(1, 1, 16, 8).with_causal(true);
-    p.mods.alibi_slopes = Some(vec![0.5]);
-    let e = Shard::from_full(&p, &plan, 0, &q, &q, &q).unwrap_err().to_string();
-    assert!(e.contains("alibi"), "{e}");
-    let p = Problem::new(1, 1, 16, 8).with_window(attnkit::Window::new(2, 0));
-    assert!(Shard::from_full(&p, &plan, 0, &q, &q, &q).unwrap_err().to_string().contains("sliding window"));
+    // Per-pair data and per-sequence alignment are refused by name, before any transfer.
+    let causal = Problem::new(1, 1, 16, 8).with_causal(true);
+    for (p, want) in [
+        (causal.clone().with_bias(1, 1), "additive bias"),
+        (causal.clone().with_mask(1, 1), "boolean mask"),
+        (causal.clone().with_varlen(vec![0, 7, 16], vec![0, 7, 16]), "varlen"),
+        (causal.clone().with_seqused_k(vec![12]), "seqused_k"),
+        (causal.clone().with_dtype(attnkit::DType::F16), "f32 inputs, got f16"),
+    ] {
+        let e = Shard::from_full(&p, &plan, 0, &q, &q, &q).unwrap_err().to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
     let p = Problem::new(1, 1, 16, 8);
     let bad_plan = ShardPlan::new(15, 2, Layout::Zigzag).unwrap();
     let e = Shard::from_full(&p, &bad_plan, 0, &q, &q, &q).unwrap_err().to_string();

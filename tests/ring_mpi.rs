@@ -1,6 +1,6 @@
 //! `attnkit ring` under `mpirun` on localhost (features `cli` + `mpi`; `.ci/run` runs it):
 //! P ∈ {1,2,3,4}, zigzag / contiguous / all-gather, causal and not, GQA, D ∈ {64,128}, N not
-//! divisible by 2P, sinks, forward and backward judged by `--check` against the f64 oracle
+//! divisible by 2P, sinks, sliding windows and ALiBi, forward and backward judged by `--check` against the f64 oracle
 //! (tolerance rule), bitwise identical across two runs; and failure behaviour: a rank with a
 //! bad shard, or one that exits, ends every rank with a non-zero status, naming the rank,
 //! within a bounded time. Shapes are small: the whole file takes seconds.
@@ -69,6 +69,12 @@ const CASES: &[(usize, &str)] = &[
     (3, "--seq 131 --heads 4 --kv-heads 1 --layout contiguous --causal --backward"),
     (4, "--seq 101 --heads 2 --layout allgather --causal"),
     (3, "--seq 100 --heads 2 --layout allgather"),
+    // Windows (causal with a left bound; two-sided and narrower than a chunk) and ALiBi.
+    (2, "--seq 203 --heads 4 --kv-heads 2 --causal --window 17,-1 --backward"),
+    (3, "--seq 131 --heads 2 --window 5,3 --layout contiguous --backward"),
+    (4, "--seq 203 --heads 4 --kv-heads 2 --causal --alibi --backward"),
+    (2, "--seq 131 --heads 2 --dim 128 --alibi --layout contiguous --backward"),
+    (3, "--seq 100 --heads 2 --alibi --window 9,4 --layout allgather"),
 ];
 
 #[test]

@@ -23,6 +23,7 @@
 use crate::attention::{Attention, AttnArgs, Device, Exactness};
 use crate::error::{AttnError, Result};
 use crate::grad::{GradsMut, Saved};
+use crate::modifiers::Modifier;
 use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::tiled::{IsaChoice, Packing, Plan, head_dim_reasons};
@@ -64,8 +65,10 @@ impl LocalBlock {
     }
 
     /// The keys `[lo, hi)` row `i` attends under this pattern intersected with the problem's mask.
+    /// The row's block is the one holding its diagonal key (diagonal shift included), with
+    /// blocks at multiples of `block` in the problem's own key indices.
     pub fn key_range(&self, p: &Problem, i: usize) -> (usize, usize) {
-        let pos = i as i64 + p.seq_k as i64 - p.seq_q as i64;
+        let pos = p.row_seq(0, i).diag();
         if pos < 0 {
             return (0, 0);
         }
@@ -93,11 +96,11 @@ impl Attention for LocalBlock {
     }
     fn not_supported_reasons(&self, problem: &Problem) -> Vec<String> {
         let mut r = head_dim_reasons(problem);
-        r.extend(
-            problem
-                .mods
-                .refusals("local-block", "its block pattern replaces the problem's band; use flash-cpu or local"),
-        );
+        r.extend(problem.mods.refusals_except(
+            "local-block",
+            "its block pattern replaces the problem's band; use flash-cpu or local",
+            &[Modifier::DiagShift],
+        ));
         r
     }
 

@@ -310,6 +310,12 @@ impl Attention for Nystrom {
                 problem.window
             ));
         }
+        if problem.mods.diag_shift != 0 {
+            reasons.push(format!(
+                "a diagonal shift ({}) has no band or position to move: landmarks summarize all positions",
+                problem.mods.diag_shift
+            ));
+        }
         reasons
     }
 

@@ -94,8 +94,9 @@ enum Command {
     /// Ring attention (context parallelism) across the ranks `mpirun` started (feature `mpi`).
     ///
     /// `mpirun -n P attnkit ring --seq N --dim D --heads H [--kv-heads H_kv] [--causal]
-    /// [--layout zigzag|contiguous|allgather] [--backward] [--check] [--baseline]`: each rank
-    /// holds a shard of the sequence and passes K/V around a ring; rank 0 prints per-rank
+    /// [--window L,R] [--alibi] [--layout zigzag|contiguous|allgather] [--backward] [--check]
+    /// [--baseline]`: each rank holds a shard of the sequence and passes K/V around a ring
+    /// (windows and ALiBi at each chunk's global position); rank 0 prints per-rank
     /// compute and communication times, the fraction hidden, the efficiency against one process
     /// (`--baseline`) and the cost model's prediction; `--check` judges the gathered result
     /// against the f64 oracle (tolerance rule). `--model` prints the "Beyond one machine" table.

@@ -17,7 +17,7 @@ use attnkit::dist::ring::{self, Schedule, Transport};
 use attnkit::dist::{Layout, Shard, ShardPlan, gather_full, gather_kv, rows_len, slice_rows};
 use attnkit::grad::oracle::gradients_f64;
 use attnkit::validate::{compare, exact_tolerance, gradient_tolerance, oracle};
-use attnkit::{Attention, AttnArgs, AttnError, Problem};
+use attnkit::{Attention, AttnArgs, AttnError, Problem, Window};
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -69,6 +69,12 @@ pub struct RingArgs {
     /// Causal mask.
     #[arg(long)]
     pub causal: bool,
+    /// Sliding window `L,R` (inclusive, -1 = unbounded), at each chunk's global position.
+    #[arg(long, value_parser = super::parse_window, allow_hyphen_values = true)]
+    pub window: Option<Window>,
+    /// ALiBi with the standard geometric slopes for the H heads.
+    #[arg(long)]
+    pub alibi: bool,
     /// zigzag (default when causal), contiguous (default otherwise) or allgather.
     #[arg(long, value_enum)]
     pub layout: Option<LayoutArg>,
@@ -131,6 +137,12 @@ pub fn run(a: &RingArgs) -> Result<ExitCode, AttnError> {
 fn problem(a: &RingArgs) -> Result<Problem, AttnError> {
     let mut p =
         Problem::new(a.batch, a.heads, a.seq, a.dim).with_kv_heads(a.kv_heads.unwrap_or(a.heads)).with_causal(a.causal);
+    if let Some(w) = a.window {
+        p = p.with_window(w);
+    }
+    if a.alibi {
+        p = p.with_alibi(attnkit::alibi_slopes(a.heads));
+    }
     if a.sinks {
         p.mods.sinks = Some(attnkit::seeded::normal_values(a.heads, a.seed ^ 0x5eed));
     }

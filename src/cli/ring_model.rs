@@ -111,6 +111,10 @@ pub fn print_timings(
         bandwidth,
         latency: 0.0,
     };
+    if !p.window.is_unbounded() {
+        // The model counts causal or full pairs per step; a window's per-step work differs.
+        return outln!("model: not applied (the cost model counts causal or full pairs, not a window's)");
+    }
     let mut predicted = predict(&setup(false, tp.0)).total_s;
     if a.backward {
         predicted += predict(&setup(true, tp.1)).total_s;

@@ -152,6 +152,12 @@ pub fn unsupported_reasons(p: &Problem) -> Vec<String> {
     if p.heads > 65_535 || p.num_seqs() > 65_535 {
         r.push(format!("heads ({}) and sequences ({}) must be ≤ 65535 (grid y/z limits)", p.heads, p.num_seqs()));
     }
+    if p.mods.diag_shift != 0 {
+        r.push(format!(
+            "diagonal shift {} is not in the CUDA kernel (its band and ALiBi use the bottom-right diagonal); use flash-cpu",
+            p.mods.diag_shift
+        ));
+    }
     if p.mods.bias.is_some() || p.mods.mask.is_some() {
         r.push(
             "additive bias and boolean mask are not in the CUDA kernel (a per-element global load in the score \

@@ -1,12 +1,16 @@
 //! One rank's work on one K/V block: its query chunks against the block's key chunks with
 //! `flash-cpu`, forward (partials merged by LSE) and backward (gradient contributions summed).
 //!
-//! A chunk pair is [`Pair::Full`] (no mask: non-causal, or keys wholly before the queries),
-//! [`Pair::Diagonal`] (the same chunk under a causal mask: a causal square, since N_q = N_k
-//! there) or [`Pair::Skip`] (keys wholly after the queries). Chunks partition the sequence, so
-//! these are the only cases, and a sub-problem needs no global offset. Pairs run in a fixed
-//! order (query chunk, then key chunk), so the sums are reproducible. Cost: the pair's allowed
-//! pairs × 4·D FLOPs forward, plus O(rows·D) for each merge.
+//! A chunk pair is classified by the global band ([`Problem::key_range`]) of each of its query
+//! rows, clipped to the key chunk ([`pair`]): [`Pair::Skip`] when no row keeps a key of the chunk
+//! (causal pairs above the diagonal, windowed pairs out of reach), [`Pair::Full`] when every row
+//! keeps every key (no mask to apply), [`Pair::Masked`] otherwise. A computed pair is the
+//! sub-problem ([`sub_problem`]) of `q.len` rows and `k.len` keys with a diagonal shift that puts
+//! each row's diagonal at its global key (`δ = q.start − k.start − (k.len − q.len)`), so causal,
+//! windows and ALiBi keep their global positions; a Full pair drops causal and window (they
+//! mask nothing there) but keeps ALiBi. Pairs run in a fixed order (query chunk, then key
+//! chunk), so the sums are reproducible. Cost: O(q.len) to classify; the pair's allowed pairs
+//! × 4·D FLOPs forward, plus O(rows·D) for each merge.
 
 use super::Chunk;
 use crate::attention::{Attention, AttnArgs};
@@ -16,34 +20,55 @@ use crate::grad::{GradsMut, Saved};
 use crate::lse::merge_partials;
 use crate::problem::Problem;
 
-/// What the causal mask leaves of a (query chunk, key chunk) pair.
+/// What the global band leaves of a (query chunk, key chunk) pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pair {
+    /// Every row attends every key of the chunk.
     Full,
-    Diagonal,
+    /// Some (row, key) pairs are masked, some not.
+    Masked,
+    /// No row attends any key of the chunk.
     Skip,
 }
 
-/// Classifies the pair (chunks of one partition are equal or disjoint).
-pub fn pair(causal: bool, q: Chunk, k: Chunk) -> Pair {
-    if !causal || k.end() <= q.start {
-        Pair::Full
-    } else if k == q {
-        Pair::Diagonal
-    } else {
-        Pair::Skip
+/// Classifies the pair by the global band of each query row of `q` (`p` is the whole,
+/// self-attention problem) clipped to the keys of `k`.
+pub fn pair(p: &Problem, q: Chunk, k: Chunk) -> Pair {
+    if !p.is_masked() {
+        return Pair::Full;
+    }
+    let (mut any, mut all) = (false, true);
+    for i in q.start..q.end() {
+        let (lo, hi) = p.key_range(i);
+        let (lo, hi) = (lo.max(k.start), hi.min(k.end()));
+        any |= lo < hi;
+        all &= lo == k.start && hi == k.end();
+    }
+    match (any, all) {
+        (false, _) => Pair::Skip,
+        (true, true) => Pair::Full,
+        (true, false) => Pair::Masked,
     }
 }
 
-/// The sub-problem of one pair: the global problem's heads, scale and softcap, no sinks (they
-/// are added once, after the merge), causal only on the diagonal.
+/// The sub-problem of one pair: the global problem's heads, scale, softcap and ALiBi, no sinks
+/// (they are added once, after the merge), causal and window only when [`Pair::Masked`], and
+/// the diagonal shift that keeps every row's diagonal at its global key.
 pub fn sub_problem(p: &Problem, q: Chunk, k: Chunk, kind: Pair) -> Problem {
+    let masked = kind == Pair::Masked;
     let mut s = Problem::new(p.batch, p.heads, q.len, p.head_dim)
         .with_seq_k(k.len)
         .with_kv_heads(p.kv_heads)
         .with_scale(p.scale)
-        .with_causal(kind == Pair::Diagonal);
+        .with_causal(masked && p.causal);
+    if masked {
+        s.window = p.window;
+    }
     s.mods.softcap = p.mods.softcap;
+    s.mods.alibi_slopes = p.mods.alibi_slopes.clone();
+    // Global row g = q.start + i has its diagonal at key g + δ_p (N_q = N_k); locally that is
+    // key g + δ_p − k.start = i + (k.len − q.len) + δ.
+    s.mods.diag_shift = q.start as i64 - k.start as i64 - (k.len as i64 - q.len as i64) + p.mods.diag_shift;
     s
 }
 
@@ -80,7 +105,7 @@ fn q_offsets(p: &Problem, chunks: &[Chunk], width: usize) -> Vec<(usize, usize)>
 pub struct BlockWork {
     /// Chunk pairs computed.
     pub pairs: usize,
-    /// Chunk pairs the causal mask skipped.
+    /// Chunk pairs the band skipped (no row attends any of their keys).
     pub skipped: usize,
 }
 
@@ -102,7 +127,7 @@ pub fn forward(
     let mut work = BlockWork::default();
     for (qi, &qc) in q_chunks.iter().enumerate() {
         for (ki, &kc) in kv_chunks.iter().enumerate() {
-            let kind = pair(p.causal, qc, kc);
+            let kind = pair(p, qc, kc);
             if kind == Pair::Skip {
                 work.skipped += 1;
                 continue;
@@ -165,7 +190,7 @@ pub fn backward(
         let rows = qo[qi].0..qo[qi].0 + qo[qi].1;
         let lrows = lo[qi].0..lo[qi].0 + lo[qi].1;
         for (ki, &kc) in kv_chunks.iter().enumerate() {
-            let kind = pair(p.causal, qc, kc);
+            let kind = pair(p, qc, kc);
             if kind == Pair::Skip {
                 work.skipped += 1;
                 continue;

@@ -7,9 +7,10 @@
 //! [`Layout::Zigzag`] (rank r holds chunks r and 2P−1−r, so every rank has the same causal work).
 //! Each rank keeps its queries and passes its K/V block around the ring ([`ring::forward`]): at
 //! step s it posts the nonblocking send of the block in hand to rank+1 and the receive from
-//! rank−1, computes its queries against the block in hand with `flash-cpu` (a chunk pair the
-//! causal mask excludes entirely is skipped; the diagonal pair is a causal square; every other
-//! pair is unmasked), merges the partial result into its accumulator by LSE in f32
+//! rank−1, computes its queries against the block in hand with `flash-cpu` (each chunk pair is
+//! classified by the global band of its rows, [`block::pair`]: skipped when the causal mask or
+//! the window excludes it entirely, unmasked when no row is masked, otherwise a masked
+//! sub-problem whose diagonal shift keeps the global positions; ALiBi keeps them too), merges the partial result into its accumulator by LSE in f32
 //! ([`crate::merge_partials`]), and waits. The merge order is the step order, fixed by the rank,
 //! so results are bitwise reproducible run to run (they differ from one process's summation
 //! order by rounding only, within FlashAttention's tolerance rule).
@@ -22,18 +23,23 @@
 //! LSE of the query rows, which makes them the exact contributions of that pair.
 //!
 //! # Complexity
-//! Per rank: the allowed pairs of its rows (≈ 1/P of the total with zigzag or non-causal) times
-//! 4·D FLOPs forward; memory O((N/P)·(H + 2·H_kv)·D) plus two K/V blocks in flight. Traffic per
+//! Per rank: the allowed pairs of its rows (≈ 1/P of the total with zigzag or non-causal, and
+//! with a window in either layout, since every row then has at most L+R+1 keys) times 4·D FLOPs
+//! forward, plus O(rows) per chunk pair to classify it; memory O((N/P)·(H + 2·H_kv)·D) plus two K/V blocks in flight. Traffic per
 //! rank per step: one K/V block, 2·B·H_kv·(N/C)·D·4 bytes per chunk held (GQA sends H_kv heads
 //! only); the backward sends the K/V block and its dK/dV accumulator.
 //!
 //! # Caveats
-//! f32 inputs; causal or unmasked self-attention (N_q = N_k). Softcap (position-free) and sinks
-//! (added once, after the merge) are supported. Sliding windows, ALiBi, packed varlen, used key
-//! lengths, additive bias and boolean masks are refused by name ([`not_supported_reasons`]):
-//! windows and ALiBi need global positions inside a chunk pair, which `Problem` cannot express
-//! yet. N must be at least the chunk count C. The transport is MPI ([`mpi`], feature `mpi`) or,
-//! for tests and single-machine runs, threads in one process ([`local::ThreadRing`]).
+//! f32 inputs; self-attention (N_q = N_k). Supported: causal, sliding windows (one- or
+//! two-sided, with or without causal), ALiBi ((H,) or (B,H) slopes), softcap, a diagonal shift
+//! of the whole problem (all position-dependent terms use each chunk's global offset), and
+//! sinks (added once, after the merge). Refused by name ([`not_supported_reasons`]): f16/bf16
+//! inputs, N_q ≠ N_k, packed varlen and used key lengths (their per-sequence alignment is not
+//! a contiguous shard of one sequence), additive bias and boolean masks (their data is N_q×N_k,
+//! which no rank holds), head_dim > 256. N must be at least the chunk count C. With a window
+//! narrower than a chunk most pairs are skipped, but every block still travels the whole ring
+//! (the ring does not shorten to the window's reach). The transport is MPI ([`mpi`], feature
+//! `mpi`) or, for tests and single-machine runs, threads in one process ([`local::ThreadRing`]).
 
 pub mod block;
 pub mod local;
@@ -152,18 +158,10 @@ pub fn not_supported_reasons(p: &Problem) -> Vec<String> {
     if p.seq_q != p.seq_k {
         r.push(format!("the ring shards self-attention: N_q={} must equal N_k={}", p.seq_q, p.seq_k));
     }
-    if !p.window.is_unbounded() {
-        r.push(format!(
-            "sliding window ({}) needs global positions inside a chunk pair, which the ring does not pass yet",
-            p.window
-        ));
-    }
+    use crate::modifiers::Modifier;
     let why = "the ring shards one dense sequence by position";
-    r.extend(p.mods.refusals_except(
-        "the ring",
-        why,
-        &[crate::modifiers::Modifier::Softcap, crate::modifiers::Modifier::Sinks],
-    ));
+    let implemented = [Modifier::Softcap, Modifier::Sinks, Modifier::Alibi, Modifier::DiagShift];
+    r.extend(p.mods.refusals_except("the ring", why, &implemented));
     if p.head_dim > 256 {
         r.push(format!("flash-cpu (each rank's engine) takes head_dim ≤ 256, got {}", p.head_dim));
     }
@@ -322,15 +320,21 @@ mod tests {
 
     #[test]
     fn refusals_name_the_modifier() {
-        let p = Problem::new(1, 2, 8, 8).with_window(crate::Window::new(4, 0));
-        assert!(not_supported_reasons(&p)[0].contains("sliding window"));
-        let mut p = Problem::new(1, 2, 8, 8);
-        p.mods.alibi_slopes = Some(vec![0.5, 0.25]);
-        assert!(not_supported_reasons(&p)[0].contains("alibi"), "{:?}", not_supported_reasons(&p));
-        p.mods.alibi_slopes = None;
+        let mut p = Problem::new(1, 2, 8, 8).with_window(crate::Window::new(4, 0)).with_alibi(vec![0.5, 0.25]);
         p.mods.sinks = Some(vec![0.0, 1.0]);
         p.mods.softcap = Some(30.0);
-        assert!(not_supported_reasons(&p).is_empty());
-        assert!(!not_supported_reasons(&Problem::new(1, 1, 8, 8).with_seq_k(9)).is_empty());
+        assert!(not_supported_reasons(&p.clone().with_diag_shift(3)).is_empty());
+        let cases: Vec<(Problem, &str)> = vec![
+            (p.clone().with_bias(1, 1), "additive bias"),
+            (p.clone().with_mask(1, 2), "boolean mask"),
+            (p.clone().with_varlen(vec![0, 3, 8], vec![0, 3, 8]), "varlen"),
+            (p.clone().with_seqused_k(vec![5]), "seqused_k"),
+            (p.clone().with_dtype(DType::BF16), "f32 inputs, got bf16"),
+            (p.clone().with_seq_k(9), "N_q=8 must equal N_k=9"),
+        ];
+        for (q, want) in cases {
+            let r = not_supported_reasons(&q);
+            assert!(r.len() == 1 && r[0].contains(want), "{want}: {r:?}");
+        }
     }
 }

@@ -41,7 +41,7 @@ pub struct Stats {
     pub total_s: f64,
     /// f32 elements this rank sent.
     pub sent: usize,
-    /// Chunk pairs computed and skipped by the causal mask.
+    /// Chunk pairs computed and skipped by the band (causal mask, window).
     pub pairs: usize,
     pub skipped: usize,
 }

@@ -9,7 +9,9 @@
 use crate::attention::AttnArgs;
 use crate::problem::Problem;
 use crate::simd::Isa;
-use std::f32::consts::LOG2_E;
+
+/// |tanh t| below which `c·tanh(x/c)` rounds to `x` in f32 (the cubic term is < 2^-24·x/3).
+const SMALL_TANH: f32 = 1.0 / 4096.0;
 
 /// One query row's fixed inputs.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +78,11 @@ pub(crate) fn row_step(
         if let Some(c) = cap {
             for (x, ch) in seg.iter_mut().zip(chain.iter_mut()) {
                 let t = (*x / c).tanh();
-                *x = c * t;
+                // Below 2^-12, c·tanh(x/c) is x to f32 rounding; c·t would lose x's low bits
+                // where x/c is subnormal (a cap near f32::MAX).
+                if t.abs() >= SMALL_TANH {
+                    *x = c * t;
+                }
                 *ch = 1.0 - t * t;
             }
         }
@@ -103,15 +109,8 @@ pub(crate) fn row_step(
             }
         }
     }
-    let l = row.lse;
-    for x in seg.iter_mut() {
-        *x = (*x - l) * LOG2_E;
-    }
-    m.isa.exp2_slice(seg);
-    let delta = row.delta;
-    for (x, g) in seg.iter().zip(dseg.iter_mut()) {
-        *g = x * (*g - delta);
-    }
+    // P = 2^((s − LSE)·log₂e) and dS = P·(dP − D) in one SIMD sweep.
+    m.isa.exp_ds(seg, dseg, row.lse, row.delta);
     if masked_any && let (Some(mask), Some(shape)) = (m.args.mask(), p.mods.mask) {
         let off = shape.row_offset(p, row.b, row.h, row.i) + j0 + lo;
         for (c, (x, g)) in seg.iter_mut().zip(dseg.iter_mut()).enumerate() {

@@ -21,8 +21,8 @@
 //!
 //! Complexity: O(B·H·allowed pairs·D) time; each cached byte of a task's range is read once
 //! per row tile. Memory: partials `units × tile rows × (D + 1)` f32 plus per-thread scratch.
-//! Caveat: chunked prefill runs on this GEMV-shaped kernel, not on the tiled GEMM-shaped one,
-//! so it is far from the GEMM ceiling for long N_q.
+//! Used when N_q·group ≤ [`crate::tiled::DECODE_MAX_ROWS`]; more query rows (chunked
+//! prefill) run on the tiled GEMM-shaped kernel instead ([`super::prefill`]).
 
 use super::append::{check_batch_idx, target};
 use super::{KvCache, KvCacheError, PagedKv};
@@ -132,6 +132,9 @@ impl PagedKv<'_> {
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
         self.check_attend(p, q, idx, out.len(), lse.as_ref().map(|l| l.len()))?;
+        if p.seq_q * p.group_size() > super::prefill::DECODE_MAX_ROWS {
+            return self.prefill(p, q, idx, out, lse);
+        }
         let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
         let rows = nq * g;
         let tile = if rows <= ROW_TILE { rows } else { (ROW_TILE / g).max(1) * g };

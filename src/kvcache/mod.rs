@@ -14,35 +14,60 @@
 //! go to `seqlen`, and their rotary positions count from `leftpad`).
 //!
 //! # Element types
-//! f32 and bf16 store the values. int8 ([`quant`]) is symmetric int8 with one f32 scale per
-//! block of 32 consecutive elements of a (token, KV head) row, llama.cpp's q8_0 grouping with an
-//! f32 scale: blocks of 32 bound an outlier channel's damage to its own 32 elements (one scale
-//! per row of D = 128 lets one outlier coarsen all 128), at 144 bytes per row of D = 128
-//! against 256 for bf16 (1.78× fewer bytes). Quantization happens on append, once per row.
+//! f32 and bf16 store the values. int8 ([`quant`]) is symmetric int8 with one bf16 scale per
+//! block of 16 consecutive elements of a (token, KV head) row, the step searched per block for
+//! least squared error: blocks keep an outlier channel's damage inside its own 16 elements (one
+//! scale per row of D = 128 lets one outlier coarsen all 128), and blocks of 16 with a searched
+//! step bring the decode error within the 3× of bf16's, which llama.cpp's q8_0 format
+//! (blocks of 32, step max|x|/127) missed (4.05×). A bf16 scale per 16 costs what an f32 (or
+//! q8_0's f16) scale per 32 costs: 144 bytes per row of D = 128 against 256 for bf16 (1.78×
+//! fewer). Quantization happens on append, once per row.
 //!
 //! # Complexity and caveats
-//! Append: O(new tokens · H_kv · D). Attention: as the decode strategy of `flash-cpu`
-//! ([`crate::tiled::decode`]): each K/V byte of the attended range is read once per call;
-//! the kernel stages one block of 32 tokens (all KV heads, widened or dequantized to f32) at a
-//! time in per-thread scratch, then runs the f32 decode kernel on it. That staging is the only
-//! copy: nothing sequence-sized is gathered. The dequantization happens there, in cache, not
-//! in registers inside the dot products.
+//! Append: O(new tokens · H_kv · D); int8 adds the step search (≤ 18 passes over each block of
+//! 16; measured 46 ns per element on the loaded 2-vCPU machine below, from the fill times
+//! `examples/kvcache_speed.rs` prints; from the figures below that is, as an estimate, about 3%
+//! of a 32K-token prefill's attention time and 0.2% of a decode step's at 32K keys). Decode (N_q·group ≤ 16,
+//! [`attend`]): as the decode strategy of `flash-cpu` ([`crate::tiled::decode`]): each K/V
+//! byte of the attended range is read once per call; the kernel stages one block of 32 tokens
+//! (all KV heads, widened or dequantized to f32) at a time in per-thread scratch, then runs
+//! the f32 decode kernel on it. That staging is the only copy: nothing sequence-sized is
+//! gathered. The dequantization happens there, in cache, not in registers inside the dot
+//! products. Chunked prefill (more query rows, [`prefill`]): the tiled GEMM-shaped kernel,
+//! its K/V panels packed straight from the pages.
 //! Refusals ([`KvCacheError`]) are checked before anything is written.
 //!
-//! Measured (`examples/kvcache_speed.rs`, 2 threads, 1 × 32768 keys, H = 32/8, D = 128, on a
-//! 2-vCPU AVX2 machine without AVX-512 shared with other builds, so noisy): paged 16 and 256
-//! took 0.93–1.04× the time of contiguous; the contiguous f32 cache 1.30× the time of
-//! `flash-cpu`'s plain decode on (B, H_kv, N, D) tensors, at 44–47% of the streaming-read
-//! ceiling; bf16 and int8 caches ran at the same speed as each other (0.63–0.71× of f32's
-//! time), so something other than bytes read bounds them there: the per-block staging
-//! (widen, dequantize) and the f32 kernel, or CPU time taken by the other builds (load average
-//! 20–99 during the runs; not separated). The targets (int8 ≥ 1.7× bf16, ≥ 70% of the
-//! ceiling) are not met on that machine; an AVX-512 machine was not available to measure.
-//! int8's decode error: 4.05× bf16's on `normal`, 1.70× on `structured` ([`quant`]).
+//! Measured (2 threads, H = 32/8, D = 128, on a 2-vCPU AVX2 EPYC without AVX-512, shared with
+//! other builds: load average 5–110 during the runs, so noisy; ratios from one run each,
+//! variants alternated):
+//! - decode, 1 × 32768 keys (`examples/kvcache_speed.rs`, four runs): paged 16 took
+//!   0.90–0.96× the time of contiguous, paged 256 0.96–1.04×; bf16 0.67–0.69×, int8
+//!   0.64–0.72×: int8 decode 0.94–1.05× as fast as bf16 (target ≥ 1.7×); contiguous f32 read
+//!   42–44% of the streaming-read ceiling, bf16 31%, int8 16–19% (target ≥ 70%). At 131072
+//!   keys (one run, load 105): paged 1.15×, int8 0.93× as fast as bf16; the ceiling measured
+//!   5.2 and 8.9 GB/s before and after, too unsteady to quote fractions.
+//! - The profile (`perf record` of that example) puts the decode time in the f32 kernel
+//!   (`simd::decode::process_avx2`), not in the staging (`quant::dequantize_avx2` ≈ 1/7 of
+//!   the kernel's samples): bf16 and int8 run at the kernel's speed, not the memory's. On
+//!   AVX2 the arithmetic bounds int8 too: each K/V element feeds `group` = 4 FMAs, so two
+//!   cores at 2 × 8-lane FMAs per cycle stream at most 8 elements per cycle, about 20 GB/s of
+//!   int8 at 2.4 GHz, before any dequantization. With bf16 at the 31.9 GB/s ceiling of an
+//!   earlier, quieter run (`reports/README.md`: 16·10⁹ elements/s), int8 at 1.7× its speed
+//!   would need 27·10⁹ elements/s, past that bound. Integer dot products (VNNI, or AVX2 `vpmaddubsw` on
+//!   quantized queries) are the way past it; not done here.
+//! - chunked prefill, 512 new tokens onto a 32768-key f32 cache
+//!   (`examples/kvcache_prefill_speed.rs`, two runs): contiguous 0.81 and 0.54, paged 16 0.79
+//!   and 0.55 of the f32 GEMM ceiling measured in the same run (88 and 84 GFLOP/s), beside
+//!   `flash-cpu` on plain tensors at 0.77 and 0.56 (target ≥ 0.85): the cache's prefill runs
+//!   at the tiled kernel's own speed; the swing between runs is the machine's load.
+//!
+//! int8's decode error: at most 2.90× bf16's on `normal`, 2.10× on `structured`, over the
+//! shapes and seeds of `tests/kvcache.rs` ([`quant`]).
 
 pub mod append;
 pub mod attend;
 pub mod pages;
+pub mod prefill;
 pub mod quant;
 
 pub use append::{AppendOptions, Rotary, RotaryLayout, append_pages, rotate_q};
@@ -101,7 +126,7 @@ impl From<KvCacheError> for AttnError {
 pub enum KvDType {
     F32,
     BF16,
-    /// Symmetric int8, one f32 scale per 32 elements of a row ([`quant`]).
+    /// Symmetric int8, one bf16 scale per 16 elements of a row ([`quant`]).
     Int8,
 }
 
@@ -121,7 +146,7 @@ impl KvDType {
         match self {
             KvDType::F32 => 4 * d,
             KvDType::BF16 => 2 * d,
-            KvDType::Int8 => d + 4 * d.div_ceil(quant::QBLOCK),
+            KvDType::Int8 => quant::row_bytes(d),
         }
     }
 }
@@ -189,7 +214,7 @@ pub(crate) enum Store {
     /// Values and one scale per [`quant::QBLOCK`] elements of a row.
     Int8 {
         q: Vec<i8>,
-        scale: Vec<f32>,
+        scale: Vec<bf16>,
     },
 }
 
@@ -198,7 +223,9 @@ impl Store {
         match dtype {
             KvDType::F32 => Store::F32(vec![0.0; slots * d]),
             KvDType::BF16 => Store::BF16(vec![bf16::ZERO; slots * d]),
-            KvDType::Int8 => Store::Int8 { q: vec![0; slots * d], scale: vec![0.0; slots * d.div_ceil(quant::QBLOCK)] },
+            KvDType::Int8 => {
+                Store::Int8 { q: vec![0; slots * d], scale: vec![bf16::ZERO; slots * quant::scales_per_row(d)] }
+            }
         }
     }
 
@@ -225,7 +252,7 @@ impl Store {
         match self {
             Store::F32(x) => 4 * x.len(),
             Store::BF16(x) => 2 * x.len(),
-            Store::Int8 { q, scale } => q.len() + 4 * scale.len(),
+            Store::Int8 { q, scale } => q.len() + quant::SCALE_BYTES * scale.len(),
         }
     }
 }

@@ -25,10 +25,10 @@ pub enum Pages<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
-    /// Values and one f32 scale per [`quant::QBLOCK`] elements of a row.
+    /// Values and one bf16 scale per [`quant::QBLOCK`] elements of a row.
     Int8 {
         q: &'a [i8],
-        scale: &'a [f32],
+        scale: &'a [bf16],
     },
 }
 
@@ -38,7 +38,7 @@ pub enum PagesMut<'a> {
     F32(&'a mut [f32]),
     F16(&'a mut [f16]),
     BF16(&'a mut [bf16]),
-    Int8 { q: &'a mut [i8], scale: &'a mut [f32] },
+    Int8 { q: &'a mut [i8], scale: &'a mut [bf16] },
 }
 
 impl Pages<'_> {
@@ -48,7 +48,7 @@ impl Pages<'_> {
             Pages::F32(x) => x.len() / d,
             Pages::F16(x) => x.len() / d,
             Pages::BF16(x) => x.len() / d,
-            Pages::Int8 { q, scale } => (q.len() / d).min(scale.len() / d.div_ceil(quant::QBLOCK)),
+            Pages::Int8 { q, scale } => (q.len() / d).min(scale.len() / quant::scales_per_row(d)),
         }
     }
 
@@ -57,7 +57,7 @@ impl Pages<'_> {
         match self {
             Pages::F32(_) => 4 * d,
             Pages::F16(_) | Pages::BF16(_) => 2 * d,
-            Pages::Int8 { .. } => d + 4 * d.div_ceil(quant::QBLOCK),
+            Pages::Int8 { .. } => quant::row_bytes(d),
         }
     }
 
@@ -70,7 +70,7 @@ impl Pages<'_> {
             Pages::F16(x) => quant::widen_f16(&x[slot * d..(slot + 1) * d], dst),
             Pages::BF16(x) => quant::widen_bf16(&x[slot * d..(slot + 1) * d], dst),
             Pages::Int8 { q, scale } => {
-                let nb = d.div_ceil(quant::QBLOCK);
+                let nb = quant::scales_per_row(d);
                 quant::dequantize_row(&q[slot * d..(slot + 1) * d], &scale[slot * nb..(slot + 1) * nb], dst);
             }
         }
@@ -86,7 +86,7 @@ impl Pages<'_> {
             Pages::F16(x) => (x[slot * d..].as_ptr() as *const u8, 2 * d),
             Pages::BF16(x) => (x[slot * d..].as_ptr() as *const u8, 2 * d),
             Pages::Int8 { q, scale } => {
-                prefetch_line(scale[slot * d.div_ceil(quant::QBLOCK)..].as_ptr() as *const u8);
+                prefetch_line(scale[slot * quant::scales_per_row(d)..].as_ptr() as *const u8);
                 (q[slot * d..].as_ptr() as *const u8, d)
             }
         };
@@ -120,7 +120,7 @@ impl PagesMut<'_> {
                 x[slot * d..(slot + 1) * d].iter_mut().zip(src).for_each(|(y, &s)| *y = bf16::from_f32(s))
             }
             PagesMut::Int8 { q, scale } => {
-                let nb = d.div_ceil(quant::QBLOCK);
+                let nb = quant::scales_per_row(d);
                 quant::quantize_row(src, &mut q[slot * d..(slot + 1) * d], &mut scale[slot * nb..(slot + 1) * nb]);
             }
         }

@@ -10,9 +10,10 @@
 //! # Semantics (FlashAttention's and PyTorch's), in the order every exact backend applies them
 //! With `s = scale · q_i·k_j` the scaled score of query row `i` and key `j`:
 //! 1. **softcap** `c > 0`: `s ← c·tanh(s/c)` (FlashAttention `softcap`, Gemma 2).
-//! 2. **ALiBi** slopes of shape (H,) or (S,H): `s ← s − slope[seq,h]·|i' + n_k − n_q − j'|`
-//!    with `i'`, `j'` the row and key inside the row's sequence and `n_q`, `n_k` that sequence's
-//!    query and (used) key lengths: bottom-right aligned, FlashAttention `alibi_slopes`.
+//! 2. **ALiBi** slopes of shape (H,) or (S,H): `s ← s − slope[seq,h]·|i' + n_k − n_q + δ − j'|`
+//!    with `i'`, `j'` the row and key inside the row's sequence, `n_q`, `n_k` that sequence's
+//!    query and (used) key lengths and `δ` the diagonal shift (0 unless set): bottom-right
+//!    aligned, FlashAttention `alibi_slopes`.
 //!    [`alibi_slopes`] gives the standard geometric slopes.
 //! 3. **bias** (f32/f16/bf16, shape (B|1, H|1, N_q, N_k), broadcast over size-1 dims):
 //!    `s ← s + bias[b,h,i,j]` (PyTorch's float `attn_mask`). NaN or ±∞ in the bias stays in its row.
@@ -33,6 +34,14 @@
 //! **Used key lengths** (`seqused_k`, FlashAttention's `seqused_k` / `cache_seqlens`): one
 //! length per batch entry (per sequence under varlen); keys at or beyond it are neither read nor
 //! counted, and the causal/window/ALiBi alignment uses it as the sequence's key length.
+//!
+//! **Diagonal shift** `δ` ([`Modifiers::diag_shift`], [`Problem::with_diag_shift`]): every row's
+//! diagonal moves δ keys right, for causal, windows and ALiBi alike (row `i'`'s diagonal is key
+//! `i' + n_k − n_q + δ`). It lets a rectangular block of a larger problem be computed on its
+//! own: rows `[a, b)` × keys `[c, d)` of an N_q × N_k problem are the (b−a) × (d−c) problem with
+//! `δ = a − c + N_k − N_q − ((d−c) − (b−a))`, keys outside `[c, d)` left out (ring attention's
+//! chunk pairs, [`crate::dist`]). Backends that do not implement it refuse it by name. Its
+//! magnitude must be below 2^40.
 //!
 //! Bias and mask index the packed coordinates (N_q = total_q, N_k = total_k) under varlen.
 
@@ -105,6 +114,9 @@ pub struct Modifiers {
     pub bias: Option<PairShape>,
     /// Boolean mask shape; data in [`crate::AttnArgs::with_pair_data`].
     pub mask: Option<PairShape>,
+    /// Diagonal shift (0 = none): moves every row's diagonal by this many keys, for a block of a
+    /// larger problem computed on its own (ring attention's chunk pairs).
+    pub diag_shift: i64,
 }
 
 /// One modifier, for refusal reasons and listings.
@@ -118,6 +130,7 @@ pub enum Modifier {
     SequsedK,
     Bias,
     Mask,
+    DiagShift,
 }
 
 impl Modifier {
@@ -130,6 +143,7 @@ impl Modifier {
             Modifier::SequsedK => "seqused_k",
             Modifier::Bias => "additive bias",
             Modifier::Mask => "boolean mask",
+            Modifier::DiagShift => "diagonal shift",
         }
     }
 }
@@ -145,6 +159,7 @@ impl Modifiers {
             (self.seqused_k.is_some(), Modifier::SequsedK),
             (self.bias.is_some(), Modifier::Bias),
             (self.mask.is_some(), Modifier::Mask),
+            (self.diag_shift != 0, Modifier::DiagShift),
         ];
         on.into_iter().filter(|(set, _)| *set).map(|(_, m)| m).collect()
     }
@@ -202,15 +217,21 @@ pub struct RowSeq {
     pub k0: usize,
     /// The sequence's key length (its used length when `seqused_k` is set).
     pub nk: usize,
+    /// The problem's diagonal shift ([`Modifiers::diag_shift`]).
+    pub shift: i64,
 }
 
 impl RowSeq {
-    /// Absolute key index of the row's bottom-right diagonal (`k0 + row + nk − nq`); may be
-    /// negative or past the keys.
+    /// Absolute key index of the row's diagonal (`k0 + row + nk − nq + shift`: bottom-right
+    /// aligned, then shifted); may be negative or past the keys.
     pub fn diag(&self) -> i64 {
-        self.k0 as i64 + self.row as i64 + self.nk as i64 - self.nq as i64
+        self.k0 as i64 + self.row as i64 + self.nk as i64 - self.nq as i64 + self.shift
     }
 }
+
+/// Bound on |diagonal shift|: keeps every diagonal, shifted, far from i64 overflow (rows and
+/// keys are below 2^31) and any used one exact in f64.
+const MAX_DIAG_SHIFT: u64 = 1 << 40;
 
 /// Validates the modifiers of `p` (called by [`Problem::validate`]).
 pub(crate) fn validate(p: &Problem) -> Result<()> {
@@ -220,9 +241,9 @@ pub(crate) fn validate(p: &Problem) -> Result<()> {
     {
         return Err(AttnError::invalid(format!("softcap must be finite and > 0, got {c}")));
     }
-    // The kernels compute c·tanh(s·(scale/c)): a subnormal c (1/c = ∞) or a scale/c that
-    // overflows f32 turns a zero score into 0·∞ = NaN where the f64 oracle is finite (the fuzzer
-    // found softcap = 1e-40). Such a cap clips every score to ±c ≈ 0 anyway.
+    // The kernels compute tanh's argument as (scale·s)·(1/c): a subnormal c (1/c = ∞) turns a
+    // zero score into 0·∞ = NaN where the f64 oracle is finite (the fuzzer found softcap =
+    // 1e-40), and so does a scale/c that overflows f32. Such a cap clips every score to ±c ≈ 0.
     if let Some(c) = m.softcap
         && !(c >= f32::MIN_POSITIVE && (p.scale / c).is_finite())
     {
@@ -275,6 +296,12 @@ pub(crate) fn validate(p: &Problem) -> Result<()> {
                 return Err(AttnError::invalid(format!("seqused_k[{s}] = {len} exceeds that entry's {cap} keys")));
             }
         }
+    }
+    if m.diag_shift.unsigned_abs() >= MAX_DIAG_SHIFT {
+        return Err(AttnError::invalid(format!(
+            "diagonal shift {} is out of range: its magnitude must be below 2^40",
+            m.diag_shift
+        )));
     }
     if let Some(b) = &m.bias {
         b.check("bias", p)?;
@@ -352,7 +379,7 @@ impl Problem {
             Some(u) => u[seq],
             None => seq_keys(self, seq),
         };
-        RowSeq { seq, row, nq, k0, nk }
+        RowSeq { seq, row, nq, k0, nk, shift: self.mods.diag_shift }
     }
 
     /// The half-open range `[lo, hi)` of keys that row `i` of batch entry `b` may attend: causal
@@ -411,6 +438,11 @@ impl Problem {
         self.mods.bias = Some(PairShape { batch, heads });
         self
     }
+    /// Moves every row's diagonal `shift` keys right (module docs: **Diagonal shift**).
+    pub fn with_diag_shift(mut self, shift: i64) -> Self {
+        self.mods.diag_shift = shift;
+        self
+    }
     /// Declares a boolean mask of shape (batch, heads, N_q, N_k), each of batch/heads 1 or full.
     pub fn with_mask(mut self, batch: usize, heads: usize) -> Self {
         self.mods.mask = Some(PairShape { batch, heads });
@@ -464,6 +496,7 @@ mod tests {
             (base.clone().with_varlen(vec![0, 3], vec![0, 4]), "ends at 3"),
             (base.clone().with_seqused_k(vec![5]), "seqused_k[0] = 5"),
             (base.clone().with_bias(2, 1), "(2, 1, N_q, N_k)"),
+            (base.clone().with_diag_shift(-(1 << 40)), "diagonal shift -1099511627776"),
             (Problem::new(2, 1, 4, 8).with_varlen(vec![0, 4], vec![0, 4]), "batch must be 1, got 2"),
         ];
         for (p, want) in cases {

@@ -459,12 +459,24 @@ pub fn finish_rows(acc: &[f32], m: &[f32], l: &[f32], d: usize, out: &mut [f32],
 /// Packs keys `k0..k1` of one head's rows (any row stride) into `D × kp` panels
 /// (Kᵀ), zero-padding the last panel. Returns the packed key count (a multiple of `kp`).
 pub fn pack_k(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> usize {
-    let nkeys = (k1 - k0).div_ceil(kp) * kp;
+    pack_k_rows(k1 - k0, d, kp, dst, |j, row| src.read(k0 + j, row))
+}
+
+/// [`pack_k`] over `n` key rows from a row source: `read(j, row)` fills key `j`'s D elements
+/// (a KV cache's pages, say, read where they lie). Returns the packed key count.
+pub fn pack_k_rows(
+    n: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+    mut read: impl FnMut(usize, &mut [f32]),
+) -> usize {
+    let nkeys = n.div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * d, 0.0);
     let mut row = vec![0.0f32; d];
-    for j in 0..k1 - k0 {
-        src.read(k0 + j, &mut row);
+    for j in 0..n {
+        read(j, &mut row);
         let panel = &mut dst[(j / kp) * d * kp..(j / kp + 1) * d * kp];
         let jj = j % kp;
         for (t, &x) in row.iter().enumerate() {
@@ -477,14 +489,25 @@ pub fn pack_k(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst:
 /// Packs value rows `k0..k1` of one head's rows as `nkeys × DP`, zero-padded.
 /// Returns the packed keys whose V row is not finite ([`BlockJob::vbad`]).
 pub fn pack_v(src: HeadRows<'_>, k0: usize, k1: usize, d: usize, kp: usize, dst: &mut Vec<f32>) -> Vec<usize> {
+    pack_v_rows(k1 - k0, d, kp, dst, |j, row| src.read(k0 + j, row))
+}
+
+/// [`pack_v`] over `n` value rows from a row source (`read(j, row)` fills value `j`).
+pub fn pack_v_rows(
+    n: usize,
+    d: usize,
+    kp: usize,
+    dst: &mut Vec<f32>,
+    mut read: impl FnMut(usize, &mut [f32]),
+) -> Vec<usize> {
     let dp = padded_dim(d);
-    let nkeys = (k1 - k0).div_ceil(kp) * kp;
+    let nkeys = n.div_ceil(kp) * kp;
     dst.clear();
     dst.resize(nkeys * dp, 0.0);
     let mut bad = Vec::new();
-    for j in 0..k1 - k0 {
+    for j in 0..n {
         let row = &mut dst[j * dp..j * dp + d];
-        src.read(k0 + j, row);
+        read(j, row);
         if !super::masked_pv::all_finite(row) {
             bad.push(j);
         }

@@ -23,6 +23,7 @@ pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_block;
 pub mod bf16_pairs;
+pub mod bwd_tile;
 pub mod decode;
 pub mod flash;
 pub mod masked_pv;
@@ -228,6 +229,30 @@ impl Isa {
     /// silently); the packed layout is checked against the path's shape.
     pub(crate) fn run_block(self, job: &mut flash::BlockJob<'_>) {
         on_isa!(self, run_block(job))
+    }
+
+    /// Runs one of the backward's tile products ([`bwd_tile::tile_gemm`]). The AVX-512 paths
+    /// run the AVX2 kernel (an AVX-512 CPU has AVX2 and FMA; no AVX-512 backward kernel is
+    /// written yet), aarch64 and CPUs without AVX2 the portable one.
+    pub(crate) fn tile_gemm(self, g: &mut bwd_tile::TileGemm<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Isa::Scalar
+            && let Some(t) = x86_avx2::Avx2Fma::new()
+        {
+            return x86_avx2::tile_gemm(t, g);
+        }
+        scalar::tile_gemm(g)
+    }
+
+    /// The backward's P and dS step ([`bwd_tile::exp_ds`]) on the path [`Isa::tile_gemm`] uses.
+    pub(crate) fn exp_ds(self, s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Isa::Scalar
+            && let Some(t) = x86_avx2::Avx2Fma::new()
+        {
+            return x86_avx2::exp_ds(t, s, dp, lse, delta);
+        }
+        scalar::exp_ds(s, dp, lse, delta)
     }
 
     /// `exp2` of every element of `xs` in place on this path (exposed for the accuracy test).

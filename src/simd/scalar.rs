@@ -2,6 +2,7 @@
 //! is two roundings). Used on CPUs without the x86/aarch64 paths and as the test baseline.
 
 use super::Simd;
+use super::bwd_tile::{self, TileGemm};
 use super::flash::{self, BlockJob, KernelShape};
 
 /// Kernel geometry of the portable path.
@@ -82,4 +83,14 @@ pub fn run_block(job: &mut BlockJob<'_>) {
 /// `exp2` in place on the portable path.
 pub fn exp2_slice(xs: &mut [f32]) {
     flash::exp2_slice(Portable, xs)
+}
+
+/// The backward's tile GEMM on the portable path (4 rows × 4 vectors).
+pub fn tile_gemm(g: &mut TileGemm<'_>) {
+    bwd_tile::tile_gemm::<Portable, 4, 4>(Portable, g)
+}
+
+/// The backward's P and dS step on the portable path.
+pub fn exp_ds(s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32) {
+    bwd_tile::exp_ds(Portable, s, dp, lse, delta)
 }

@@ -21,12 +21,24 @@ const A: [f32; 7] =
     [-2.760_768_5e-16, 2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619_3e-4, 4.893_524_6e-3];
 const B: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_7e-3, 4.893_525e-3];
 
-/// tanh over one vector; NaN stays NaN.
+/// tanh over one vector; NaN stays NaN ([`softcap`] with c = 1).
 #[inline(always)]
 pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
-    // min(x, c) = −max(−c, −x); `max(a, b)` returns NaN when b is NaN, so NaN survives both.
-    let lo = s.max(s.splat(-TANH_CLAMP), x);
-    let x = s.sub(s.splat(0.0), s.max(s.splat(-TANH_CLAMP), s.sub(s.splat(0.0), lo)));
+    softcap(s, x, s.splat(1.0), s.splat(TANH_CLAMP))
+}
+
+/// Softcap `c·tanh(y/c)` over one vector of scaled scores `y`, computed as `y'·p(x²)/q(x²)` with
+/// `y' = clamp(y, ±bound)` and `x = y'/c`: the same rational fit as [`tanh`] (`tanh x = x·p/q`),
+/// but multiplied by the score rather than by `c·x`. `c·(y/c)` loses the score's low bits when
+/// `y/c` is subnormal (a cap near f32::MAX; the fuzzer found c = 2e38), `y'·p/q` does not.
+/// `bound = min(c·CLAMP, f32::MAX)` ([`softcap_bound`]); NaN stays NaN, ±∞ becomes ±c.
+#[inline(always)]
+pub fn softcap<S: Simd>(s: S, y: S::V, inv_cap: S::V, bound: S::V) -> S::V {
+    // min(y, b) = −max(−b, −y); `max(a, b)` returns NaN when b is NaN, so NaN survives both.
+    let neg_bound = s.sub(s.splat(0.0), bound);
+    let lo = s.max(neg_bound, y);
+    let y = s.sub(s.splat(0.0), s.max(neg_bound, s.sub(s.splat(0.0), lo)));
+    let x = s.mul(y, inv_cap);
     let x2 = s.mul(x, x);
     let mut p = s.splat(A[0]);
     for &a in &A[1..] {
@@ -36,11 +48,16 @@ pub fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
     for &b in &B[1..] {
         q = s.fma(q, x2, s.splat(b));
     }
-    // p·x / q with the ISA's reciprocal estimate and one Newton step (r ← r·(2 − q·r)): the
+    // p·y / q with the ISA's reciprocal estimate and one Newton step (r ← r·(2 − q·r)): the
     // division was the costliest instruction of the softcap.
     let r = s.recip_estimate(q);
     let r = s.mul(r, s.fma(s.sub(s.splat(0.0), q), r, s.splat(2.0)));
-    s.mul(s.mul(p, x), r)
+    s.mul(s.mul(p, y), r)
+}
+
+/// The clamp of [`softcap`] in score units: `c·CLAMP`, kept finite.
+pub fn softcap_bound(c: f32) -> f32 {
+    (c * TANH_CLAMP).min(f32::MAX)
 }
 
 /// Per-row parameters of [`modify`]: ALiBi slope and the row's diagonal key minus the row
@@ -68,8 +85,8 @@ pub fn modify<S: Simd>(s: S, m: &ScoreOnly, row: RowMod, xs: &mut [f32]) {
     let w = S::W;
     debug_assert!(xs.len().is_multiple_of(w) && w <= IOTA.len());
     let scale = s.splat(m.scale);
-    let (cap, inv_cap) = m.softcap.map_or((1.0, 1.0), |c| (c, 1.0 / c));
-    let (capv, scale_over_cap) = (s.splat(cap), s.splat(m.scale * inv_cap));
+    let (bound, inv_cap) = m.softcap.map_or((1.0, 1.0), |c| (softcap_bound(c), 1.0 / c));
+    let (bound, inv_cap) = (s.splat(bound), s.splat(inv_cap));
     let neg_slope = s.splat(-row.slope);
     // SAFETY: IOTA holds 16 ≥ W floats.
     let iota = unsafe { s.load(IOTA.as_ptr()) };
@@ -77,7 +94,10 @@ pub fn modify<S: Simd>(s: S, m: &ScoreOnly, row: RowMod, xs: &mut [f32]) {
         // SAFETY: chunks_exact_mut yields exactly W floats.
         unsafe {
             let mut x = s.load(ch.as_ptr());
-            x = if m.softcap.is_some() { s.mul(capv, tanh(s, s.mul(x, scale_over_cap))) } else { s.mul(x, scale) };
+            x = s.mul(x, scale);
+            if m.softcap.is_some() {
+                x = softcap(s, x, inv_cap, bound);
+            }
             if m.alibi {
                 // Distances are integers below 2^24, exact in f32.
                 let t = s.sub(s.splat(row.diag - (c * w) as f32), iota);
@@ -253,6 +273,35 @@ mod tests {
         );
         assert!(edge[0].is_nan());
         assert_eq!(&edge[1..], &[1.0, -1.0, 0.0]);
+    }
+
+    /// c·tanh(y/c) within 8 f32 ulp of f64 for caps from 1e-3 to f32::MAX, tiny scores
+    /// included: the fuzzer found c = 2e38 losing the score's low bits through a subnormal y/c.
+    #[test]
+    fn softcap_keeps_relative_precision_for_any_cap() {
+        let mut worst = 0.0f64;
+        let mut checked = 0;
+        for c in [1e-3f32, 1.0, 30.0, 1e10, 1e30, 2.033_719e38, f32::MAX] {
+            for e in -40..=40 {
+                for m in [1.0f32, 1.37, -1.91] {
+                    let y = m * 2f32.powi(e);
+                    let mut xs = [y, 0.0, 0.0, 0.0];
+                    modify_slice(
+                        Portable,
+                        &ScoreOnly { scale: 1.0, softcap: Some(c), alibi: false },
+                        RowMod::default(),
+                        &mut xs,
+                    );
+                    let want = c as f64 * (y as f64 / c as f64).tanh();
+                    let ulp = (want.abs().max(f32::MIN_POSITIVE as f64) as f32).to_bits();
+                    let ulp = (f32::from_bits(ulp + 1) - f32::from_bits(ulp)) as f64;
+                    worst = worst.max((xs[0] as f64 - want).abs() / ulp);
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 7 * 81 * 3);
+        assert!(worst <= 8.0, "softcap max error {worst} ulp");
     }
 
     #[test]

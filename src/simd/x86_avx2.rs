@@ -2,6 +2,7 @@
 //! (12 accumulators), P·V 6 rows × 16 columns (12 accumulators + 2 V vectors + 1 broadcast).
 
 use super::Simd;
+use super::bwd_tile::{self, TileGemm};
 use super::flash::{self, BlockJob, KernelShape};
 use std::arch::x86_64::*;
 
@@ -109,4 +110,26 @@ pub fn run_block(t: Avx2Fma, job: &mut BlockJob<'_>) {
 pub fn exp2_slice(t: Avx2Fma, xs: &mut [f32]) {
     // SAFETY: the token proves the CPU has AVX2 and FMA.
     unsafe { exp2_avx2(t, xs) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn tile_gemm_avx2(t: Avx2Fma, g: &mut TileGemm<'_>) {
+    bwd_tile::tile_gemm::<Avx2Fma, 6, 2>(t, g)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn exp_ds_avx2(t: Avx2Fma, s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32) {
+    bwd_tile::exp_ds(t, s, dp, lse, delta)
+}
+
+/// The backward's tile GEMM, AVX2 + FMA: 6 rows × 16 columns (12 accumulators), as the forward.
+pub fn tile_gemm(t: Avx2Fma, g: &mut TileGemm<'_>) {
+    // SAFETY: the token proves the CPU has AVX2 and FMA.
+    unsafe { tile_gemm_avx2(t, g) }
+}
+
+/// The backward's P and dS step, AVX2 + FMA.
+pub fn exp_ds(t: Avx2Fma, s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32) {
+    // SAFETY: the token proves the CPU has AVX2 and FMA.
+    unsafe { exp_ds_avx2(t, s, dp, lse, delta) }
 }

@@ -38,11 +38,14 @@ pub const DECODE_MAX_ROWS: usize = 16;
 pub type BatchRowRange<'a> = dyn Fn(usize, usize) -> (usize, usize) + Sync + 'a;
 
 /// Whether `flash-cpu` runs `p` with the decode strategy.
-/// Modifiers: the decode kernel has no score-modifier step, so only `seqused_k` (which only
-/// narrows each batch entry's key range, through [`Problem::key_range_at`]) takes this path;
+/// Modifiers: the decode kernel has no score-modifier step, so only `seqused_k` and the
+/// diagonal shift (which only narrow or move each row's key range, through
+/// [`Problem::key_range_at`]) take this path;
 /// any other modifier runs on whole-head waves.
 pub fn decode_applies(p: &Problem) -> bool {
-    let modifiers_ok = p.mods.active().iter().all(|m| *m == crate::modifiers::Modifier::SequsedK);
+    use crate::modifiers::Modifier;
+    // A diagonal shift only moves each row's band, which `band_with_len` reads from `p`.
+    let modifiers_ok = p.mods.active().iter().all(|m| matches!(m, Modifier::SequsedK | Modifier::DiagShift));
     modifiers_ok && p.seq_q.saturating_mul(p.group_size()) <= DECODE_MAX_ROWS
 }
 

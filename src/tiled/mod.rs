@@ -28,6 +28,7 @@ mod bf16_tests;
 mod block;
 pub mod decode;
 mod modify;
+pub(crate) mod rows;
 mod segments;
 mod waves;
 
@@ -78,7 +79,7 @@ impl Plan<'_> {
 
     /// The backward's working memory (FlashAttention-2's tiling, [`crate::grad::flash`]).
     pub fn backward_working_bytes(&self, p: &Problem) -> Option<u64> {
-        crate::grad::flash::Tiling::flash(p).working_bytes(p)
+        crate::grad::flash::Tiling::flash(p, self.isa).working_bytes(p)
     }
 
     /// The backward over the plan's band (the packing is the forward's concern only).
@@ -88,7 +89,7 @@ impl Plan<'_> {
         saved: &crate::grad::Saved<'_>,
         grads: &mut crate::grad::GradsMut<'_>,
     ) -> Result<()> {
-        let tiling = crate::grad::flash::Tiling::flash(args.problem());
+        let tiling = crate::grad::flash::Tiling::flash(args.problem(), self.isa);
         crate::grad::run_tiled(self.name, self.isa, &*self.range, tiling, args, saved, grads)
     }
 

@@ -102,6 +102,12 @@ impl<'a> CallMods<'a> {
         CallMods { p, scores, bias, mask, summary }
     }
 
+    /// The score modifiers of `p` alone (softcap, ALiBi): no bias or mask tensor.
+    pub(super) fn scores_only(p: &'a Problem) -> Self {
+        let scores = p.mods.softcap.is_some() || p.mods.alibi_slopes.is_some();
+        CallMods { p, scores, bias: None, mask: None, summary: None }
+    }
+
     /// The mask slice index of query head `(b, h)`.
     pub(super) fn mask_slice(&self, b: usize, h: usize) -> usize {
         self.mask.map_or(0, |(_, s)| s.slice_of(b, h))
