@@ -147,7 +147,9 @@ impl PagedKv<'_> {
         let units = p.batch * tiles * sp.chunks;
         let part_bytes = (units as u64).checked_mul(hkv as u64 * tile as u64 * (d as u64 + 1) * 4);
         check_budget("kvcache", "attention partials", part_bytes)?;
-        let isa = Isa::best();
+        // The process-wide choice (`ATTNKIT_SIMD` honoured, as in flash-cpu); an override this CPU
+        // lacks is refused, not silently replaced.
+        let isa = Isa::selected().map_err(|reason| AttnError::Unavailable { backend: "kvcache".into(), reason })?;
 
         // Partial of (query row bq, tile t, chunk c, KV head h): rows at `at(bq, t, c, h)`.
         let at = |bq: usize, t: usize, c: usize, h: usize| (((bq * tiles + t) * sp.chunks + c) * hkv + h) * tile;

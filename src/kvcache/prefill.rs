@@ -15,7 +15,7 @@
 
 use super::PagedKv;
 use super::append::target;
-use crate::error::Result;
+use crate::error::{AttnError, Result};
 use crate::problem::Problem;
 use crate::simd::Isa;
 use crate::simd::flash::{pack_k_rows, pack_v_rows};
@@ -38,7 +38,9 @@ impl PagedKv<'_> {
         let maxlen = lens.iter().copied().max().unwrap_or(0);
         let tp = Problem { seq_k: maxlen, ..p.clone() }.with_seqused_k(lens.clone());
         let range = |b: usize, i: usize| tp.key_range_at(b, i);
-        let isa = Isa::best();
+        // The process-wide choice (`ATTNKIT_SIMD` honoured, as in flash-cpu); an override this CPU
+        // lacks is refused, not silently replaced.
+        let isa = Isa::selected().map_err(|reason| AttnError::Unavailable { backend: "kvcache".into(), reason })?;
         let (d, kp) = (p.head_dim, isa.shape().kp);
         let pack = |b: usize, h: usize, kb: &mut Vec<f32>, vb: &mut Vec<f32>| {
             let (s, n) = (target(idx, b), lens[b]);
