@@ -3,7 +3,7 @@
 //! onto a cache ([`crate::kvcache`]) runs here: N_q new tokens are too many rows for the
 //! GEMV-shaped decode kernel.
 //!
-//! Algorithm: as [`super::waves`]. Per (query batch row, KV head) the caller's `pack` fills
+//! Algorithm: as [`super::waves`], on its wave loop ([`super::waves::Waves`]). Per (query batch row, KV head) the caller's `pack` fills
 //! the Kᵀ panels and padded V rows ([`crate::simd::flash::pack_k_rows`] /
 //! [`crate::simd::flash::pack_v_rows`] over its rows), one head per thread at a time; then
 //! every query block of the heads packed runs in parallel ([`super::block`]). Each sequence's
@@ -15,8 +15,9 @@
 //! Caveats: f32 panels only (no bf16-pair kernel); no bias or boolean mask (a cache has none).
 
 use super::RowRange;
-use super::block::{BlockSpec, Scratch, block_tasks, run_query_block, scratch_bytes, tile_keys};
+use super::block::{BlockSpec, Scratch, run_query_block, scratch_bytes, tile_keys};
 use super::modify::CallMods;
+use super::waves::Waves;
 use crate::budget::check_budget;
 use crate::error::Result;
 use crate::problem::Problem;
@@ -24,7 +25,6 @@ use crate::row_layout::HeadRows;
 use crate::simd::Isa;
 use crate::simd::flash::padded_dim;
 use crate::tensor::TensorRef;
-use rayon::prelude::*;
 
 /// Fills one (query batch row `b`, KV head `h`)'s K panels and V rows; returns the packed key
 /// count and the keys whose V row is not finite (as `pack_k_rows`/`pack_v_rows` do).
@@ -44,7 +44,7 @@ pub(crate) fn run(
     range: &RowRange<'_>,
     pack: &HeadPacker<'_>,
     out: &mut [f32],
-    mut lse: Option<&mut [f32]>,
+    lse: Option<&mut [f32]>,
 ) -> Result<()> {
     let shape = isa.shape();
     let (nq, d, g) = (p.seq_q, p.head_dim, p.group_size());
@@ -58,39 +58,28 @@ pub(crate) fn run(
     let need = (inflight as u64).checked_mul(per_head).and_then(|b| b.checked_add(scratch));
     check_budget(name, "packed K/V panels of the KV heads in flight", need)?;
     let mods = CallMods::scores_only(p);
-    for w0 in (0..nkv).step_by(inflight) {
-        let w1 = (w0 + inflight).min(nkv);
-        let packed: Vec<Panels> = (w0..w1)
-            .into_par_iter()
-            .map(|kvh| {
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                let (nkeys, bad) = pack(kvh / p.kv_heads, kvh % p.kv_heads, &mut kb, &mut vb);
-                (kb, vb, nkeys, bad)
-            })
-            .collect();
-        let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
-        let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
-        block_tasks(o_wave, l_wave, nq, d, bq).into_par_iter().for_each_init(
-            Scratch::default,
-            |scr, (hi, bi, o, l)| {
-                let (kb, vb, nkeys, vbad) = &packed[hi / g];
-                let spec = BlockSpec {
-                    isa,
-                    shape,
-                    problem: p,
-                    q: HeadRows { src: TensorRef::F32(q), base: (w0 * g + hi) * nq * d, stride: d },
-                    bh: w0 * g + hi,
-                    i0: bi * bq,
-                    kbase: 0,
-                    range,
-                    nkeys: *nkeys,
-                    vbad,
-                    tile,
-                    mods: Some(&mods),
-                };
-                run_query_block(&spec, kb, vb, scr, o, l);
-            },
-        );
-    }
+    let heads = Waves { nkv, inflight, group: g, nq, d, bq };
+    let pack_head = |kvh: usize| {
+        let (mut kb, mut vb) = (Vec::new(), Vec::new());
+        let (nkeys, bad) = pack(kvh / p.kv_heads, kvh % p.kv_heads, &mut kb, &mut vb);
+        (kb, vb, nkeys, bad)
+    };
+    heads.run(out, lse, pack_head, |scr: &mut Scratch, (kb, vb, nkeys, vbad): &Panels, bh, bi, o, l| {
+        let spec = BlockSpec {
+            isa,
+            shape,
+            problem: p,
+            q: HeadRows { src: TensorRef::F32(q), base: bh * nq * d, stride: d },
+            bh,
+            i0: bi * bq,
+            kbase: 0,
+            range,
+            nkeys: *nkeys,
+            vbad,
+            tile,
+            mods: Some(&mods),
+        };
+        run_query_block(&spec, kb, vb, scr, o, l);
+    });
     Ok(())
 }

@@ -50,7 +50,7 @@ pub(super) fn min_bytes(p: &Problem, isa: Isa) -> Option<u64> {
     per_head.checked_add(scratch)
 }
 
-pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse: Option<&mut [f32]>) -> Result<()> {
+pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], lse: Option<&mut [f32]>) -> Result<()> {
     let p = args.problem();
     let (isa, shape) = (plan.isa, plan.isa.shape());
     let (nq, nk, d) = (p.seq_q, p.seq_k, p.head_dim);
@@ -73,60 +73,86 @@ pub(super) fn run(plan: &Plan<'_>, args: &AttnArgs<'_>, out: &mut [f32], mut lse
     check_budget(plan.name, "packed K/V panels of the KV heads in flight", need)?;
     let mods = CallMods::new(args);
 
-    for w0 in (0..nkv).step_by(inflight) {
-        let w1 = (w0 + inflight).min(nkv);
-        let packed: Vec<Packed> = (w0..w1)
-            .into_par_iter()
-            .map(|kvh| {
-                let (b, kg) = (kvh / p.kv_heads, kvh % p.kv_heads);
-                if bf16_kernel.is_some() {
-                    return Packed::Bf16(bf16::pack_head(args, b, kg, shape.kp));
-                }
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                // Keys past a batch entry's used length are not even read.
-                let used = match (&p.mods.seqused_k, &p.mods.varlen) {
-                    (Some(u), None) => u[b],
-                    _ => nk,
-                };
-                let (kr, vr) = (args.head_rows(Operand::K, b, kg), args.head_rows(Operand::V, b, kg));
-                let nkeys = pack_k(kr, 0, used, d, shape.kp, &mut kb);
-                let bad = pack_v(vr, 0, used, d, shape.kp, &mut vb);
-                zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
-                Packed::F32(kb, vb, nkeys, bad)
-            })
-            .collect();
-        let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
-        let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
-        let tasks = block_tasks(o_wave, l_wave, nq, d, bq);
-        tasks.into_par_iter().for_each_init(
-            Default::default,
-            |(scr, scr16): &mut (Scratch, Scratch<u32>), (hi, bi, o, l)| {
-                let (nkeys, vbad) = match &packed[hi / g] {
-                    Packed::F32(_, _, n, bad) => (*n, &bad[..]),
-                    Packed::Bf16(pk) => (pk.nkeys, &pk.vbad[..]),
-                };
-                let bh = w0 * g + hi;
-                let spec = BlockSpec {
-                    isa,
-                    shape,
-                    problem: p,
-                    q: args.head_rows(Operand::Q, bh / p.heads, bh % p.heads),
-                    bh,
-                    i0: bi * bq,
-                    kbase: 0,
-                    range: &*plan.range,
-                    nkeys,
-                    vbad,
-                    tile,
-                    mods: Some(&mods),
-                };
-                match (&packed[hi / g], bf16_kernel) {
-                    (Packed::F32(kb, vb, ..), _) => run_query_block(&spec, kb, vb, scr, o, l),
-                    (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
-                    (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
-                }
-            },
-        );
-    }
+    let heads = Waves { nkv, inflight, group: g, nq, d, bq };
+    let pack = |kvh: usize| {
+        let (b, kg) = (kvh / p.kv_heads, kvh % p.kv_heads);
+        if bf16_kernel.is_some() {
+            return Packed::Bf16(bf16::pack_head(args, b, kg, shape.kp));
+        }
+        let (mut kb, mut vb) = (Vec::new(), Vec::new());
+        // Keys past a batch entry's used length are not even read.
+        let used = match (&p.mods.seqused_k, &p.mods.varlen) {
+            (Some(u), None) => u[b],
+            _ => nk,
+        };
+        let (kr, vr) = (args.head_rows(Operand::K, b, kg), args.head_rows(Operand::V, b, kg));
+        let nkeys = pack_k(kr, 0, used, d, shape.kp, &mut kb);
+        let bad = pack_v(vr, 0, used, d, shape.kp, &mut vb);
+        zero_unused_values(p, b, 0, used, padded_dim(d), &mut vb);
+        Packed::F32(kb, vb, nkeys, bad)
+    };
+    heads.run(out, lse, pack, |(scr, scr16): &mut (Scratch, Scratch<u32>), packed, bh, bi, o, l| {
+        let (nkeys, vbad) = match packed {
+            Packed::F32(_, _, n, bad) => (*n, &bad[..]),
+            Packed::Bf16(pk) => (pk.nkeys, &pk.vbad[..]),
+        };
+        let spec = BlockSpec {
+            isa,
+            shape,
+            problem: p,
+            q: args.head_rows(Operand::Q, bh / p.heads, bh % p.heads),
+            bh,
+            i0: bi * bq,
+            kbase: 0,
+            range: &*plan.range,
+            nkeys,
+            vbad,
+            tile,
+            mods: Some(&mods),
+        };
+        match (packed, bf16_kernel) {
+            (Packed::F32(kb, vb, ..), _) => run_query_block(&spec, kb, vb, scr, o, l),
+            (Packed::Bf16(pk), Some(t)) => bf16::run_query_block(t, &spec, pk, scr16, o, l),
+            (Packed::Bf16(_), None) => unreachable!("bf16 panels are packed only with the bf16 kernel"),
+        }
+    });
     Ok(())
+}
+
+/// The wave loop of the whole-head runners (this one and [`super::rows`]): KV heads
+/// `[0, nkv)` (flattened b·H_kv + h) in waves of `inflight`, each wave's heads packed in
+/// parallel, then every (query head, query block) of the wave run in parallel on the packed
+/// panels of its KV head. Output and LSE are `(B, H, N_q, ·)`, query head `bh` of KV head
+/// `bh / group`.
+pub(super) struct Waves {
+    pub nkv: usize,
+    pub inflight: usize,
+    pub group: usize,
+    pub nq: usize,
+    pub d: usize,
+    /// Query rows per block.
+    pub bq: usize,
+}
+
+impl Waves {
+    /// `pack(kvh)` packs one KV head; `block(scratch, packed, bh, block index, out rows, lse rows)`
+    /// runs one query block on its KV head's panels, with per-thread `scratch`.
+    pub fn run<P: Send + Sync, S: Default + Send>(
+        &self,
+        out: &mut [f32],
+        mut lse: Option<&mut [f32]>,
+        pack: impl Fn(usize) -> P + Sync,
+        block: impl Fn(&mut S, &P, usize, usize, &mut [f32], Option<&mut [f32]>) + Sync,
+    ) {
+        let (g, nq, d) = (self.group, self.nq, self.d);
+        for w0 in (0..self.nkv).step_by(self.inflight.max(1)) {
+            let w1 = (w0 + self.inflight.max(1)).min(self.nkv);
+            let packed: Vec<P> = (w0..w1).into_par_iter().map(&pack).collect();
+            let o_wave = &mut out[w0 * g * nq * d..w1 * g * nq * d];
+            let l_wave = lse.as_deref_mut().map(|l| &mut l[w0 * g * nq..w1 * g * nq]);
+            block_tasks(o_wave, l_wave, nq, d, self.bq)
+                .into_par_iter()
+                .for_each_init(S::default, |scr, (hi, bi, o, l)| block(scr, &packed[hi / g], w0 * g + hi, bi, o, l));
+        }
+    }
 }
