@@ -28,6 +28,24 @@ pub fn readme(meta: &Meta, rows: &[Row], heat: &[Heatmaps], plot_notes: &[String
     let _ = writeln!(s, "- Date: {}", meta.date_utc);
     let _ = writeln!(s, "- Command: `{}`", meta.command);
     let _ = writeln!(s, "- Took: {}", fmt_secs(meta.elapsed_s));
+    if !meta.load.is_empty() {
+        let at: Vec<String> = meta.load.iter().map(|l| format!("{} {:.2}", l.at, l.load1)).collect();
+        let busy = meta.load.iter().any(|l| l.load1 > meta.threads as f64 + 0.5);
+        let _ = writeln!(
+            s,
+            "- Load average (1 min) as each part started: {}{}",
+            at.join(", "),
+            if busy {
+                format!(
+                    " — above the {} thread(s) used: other processes shared the cores, so times are inflated and \
+                     same-run ratios noisier than on an idle machine",
+                    meta.threads
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let _ = writeln!(
         s,
         "- Problem: B={}, H={}, D={}, {} inputs, family `{}` (seed {}; see *Input families*), N_q = N_k = N, non-causal and causal",

@@ -32,7 +32,28 @@ pub struct Meta {
     pub oracle_max_n: usize,
     pub mem_budget_bytes: u64,
     pub elapsed_s: f64,
+    /// The 1-minute load average when each part of the run started (Linux only; empty
+    /// elsewhere): above `threads`, other processes competed for the cores during the part.
+    pub load: Vec<LoadSample>,
     pub unavailable: Vec<String>,
+}
+
+/// One reading of the system's 1-minute load average.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSample {
+    /// The part of the run about to start (`sweep`, `decode`, …, `end`).
+    pub at: &'static str,
+    pub load1: f64,
+}
+
+/// Appends the current 1-minute load average (from /proc/loadavg) as `at`, when readable.
+pub fn sample_load(samples: &mut Vec<LoadSample>, at: &'static str) {
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()));
+    if let Some(load1) = load1 {
+        samples.push(LoadSample { at, load1 });
+    }
 }
 
 fn family_names<S: Serializer>(fs: &[InputFamily], s: S) -> Result<S::Ok, S::Error> {

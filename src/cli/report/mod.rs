@@ -141,10 +141,16 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: 
     let unavailable: Vec<String> =
         infos.iter().filter_map(|b| b.unavailable_reason.as_ref().map(|r| format!("`{}`: {r}", b.name))).collect();
     let ceiling = LazyCeiling::standard();
+    let mut load = Vec::new();
+    meta::sample_load(&mut load, "sweep");
     let rows = sweep::sweep(plan, &plan.variants(&available), cfg, &ceiling)?;
+    meta::sample_load(&mut load, "decode");
     let dec = decode::run(scale, &ceiling)?;
+    meta::sample_load(&mut load, "masks");
     let mask = masks::run(scale, &ceiling)?;
+    meta::sample_load(&mut load, "backward");
     let bwd = backward::run(scale, &ceiling)?;
+    meta::sample_load(&mut load, "end");
     let heat: Vec<figures::Heatmaps> = plan.families.iter().map(|&f| figures::heatmaps(&available, f)).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let meta = meta::Meta {
@@ -167,6 +173,7 @@ fn generate(plan: &SweepPlan, cfg: &sweep::Config, scale: &section::Scale, dir: 
         oracle_max_n: cfg.oracle_max_n,
         mem_budget_bytes: attnkit::budget::mem_budget(),
         elapsed_s: elapsed,
+        load,
         unavailable,
     };
     let sections: Vec<section::SectionRow> = dec.rows.iter().chain(&mask.rows).cloned().collect();
