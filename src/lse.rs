@@ -75,9 +75,17 @@ pub fn merge_partials(
     }
     for r in 0..rows {
         let (la, lb) = (a_lse[r], b_lse[r]);
-        let m = la.max(lb);
         let row_a = &mut a_out[r * head_dim..(r + 1) * head_dim];
         let row_b = &b_out[r * head_dim..(r + 1) * head_dim];
+        // A NaN LSE is a row a NaN score poisoned: the merged row is NaN whatever the other part
+        // holds (`f32::max` would drop the NaN, and an empty partner, −∞, turned the row into
+        // zeros: the fuzzer found it through the decode path's key chunks).
+        if la.is_nan() || lb.is_nan() {
+            row_a.fill(f32::NAN);
+            a_lse[r] = f32::NAN;
+            continue;
+        }
+        let m = la.max(lb);
         if m == f32::NEG_INFINITY {
             row_a.fill(0.0);
             continue;
@@ -103,6 +111,19 @@ pub fn merge_partials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NaN part (a row a NaN score reached) stays NaN merged with an empty part, a finite
+    /// part or another NaN part, in either order.
+    #[test]
+    fn a_nan_part_poisons_the_merged_row() {
+        for (la, lb) in [(f32::NAN, f32::NEG_INFINITY), (f32::NEG_INFINITY, f32::NAN), (f32::NAN, 0.5), (0.5, f32::NAN)]
+        {
+            let (mut a, mut al) = (vec![if la.is_nan() { f32::NAN } else { 1.0 }; 2], vec![la]);
+            let b = vec![if lb.is_nan() { f32::NAN } else { 2.0 }; 2];
+            merge_partials(&mut a, &mut al, &b, &[lb], 2).unwrap();
+            assert!(a.iter().all(|x| x.is_nan()) && al[0].is_nan(), "{la} {lb}: {a:?} {al:?}");
+        }
+    }
 
     #[test]
     fn merge_with_empty_part_is_identity() {

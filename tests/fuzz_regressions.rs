@@ -87,3 +87,25 @@ fn softcap_near_f32_max_keeps_the_scores_bits() {
     let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
     exact_backends_match_the_oracle(&args);
 }
+
+/// The `problem` target: inputs alternating NaN and a subnormal (every row of Q, K and V holds a
+/// NaN), a two-key window (left 0, right 1) bottom-right aligned, N_q = 5 over N_k = 258, D = 5,
+/// GQA 2/1, scale 1.5e-36. flash-cpu's decode path splits the keys into chunks of 256; rows whose
+/// band lay inside one chunk merged a NaN partial with the other chunk's empty one, and
+/// `merge_partials` took max(NaN, −∞) = −∞ for "no key" and wrote zeros: 8 of 10 rows lost their
+/// NaN. A NaN LSE now poisons the merged row.
+#[test]
+fn nan_rows_stay_nan_across_decode_key_chunks() {
+    let p = Problem::new(1, 2, 5, 5)
+        .with_kv_heads(1)
+        .with_seq_k(258)
+        .with_scale(1.504_971_4e-36)
+        .with_window(attnkit::Window::new(0, 1));
+    let data = [f32::NAN, 4.3405e-41];
+    let fill = |len: usize, off: usize| -> Vec<f32> { (0..len).map(|i| data[(i + off) % 2]).collect() };
+    let (q, k, v) = (fill(p.q_len(), 0), fill(p.kv_len(), 7), fill(p.kv_len(), 13));
+    let (q, k, v) = (Tensor::from_f32(&q, p.dtype), Tensor::from_f32(&k, p.dtype), Tensor::from_f32(&v, p.dtype));
+    let args = AttnArgs::new(&p, q.as_ref(), k.as_ref(), v.as_ref()).unwrap();
+    assert!(oracle(&args).iter().all(|x| x.is_nan()));
+    exact_backends_match_the_oracle(&args);
+}
