@@ -62,7 +62,16 @@ impl<'a, T> KvBlock<'a, T> {
     /// Rows `[b0, b1)` of the streams whose row 0 starts at `k[kb]` and `v[vb]` (strides `ks`,
     /// `vs`): the slices end with row `b1 − 1`'s last element, so a gap after it is never in them.
     #[allow(clippy::too_many_arguments)]
-    pub fn rows(k: &'a [T], kb: usize, ks: usize, v: &'a [T], vb: usize, vs: usize, d: usize, (b0, b1): (usize, usize)) -> Self {
+    pub fn rows(
+        k: &'a [T],
+        kb: usize,
+        ks: usize,
+        v: &'a [T],
+        vb: usize,
+        vs: usize,
+        d: usize,
+        (b0, b1): (usize, usize),
+    ) -> Self {
         let span = |base: usize, st: usize| base + b0 * st..base + (b1 - 1) * st + d;
         KvBlock { k: &k[span(kb, ks)], ks, v: &v[span(vb, vs)], vs, n: b1 - b0 }
     }
@@ -79,6 +88,11 @@ impl<'a, T> KvBlock<'a, T> {
 /// busy: without software prefetch the f32 decode ran 2.4× slower. 8 rows beat 32 and 64 for
 /// f32 and tied for bf16 (measured side by side on the 2-vCPU EPYC; figures in `reports/`).
 pub const PREFETCH_BYTES: usize = 4096;
+
+/// Rows of `row_len` elements `T` in [`PREFETCH_BYTES`] (at least 1).
+pub fn ahead_rows<T>(row_len: usize) -> usize {
+    PREFETCH_BYTES.div_ceil((row_len * std::mem::size_of::<T>()).max(1))
+}
 
 /// The K and V rows [`PREFETCH_BYTES`] ahead of the current block's first row, asked for a few
 /// rows at a time while the block computes (interleaved with the arithmetic: a burst of
@@ -102,20 +116,20 @@ impl Ahead {
     /// `row_len` elements, the task's keys ending at row `end`): the rows from
     /// `b0 + PREFETCH_BYTES / row bytes` up to `end`.
     pub fn of<T>(k: &[T], v: &[T], row_len: usize, b0: usize, end: usize) -> Ahead {
-        Ahead::strided(KvBlock { k, ks: row_len, v, vs: row_len, n: 0 }, row_len, b0, end)
+        let from = b0 + ahead_rows::<T>(row_len);
+        Ahead::strided(KvBlock { k, ks: row_len, v, vs: row_len, n: 0 }, row_len, from, end)
     }
 
-    /// [`Ahead::of`] for streams with row strides `kv.ks` and `kv.vs` (`kv.n` unused: the rows
-    /// that fit in the slices count). As many rows ahead as adjacent rows would be: the
-    /// prefetch distance is in row data, not in address span.
-    pub fn strided<T>(kv: KvBlock<'_, T>, row_len: usize, b0: usize, end: usize) -> Ahead {
+    /// Rows `[from, end)` of streams with row strides `kv.ks` and `kv.vs` (`kv.n` unused: the
+    /// rows that fit in the slices count).
+    pub fn strided<T>(kv: KvBlock<'_, T>, row_len: usize, from: usize, end: usize) -> Ahead {
         let size = std::mem::size_of::<T>();
         let row_bytes = row_len * size;
         if row_bytes == 0 || kv.ks < row_len || kv.vs < row_len {
             return Ahead::NONE;
         }
         let fit = |len: usize, st: usize| if len < row_len { 0 } else { (len - row_len) / st + 1 };
-        let from = (b0 + PREFETCH_BYTES.div_ceil(row_bytes)).min(end);
+        let from = from.min(end);
         let rows = end.min(fit(kv.k.len(), kv.ks)).min(fit(kv.v.len(), kv.vs)).saturating_sub(from);
         let at = |s: &[T], st: usize| s.as_ptr().wrapping_add(from * st) as *const u8;
         Ahead { k: at(kv.k, kv.ks), v: at(kv.v, kv.vs), row_bytes, k_step: kv.ks * size, v_step: kv.vs * size, rows }
