@@ -193,19 +193,27 @@ pub fn run(
     let mut part_o = vec![0.0f32; units * rows * d];
     let mut part_l = vec![0.0f32; units * rows];
     let (per_o, per_l) = (heads_per_task * rows * d, heads_per_task * rows);
-    part_o.par_chunks_mut(per_o).zip(part_l.par_chunks_mut(per_l)).enumerate().for_each_init(
-        Scratch::default,
-        |scr, (t, (po, pl))| {
-            let u = t * heads_per_task;
-            let (b, kvh0, c) = match heads_per_task {
-                1 => (u / nchunks / p.kv_heads, u / nchunks % p.kv_heads, u % nchunks),
-                _ => (u / p.kv_heads / nchunks, 0, u / p.kv_heads % nchunks),
-            };
-            let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
-            let task = Task { p, args, kernel, isa, b, kvh0, heads: heads_per_task, rows, k0, k1 };
-            task.run(range, scr, po, pl);
-        },
-    );
+    let task = |scr: &mut Scratch, (t, (po, pl)): (usize, (&mut [f32], &mut [f32]))| {
+        let u = t * heads_per_task;
+        let (b, kvh0, c) = match heads_per_task {
+            1 => (u / nchunks / p.kv_heads, u / nchunks % p.kv_heads, u % nchunks),
+            _ => (u / p.kv_heads / nchunks, 0, u / p.kv_heads % nchunks),
+        };
+        let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
+        let task = Task { p, args, kernel, isa, b, kvh0, heads: heads_per_task, rows, k0, k1 };
+        task.run(range, scr, po, pl);
+    };
+    let serial = serial_work(p);
+    if serial {
+        let mut scr = Scratch::default();
+        part_o.chunks_mut(per_o).zip(part_l.chunks_mut(per_l)).enumerate().for_each(|x| task(&mut scr, x));
+    } else {
+        part_o
+            .par_chunks_mut(per_o)
+            .zip(part_l.par_chunks_mut(per_l))
+            .enumerate()
+            .for_each_init(Scratch::default, task);
+    }
 
     // Fold the chunks of each (batch, KV head) in chunk order, then un-permute rows (i-major
     // in the partials, head-major in the output).
@@ -218,7 +226,7 @@ pub fn run(
         }
     };
     let (part_o, part_l) = (&part_o, &part_l);
-    out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
+    let fold = |(bk, (o, l)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
         let at = |c: usize| part_at(bk / p.kv_heads, bk % p.kv_heads, c) * rows;
         let mut mo = part_o[at(0) * d..(at(0) + rows) * d].to_vec();
         let mut ml = part_l[at(0)..at(0) + rows].to_vec();
@@ -232,7 +240,25 @@ pub fn run(
             l[dst] = ml[r];
         }
         Ok(())
-    })
+    };
+    if serial {
+        out.chunks_mut(rows * d).zip(lse.chunks_mut(rows)).enumerate().try_for_each(fold)
+    } else {
+        out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(fold)
+    }
+}
+
+/// Most multiply-adds of QKᵀ (B·H·N_q·N_k·D) that [`run`] does on the calling thread: handing
+/// work to the rayon pool from outside it (the Python binding's thread) costs a futex wake and
+/// wait per parallel loop, more than such a call's whole arithmetic (at B=1, H=8, N=16, D=64,
+/// 2¹⁷ multiply-adds; see the Python overhead figures in `reports/`). Either way every
+/// (batch, KV head, chunk) partial is computed by the same code, so results are identical.
+pub const DECODE_SERIAL_MAX_MACS: u64 = 1 << 18;
+
+/// Whether [`run`] keeps `p` on the calling thread ([`DECODE_SERIAL_MAX_MACS`]).
+fn serial_work(p: &Problem) -> bool {
+    let macs = [p.heads, p.seq_q, p.seq_k, p.head_dim].iter().fold(p.batch as u64, |a, &x| a.saturating_mul(x as u64));
+    macs <= DECODE_SERIAL_MAX_MACS
 }
 
 /// For rows widened block by block (f16, bf16 on the f32 kernel): asks the cache for the rows
