@@ -251,7 +251,7 @@ pub fn run(
 /// Most multiply-adds of QKᵀ (B·H·N_q·N_k·D) that [`run`] does on the calling thread: handing
 /// work to the rayon pool from outside it (the Python binding's thread) costs a futex wake and
 /// wait per parallel loop, more than such a call's whole arithmetic (at B=1, H=8, N=16, D=64,
-/// 2¹⁷ multiply-adds; see the Python overhead figures in `reports/`). Either way every
+/// 2¹⁷ multiply-adds; the Python overhead figures are in the README's FlashAttention section). Either way every
 /// (batch, KV head, chunk) partial is computed by the same code, so results are identical.
 pub const DECODE_SERIAL_MAX_MACS: u64 = 1 << 18;
 
