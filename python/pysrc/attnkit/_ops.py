@@ -22,7 +22,24 @@ from . import _attnkit
 Tensor = torch.Tensor
 
 
+# The modifier dicts of calls without per-call lists, by their scalar arguments: Rust only reads
+# them, and building one cost ~0.8 us of the ~21 us per-call overhead at N=16.
+_PLAIN_MODS = {}
+
+
 def _mods(scale, causal, wl, wr, softcap, alibi, cu_q, cu_k, seqused_k, backend):
+    if alibi is None and cu_q is None and cu_k is None and seqused_k is None:
+        key = (scale, causal, wl, wr, softcap, backend)
+        m = _PLAIN_MODS.get(key)
+        if m is None:
+            if len(_PLAIN_MODS) >= 64:
+                _PLAIN_MODS.clear()
+            m = _PLAIN_MODS[key] = _build_mods(scale, causal, wl, wr, softcap, None, None, None, None, backend)
+        return m
+    return _build_mods(scale, causal, wl, wr, softcap, alibi, cu_q, cu_k, seqused_k, backend)
+
+
+def _build_mods(scale, causal, wl, wr, softcap, alibi, cu_q, cu_k, seqused_k, backend):
     lst = lambda t: None if t is None else t.tolist()
     return {
         "causal": bool(causal), "window": (int(wl), int(wr)), "scale": scale, "softcap": float(softcap),
