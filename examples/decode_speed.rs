@@ -5,7 +5,12 @@
 //! cargo run --release --example decode_speed -- sweep [REPS]     # N_k 1K…256K, H=32/8; 1K…64K, 32/32
 //! cargo run --release --example decode_speed -- prefill [REPS]   # N=4096, D 64/128, f32 vs bf16
 //! cargo run --release --example decode_speed -- one N_K f32|bf16 REPS [H H_KV D]  # one variant
+//! cargo run --release --example decode_speed -- strided [REPS]   # (B,N,H_kv,D) cache vs (B,H_kv,N,D)
 //! ```
+//! `strided` times one decoded token (H=32, H_kv=8, D=128, B 1…4, N_k 4K…32K, f32 and bf16)
+//! against a KV cache in FlashAttention's (B, N, H_kv, D) layout read in place and against
+//! the same cache contiguous, alternated, and prints strided ÷ contiguous time with each one's
+//! fraction of the bandwidth ceiling (measured before and after; the lower is used).
 //! Variants of one problem run alternately, rep by rep, so machine noise hits them alike; each
 //! figure is a median. `decode` also times the whole-head packing path (flash-cpu before the
 //! decode strategy) and the f32 path on bf16 inputs (`avx512`, the bf16 kernel off). GB/s is
@@ -18,7 +23,7 @@ use attnkit::bench::{GEMM_CEILING_SIZE, gemm_ceiling, median};
 use attnkit::ceiling::{BANDWIDTH_BUFFER_BYTES, bandwidth_ceiling, bf16_dot_ceiling, bytes_moved};
 use attnkit::simd::Isa;
 use attnkit::tiled::{Packing, Plan};
-use attnkit::{Attention, AttnArgs, DType, Problem, Tensor};
+use attnkit::{Attention, AttnArgs, DType, Layouts, PairData, Problem, RowLayout, Tensor};
 use std::time::Instant;
 
 /// Computes O for the given inputs.
@@ -84,6 +89,59 @@ fn alternate(p: &Problem, variants: &[Variant<'_>], reps: usize) -> Vec<(f64, f6
     }
     let threads = rayon::current_num_threads() as f64;
     times.iter().zip(&cpu).map(|(t, c)| (median(t), c / reps.max(1) as f64 / threads)).collect()
+}
+
+/// `t` (contiguous (B, heads, N, D)) rewritten in (B, N, heads, D) order (exact: same dtype).
+fn to_bnhd(t: &Tensor, [_, h, n, d]: [usize; 4]) -> Tensor {
+    let (src, l) = (t.to_f32(), RowLayout::bnhd(h, n, d));
+    let mut dst = vec![0.0f32; src.len()];
+    for (r, row) in src.chunks(d).enumerate() {
+        let at = l.at(r / (h * n), r / n % h, r % n);
+        dst[at..at + d].copy_from_slice(row);
+    }
+    Tensor::from_f32(&dst, t.as_ref().dtype())
+}
+
+/// Decode against a (B, N, H_kv, D) cache read in place and the same cache contiguous,
+/// alternated rep by rep on `isa`: median (contiguous, strided) seconds.
+fn strided_pair(p: &Problem, isa: Isa, reps: usize) -> (f64, f64) {
+    let (q, k, v) = attnkit::seeded::normal_qkv(p, 1);
+    let ks = [p.batch, p.kv_heads, p.seq_k, p.head_dim];
+    let (kn, vn) = (to_bnhd(&k, ks), to_bnhd(&v, ks));
+    let l = Some(RowLayout::bnhd(p.kv_heads, p.seq_k, p.head_dim));
+    let contiguous = AttnArgs::new(p, q.as_ref(), k.as_ref(), v.as_ref()).expect("valid");
+    let lay = Layouts { q: None, k: l, v: l };
+    let strided = AttnArgs::new_strided(p, q.as_ref(), kn.as_ref(), vn.as_ref(), PairData::default(), lay)
+        .expect("valid strides");
+    let run = flash(isa);
+    let mut out = vec![0.0f32; p.out_len()];
+    let mut times = [Vec::new(), Vec::new()];
+    for rep in 0..=reps {
+        // Order swapped every rep, so neither always runs on the other's warm caches.
+        let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let t = Instant::now();
+            run(if i == 0 { &contiguous } else { &strided }, &mut out);
+            if rep > 0 {
+                times[i].push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    (median(&times[0]), median(&times[1]))
+}
+
+/// One JSON line: both times, their ratio and each one's fraction of the bandwidth ceiling
+/// `bw` (GB/s).
+fn print_strided(p: &Problem, (tc, ts): (f64, f64), bw: f64) {
+    let gb = bytes_moved(p) as f64 / 1e9;
+    println!(
+        "{{\"problem\":\"{p}\",\"contiguous_us\":{},\"strided_us\":{},\"strided_over_contiguous\":{},\"frac_bw_contiguous\":{},\"frac_bw_strided\":{}}}",
+        num(tc * 1e6),
+        num(ts * 1e6),
+        num(ts / tc),
+        num(gb / tc / bw),
+        num(gb / ts / bw)
+    );
 }
 
 /// `x` with 3 decimals, or `null` when not finite (a CPU time under one 10 ms tick reads 0).
@@ -208,6 +266,28 @@ fn main() {
             let secs = alternate(&p, &variants, reps);
             print_rows(&p, &variants, &secs, (f64::NAN, f64::NAN));
         }
-        other => eprintln!("unknown mode `{other}` (decode, sweep, prefill, one)"),
+        "strided" => {
+            let bw0 = bandwidth();
+            let mut rows = Vec::new();
+            for dtype in [DType::F32, DType::BF16] {
+                let isa = if dtype == DType::BF16 { bf16 } else { f32_isa };
+                for batch in [1, 2, 4] {
+                    for nk in [4096, 16384, 32768] {
+                        let p = Problem::new(batch, 32, 1, 128)
+                            .with_kv_heads(8)
+                            .with_seq_k(nk)
+                            .with_causal(true)
+                            .with_dtype(dtype);
+                        let t = strided_pair(&p, isa, reps);
+                        rows.push((p, t));
+                    }
+                }
+            }
+            let bw = bw0.0.min(bandwidth().0);
+            for (p, t) in &rows {
+                print_strided(p, *t, bw);
+            }
+        }
+        other => eprintln!("unknown mode `{other}` (decode, sweep, prefill, one, strided)"),
     }
 }

@@ -76,6 +76,13 @@ fn problems() -> Vec<(&'static str, Problem)> {
         ("decode_gqa", Problem::new(2, 8, 1, 64).with_kv_heads(2).with_seq_k(700)),
         ("decode_mqa_causal", Problem::new(1, 4, 3, 64).with_kv_heads(1).with_seq_k(300).with_causal(true)),
         ("decode_seqused", Problem::new(3, 2, 1, 32).with_seq_k(260).with_seqused_k(vec![260, 5, 0])),
+        // Interleaved KV heads (all heads of a task run block by block), N_k not a multiple of
+        // the 32-key block, several chunks, per-batch lengths; and MHA.
+        (
+            "decode_gqa_seqused",
+            Problem::new(2, 8, 2, 48).with_kv_heads(4).with_seq_k(1000).with_seqused_k(vec![1000, 37]),
+        ),
+        ("decode_mha", Problem::new(2, 4, 1, 64).with_seq_k(333)),
         (
             "softcap_alibi_sinks",
             Problem::new(1, 2, 70, 32).with_softcap(2.0).with_alibi(alibi_slopes(2)).with_sinks(vec![0.3, -1.0]),

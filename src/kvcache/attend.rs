@@ -31,7 +31,7 @@ use crate::error::{AttnError, Result};
 use crate::lse::{add_sinks, merge_partials};
 use crate::modifiers::Modifier;
 use crate::problem::Problem;
-use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, PREFETCH_BYTES, ScoreHook, Strip};
+use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, KvBlock, PREFETCH_BYTES, ScoreHook, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly, modify_slice};
 use crate::simd::{Isa, scalar::Portable};
@@ -299,7 +299,7 @@ impl PagedKv<'_> {
                     score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
                 };
                 let kb = h * KB * d;
-                kernel::run(isa, &mut st, &kw[kb..kb + nb], &vw[kb..kb + nb], strips);
+                kernel::run(isa, &mut st, KvBlock::contiguous(&kw[kb..kb + nb], &vw[kb..kb + nb], d), strips);
             }
         });
         let tile = sp.tile;

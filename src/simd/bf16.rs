@@ -36,7 +36,7 @@ pub fn dot_peak_loop(_iters: u64) -> Option<f32> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays.
-    use super::super::decode::{Ahead, DecodeState, KB, RB, Strip, reduce_sums};
+    use super::super::decode::{Ahead, DecodeState, KB, KvBlock, Strip, reduce_sums};
     use super::super::flash::{online_softmax_step, padded_dim};
     use super::super::x86_avx512::Avx512;
     use std::arch::x86_64::*;
@@ -115,12 +115,13 @@ mod x86 {
         }
     }
 
-    /// Scores of `R` rows against `J` keys. # Safety: `q` spans `R·d32`, `k` spans `J·d` bf16.
+    /// Scores of `R` rows against `J` keys (stride `ks`). # Safety: `q` spans `R·d32`, `k`
+    /// spans `d` bf16 at each `j·ks`, `j < J`.
     #[inline(always)]
     unsafe fn dots<const R: usize, const J: usize>(
         f: Avx512,
         q: *const u16,
-        k: *const u16,
+        (k, ks): (*const u16, usize),
         d: usize,
         (ahead, j0): (&Ahead, usize),
     ) -> [[f32; J]; R] {
@@ -136,7 +137,7 @@ mod x86 {
                 let m = lanes(d - c);
                 let mut kv = [_mm512_setzero_si512(); J];
                 for j in 0..J {
-                    kv[j] = _mm512_maskz_loadu_epi16(m, k.add(j * d + c) as *const i16);
+                    kv[j] = _mm512_maskz_loadu_epi16(m, k.add(j * ks + c) as *const i16);
                 }
                 for r in 0..R {
                     let qv = _mm512_loadu_si512(q.add(r * d32 + c) as *const __m512i);
@@ -154,9 +155,16 @@ mod x86 {
     }
 
     /// O = α·O + P·V for `R` rows over `n` keys, P as bf16 pairs. # Safety: `pb` spans `R·KB/2`
-    /// u32, `v` spans `n·d` bf16, `o` spans `R·d32` f32.
+    /// u32, `v` spans `d` bf16 at each `j·vs`, `j < n`, `o` spans `R·d32` f32.
     #[inline(always)]
-    unsafe fn pv<const R: usize>(pb: *const u32, n: usize, v: *const u16, d: usize, o: *mut f32, alpha: &[f32; R]) {
+    unsafe fn pv<const R: usize>(
+        pb: *const u32,
+        n: usize,
+        (v, vs): (*const u16, usize),
+        d: usize,
+        o: *mut f32,
+        alpha: &[f32; R],
+    ) {
         let d32 = padded_dim32(d);
         // SAFETY: V loads are masked to each row's d elements; the second row of an odd tail is
         // zero, never a key outside the strip's range; O offsets stay below R·d32.
@@ -172,9 +180,9 @@ mod x86 {
                 }
                 let mut j = 0;
                 while j < n {
-                    let v0 = _mm512_maskz_loadu_epi16(m, v.add(j * d + c) as *const i16);
+                    let v0 = _mm512_maskz_loadu_epi16(m, v.add(j * vs + c) as *const i16);
                     let v1 = if j + 1 < n {
-                        _mm512_maskz_loadu_epi16(m, v.add((j + 1) * d + c) as *const i16)
+                        _mm512_maskz_loadu_epi16(m, v.add((j + 1) * vs + c) as *const i16)
                     } else {
                         _mm512_setzero_si512()
                     };
@@ -195,23 +203,23 @@ mod x86 {
     }
 
     #[inline(always)]
-    fn strip<const R: usize>(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], sp: &Strip, ahead: Ahead) {
-        let (d, d32) = (st.d, padded_dim32(st.d));
+    fn strip<const R: usize>(t: Avx512Bf16, st: &mut Bf16State<'_>, kv: &KvBlock<'_, u16>, sp: &Strip, ahead: Ahead) {
+        let (d, d32, ks) = (st.d, padded_dim32(st.d), kv.ks);
         let n = sp.hi - sp.lo;
         let q = st.q[sp.row0 * d32..].as_ptr();
-        let kb = k[sp.lo * d..].as_ptr();
+        let kb = kv.k[sp.lo * ks..].as_ptr();
         // SAFETY: rows row0..row0+R of q and keys lo..hi of k exist (checked by `process`).
         unsafe {
             let mut j = 0;
             while j + 4 <= n {
-                let sc = dots::<R, 4>(t.f, q, kb.add(j * d), d, (&ahead, sp.lo + j));
+                let sc = dots::<R, 4>(t.f, q, (kb.add(j * ks), ks), d, (&ahead, sp.lo + j));
                 for r in 0..R {
                     st.s[r * KB + j..r * KB + j + 4].copy_from_slice(&sc[r]);
                 }
                 j += 4;
             }
             if j + 2 <= n {
-                let sc = dots::<R, 2>(t.f, q, kb.add(j * d), d, (&Ahead::NONE, 0));
+                let sc = dots::<R, 2>(t.f, q, (kb.add(j * ks), ks), d, (&Ahead::NONE, 0));
                 for r in 0..R {
                     st.s[r * KB + j..r * KB + j + 2].copy_from_slice(&sc[r]);
                 }
@@ -219,7 +227,7 @@ mod x86 {
             }
             ahead.fetch_rows(sp.lo + j, KB);
             if j < n {
-                let sc = dots::<R, 1>(t.f, q, kb.add(j * d), d, (&Ahead::NONE, 0));
+                let sc = dots::<R, 1>(t.f, q, (kb.add(j * ks), ks), d, (&Ahead::NONE, 0));
                 for r in 0..R {
                     st.s[r * KB + j] = sc[r][0];
                 }
@@ -247,7 +255,7 @@ mod x86 {
             pv::<R>(
                 pbits.as_ptr() as *const u32,
                 n,
-                v[sp.lo * d..].as_ptr(),
+                (kv.v[sp.lo * kv.vs..].as_ptr(), kv.vs),
                 d,
                 st.acc[sp.row0 * d32..].as_mut_ptr(),
                 &alpha,
@@ -256,31 +264,25 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn process_impl(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], strips: &[Strip]) {
+    fn process_impl(t: Avx512Bf16, st: &mut Bf16State<'_>, kv: &KvBlock<'_, u16>, strips: &[Strip]) {
         let mut ahead = st.ahead;
         for sp in strips {
             match sp.rows {
-                1 => strip::<1>(t, st, k, v, sp, ahead),
-                2 => strip::<2>(t, st, k, v, sp, ahead),
-                3 => strip::<3>(t, st, k, v, sp, ahead),
-                _ => strip::<4>(t, st, k, v, sp, ahead),
+                1 => strip::<1>(t, st, kv, sp, ahead),
+                2 => strip::<2>(t, st, kv, sp, ahead),
+                3 => strip::<3>(t, st, kv, sp, ahead),
+                _ => strip::<4>(t, st, kv, sp, ahead),
             }
             ahead = Ahead::NONE;
         }
     }
 
-    /// Runs every strip of one block (`n × D` bf16 K and V rows, as bits).
-    pub fn process(t: Avx512Bf16, st: &mut Bf16State<'_>, k: &[u16], v: &[u16], strips: &[Strip]) {
-        let (d, d32, rows) = (st.d, padded_dim32(st.d), st.m.len());
-        assert!(st.q.len() >= rows * d32 && st.acc.len() >= rows * d32 && st.l.len() >= rows);
-        assert!(st.s.len() >= RB * KB && k.len() == v.len() && k.len().is_multiple_of(d.max(1)));
-        let n = k.len() / d.max(1);
-        for sp in strips {
-            assert!(sp.rows >= 1 && sp.rows <= RB && sp.row0 + sp.rows <= rows);
-            assert!(sp.lo < sp.hi && sp.hi <= n && sp.hi - sp.lo <= KB);
-        }
+    /// Runs every strip of one block (bf16 K and V rows as bits, read in place).
+    pub fn process(t: Avx512Bf16, st: &mut Bf16State<'_>, kv: KvBlock<'_, u16>, strips: &[Strip]) {
+        let d32 = padded_dim32(st.d);
+        st.check((d32, d32), &kv, strips);
         // SAFETY: the token proves AVX-512F/BW and AVX512_BF16; every extent was checked above.
-        unsafe { process_impl(t, st, k, v, strips) }
+        unsafe { process_impl(t, st, &kv, strips) }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]

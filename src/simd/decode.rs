@@ -1,5 +1,10 @@
 //! The decode kernel: a few query rows against K and V read **in place** (no packing).
 //!
+//! K and V rows may have any row stride ([`KvBlock`]): a contiguous (B, H_kv, N, D) cache has
+//! stride D, FlashAttention's (B, N, H_kv, D) cache stride H_kv·D; the kernel reads each row
+//! where it lies, so the layout changes addresses only, never the arithmetic (results are
+//! bitwise the same for both).
+//!
 //! Used by [`crate::tiled::decode`] when N_q·group is small. One call handles a block of at
 //! most [`KB`] keys for all rows of one GQA group; the rows are grouped into *strips* of up to
 //! four rows that share one key range inside the block, so each K row and V row is loaded once
@@ -36,11 +41,58 @@ pub struct Strip {
     pub hi: usize,
 }
 
+/// One block's K and V rows as the kernels read them, in place: key `j`'s row is
+/// `k[j·ks..j·ks + d]` and `v[j·vs..j·vs + d]`, for `j < n`.
+#[derive(Clone, Copy, Debug)]
+pub struct KvBlock<'a, T> {
+    pub k: &'a [T],
+    pub ks: usize,
+    pub v: &'a [T],
+    pub vs: usize,
+    pub n: usize,
+}
+
+impl<'a, T> KvBlock<'a, T> {
+    /// Adjacent rows of `d` elements (`k` and `v` hold the same number of whole rows).
+    pub fn contiguous(k: &'a [T], v: &'a [T], d: usize) -> Self {
+        assert!(k.len() == v.len() && k.len().is_multiple_of(d.max(1)), "K/V block of whole rows");
+        KvBlock { k, ks: d, v, vs: d, n: k.len() / d.max(1) }
+    }
+
+    /// Rows `[b0, b1)` of the streams whose row 0 starts at `k[kb]` and `v[vb]` (strides `ks`,
+    /// `vs`): the slices end with row `b1 − 1`'s last element, so a gap after it is never in them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows(
+        k: &'a [T],
+        kb: usize,
+        ks: usize,
+        v: &'a [T],
+        vb: usize,
+        vs: usize,
+        d: usize,
+        (b0, b1): (usize, usize),
+    ) -> Self {
+        let span = |base: usize, st: usize| base + b0 * st..base + (b1 - 1) * st + d;
+        KvBlock { k: &k[span(kb, ks)], ks, v: &v[span(vb, vs)], vs, n: b1 - b0 }
+    }
+
+    /// Panics unless every one of the `n` rows (of `d` elements) lies inside both slices.
+    pub fn check(&self, d: usize) {
+        let fits = |len: usize, st: usize| self.n == 0 || (st >= d && (self.n - 1) * st + d <= len);
+        assert!(fits(self.k.len(), self.ks) && fits(self.v.len(), self.vs), "K/V rows outside their slices");
+    }
+}
+
 /// How far ahead of the key rows being scored the K and V streams are prefetched: 4 KiB (8 f32
 /// rows at D = 128). The hardware prefetchers alone do not keep the two interleaved K/V streams
 /// busy: without software prefetch the f32 decode ran 2.4× slower. 8 rows beat 32 and 64 for
 /// f32 and tied for bf16 (measured side by side on the 2-vCPU EPYC; figures in `reports/`).
 pub const PREFETCH_BYTES: usize = 4096;
+
+/// Rows of `row_len` elements `T` in [`PREFETCH_BYTES`] (at least 1).
+pub fn ahead_rows<T>(row_len: usize) -> usize {
+    PREFETCH_BYTES.div_ceil((row_len * std::mem::size_of::<T>()).max(1))
+}
 
 /// The K and V rows [`PREFETCH_BYTES`] ahead of the current block's first row, asked for a few
 /// rows at a time while the block computes (interleaved with the arithmetic: a burst of
@@ -50,33 +102,56 @@ pub struct Ahead {
     k: *const u8,
     v: *const u8,
     row_bytes: usize,
+    /// Bytes from one row to the next in each stream (`row_bytes` when adjacent).
+    k_step: usize,
+    v_step: usize,
     rows: usize,
 }
 
 impl Ahead {
-    pub const NONE: Ahead = Ahead { k: std::ptr::null(), v: std::ptr::null(), row_bytes: 0, rows: 0 };
+    pub const NONE: Ahead =
+        Ahead { k: std::ptr::null(), v: std::ptr::null(), row_bytes: 0, k_step: 0, v_step: 0, rows: 0 };
 
-    /// For a block starting at row `b0` of the streams `k` and `v` (rows of `row_len` elements,
-    /// the task's keys ending at row `end`): the rows from `b0 + PREFETCH_BYTES / row bytes`
-    /// up to `end`.
+    /// For a block starting at row `b0` of the adjacent-row streams `k` and `v` (rows of
+    /// `row_len` elements, the task's keys ending at row `end`): the rows from
+    /// `b0 + PREFETCH_BYTES / row bytes` up to `end`.
     pub fn of<T>(k: &[T], v: &[T], row_len: usize, b0: usize, end: usize) -> Ahead {
-        let row_bytes = row_len * std::mem::size_of::<T>();
-        if row_bytes == 0 {
+        let from = b0 + ahead_rows::<T>(row_len);
+        Ahead::strided(KvBlock { k, ks: row_len, v, vs: row_len, n: 0 }, row_len, from, end)
+    }
+
+    /// Rows `[from, end)` of streams with row strides `kv.ks` and `kv.vs` (`kv.n` unused: the
+    /// rows that fit in the slices count).
+    pub fn strided<T>(kv: KvBlock<'_, T>, row_len: usize, from: usize, end: usize) -> Ahead {
+        let size = std::mem::size_of::<T>();
+        let row_bytes = row_len * size;
+        if row_bytes == 0 || kv.ks < row_len || kv.vs < row_len {
             return Ahead::NONE;
         }
-        let from = (b0 + PREFETCH_BYTES.div_ceil(row_bytes)).min(end);
-        let rows = end.min(k.len() / row_len).min(v.len() / row_len).saturating_sub(from);
-        let at = |s: &[T]| s.as_ptr().wrapping_add(from * row_len) as *const u8;
-        Ahead { k: at(k), v: at(v), row_bytes, rows }
+        let fit = |len: usize, st: usize| if len < row_len { 0 } else { (len - row_len) / st + 1 };
+        let from = from.min(end);
+        let rows = end.min(fit(kv.k.len(), kv.ks)).min(fit(kv.v.len(), kv.vs)).saturating_sub(from);
+        let at = |s: &[T], st: usize| s.as_ptr().wrapping_add(from * st) as *const u8;
+        Ahead { k: at(kv.k, kv.ks), v: at(kv.v, kv.vs), row_bytes, k_step: kv.ks * size, v_step: kv.vs * size, rows }
     }
 
     /// Prefetches rows `[j0, j1)` (clamped) of both streams.
     #[inline(always)]
     pub fn fetch_rows(&self, j0: usize, j1: usize) {
-        let (a, b) = (j0.min(self.rows) * self.row_bytes, j1.min(self.rows) * self.row_bytes);
-        for off in (a..b).step_by(64) {
-            prefetch_line(self.k.wrapping_add(off));
-            prefetch_line(self.v.wrapping_add(off));
+        let (j0, j1) = (j0.min(self.rows), j1.min(self.rows));
+        if self.k_step == self.row_bytes && self.v_step == self.row_bytes {
+            // Adjacent rows: one run of lines.
+            for off in (j0 * self.row_bytes..j1 * self.row_bytes).step_by(64) {
+                prefetch_line(self.k.wrapping_add(off));
+                prefetch_line(self.v.wrapping_add(off));
+            }
+            return;
+        }
+        for j in j0..j1 {
+            for off in (0..self.row_bytes).step_by(64) {
+                prefetch_line(self.k.wrapping_add(j * self.k_step + off));
+                prefetch_line(self.v.wrapping_add(j * self.v_step + off));
+            }
         }
     }
 
@@ -87,8 +162,8 @@ impl Ahead {
     pub fn fetch_line(&self, j0: usize, j1: usize, at: usize) {
         if at < self.row_bytes {
             for j in j0..j1.min(self.rows) {
-                prefetch_line(self.k.wrapping_add(j * self.row_bytes + at));
-                prefetch_line(self.v.wrapping_add(j * self.row_bytes + at));
+                prefetch_line(self.k.wrapping_add(j * self.k_step + at));
+                prefetch_line(self.v.wrapping_add(j * self.v_step + at));
             }
         }
     }
@@ -135,15 +210,18 @@ impl<Q> DecodeState<'_, Q> {
     }
 }
 
-impl DecodeState<'_> {
-    fn check(&self, k: &[f32], v: &[f32], strips: &[Strip]) {
-        let (d, rows) = (self.d, self.m.len());
-        assert!(self.q.len() >= rows * d && self.acc.len() >= rows * padded_dim(d) && self.l.len() >= rows);
-        assert!(self.s.len() >= RB * KB && k.len() == v.len() && k.len().is_multiple_of(d.max(1)));
-        let n = k.len() / d.max(1);
+impl<Q> DecodeState<'_, Q> {
+    /// Panics unless the state holds `rows` rows of `q_len`-element queries and `acc_len`-element
+    /// accumulators, `kv` holds whole rows, and every strip lies inside both (what the kernels'
+    /// unchecked reads rely on).
+    pub fn check(&self, (q_len, acc_len): (usize, usize), kv: &KvBlock<'_, impl Sized>, strips: &[Strip]) {
+        let rows = self.m.len();
+        assert!(self.q.len() >= rows * q_len && self.acc.len() >= rows * acc_len && self.l.len() >= rows);
+        assert!(self.s.len() >= RB * KB);
+        kv.check(self.d);
         for st in strips {
             assert!(st.rows >= 1 && st.rows <= RB && st.row0 + st.rows <= rows);
-            assert!(st.lo < st.hi && st.hi <= n && st.hi - st.lo <= KB);
+            assert!(st.lo < st.hi && st.hi <= kv.n && st.hi - st.lo <= KB);
         }
     }
 }
@@ -160,15 +238,15 @@ pub fn reduce_sums<S: Simd, const J: usize>(s: S, acc: &[S::V; J]) -> [f32; J] {
     }
 }
 
-/// Dot products of `R` query rows with `J` key rows: `out[r][j] = q_r · k_j`.
+/// Dot products of `R` query rows with `J` key rows (stride `ks`): `out[r][j] = q_r · k_j`.
 ///
 /// # Safety
-/// `q` readable for `R·d`, `k` for `J·d` floats.
+/// `q` readable for `R·d` floats, `k` for `d` floats at each `j·ks`, `j < J`.
 #[inline(always)]
 unsafe fn dots<S: Simd, const R: usize, const J: usize>(
     s: S,
     q: *const f32,
-    k: *const f32,
+    (k, ks): (*const f32, usize),
     d: usize,
     (ahead, j0): (&Ahead, usize),
 ) -> [[f32; J]; R] {
@@ -176,7 +254,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
     let full = d / w * w;
     let mut acc = [[s.splat(0.0); J]; R];
     let mut out = [[0.0f32; J]; R];
-    // SAFETY: every offset is below R·d (q) or J·d (k).
+    // SAFETY: every offset is below R·d (q) or inside row j < J of k.
     unsafe {
         let mut c = 0;
         while c < full {
@@ -185,7 +263,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
             }
             let mut kv = [s.splat(0.0); J];
             for j in 0..J {
-                kv[j] = s.load(k.add(j * d + c));
+                kv[j] = s.load(k.add(j * ks + c));
             }
             for r in 0..R {
                 let qv = s.load(q.add(r * d + c));
@@ -203,7 +281,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
             for j in 0..J {
                 let mut t = sums[j];
                 for c in full..d {
-                    t += *q.add(r * d + c) * *k.add(j * d + c);
+                    t += *q.add(r * d + c) * *k.add(j * ks + c);
                 }
                 out[r][j] = t;
             }
@@ -218,7 +296,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
 /// `tail` only with the last chunk). Returns `NV`.
 ///
 /// # Safety
-/// `p` readable for rows `r·KB + [0, n)`; `v` for `n` rows of stride `d` holding this chunk's
+/// `p` readable for rows `r·KB + [0, n)`; `v` for `n` rows of stride `vs` holding this chunk's
 /// columns (and the tail); `o` readable and writable likewise with stride `padded_dim(d)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -226,7 +304,7 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     s: S,
     p: *const f32,
     n: usize,
-    v: *const f32,
+    (v, vs): (*const f32, usize),
     d: usize,
     o: *mut f32,
     alpha: &[f32; R],
@@ -236,14 +314,14 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     let dp = padded_dim(d);
     // SAFETY (whole body): offsets stay inside the extents the caller guarantees.
     unsafe {
-        pv_chunk::<S, R, NV>(s, p, KB, n, v, d, o, dp, alpha);
+        pv_chunk::<S, R, NV>(s, p, KB, n, v, vs, o, dp, alpha);
         if tail {
             let first = NV * w;
             for r in 0..R {
                 for c in first..first + d % w {
                     let mut x = *o.add(r * dp + c) * alpha[r];
                     for j in 0..n {
-                        x += *p.add(r * KB + j) * *v.add(j * d + c);
+                        x += *p.add(r * KB + j) * *v.add(j * vs + c);
                     }
                     *o.add(r * dp + c) = x;
                 }
@@ -255,23 +333,23 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
 
 /// One strip of `R` rows over its keys.
 #[inline(always)]
-fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], sp: &Strip, ahead: Ahead) {
-    let d = st.d;
+fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, kv: &KvBlock<'_, f32>, sp: &Strip, ahead: Ahead) {
+    let (d, ks, vs) = (st.d, kv.ks, kv.vs);
     let n = sp.hi - sp.lo;
     let q = st.q[sp.row0 * d..].as_ptr();
-    let kbase = k[sp.lo * d..].as_ptr();
+    let kbase = kv.k[sp.lo * ks..].as_ptr();
     let mut j = 0;
     // SAFETY: rows row0..row0+R of q and keys lo..hi of k exist (checked by `DecodeState::check`).
     unsafe {
         while j + 4 <= n {
-            let sc = dots::<S, R, 4>(s, q, kbase.add(j * d), d, (&ahead, sp.lo + j));
+            let sc = dots::<S, R, 4>(s, q, (kbase.add(j * ks), ks), d, (&ahead, sp.lo + j));
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 4].copy_from_slice(&sc[r]);
             }
             j += 4;
         }
         if j + 2 <= n {
-            let sc = dots::<S, R, 2>(s, q, kbase.add(j * d), d, (&Ahead::NONE, 0));
+            let sc = dots::<S, R, 2>(s, q, (kbase.add(j * ks), ks), d, (&Ahead::NONE, 0));
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 2].copy_from_slice(&sc[r]);
             }
@@ -279,7 +357,7 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
         }
         ahead.fetch_rows(sp.lo + j, KB);
         if j < n {
-            let sc = dots::<S, R, 1>(s, q, kbase.add(j * d), d, (&Ahead::NONE, 0));
+            let sc = dots::<S, R, 1>(s, q, (kbase.add(j * ks), ks), d, (&Ahead::NONE, 0));
             for r in 0..R {
                 st.s[r * KB + j] = sc[r][0];
             }
@@ -297,7 +375,7 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
         alpha[r] = online_softmax_step(s, row, st.scale_log2, &mut st.m[i], &mut st.l[i]);
     }
     let dp = padded_dim(d);
-    let (p, vb) = (st.s.as_ptr(), v[sp.lo * d..].as_ptr());
+    let (p, vb) = (st.s.as_ptr(), kv.v[sp.lo * vs..].as_ptr());
     let nvec = d / S::W;
     let mut c = 0;
     // Column chunks of 4, 3, 2 or 1 vectors, each a fixed-size instance so its accumulators
@@ -308,7 +386,7 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
         // SAFETY: P rows are RB·KB ≥ R·KB floats; V rows lo..hi exist and columns c·W + chunk
         // ≤ d; O rows row0..row0+R of dp floats; `last` adds D's scalar tail.
         unsafe {
-            let vc = vb.add(c * S::W);
+            let vc = (vb.add(c * S::W), vs);
             let last = c + 4 >= nvec;
             c += match left {
                 0 => pv::<S, R, 0>(s, p, n, vc, d, o, &alpha, true),
@@ -322,17 +400,17 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: 
     }
 }
 
-/// Runs every strip of one block (K and V rows of the block, `n × D`, f32).
+/// Runs every strip of one block (the block's K and V rows, f32, read in place).
 #[inline(always)]
-pub fn process<S: Simd>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[Strip]) {
-    st.check(k, v, strips);
+pub fn process<S: Simd>(s: S, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
+    st.check((st.d, padded_dim(st.d)), &kv, strips);
     let mut ahead = st.ahead;
     for sp in strips {
         match sp.rows {
-            1 => strip::<S, 1>(s, st, k, v, sp, ahead),
-            2 => strip::<S, 2>(s, st, k, v, sp, ahead),
-            3 => strip::<S, 3>(s, st, k, v, sp, ahead),
-            _ => strip::<S, 4>(s, st, k, v, sp, ahead),
+            1 => strip::<S, 1>(s, st, &kv, sp, ahead),
+            2 => strip::<S, 2>(s, st, &kv, sp, ahead),
+            3 => strip::<S, 3>(s, st, &kv, sp, ahead),
+            _ => strip::<S, 4>(s, st, &kv, sp, ahead),
         }
         ahead = Ahead::NONE;
     }
@@ -340,49 +418,49 @@ pub fn process<S: Simd>(s: S, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], st
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn process_avx512(t: super::x86_avx512::Avx512, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[Strip]) {
-    process(t, st, k, v, strips)
+fn process_avx512(t: super::x86_avx512::Avx512, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
+    process(t, st, kv, strips)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn process_avx2(t: super::x86_avx2::Avx2Fma, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[Strip]) {
-    process(t, st, k, v, strips)
+fn process_avx2(t: super::x86_avx2::Avx2Fma, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
+    process(t, st, kv, strips)
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-fn process_neon(t: super::aarch64_neon::Neon, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[Strip]) {
-    process(t, st, k, v, strips)
+fn process_neon(t: super::aarch64_neon::Neon, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
+    process(t, st, kv, strips)
 }
 
 /// [`process`] on `isa` (the portable path when the CPU lacks it; callers resolve first).
-pub fn run(isa: Isa, st: &mut DecodeState<'_>, k: &[f32], v: &[f32], strips: &[Strip]) {
+pub fn run(isa: Isa, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => {
             if let Some(t) = super::x86_avx512::Avx512::new() {
                 // SAFETY: the token proves the CPU has AVX-512F.
-                return unsafe { process_avx512(t, st, k, v, strips) };
+                return unsafe { process_avx512(t, st, kv, strips) };
             }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             if let Some(t) = super::x86_avx2::Avx2Fma::new() {
                 // SAFETY: the token proves the CPU has AVX2 and FMA.
-                return unsafe { process_avx2(t, st, k, v, strips) };
+                return unsafe { process_avx2(t, st, kv, strips) };
             }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             if let Some(t) = super::aarch64_neon::Neon::new() {
                 // SAFETY: the token proves the CPU has NEON.
-                return unsafe { process_neon(t, st, k, v, strips) };
+                return unsafe { process_neon(t, st, kv, strips) };
             }
         }
         _ => {}
     }
-    process(super::scalar::Portable, st, k, v, strips)
+    process(super::scalar::Portable, st, kv, strips)
 }
 
 /// Asks the cache for the 64-byte line at `p` (a no-op off x86-64). Hint T2 (outer levels):

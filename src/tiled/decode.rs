@@ -2,8 +2,9 @@
 //!
 //! When N_q times the GQA group is at most [`DECODE_MAX_ROWS`], `flash-cpu` runs this instead of
 //! whole-head packing. Per (batch, KV head) the rows of **all** query heads of the group are one
-//! task set, so each K/V row is read once for all of them; K and V are read in place (f16, and
-//! bf16 without AVX512_BF16, are widened one block of [`KB`] keys at a time into per-thread
+//! task set, so each K/V row is read once for all of them; K and V are read in place, at any
+//! row stride (a contiguous (B, H_kv, N, D) cache or FlashAttention's (B, N, H_kv, D) one; f16,
+//! and bf16 without AVX512_BF16, are widened one block of [`KB`] keys at a time into per-thread
 //! scratch). The keys are split into fixed-size chunks ([`chunk_keys`], a function of N_k only);
 //! every (batch, KV head, chunk) is an independent rayon task producing a normalized partial O
 //! and LSE, and the partials are folded with [`merge_partials`] in chunk order. Results are
@@ -26,7 +27,7 @@ use crate::lse::merge_partials;
 use crate::problem::{DType, Problem};
 use crate::row_layout::{HeadRows, Operand};
 use crate::simd::Isa;
-use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, RB, Strip};
+use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, KvBlock, RB, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::tensor::TensorRef;
 use rayon::prelude::*;
@@ -81,14 +82,16 @@ pub fn key_lengths_range<'a>(p: &'a Problem, lens: &'a [usize]) -> Result<Box<Ba
 }
 
 /// Partials held at once: per (batch, KV head, chunk) `rows × (D + 1)` f32, plus one thread's
-/// scratch per pool thread.
+/// scratch per pool thread (sized for every KV head's state rows).
 pub fn working_bytes(p: &Problem) -> Option<u64> {
     let rows = (p.seq_q * p.group_size()) as u64;
     let d = p.head_dim as u64;
     let chunks = p.seq_k.div_ceil(chunk_keys(p.seq_k)) as u64;
     let parts = (p.batch as u64 * p.kv_heads as u64).checked_mul(chunks)?.checked_mul(rows * (d + 1) * 4)?;
     let dp = padded_dim(p.head_dim).div_ceil(32) as u64 * 32;
-    let scratch = (rows * (2 * dp + 3) + (RB * KB) as u64 + 2 * KB as u64 * d) * 4 + rows * dp * 2;
+    // A task may hold the state rows of every KV head (interleaved K/V layouts).
+    let hr = rows * p.kv_heads as u64;
+    let scratch = (hr * (2 * dp + 3) + (RB * KB) as u64 + 2 * KB as u64 * d) * 4 + hr * dp * 2;
     parts.checked_add(scratch.checked_mul(rayon::current_num_threads().max(1) as u64)?)
 }
 
@@ -104,9 +107,6 @@ struct Scratch {
     s: Vec<f32>,
     kw: Vec<f32>,
     vw: Vec<f32>,
-    /// bf16 K/V rows gathered from a strided layout (bf16 kernel only).
-    kh: Vec<u16>,
-    vh: Vec<u16>,
     ranges: Vec<(usize, usize)>,
     strips: Vec<Strip>,
 }
@@ -178,10 +178,12 @@ pub fn run(
     };
 
     // When the KV heads' rows interleave in memory (FlashAttention's (B, N, H_kv, D) cache),
-    // one task runs every KV head of a (batch, chunk) back to back, so the neighbour heads'
-    // bytes of each row (which the hardware prefetcher brings along) are used while cached;
-    // otherwise one task per (batch, KV head, chunk). Each (batch, KV head, chunk) partial is
-    // computed by the same code either way, so results are identical.
+    // one task runs every KV head of a (batch, chunk), block by block: a block of KB keys then
+    // reads one contiguous run of memory (all heads' rows) instead of H_kv runs of short rows
+    // at a wide stride (one head after another over the chunk was 1.3–1.5× slower than the
+    // contiguous cache at N_k ≥ 16K, f32, measured side by side). Otherwise one task per
+    // (batch, KV head, chunk). Each head keeps its own state and sees the same blocks in the
+    // same order either way, so results are identical.
     let heads_per_task = if interleaved(args) { p.kv_heads } else { 1 };
     let part_at = |b: usize, kvh: usize, c: usize| match heads_per_task {
         1 => (b * p.kv_heads + kvh) * nchunks + c,
@@ -191,21 +193,27 @@ pub fn run(
     let mut part_o = vec![0.0f32; units * rows * d];
     let mut part_l = vec![0.0f32; units * rows];
     let (per_o, per_l) = (heads_per_task * rows * d, heads_per_task * rows);
-    part_o.par_chunks_mut(per_o).zip(part_l.par_chunks_mut(per_l)).enumerate().for_each_init(
-        Scratch::default,
-        |scr, (t, (pos, pls))| {
-            for (x, (po, pl)) in pos.chunks_mut(rows * d).zip(pls.chunks_mut(rows)).enumerate() {
-                let u = t * heads_per_task + x;
-                let (b, kvh, c) = match heads_per_task {
-                    1 => (u / nchunks / p.kv_heads, u / nchunks % p.kv_heads, u % nchunks),
-                    _ => (u / p.kv_heads / nchunks, u % p.kv_heads, u / p.kv_heads % nchunks),
-                };
-                let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
-                let task = Task { p, args, kernel, isa, b, kvh, rows, k0, k1 };
-                task.run(range, scr, po, pl);
-            }
-        },
-    );
+    let task = |scr: &mut Scratch, (t, (po, pl)): (usize, (&mut [f32], &mut [f32]))| {
+        let u = t * heads_per_task;
+        let (b, kvh0, c) = match heads_per_task {
+            1 => (u / nchunks / p.kv_heads, u / nchunks % p.kv_heads, u % nchunks),
+            _ => (u / p.kv_heads / nchunks, 0, u / p.kv_heads % nchunks),
+        };
+        let (k0, k1) = (c * chunk, ((c + 1) * chunk).min(nk));
+        let task = Task { p, args, kernel, isa, b, kvh0, heads: heads_per_task, rows, k0, k1 };
+        task.run(range, scr, po, pl);
+    };
+    let serial = serial_work(p);
+    if serial {
+        let mut scr = Scratch::default();
+        part_o.chunks_mut(per_o).zip(part_l.chunks_mut(per_l)).enumerate().for_each(|x| task(&mut scr, x));
+    } else {
+        part_o
+            .par_chunks_mut(per_o)
+            .zip(part_l.par_chunks_mut(per_l))
+            .enumerate()
+            .for_each_init(Scratch::default, task);
+    }
 
     // Fold the chunks of each (batch, KV head) in chunk order, then un-permute rows (i-major
     // in the partials, head-major in the output).
@@ -218,7 +226,7 @@ pub fn run(
         }
     };
     let (part_o, part_l) = (&part_o, &part_l);
-    out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(|(bk, (o, l))| {
+    let fold = |(bk, (o, l)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
         let at = |c: usize| part_at(bk / p.kv_heads, bk % p.kv_heads, c) * rows;
         let mut mo = part_o[at(0) * d..(at(0) + rows) * d].to_vec();
         let mut ml = part_l[at(0)..at(0) + rows].to_vec();
@@ -232,12 +240,30 @@ pub fn run(
             l[dst] = ml[r];
         }
         Ok(())
-    })
+    };
+    if serial {
+        out.chunks_mut(rows * d).zip(lse.chunks_mut(rows)).enumerate().try_for_each(fold)
+    } else {
+        out.par_chunks_mut(rows * d).zip(lse.par_chunks_mut(rows)).enumerate().try_for_each(fold)
+    }
 }
 
-/// For strided rows gathered block by block: asks the cache for the rows that come
-/// [`kernel::PREFETCH_BYTES`] of row data after block `[b0, b1)` (up to `hi`), as the in-place
-/// path's [`Ahead`] does for adjacent rows.
+/// Most multiply-adds of QKᵀ (B·H·N_q·N_k·D) that [`run`] does on the calling thread: handing
+/// work to the rayon pool from outside it (the Python binding's thread) costs a futex wake and
+/// wait per parallel loop, more than such a call's whole arithmetic (at B=1, H=8, N=16, D=64,
+/// 2¹⁷ multiply-adds; the Python overhead figures are in the README's FlashAttention section). Either way every
+/// (batch, KV head, chunk) partial is computed by the same code, so results are identical.
+pub const DECODE_SERIAL_MAX_MACS: u64 = 1 << 18;
+
+/// Whether [`run`] keeps `p` on the calling thread ([`DECODE_SERIAL_MAX_MACS`]).
+fn serial_work(p: &Problem) -> bool {
+    let macs = [p.heads, p.seq_q, p.seq_k, p.head_dim].iter().fold(p.batch as u64, |a, &x| a.saturating_mul(x as u64));
+    macs <= DECODE_SERIAL_MAX_MACS
+}
+
+/// For rows widened block by block (f16, bf16 on the f32 kernel): asks the cache for the rows
+/// that come [`kernel::PREFETCH_BYTES`] of row data after block `[b0, b1)` (up to `hi`), as the
+/// in-place path's [`Ahead`] does.
 fn prefetch_ahead(rows: &[HeadRows<'_>], b0: usize, b1: usize, d: usize, hi: usize) {
     for r in rows {
         let (ptr, size) = match r.src {
@@ -259,14 +285,51 @@ fn interleaved(args: &AttnArgs<'_>) -> bool {
     args.layouts().k.is_some_and(|l| args.problem().kv_heads > 1 && l.head < l.row)
 }
 
-/// One (batch, KV head, chunk) task.
+/// Every head's state rows of one task, back to back: `q` (`qn` elements a row), `acc` (`an`),
+/// `m`, `l`; `s` the score scratch they share.
+struct Heads<'s, Q> {
+    d: usize,
+    rows: usize,
+    scale_log2: f32,
+    q: (&'s [Q], usize),
+    acc: (&'s mut [f32], usize),
+    m: &'s mut [f32],
+    l: &'s mut [f32],
+    s: &'s mut [f32],
+}
+
+impl<Q> Heads<'_, Q> {
+    /// The kernel state of head `h` (no prefetch set).
+    fn state(&mut self, h: usize) -> DecodeState<'_, Q> {
+        let (r0, r1) = (h * self.rows, (h + 1) * self.rows);
+        let ((q, qn), (acc, an)) = (self.q, (&mut *self.acc.0, self.acc.1));
+        DecodeState {
+            d: self.d,
+            q: &q[r0 * qn..r1 * qn],
+            scale_log2: self.scale_log2,
+            acc: &mut acc[r0 * an..r1 * an],
+            m: &mut self.m[r0..r1],
+            l: &mut self.l[r0..r1],
+            s: self.s,
+            ahead: Ahead::NONE,
+            score_mod: None,
+        }
+    }
+}
+
+/// Rows ahead of the block start that a task over interleaved KV heads prefetches.
+const INTERLEAVED_AHEAD_ROWS: usize = 2;
+
+/// One (batch, chunk) task over KV heads `kvh0..kvh0 + heads`: each head keeps its own
+/// online-softmax state, and every block of [`KB`] keys runs all the heads in turn.
 struct Task<'a> {
     p: &'a Problem,
     args: &'a AttnArgs<'a>,
     kernel: Kernel,
     isa: Isa,
     b: usize,
-    kvh: usize,
+    kvh0: usize,
+    heads: usize,
     rows: usize,
     k0: usize,
     k1: usize,
@@ -274,15 +337,49 @@ struct Task<'a> {
 
 impl Task<'_> {
     /// What the kernel prefetches while it computes the block starting at key `b0`: this
-    /// (batch, KV head)'s K and V rows (starting at element `kv_base`) ahead of it, up to `hi`.
-    fn ahead<T>(&self, k: &[T], v: &[T], kv_base: usize, b0: usize, hi: usize) -> Ahead {
-        let stream = kv_base..kv_base + self.p.seq_k * self.p.head_dim;
-        Ahead::of(&k[stream.clone()], &v[stream], self.p.head_dim, b0, hi)
+    /// (batch, KV head)'s K and V rows (`kr`, `vr` address them in `k`, `v`) ahead of it, up
+    /// to `hi`.
+    fn ahead<T>(&self, (k, kr): (&[T], HeadRows<'_>), (v, vr): (&[T], HeadRows<'_>), b0: usize, hi: usize) -> Ahead {
+        let kv = KvBlock { k: &k[kr.base..], ks: kr.stride, v: &v[vr.base..], vs: vr.stride, n: 0 };
+        let d = self.p.head_dim;
+        // Interleaved heads: the rows a few keys on are asked for just before this head needs
+        // them; the other heads' prefetches of the same rows have already covered the memory
+        // in between. Further (8 rows, as for adjacent rows) measured slightly slower, within
+        // the shared machine's noise (strided ÷ contiguous means 1.07–1.09 at 1–2 rows,
+        // 1.10–1.20 at 8, three alternated f32 sweeps each).
+        let rows_ahead = if self.heads > 1 { INTERLEAVED_AHEAD_ROWS } else { kernel::ahead_rows::<T>(d) };
+        Ahead::strided(kv, d, b0 + rows_ahead, hi)
     }
 
+    /// Block `[b0, b1)` of one head's K and V rows, in place.
+    fn block<'t, T>(
+        &self,
+        (k, kr): (&'t [T], HeadRows<'_>),
+        (v, vr): (&'t [T], HeadRows<'_>),
+        (b0, b1): (usize, usize),
+    ) -> KvBlock<'t, T> {
+        KvBlock::rows(k, kr.base, kr.stride, v, vr.base, vr.stride, self.p.head_dim, (b0, b1))
+    }
+
+    /// K's and V's rows of the task's head `h`.
+    fn kv_rows(&self, h: usize) -> (HeadRows<'_>, HeadRows<'_>) {
+        let kvh = self.kvh0 + h;
+        (self.args.head_rows(Operand::K, self.b, kvh), self.args.head_rows(Operand::V, self.b, kvh))
+    }
+
+    /// Element offset of state row `r` (i-major: query position r / g of group head r % g) of
+    /// the task's head `h` in Q.
+    fn q_at(&self, h: usize, r: usize) -> usize {
+        let g = self.p.group_size();
+        let q = self.args.head_rows(Operand::Q, self.b, (self.kvh0 + h) * g + r % g);
+        q.base + (r / g) * q.stride
+    }
+
+    /// Writes the partials of every head: `po` holds `heads × rows × D`, `pl` `heads × rows`.
     fn run(&self, range: &BatchRowRange<'_>, scr: &mut Scratch, po: &mut [f32], pl: &mut [f32]) {
         let (p, d, g) = (self.p, self.p.head_dim, self.p.group_size());
-        // Rows in i-major order (r = i·g + hh): rows of one query position share a band.
+        // Rows in i-major order (r = i·g + hh): rows of one query position share a band, and
+        // the bands do not depend on the head.
         scr.ranges.clear();
         let (mut lo, mut hi) = (self.k1, self.k0);
         for r in 0..self.rows {
@@ -298,74 +395,68 @@ impl Task<'_> {
             pl.fill(f32::NEG_INFINITY);
             return;
         }
-        // Row addresses: row r (i-major: query position r / g of group head r % g) of Q, and
-        // K/V rows read in place when they are adjacent in one buffer position (contiguous
-        // (B, H, N, D)); any other layout ([`crate::row_layout`]) gathers each block of KB keys.
-        let q_at = |r: usize| {
-            let h = self.args.head_rows(Operand::Q, self.b, self.kvh * g + r % g);
-            h.base + (r / g) * h.stride
-        };
-        let (kr, vr) =
-            (self.args.head_rows(Operand::K, self.b, self.kvh), self.args.head_rows(Operand::V, self.b, self.kvh));
-        let in_place = kr.stride == d && vr.stride == d && kr.base == vr.base;
-        let kv_base = kr.base;
-        let dp = padded_dim(d);
-        scr.m.resize(self.rows, 0.0);
-        scr.l.resize(self.rows, 0.0);
+        let (rows, nh, dp) = (self.rows, self.heads, padded_dim(d));
+        scr.m.clear();
+        scr.m.resize(nh * rows, f32::NEG_INFINITY);
+        scr.l.clear();
+        scr.l.resize(nh * rows, 0.0);
         scr.s.resize(RB * KB, 0.0);
         match self.kernel {
             Kernel::F32 => {
-                scr.q.resize(self.rows * d, 0.0);
-                for r in 0..self.rows {
-                    self.args.q().read_f32(q_at(r), &mut scr.q[r * d..(r + 1) * d]);
+                scr.q.resize(nh * rows * d, 0.0);
+                for (x, q) in scr.q.chunks_mut(d).enumerate() {
+                    self.args.q().read_f32(self.q_at(x / rows, x % rows), q);
                 }
-                scr.acc.resize(self.rows * dp, 0.0);
-                let mut st = DecodeState {
+                scr.acc.clear();
+                scr.acc.resize(nh * rows * dp, 0.0);
+                let mut heads = Heads {
                     d,
-                    q: &scr.q,
+                    rows,
                     scale_log2: p.scale * std::f32::consts::LOG2_E,
-                    acc: &mut scr.acc,
+                    q: (&scr.q, d),
+                    acc: (&mut scr.acc, dp),
                     m: &mut scr.m,
                     l: &mut scr.l,
                     s: &mut scr.s,
-                    ahead: Ahead::NONE,
-                    score_mod: None,
                 };
-                st.reset();
+                let (kw, vw) = (&mut scr.kw, &mut scr.vw);
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
-                    let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
-                    let (k, v): (&[f32], &[f32]) = match (self.args.k(), self.args.v()) {
-                        (TensorRef::F32(k), TensorRef::F32(v)) if in_place => {
-                            st.ahead = self.ahead(k, v, kv_base, b0, hi);
-                            (&k[s0..s1], &v[s0..s1])
-                        }
-                        _ => {
-                            prefetch_ahead(&[kr, vr], b0, b1, d, hi);
-                            scr.kw.resize(s1 - s0, 0.0);
-                            scr.vw.resize(s1 - s0, 0.0);
-                            kr.read_rows(b0, d, &mut scr.kw);
-                            vr.read_rows(b0, d, &mut scr.vw);
-                            (&scr.kw, &scr.vw)
-                        }
-                    };
-                    kernel::run(self.isa, &mut st, k, v, strips);
+                    for h in 0..nh {
+                        let (kr, vr) = self.kv_rows(h);
+                        let mut st = heads.state(h);
+                        let kv = match (self.args.k(), self.args.v()) {
+                            (TensorRef::F32(k), TensorRef::F32(v)) => {
+                                st.ahead = self.ahead((k, kr), (v, vr), b0, hi);
+                                self.block((k, kr), (v, vr), (b0, b1))
+                            }
+                            _ => {
+                                prefetch_ahead(&[kr, vr], b0, b1, d, hi);
+                                kw.resize((b1 - b0) * d, 0.0);
+                                vw.resize((b1 - b0) * d, 0.0);
+                                kr.read_rows(b0, d, kw);
+                                vr.read_rows(b0, d, vw);
+                                KvBlock::contiguous(kw, vw, d)
+                            }
+                        };
+                        kernel::run(self.isa, &mut st, kv, strips);
+                    }
                 });
-                finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));
+                for (h, (o, pl)) in po.chunks_mut(rows * d).zip(pl.chunks_mut(rows)).enumerate() {
+                    let (a, z) = (h * rows, (h + 1) * rows);
+                    finish_rows(&scr.acc[a * dp..z * dp], &scr.m[a..z], &scr.l[a..z], d, o, Some(pl));
+                }
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Bf16(t) => self.run_bf16(t, scr, (lo, hi), q_at, (kr, vr, in_place), po, pl),
+            Kernel::Bf16(t) => self.run_bf16(t, scr, (lo, hi), po, pl),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
     fn run_bf16(
         &self,
         t: crate::simd::bf16::Avx512Bf16,
         scr: &mut Scratch,
         (lo, hi): (usize, usize),
-        q_at: impl Fn(usize) -> usize,
-        (kr, vr, in_place): (HeadRows<'_>, HeadRows<'_>, bool),
         po: &mut [f32],
         pl: &mut [f32],
     ) {
@@ -375,12 +466,13 @@ impl Task<'_> {
         else {
             unreachable!("the bf16 kernel is chosen for bf16 inputs only")
         };
-        let (d, d32) = (self.p.head_dim, padded_dim32(self.p.head_dim));
+        let (d, d32, rows, nh) = (self.p.head_dim, padded_dim32(self.p.head_dim), self.rows, self.heads);
         scr.qh.clear();
-        scr.qh.resize(self.rows * d32, 0);
-        for r in 0..self.rows {
-            for (x, y) in scr.qh[r * d32..r * d32 + d].iter_mut().zip(&q[q_at(r)..q_at(r) + d]) {
-                *x = y.to_bits();
+        scr.qh.resize(nh * rows * d32, 0);
+        for (x, qh) in scr.qh.chunks_mut(d32).enumerate() {
+            let at = self.q_at(x / rows, x % rows);
+            for (a, b) in qh[..d].iter_mut().zip(&q[at..at + d]) {
+                *a = b.to_bits();
             }
         }
         let bits = |s: &[half::bf16]| -> &[u16] {
@@ -388,41 +480,33 @@ impl Task<'_> {
             // `[u16]` of the same length and lifetime.
             unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
         };
-        scr.acc2.resize(self.rows * d32, 0.0);
-        let mut st = Bf16State {
+        let (k, v) = (bits(k), bits(v));
+        scr.acc2.clear();
+        scr.acc2.resize(nh * rows * d32, 0.0);
+        let mut heads = Heads {
             d,
-            q: &scr.qh,
+            rows,
             scale_log2: self.p.scale * std::f32::consts::LOG2_E,
-            acc: &mut scr.acc2,
+            q: (&scr.qh, d32),
+            acc: (&mut scr.acc2, d32),
             m: &mut scr.m,
             l: &mut scr.l,
             s: &mut scr.s,
-            ahead: Ahead::NONE,
-            score_mod: None,
-        };
-        st.reset();
-        let kv_base = kr.base;
-        let gather = |rows: HeadRows<'_>, src: &[half::bf16], b0: usize, b1: usize, dst: &mut Vec<u16>| {
-            dst.clear();
-            for j in b0..b1 {
-                let at = rows.base + j * rows.stride;
-                dst.extend_from_slice(bits(&src[at..at + d]));
-            }
         };
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
-            if in_place {
-                let (s0, s1) = (kv_base + b0 * d, kv_base + b1 * d);
-                st.ahead = self.ahead(k, v, kv_base, b0, hi);
-                process(t, &mut st, bits(&k[s0..s1]), bits(&v[s0..s1]), strips);
-            } else {
-                prefetch_ahead(&[kr, vr], b0, b1, d, hi);
-                gather(kr, k, b0, b1, &mut scr.kh);
-                gather(vr, v, b0, b1, &mut scr.vh);
-                process(t, &mut st, &scr.kh, &scr.vh, strips);
+            for h in 0..nh {
+                let (kr, vr) = self.kv_rows(h);
+                let mut st: Bf16State<'_> = heads.state(h);
+                st.ahead = self.ahead((k, kr), (v, vr), b0, hi);
+                process(t, &mut st, self.block((k, kr), (v, vr), (b0, b1)), strips);
             }
         });
-        st.finish_into(&mut scr.acc);
-        finish_rows(&scr.acc, &scr.m, &scr.l, d, po, Some(pl));
+        let dp = padded_dim(d);
+        for (h, (o, pl)) in po.chunks_mut(rows * d).zip(pl.chunks_mut(rows)).enumerate() {
+            let st = heads.state(h);
+            st.finish_into(&mut scr.acc);
+            finish_rows(&scr.acc[..rows * dp], st.m, st.l, d, o, Some(pl));
+        }
     }
 }
 

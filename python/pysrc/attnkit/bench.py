@@ -12,8 +12,9 @@ against a (B, N, H_kv, D) KV cache of --decode-n keys (H_kv = H/4) read in place
 contiguous (B, H_kv, N, D) call, the copy-then-call the door did before the kernels took
 strides, and one memcpy of K and V (a streaming ceiling); the f32 GEMM ceiling of the
 same run; and the per-call overhead at N = 16 (flash_attn_func from Python minus the same
-kernel timed inside Rust). Thread count: torch.get_num_threads() and attnkit's rayon pool (both
-follow the machine unless RAYON_NUM_THREADS / torch.set_num_threads say otherwise).
+kernel timed inside Rust, with torch.neg alternated call by call as a trivial-op baseline).
+Thread count: torch.get_num_threads() and attnkit's rayon pool (both follow the machine unless
+RAYON_NUM_THREADS / torch.set_num_threads say otherwise).
 """
 
 import argparse
@@ -55,16 +56,21 @@ def gemm_ceiling(n=2048, reps=5):
 
 
 def overhead(calls=3000):
-    """Per-call cost of flash_attn_func at B=1, N=16, H=8, D=64 f32 beyond the kernel's own time."""
+    """Per-call cost of flash_attn_func at B=1, N=16, H=8, D=64 f32 beyond the kernel's own time,
+    with a trivial torch op (torch.neg on q) alternated call by call as the baseline. Medians of
+    (flash_attn_func, torch.neg, the kernel timed inside Rust on the same data)."""
     q, k, v = (torch.randn(1, 16, 8, 64) for _ in range(3))
-    py = []
+    py, base = [], []
     for _ in range(calls):
         t = time.perf_counter()
         flash_attn_func(q, k, v)
-        py.append(time.perf_counter() - t)
+        t1 = time.perf_counter()
+        torch.neg(q)
+        base.append(time.perf_counter() - t1)
+        py.append(t1 - t)
     qt, kt, vt = (x.transpose(1, 2).contiguous().numpy() for x in (q, k, v))
     rust = _attnkit._time_in_rust(qt, kt, vt, reps=calls)
-    return statistics.median(py), statistics.median(rust)
+    return statistics.median(py), statistics.median(base), statistics.median(rust)
 
 
 def shape_rows(b, n, h, d, dtype, rounds, backward):
@@ -146,9 +152,9 @@ def main():
         a.n, a.rounds, a.decode_n = 512, 3, 2048
     print(f"B={a.b} N={a.n} H={a.h} D={a.d} non-causal; torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads; GEMM ceiling f32 {gemm_ceiling():.1f} GFLOP/s")
-    py, rust = overhead(300 if a.quick else 3000)
+    py, base, rust = overhead(300 if a.quick else 3000)
     print(f"overhead at N=16 (B=1 H=8 D=64 f32): flash_attn_func {py * 1e6:.1f} us, kernel in Rust "
-          f"{rust * 1e6:.1f} us, overhead {(py - rust) * 1e6:.1f} us")
+          f"{rust * 1e6:.1f} us, overhead {(py - rust) * 1e6:.1f} us; torch.neg alternated {base * 1e6:.1f} us")
     for dtype in a.dtype:
         for p in a.passes:
             shape_rows(a.b, a.n, a.h, a.d, getattr(torch, dtype), a.rounds, p == "fwdbwd")
