@@ -103,17 +103,7 @@ fn cases() -> Vec<Case> {
 fn paged_contiguous_and_oracle_agree() {
     let (d, cap) = (64, 600);
     for cs in cases() {
-        let b = cs.lens.len();
-        let mut p = Problem::new(b, cs.h, cs.nq, d).with_kv_heads(cs.hkv).with_causal(cs.causal).with_window(cs.window);
-        if cs.sinks {
-            p = p.with_sinks((0..cs.h).map(|i| i as f32 * 0.5 - 1.0).collect());
-        }
-        if cs.softcap {
-            p = p.with_softcap(5.0);
-        }
-        if cs.alibi {
-            p = p.with_alibi(attnkit::alibi_slopes(cs.h));
-        }
+        let p = problem(&cs, d);
         let q = normal_values(p.q_len(), 7);
         for dtype in KvDType::ALL {
             let base = filled(KvLayout::Contiguous, dtype, cs.hkv, d, cs.lens, cap, 11);
@@ -123,11 +113,55 @@ fn paged_contiguous_and_oracle_agree() {
             assert!(e.within(bound), "{} {dtype} contiguous: {e:?} bound {bound}", cs.name);
             for page_size in [16, 64, 256] {
                 let c = filled(KvLayout::Paged { page_size }, dtype, cs.hkv, d, cs.lens, cap, 11);
-                // The same values staged in the same blocks: bitwise equal to contiguous.
+                // The same values in the same blocks: bitwise equal to contiguous.
                 assert!(run(&c, &p, &q) == want_out, "{} {dtype} paged:{page_size} differs from contiguous", cs.name);
             }
         }
     }
+}
+
+/// The problem of a case at head dim `d`.
+fn problem(cs: &Case, d: usize) -> Problem {
+    let mut p =
+        Problem::new(cs.lens.len(), cs.h, cs.nq, d).with_kv_heads(cs.hkv).with_causal(cs.causal).with_window(cs.window);
+    if cs.sinks {
+        p = p.with_sinks((0..cs.h).map(|i| i as f32 * 0.5 - 1.0).collect());
+    }
+    if cs.softcap {
+        p = p.with_softcap(5.0);
+    }
+    if cs.alibi {
+        p = p.with_alibi(attnkit::alibi_slopes(cs.h));
+    }
+    p
+}
+
+/// bf16 and int8 pages are read in place, widened or dequantized in registers: bitwise the
+/// attention over an f32 cache holding the values they decode to (`to_dense`), in the same
+/// layout. D = 72 leaves a partial int8 block and a tail past the last full vector.
+#[test]
+fn bf16_and_int8_pages_equal_f32_pages_of_their_values_bitwise() {
+    let mut checked = 0;
+    for d in [64, 72] {
+        for cs in cases() {
+            let p = problem(&cs, d);
+            let q = normal_values(p.q_len(), 7);
+            for dtype in [KvDType::BF16, KvDType::Int8] {
+                for layout in [KvLayout::Contiguous, KvLayout::Paged { page_size: 16 }] {
+                    let c = filled(layout, dtype, cs.hkv, d, cs.lens, 600, 11);
+                    let mut f = filled(layout, KvDType::F32, cs.hkv, d, &vec![0; cs.lens.len()], 600, 0);
+                    for b in 0..cs.lens.len() {
+                        let (k, v) = c.to_dense(b).unwrap();
+                        let opts = AppendOptions { cache_batch_idx: Some(&[b]), rotary: None };
+                        f.append(&k, &v, cs.lens[b], &opts).unwrap();
+                    }
+                    assert!(run(&c, &p, &q) == run(&f, &p, &q), "{} d={d} {dtype} {layout:?}", cs.name);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * cases().len() * 4);
 }
 
 #[test]

@@ -6,13 +6,13 @@
 //! key chunk) one rayon task runs the online softmax of the tile's rows (all query heads of
 //! each KV group, i-major) over the chunk, for every KV head; partials fold with
 //! [`merge_partials`] in chunk order, then sinks join through [`crate::lse::add_sinks`]. Per
-//! block of [`KB`] keys the task stages the block's K and V rows of all KV heads from their
-//! pages into per-thread f32 scratch (widening bf16, dequantizing int8; `2·H_kv·32·D` floats,
-//! 256 KiB at H_kv = 8, D = 128: L2-resident) and runs the f32 decode kernel
-//! ([`crate::simd::decode`]) on each head's block; softcap and ALiBi enter through the
-//! kernel's score hook. All heads in one task because NHD puts the heads of a token side by
-//! side: staging them together reads each page as one stream (one task per KV head read rows
-//! `H_kv·D` apart and ran at under half the speed). Row `i` of sequence `b` (valid keys
+//! block of [`KB`] keys the task resolves the block table once (the storage row of each token)
+//! and runs the decode kernel ([`crate::simd::decode`]) head by head on the pages **in place**:
+//! f32 rows as they are, bf16 widened and int8 dequantized in registers
+//! ([`crate::simd::kv_rows`]); only f16 rows are staged into per-thread f32 scratch. Softcap and
+//! ALiBi enter through the kernel's score hook. The rows [`PREFETCH_AHEAD`] bytes on are asked
+//! for token by token, all heads of a token together, in the order NHD pages hold them. Row `i`
+//! of sequence `b` (valid keys
 //! `[leftpad, seqlen)`, `len` of them) sees the logical keys of the problem's causal/window
 //! band with `N_k = len`.
 //!
@@ -25,22 +25,30 @@
 //! prefill) run on the tiled GEMM-shaped kernel instead ([`super::prefill`]).
 
 use super::append::{check_batch_idx, target};
+use super::pages::Pages;
+use super::quant;
 use super::{KvCache, KvCacheError, PagedKv};
 use crate::budget::check_budget;
 use crate::error::{AttnError, Result};
 use crate::lse::{add_sinks, merge_partials};
 use crate::modifiers::Modifier;
 use crate::problem::Problem;
-use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, KvBlock, PREFETCH_BYTES, ScoreHook, Strip};
+use crate::simd::decode::{self as kernel, Ahead, Block, DecodeState, Int8Slots, KB, KvBlock, ScoreHook, Slots, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::simd::score_mod::{RowMod, ScoreOnly, modify_slice};
 use crate::simd::{Isa, scalar::Portable};
 use crate::tiled::decode::{chunk_keys, for_blocks};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::cell::Cell;
 
 /// Most query rows (positions × group) per task: bounds the accumulators of chunked prefill.
 pub const ROW_TILE: usize = 64;
+
+/// Bytes of K and V (all heads) asked for ahead of the block being computed. 8, 16, 32 and
+/// 64 KiB were within noise of each other for f32, bf16 and int8 at 32K keys on the 2-vCPU
+/// EPYC; none (hardware prefetch only) was 1.1-1.4x slower for int8.
+const PREFETCH_AHEAD: usize = 16384;
 
 /// Modifiers attention over the cache implements (bands come from causal/window).
 const IMPLEMENTED: [Modifier; 3] = [Modifier::Alibi, Modifier::Softcap, Modifier::Sinks];
@@ -57,6 +65,9 @@ struct Scratch {
     vw: Vec<f32>,
     ranges: Vec<(usize, usize)>,
     strips: Vec<Strip>,
+    slots: Vec<usize>,
+    offs: Vec<usize>,
+    steps: Vec<f32>,
 }
 
 /// The split of one call.
@@ -261,30 +272,41 @@ impl PagedKv<'_> {
         scr.l.clear();
         scr.l.resize(hkv * n, 0.0);
         scr.s.resize(kernel::RB * KB, 0.0);
-        scr.kw.resize(hkv * KB * d, 0.0);
-        scr.vw.resize(hkv * KB * d, 0.0);
+        let staged = matches!(self.k, Pages::F16(_));
+        if staged {
+            scr.kw.resize(hkv * KB * d, 0.0);
+            scr.vw.resize(hkv * KB * d, 0.0);
+        }
         let (kw, vw) = (&mut scr.kw, &mut scr.vw);
         let (qs, acc, ms, ls, s) = (&scr.q, &mut scr.acc, &mut scr.m, &mut scr.l, &mut scr.s);
-        // Tokens asked for ahead of the one being staged: about PREFETCH_BYTES of each stream.
-        let ahead = PREFETCH_BYTES.div_ceil(hkv * self.row_bytes()).max(1);
+        // Tokens prefetched ahead of the block: about PREFETCH_AHEAD bytes of K and V.
+        let ahead = PREFETCH_AHEAD.div_ceil(2 * hkv * self.row_bytes()).max(1);
+        let (slots, offs, steps) = (&mut scr.slots, &mut scr.offs, &mut scr.steps);
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
-            for j in b0..b1 {
-                if j + ahead < hi {
-                    let far = ix.row_of(b, lp + j + ahead, 0);
+            // Storage rows (head 0) of the block's keys; head h's row is `slot + h`.
+            slots.clear();
+            slots.extend((b0..b1).map(|j| ix.row_of(b, lp + j, 0)));
+            offs.clear();
+            offs.extend(slots.iter().map(|&t| t * d));
+            if staged {
+                for (j, &row) in slots.iter().enumerate() {
                     for h in 0..hkv {
-                        self.k.prefetch_row(far + h, d);
-                        self.v.prefetch_row(far + h, d);
+                        let at = (h * KB + j) * d;
+                        self.k.read_row(row + h, &mut kw[at..at + d]);
+                        self.v.read_row(row + h, &mut vw[at..at + d]);
                     }
-                }
-                let row = ix.row_of(b, lp + j, 0);
-                for h in 0..hkv {
-                    let at = (h * KB + j - b0) * d;
-                    self.k.read_row(row + h, &mut kw[at..at + d]);
-                    self.v.read_row(row + h, &mut vw[at..at + d]);
                 }
             }
             block0.set(b0);
             let nb = (b1 - b0) * d;
+            // Rows `ahead` tokens on, asked for in the order they lie (token-major, all heads).
+            for j in (b0 + ahead).min(hi)..(b1 + ahead).min(hi) {
+                let row = ix.row_of(b, lp + j, 0);
+                for h in 0..hkv {
+                    self.k.prefetch_row(row + h, d);
+                    self.v.prefetch_row(row + h, d);
+                }
+            }
             for h in 0..hkv {
                 head.set(h);
                 let mut st = DecodeState {
@@ -299,7 +321,9 @@ impl PagedKv<'_> {
                     score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
                 };
                 let kb = h * KB * d;
-                kernel::run(isa, &mut st, KvBlock::contiguous(&kw[kb..kb + nb], &vw[kb..kb + nb], d), strips);
+                let block = in_place((self.k, self.v), (slots, offs), h, d, steps)
+                    .unwrap_or_else(|| Block::F32(KvBlock::contiguous(&kw[kb..kb + nb], &vw[kb..kb + nb], d)));
+                kernel::run_block(isa, &mut st, block, strips);
             }
         });
         let tile = sp.tile;
@@ -309,4 +333,39 @@ impl PagedKv<'_> {
             finish_rows(&acc[a * dp..z * dp], &ms[a..z], &ls[a..z], d, o, Some(l));
         }
     }
+}
+
+/// Head `h`'s rows `slots[j] + h` (at element offsets `offs[j] + h·d`) of `k` and `v` as the
+/// kernel reads them in place: f32, bf16 widened and int8 dequantized in registers (its steps
+/// widened into `steps` first, K's then V's); `None` for f16, which is staged as f32.
+fn in_place<'a>(
+    (k, v): (Pages<'a>, Pages<'a>),
+    (slots, offs): (&[usize], &'a [usize]),
+    h: usize,
+    d: usize,
+    steps: &'a mut Vec<f32>,
+) -> Option<Block<'a>> {
+    Some(match (k, v) {
+        (Pages::F32(k), Pages::F32(v)) => Block::SlotsF32(Slots::new(k, offs, h, d), Slots::new(v, offs, h, d)),
+        (Pages::BF16(k), Pages::BF16(v)) => {
+            Block::SlotsBf16(Slots::new(k.reinterpret_cast(), offs, h, d), Slots::new(v.reinterpret_cast(), offs, h, d))
+        }
+        (Pages::Int8 { q: kq, scale: ks }, Pages::Int8 { q: vq, scale: vs }) => {
+            let nb = quant::scales_per_row(d);
+            let n = slots.len() * nb;
+            steps.resize(2 * n, 0.0);
+            let (ks, vs): (&[u16], &[u16]) = (ks.reinterpret_cast(), vs.reinterpret_cast());
+            let widen = |x: u16| f32::from_bits(u32::from(x) << 16);
+            for (j, &t) in slots.iter().enumerate() {
+                let at = (t + h) * nb;
+                for (i, (&a, &b)) in ks[at..at + nb].iter().zip(&vs[at..at + nb]).enumerate() {
+                    steps[j * nb + i] = widen(a);
+                    steps[n + j * nb + i] = widen(b);
+                }
+            }
+            let (sk, sv) = steps.split_at(n);
+            Block::Int8(Int8Slots::new(kq, offs, h, d, sk), Int8Slots::new(vq, offs, h, d, sv))
+        }
+        _ => return None,
+    })
 }

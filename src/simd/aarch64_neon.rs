@@ -27,6 +27,7 @@ impl Neon {
 impl Simd for Neon {
     type V = float32x4_t;
     const W: usize = 4;
+    const REGS: usize = 32;
 
     #[inline(always)]
     fn splat(self, x: f32) -> float32x4_t {

@@ -280,7 +280,8 @@ mod x86 {
     /// Runs every strip of one block (bf16 K and V rows as bits, read in place).
     pub fn process(t: Avx512Bf16, st: &mut Bf16State<'_>, kv: KvBlock<'_, u16>, strips: &[Strip]) {
         let d32 = padded_dim32(st.d);
-        st.check((d32, d32), &kv, strips);
+        kv.check(st.d);
+        st.check((d32, d32), kv.n, strips);
         // SAFETY: the token proves AVX-512F/BW and AVX512_BF16; every extent was checked above.
         unsafe { process_impl(t, st, &kv, strips) }
     }

@@ -25,6 +25,8 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::flash::{online_softmax_step, padded_dim, pv_chunk};
+use super::kv_rows::Strided;
+pub use super::kv_rows::{Int8Slots, Rows, Slots};
 use super::{Isa, Simd};
 
 /// Keys per block: K and V of one block (f32, D = 128) take 32 KiB, about one L1.
@@ -212,16 +214,15 @@ impl<Q> DecodeState<'_, Q> {
 
 impl<Q> DecodeState<'_, Q> {
     /// Panics unless the state holds `rows` rows of `q_len`-element queries and `acc_len`-element
-    /// accumulators, `kv` holds whole rows, and every strip lies inside both (what the kernels'
+    /// accumulators and every strip lies inside them and inside the block's `keys` rows (what the kernels'
     /// unchecked reads rely on).
-    pub fn check(&self, (q_len, acc_len): (usize, usize), kv: &KvBlock<'_, impl Sized>, strips: &[Strip]) {
+    pub fn check(&self, (q_len, acc_len): (usize, usize), keys: usize, strips: &[Strip]) {
         let rows = self.m.len();
         assert!(self.q.len() >= rows * q_len && self.acc.len() >= rows * acc_len && self.l.len() >= rows);
         assert!(self.s.len() >= RB * KB);
-        kv.check(self.d);
         for st in strips {
             assert!(st.rows >= 1 && st.rows <= RB && st.row0 + st.rows <= rows);
-            assert!(st.lo < st.hi && st.hi <= kv.n && st.hi - st.lo <= KB);
+            assert!(st.lo < st.hi && st.hi <= keys && st.hi - st.lo <= KB);
         }
     }
 }
@@ -238,24 +239,25 @@ pub fn reduce_sums<S: Simd, const J: usize>(s: S, acc: &[S::V; J]) -> [f32; J] {
     }
 }
 
-/// Dot products of `R` query rows with `J` key rows (stride `ks`): `out[r][j] = q_r · k_j`.
+/// Dot products of `R` query rows with key rows `j0 + [0, J)` of `k`: `out[r][j] = q_r · k_j`.
 ///
 /// # Safety
-/// `q` readable for `R·d` floats, `k` for `d` floats at each `j·ks`, `j < J`.
+/// `q` readable for `R·d` floats, `k` holds rows `j0 + [0, J)` of `d` elements.
 #[inline(always)]
-unsafe fn dots<S: Simd, const R: usize, const J: usize>(
+unsafe fn dots<S: Simd, K: Rows, const R: usize, const J: usize>(
     s: S,
     q: *const f32,
-    (k, ks): (*const f32, usize),
+    (k, j0): (K, usize),
     d: usize,
-    (ahead, j0): (&Ahead, usize),
+    ahead: &Ahead,
 ) -> [[f32; J]; R] {
     let w = S::W;
     let full = d / w * w;
     let mut acc = [[s.splat(0.0); J]; R];
     let mut out = [[0.0f32; J]; R];
-    // SAFETY: every offset is below R·d (q) or inside row j < J of k.
+    // SAFETY: every offset is below R·d (q) or inside row j0 + j, j < J, of k.
     unsafe {
+        let rows: [K::Row; J] = std::array::from_fn(|j| k.row(j0 + j));
         let mut c = 0;
         while c < full {
             if (c * 4) % 64 == 0 {
@@ -263,7 +265,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
             }
             let mut kv = [s.splat(0.0); J];
             for j in 0..J {
-                kv[j] = s.load(k.add(j * ks + c));
+                kv[j] = K::load(s, rows[j], c);
             }
             for r in 0..R {
                 let qv = s.load(q.add(r * d + c));
@@ -281,7 +283,7 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
             for j in 0..J {
                 let mut t = sums[j];
                 for c in full..d {
-                    t += *q.add(r * d + c) * *k.add(j * ks + c);
+                    t += *q.add(r * d + c) * K::get(rows[j], c);
                 }
                 out[r][j] = t;
             }
@@ -290,21 +292,22 @@ unsafe fn dots<S: Simd, const R: usize, const J: usize>(
     out
 }
 
-/// `O[rows, 0..NV·W] = α ⊙ O + P·V` for `R` rows, `n` keys and `NV` vectors of columns starting
-/// at `v`/`o` (the prefill kernel's [`pv_chunk`], with P rows of stride [`KB`]); with `tail`, also the scalar columns `d mod W` that follow the last full vector
-/// (their offset from `v` is `(d / W)·W` minus the chunk's first column, so the caller passes
-/// `tail` only with the last chunk). Returns `NV`.
+/// `O[rows, 0..NV·W] = α ⊙ O + P·V` for `R` rows, V's rows `j0 + [0, n)` and `NV` vectors of
+/// columns from `c0` (the prefill kernel's [`pv_chunk`], with P rows of stride [`KB`]); with
+/// `tail`, also the scalar columns `d mod W` that follow the last full vector (the caller
+/// passes `tail` only with the last chunk). Returns `NV`.
 ///
 /// # Safety
-/// `p` readable for rows `r·KB + [0, n)`; `v` for `n` rows of stride `vs` holding this chunk's
-/// columns (and the tail); `o` readable and writable likewise with stride `padded_dim(d)`.
+/// `p` readable for rows `r·KB + [0, n)`; `v` holds rows `j0 + [0, n)` with this chunk's
+/// columns (and the tail); `o` (column `c0` of row 0) readable and writable likewise with
+/// stride `padded_dim(d)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
+unsafe fn pv<S: Simd, V: Rows, const R: usize, const NV: usize>(
     s: S,
     p: *const f32,
     n: usize,
-    (v, vs): (*const f32, usize),
+    (v, j0, c0): (V, usize, usize),
     d: usize,
     o: *mut f32,
     alpha: &[f32; R],
@@ -314,14 +317,14 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
     let dp = padded_dim(d);
     // SAFETY (whole body): offsets stay inside the extents the caller guarantees.
     unsafe {
-        pv_chunk::<S, R, NV>(s, p, KB, n, v, vs, o, dp, alpha);
+        pv_chunk::<S, V, R, NV>(s, p, KB, n, (v, j0, c0), o, dp, alpha);
         if tail {
             let first = NV * w;
             for r in 0..R {
                 for c in first..first + d % w {
                     let mut x = *o.add(r * dp + c) * alpha[r];
                     for j in 0..n {
-                        x += *p.add(r * KB + j) * *v.add(j * vs + c);
+                        x += *p.add(r * KB + j) * V::get(v.row(j0 + j), c0 + c);
                     }
                     *o.add(r * dp + c) = x;
                 }
@@ -333,23 +336,30 @@ unsafe fn pv<S: Simd, const R: usize, const NV: usize>(
 
 /// One strip of `R` rows over its keys.
 #[inline(always)]
-fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, kv: &KvBlock<'_, f32>, sp: &Strip, ahead: Ahead) {
-    let (d, ks, vs) = (st.d, kv.ks, kv.vs);
+fn strip<S: Simd, K: Rows, V: Rows, const R: usize>(
+    s: S,
+    st: &mut DecodeState<'_>,
+    (k, v): (K, V),
+    sp: &Strip,
+    ahead: Ahead,
+) {
+    let d = st.d;
     let n = sp.hi - sp.lo;
     let q = st.q[sp.row0 * d..].as_ptr();
-    let kbase = kv.k[sp.lo * ks..].as_ptr();
     let mut j = 0;
-    // SAFETY: rows row0..row0+R of q and keys lo..hi of k exist (checked by `DecodeState::check`).
+    // SAFETY: rows row0..row0+R of q and keys lo..hi of k exist (checked by `DecodeState::check`
+    // and the sources' constructors).
     unsafe {
-        while j + 4 <= n {
-            let sc = dots::<S, R, 4>(s, q, (kbase.add(j * ks), ks), d, (&ahead, sp.lo + j));
+        // Four keys at a time keep R·4 accumulators live: too many for 16 registers.
+        while S::REGS >= 32 && j + 4 <= n {
+            let sc = dots::<S, K, R, 4>(s, q, (k, sp.lo + j), d, &ahead);
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 4].copy_from_slice(&sc[r]);
             }
             j += 4;
         }
-        if j + 2 <= n {
-            let sc = dots::<S, R, 2>(s, q, (kbase.add(j * ks), ks), d, (&Ahead::NONE, 0));
+        while j + 2 <= n {
+            let sc = dots::<S, K, R, 2>(s, q, (k, sp.lo + j), d, &ahead);
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 2].copy_from_slice(&sc[r]);
             }
@@ -357,7 +367,7 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, kv: &KvBlock<'
         }
         ahead.fetch_rows(sp.lo + j, KB);
         if j < n {
-            let sc = dots::<S, R, 1>(s, q, (kbase.add(j * ks), ks), d, (&Ahead::NONE, 0));
+            let sc = dots::<S, K, R, 1>(s, q, (k, sp.lo + j), d, &Ahead::NONE);
             for r in 0..R {
                 st.s[r * KB + j] = sc[r][0];
             }
@@ -375,92 +385,129 @@ fn strip<S: Simd, const R: usize>(s: S, st: &mut DecodeState<'_>, kv: &KvBlock<'
         alpha[r] = online_softmax_step(s, row, st.scale_log2, &mut st.m[i], &mut st.l[i]);
     }
     let dp = padded_dim(d);
-    let (p, vb) = (st.s.as_ptr(), kv.v[sp.lo * vs..].as_ptr());
+    let p = st.s.as_ptr();
     let nvec = d / S::W;
     let mut c = 0;
-    // Column chunks of 4, 3, 2 or 1 vectors, each a fixed-size instance so its accumulators
-    // stay in registers.
+    // Column chunks of 4, 3, 2 or 1 vectors (at most 2 with 16 registers), each a fixed-size
+    // instance so its accumulators stay in registers.
     while c < nvec.max(1) {
         let left = nvec - c.min(nvec);
         let o = st.acc[sp.row0 * dp + c * S::W..].as_mut_ptr();
         // SAFETY: P rows are RB·KB ≥ R·KB floats; V rows lo..hi exist and columns c·W + chunk
         // ≤ d; O rows row0..row0+R of dp floats; `last` adds D's scalar tail.
         unsafe {
-            let vc = (vb.add(c * S::W), vs);
+            let vc = (v, sp.lo, c * S::W);
             let last = c + 4 >= nvec;
             c += match left {
-                0 => pv::<S, R, 0>(s, p, n, vc, d, o, &alpha, true),
-                1 => pv::<S, R, 1>(s, p, n, vc, d, o, &alpha, last),
-                2 => pv::<S, R, 2>(s, p, n, vc, d, o, &alpha, last),
-                3 => pv::<S, R, 3>(s, p, n, vc, d, o, &alpha, last),
-                _ => pv::<S, R, 4>(s, p, n, vc, d, o, &alpha, last),
+                0 => pv::<S, V, R, 0>(s, p, n, vc, d, o, &alpha, true),
+                1 => pv::<S, V, R, 1>(s, p, n, vc, d, o, &alpha, last),
+                2 => pv::<S, V, R, 2>(s, p, n, vc, d, o, &alpha, last),
+                3 if S::REGS >= 32 => pv::<S, V, R, 3>(s, p, n, vc, d, o, &alpha, last),
+                // R·4 accumulators (and R·3) do not fit 16 registers with the V vectors.
+                _ if S::REGS < 32 => pv::<S, V, R, 2>(s, p, n, vc, d, o, &alpha, false),
+                _ => pv::<S, V, R, 4>(s, p, n, vc, d, o, &alpha, last),
             }
             .max(1);
         }
     }
 }
 
-/// Runs every strip of one block (the block's K and V rows, f32, read in place).
+/// Runs every strip of one block from row sources (whose constructors checked their rows).
 #[inline(always)]
-pub fn process<S: Simd>(s: S, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
-    st.check((st.d, padded_dim(st.d)), &kv, strips);
+pub fn process<S: Simd, K: Rows, V: Rows>(s: S, st: &mut DecodeState<'_>, kv: (K, V), strips: &[Strip]) {
+    st.check((st.d, padded_dim(st.d)), kv.0.rows().min(kv.1.rows()), strips);
     let mut ahead = st.ahead;
     for sp in strips {
         match sp.rows {
-            1 => strip::<S, 1>(s, st, &kv, sp, ahead),
-            2 => strip::<S, 2>(s, st, &kv, sp, ahead),
-            3 => strip::<S, 3>(s, st, &kv, sp, ahead),
-            _ => strip::<S, 4>(s, st, &kv, sp, ahead),
+            1 => strip::<S, K, V, 1>(s, st, kv, sp, ahead),
+            2 => strip::<S, K, V, 2>(s, st, kv, sp, ahead),
+            3 => strip::<S, K, V, 3>(s, st, kv, sp, ahead),
+            _ => strip::<S, K, V, 4>(s, st, kv, sp, ahead),
         }
         ahead = Ahead::NONE;
     }
 }
 
+/// One block's K and V rows, in one of the forms the kernel reads in place.
+#[derive(Clone, Copy, Debug)]
+pub enum Block<'a> {
+    /// f32 rows at strides (flash-cpu's tensors, or staged rows).
+    F32(KvBlock<'a, f32>),
+    /// Cache rows of f32.
+    SlotsF32(Slots<'a, f32>, Slots<'a, f32>),
+    /// Cache rows of bf16 (bits), widened in registers.
+    SlotsBf16(Slots<'a, u16>, Slots<'a, u16>),
+    /// int8 cache rows, dequantized in registers.
+    Int8(Int8Slots<'a>, Int8Slots<'a>),
+}
+
+/// [`process`] for each form of [`Block`] (a [`Block::F32`] is checked here).
+#[inline(always)]
+fn process_block<S: Simd>(s: S, st: &mut DecodeState<'_>, block: Block<'_>, strips: &[Strip]) {
+    match block {
+        Block::F32(kv) => {
+            kv.check(st.d);
+            // SAFETY: `check` proved rows j < kv.n of d elements inside both slices.
+            let src = unsafe { (Strided::new(kv.k.as_ptr(), kv.ks, kv.n), Strided::new(kv.v.as_ptr(), kv.vs, kv.n)) };
+            process(s, st, src, strips)
+        }
+        Block::SlotsF32(k, v) => process(s, st, (k, v), strips),
+        Block::SlotsBf16(k, v) => process(s, st, (k, v), strips),
+        Block::Int8(k, v) => process(s, st, (k, v), strips),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn process_avx512(t: super::x86_avx512::Avx512, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
-    process(t, st, kv, strips)
+fn process_avx512(t: super::x86_avx512::Avx512, st: &mut DecodeState<'_>, b: Block<'_>, strips: &[Strip]) {
+    process_block(t, st, b, strips)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn process_avx2(t: super::x86_avx2::Avx2Fma, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
-    process(t, st, kv, strips)
+fn process_avx2(t: super::x86_avx2::Avx2Fma, st: &mut DecodeState<'_>, b: Block<'_>, strips: &[Strip]) {
+    process_block(t, st, b, strips)
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-fn process_neon(t: super::aarch64_neon::Neon, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
-    process(t, st, kv, strips)
+fn process_neon(t: super::aarch64_neon::Neon, st: &mut DecodeState<'_>, b: Block<'_>, strips: &[Strip]) {
+    process_block(t, st, b, strips)
 }
 
-/// [`process`] on `isa` (the portable path when the CPU lacks it; callers resolve first).
+/// [`process`] of f32 rows at strides on `isa` (the portable path when the CPU lacks it;
+/// callers resolve first).
 pub fn run(isa: Isa, st: &mut DecodeState<'_>, kv: KvBlock<'_, f32>, strips: &[Strip]) {
+    run_block(isa, st, Block::F32(kv), strips)
+}
+
+/// [`process`] of any [`Block`] on `isa` (the portable path when the CPU lacks it).
+pub fn run_block(isa: Isa, st: &mut DecodeState<'_>, block: Block<'_>, strips: &[Strip]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => {
             if let Some(t) = super::x86_avx512::Avx512::new() {
                 // SAFETY: the token proves the CPU has AVX-512F.
-                return unsafe { process_avx512(t, st, kv, strips) };
+                return unsafe { process_avx512(t, st, block, strips) };
             }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             if let Some(t) = super::x86_avx2::Avx2Fma::new() {
                 // SAFETY: the token proves the CPU has AVX2 and FMA.
-                return unsafe { process_avx2(t, st, kv, strips) };
+                return unsafe { process_avx2(t, st, block, strips) };
             }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             if let Some(t) = super::aarch64_neon::Neon::new() {
                 // SAFETY: the token proves the CPU has NEON.
-                return unsafe { process_neon(t, st, kv, strips) };
+                return unsafe { process_neon(t, st, block, strips) };
             }
         }
         _ => {}
     }
-    process(super::scalar::Portable, st, kv, strips)
+    process_block(super::scalar::Portable, st, block, strips)
 }
 
 /// Asks the cache for the 64-byte line at `p` (a no-op off x86-64). Hint T2 (outer levels):

@@ -41,6 +41,7 @@
 #![allow(clippy::needless_range_loop)] // Index loops over const-size register arrays read best.
 
 use super::Simd;
+use super::kv_rows::Rows;
 pub use super::operands::{F32Panels, Operands};
 pub use super::padded_dim;
 pub use super::score_mod::{BlockMods, Cover, CoverFn, PairFn, finish_rows_with_sink};
@@ -248,20 +249,21 @@ pub(super) unsafe fn qk_panel<S: Simd, const MR: usize, const KPV: usize, const 
     }
 }
 
-/// `O[:, chunk] = alpha ⊙ O[:, chunk] + P·V[:, chunk]` for `MR` rows, `n` keys, `NV·W` columns.
+/// `O[:, chunk] = alpha ⊙ O[:, chunk] + P·V[:, chunk]` for `MR` rows, `n` keys, `NV·W` columns
+/// (V's columns `c0 + [0, NV·W)` of its rows `j0 + [0, n)`, widened by the row source).
 ///
 /// # Safety
-/// `p` readable for rows `r·ldp + [0, n)`, `v` for rows `j·ldv + [0, NV·W)` (`j < n`),
-/// `o` readable and writable for rows `r·ldo + [0, NV·W)`.
+/// `p` readable for rows `r·ldp + [0, n)`, `v` holds rows `j0 + [0, n)` with columns
+/// `c0 + [0, NV·W)` (`c0` a multiple of W), `o` readable and writable for rows
+/// `r·ldo + [0, NV·W)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
+pub(super) unsafe fn pv_chunk<S: Simd, V: Rows, const MR: usize, const NV: usize>(
     s: S,
     p: *const f32,
     ldp: usize,
     n: usize,
-    v: *const f32,
-    ldv: usize,
+    (v, j0, c0): (V, usize, usize),
     o: *mut f32,
     ldo: usize,
     alpha: &[f32; MR],
@@ -277,10 +279,10 @@ pub(super) unsafe fn pv_chunk<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         for j in 0..n {
-            let vj = v.add(j * ldv);
+            let vj = v.row(j0 + j);
             let mut vv = [s.splat(0.0); NV];
             for c in 0..NV {
-                vv[c] = s.load(vj.add(c * w));
+                vv[c] = V::load(s, vj, c0 + c * w);
             }
             for r in 0..MR {
                 let pb = s.splat(*p.add(r * ldp + j));

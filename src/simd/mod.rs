@@ -26,6 +26,7 @@ pub mod bf16_pairs;
 pub mod bwd_tile;
 pub mod decode;
 pub mod flash;
+pub mod kv_rows;
 pub mod masked_pv;
 pub mod operands;
 pub mod scalar;
@@ -52,6 +53,8 @@ pub trait Simd: Copy + Send + Sync {
     type V: Copy;
     /// Lanes per vector.
     const W: usize;
+    /// Vector registers the ISA has (16 for AVX2; kernels with fewer block less).
+    const REGS: usize = 16;
 
     fn splat(self, x: f32) -> Self::V;
     /// # Safety
@@ -82,7 +85,40 @@ pub trait Simd: Copy + Send + Sync {
     /// Given `t = x + 1.5·2²³` for an integer-valued `x` in [-127, 127], returns 2ˣ built from
     /// the exponent bits (`x = -127` gives exactly 0). Integer lane arithmetic, hence per ISA.
     fn pow2_from_magic(self, t: Self::V) -> Self::V;
+    /// `W` bf16 values (their bits) widened to f32 lanes (exact). The default goes through a
+    /// stack array; an ISA overrides it with its widening instructions.
+    ///
+    /// # Safety
+    /// `p..p+W` must be readable.
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u16) -> Self::V {
+        let mut t = [0.0f32; MAX_LANES];
+        for (i, x) in t.iter_mut().enumerate().take(Self::W) {
+            // SAFETY: i < W, readable by the caller's guarantee.
+            *x = f32::from_bits(u32::from(unsafe { *p.add(i) }) << 16);
+        }
+        // SAFETY: `t` holds MAX_LANES ≥ W floats.
+        unsafe { self.load(t.as_ptr()) }
+    }
+    /// `W` int8 values converted to f32 lanes (exact). Default and overrides as
+    /// [`Simd::load_bf16`].
+    ///
+    /// # Safety
+    /// `p..p+W` must be readable.
+    #[inline(always)]
+    unsafe fn load_i8(self, p: *const i8) -> Self::V {
+        let mut t = [0.0f32; MAX_LANES];
+        for (i, x) in t.iter_mut().enumerate().take(Self::W) {
+            // SAFETY: i < W, readable by the caller's guarantee.
+            *x = f32::from(unsafe { *p.add(i) });
+        }
+        // SAFETY: `t` holds MAX_LANES ≥ W floats.
+        unsafe { self.load(t.as_ptr()) }
+    }
 }
+
+/// The widest vector of any [`Simd`] (AVX-512's 16 lanes).
+pub const MAX_LANES: usize = 16;
 
 /// Calls `module::$f(token, args)` for the ISA's module when the CPU has it (the token proves
 /// it), else `scalar::$f(args)`. Used as a whole function body.

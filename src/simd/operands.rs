@@ -12,6 +12,7 @@
 
 use super::Simd;
 use super::flash::{BlockJob, pv_chunk, qk_panel};
+use super::kv_rows::Strided;
 use super::masked_pv;
 use super::padded_dim;
 
@@ -94,19 +95,19 @@ impl<S: Simd, const MR: usize, const KPV: usize, const NV: usize, const SPLIT: b
             // (extents checked in `block_loop`).
             unsafe {
                 let p = job.s.as_ptr();
-                let v = job.vpack.as_ptr().add(a * dp + c * w);
+                let v = (Strided::new(job.vpack.as_ptr(), dp, b), a, c * w);
                 let o = job.acc.as_mut_ptr().add(r0 * dp + c * w);
                 let step = if left >= NV {
-                    pv_chunk::<S, MR, NV>(s, p, tile, n, v, dp, o, dp, alpha);
+                    pv_chunk::<S, _, MR, NV>(s, p, tile, n, v, o, dp, alpha);
                     NV
                 } else if left >= 3 {
-                    pv_chunk::<S, MR, 3>(s, p, tile, n, v, dp, o, dp, alpha);
+                    pv_chunk::<S, _, MR, 3>(s, p, tile, n, v, o, dp, alpha);
                     3
                 } else if left >= 2 {
-                    pv_chunk::<S, MR, 2>(s, p, tile, n, v, dp, o, dp, alpha);
+                    pv_chunk::<S, _, MR, 2>(s, p, tile, n, v, o, dp, alpha);
                     2
                 } else {
-                    pv_chunk::<S, MR, 1>(s, p, tile, n, v, dp, o, dp, alpha);
+                    pv_chunk::<S, _, MR, 1>(s, p, tile, n, v, o, dp, alpha);
                     1
                 };
                 c += step;

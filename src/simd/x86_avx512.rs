@@ -26,6 +26,7 @@ impl Avx512 {
 impl Simd for Avx512 {
     type V = __m512;
     const W: usize = 16;
+    const REGS: usize = 32;
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m512 {
@@ -38,6 +39,17 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m512) {
         unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u16) -> __m512 {
+        // bf16 bits are the high half of the f32: zero-extend to 32 bits, shift up.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i))))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_i8(self, p: *const i8) -> __m512 {
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))) }
     }
     #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {
