@@ -3,9 +3,9 @@
 //! When N_q times the GQA group is at most [`DECODE_MAX_ROWS`], `flash-cpu` runs this instead of
 //! whole-head packing. Per (batch, KV head) the rows of **all** query heads of the group are one
 //! task set, so each K/V row is read once for all of them; K and V are read in place, at any
-//! row stride (a contiguous (B, H_kv, N, D) cache or FlashAttention's (B, N, H_kv, D) one; f16,
-//! and bf16 without AVX512_BF16, are widened one block of [`KB`] keys at a time into per-thread
-//! scratch). The keys are split into fixed-size chunks ([`chunk_keys`], a function of N_k only);
+//! row stride (a contiguous (B, H_kv, N, D) cache or FlashAttention's (B, N, H_kv, D) one;
+//! bf16 without AVX512_BF16 is widened in registers ([`crate::simd::kv_rows`]), f16 one block
+//! of [`KB`] keys at a time into per-thread scratch). The keys are split into fixed-size chunks ([`chunk_keys`], a function of N_k only);
 //! every (batch, KV head, chunk) is an independent rayon task producing a normalized partial O
 //! and LSE, and the partials are folded with [`merge_partials`] in chunk order. Results are
 //! therefore bitwise identical at any thread count.
@@ -27,9 +27,10 @@ use crate::lse::merge_partials;
 use crate::problem::{DType, Problem};
 use crate::row_layout::{HeadRows, Operand};
 use crate::simd::Isa;
-use crate::simd::decode::{self as kernel, Ahead, DecodeState, KB, KvBlock, RB, Strip};
+use crate::simd::decode::{self as kernel, Ahead, Block, DecodeState, KB, KvBlock, RB, Slots, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::tensor::TensorRef;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Most query rows per KV head (N_q · group) for which `flash-cpu` picks this strategy.
@@ -107,6 +108,9 @@ struct Scratch {
     s: Vec<f32>,
     kw: Vec<f32>,
     vw: Vec<f32>,
+    /// Element offsets of a block's K and V rows (bf16 read in place).
+    koffs: Vec<usize>,
+    voffs: Vec<usize>,
     ranges: Vec<(usize, usize)>,
     strips: Vec<Strip>,
 }
@@ -419,15 +423,29 @@ impl Task<'_> {
                     l: &mut scr.l,
                     s: &mut scr.s,
                 };
-                let (kw, vw) = (&mut scr.kw, &mut scr.vw);
+                let (kw, vw, ko, vo) = (&mut scr.kw, &mut scr.vw, &mut scr.koffs, &mut scr.voffs);
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
                     for h in 0..nh {
                         let (kr, vr) = self.kv_rows(h);
                         let mut st = heads.state(h);
+                        let offs = |r: &HeadRows<'_>, o: &mut Vec<usize>| {
+                            o.clear();
+                            o.extend((b0..b1).map(|j| r.base + j * r.stride));
+                        };
                         let kv = match (self.args.k(), self.args.v()) {
                             (TensorRef::F32(k), TensorRef::F32(v)) => {
                                 st.ahead = self.ahead((k, kr), (v, vr), b0, hi);
-                                self.block((k, kr), (v, vr), (b0, b1))
+                                Block::F32(self.block((k, kr), (v, vr), (b0, b1)))
+                            }
+                            // Widened in registers, read where the rows lie (any stride).
+                            (TensorRef::BF16(k), TensorRef::BF16(v)) => {
+                                prefetch_ahead(&[kr, vr], b0, b1, d, hi);
+                                offs(&kr, ko);
+                                offs(&vr, vo);
+                                Block::SlotsBf16(
+                                    Slots::new(k.reinterpret_cast(), ko, 0, d),
+                                    Slots::new(v.reinterpret_cast(), vo, 0, d),
+                                )
                             }
                             _ => {
                                 prefetch_ahead(&[kr, vr], b0, b1, d, hi);
@@ -435,10 +453,10 @@ impl Task<'_> {
                                 vw.resize((b1 - b0) * d, 0.0);
                                 kr.read_rows(b0, d, kw);
                                 vr.read_rows(b0, d, vw);
-                                KvBlock::contiguous(kw, vw, d)
+                                Block::F32(KvBlock::contiguous(kw, vw, d))
                             }
                         };
-                        kernel::run(self.isa, &mut st, kv, strips);
+                        kernel::run_block(self.isa, &mut st, kv, strips);
                     }
                 });
                 for (h, (o, pl)) in po.chunks_mut(rows * d).zip(pl.chunks_mut(rows)).enumerate() {
