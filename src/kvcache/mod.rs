@@ -29,32 +29,30 @@
 //! `examples/kvcache_speed.rs` prints; from the figures below that is, as an estimate, about 3%
 //! of a 32K-token prefill's attention time and 0.2% of a decode step's at 32K keys). Decode (N_q·group ≤ 16,
 //! [`attend`]): as the decode strategy of `flash-cpu` ([`crate::tiled::decode`]): each K/V
-//! byte of the attended range is read once per call; the kernel stages one block of 32 tokens
-//! (all KV heads, widened or dequantized to f32) at a time in per-thread scratch, then runs
-//! the f32 decode kernel on it. That staging is the only copy: nothing sequence-sized is
-//! gathered. The dequantization happens there, in cache, not in registers inside the dot
-//! products. Chunked prefill (more query rows, [`prefill`]): the tiled GEMM-shaped kernel,
-//! its K/V panels packed straight from the pages.
+//! byte of the attended range is read once per call, where it lies: the decode kernel reads
+//! each block's rows from their pages through a table of storage rows, f32 as is, bf16
+//! widened and int8 dequantized in registers ([`crate::simd::kv_rows`]; only f16 is staged
+//! as f32, block by block). Nothing sequence-sized is gathered. Chunked prefill (more query
+//! rows, [`prefill`]): the tiled GEMM-shaped kernel, its K/V panels packed straight from the
+//! pages.
 //! Refusals ([`KvCacheError`]) are checked before anything is written.
 //!
-//! Measured (2 threads, H = 32/8, D = 128, on a 2-vCPU AVX2 EPYC without AVX-512, shared with
-//! other builds: load average 5–110 during the runs, so noisy; ratios from one run each,
-//! variants alternated):
-//! - decode, 1 × 32768 keys (`examples/kvcache_speed.rs`, four runs): paged 16 took
-//!   0.90–0.96× the time of contiguous, paged 256 0.96–1.04×; bf16 0.67–0.69×, int8
-//!   0.64–0.72×: int8 decode 0.94–1.05× as fast as bf16 (target ≥ 1.7×); contiguous f32 read
-//!   42–44% of the streaming-read ceiling, bf16 31%, int8 16–19% (target ≥ 70%). At 131072
-//!   keys (one run, load 105): paged 1.15×, int8 0.93× as fast as bf16; the ceiling measured
-//!   5.2 and 8.9 GB/s before and after, too unsteady to quote fractions.
-//! - The profile (`perf record` of that example) puts the decode time in the f32 kernel
-//!   (`simd::decode::process_avx2`), not in the staging (`quant::dequantize_avx2` ≈ 1/7 of
-//!   the kernel's samples): bf16 and int8 run at the kernel's speed, not the memory's. On
-//!   AVX2 the arithmetic bounds int8 too: each K/V element feeds `group` = 4 FMAs, so two
-//!   cores at 2 × 8-lane FMAs per cycle stream at most 8 elements per cycle, about 20 GB/s of
-//!   int8 at 2.4 GHz, before any dequantization. With bf16 at the 31.9 GB/s ceiling of an
-//!   earlier, quieter run (`reports/README.md`: 16·10⁹ elements/s), int8 at 1.7× its speed
-//!   would need 27·10⁹ elements/s, past that bound. Integer dot products (VNNI, or AVX2 `vpmaddubsw` on
-//!   quantized queries) are the way past it; not done here.
+//! Measured (2 threads, H = 32/8, D = 128, on a 2-vCPU AVX2 EPYC without AVX-512; ratios
+//! from one run each, variants alternated rep by rep):
+//! - decode, 1 × 32768 keys (`examples/kvcache_speed.rs`, three runs, load average about 1.4):
+//!   paged 16 took 1.03–1.10× the time of contiguous, paged 256 1.00–1.03×; bf16 0.65–0.67×,
+//!   int8 0.63–0.78×: int8 decode 0.87–0.95× as fast as bf16 (target ≥ 1.7×); contiguous f32
+//!   read 48–55% of the streaming-read ceiling, bf16 36–41%, int8 19–23% (target ≥ 70%);
+//!   `flash-cpu` on plain (B, H_kv, N, D) f32 tensors 64–75%. Reading the pages in place
+//!   instead of staging f32 copies took 0.91–0.98× the time for f32, 0.81–0.84× for bf16 and
+//!   0.89–0.95× for int8 (two runs, both paths in one binary, alternated).
+//! - Why int8 is not faster than bf16 here: both are bound by the arithmetic, not the memory
+//!   (bf16 reads 36–41% of the ceiling). Each K/V element feeds `group` = 4 FMAs; bf16 widens
+//!   with integer shifts, off the FP pipes, while int8 needs a convert and a multiply by its
+//!   step on the FP pipes, about 1.5× bf16's FP work per element. The FMAs alone cap two AVX2
+//!   cores near 8 elements per cycle, about 20 GB/s of int8 at 2.4 GHz; so int8 can only pull
+//!   ahead where bf16 becomes bandwidth-bound (more cores per memory channel), or with integer
+//!   dot products (VNNI `vpdpbusd` on AVX-512; this CPU has none, so none are written).
 //! - chunked prefill, 512 new tokens onto a 32768-key f32 cache
 //!   (`examples/kvcache_prefill_speed.rs`, two runs): contiguous 0.81 and 0.54, paged 16 0.79
 //!   and 0.55 of the f32 GEMM ceiling measured in the same run (88 and 84 GFLOP/s), beside

@@ -40,6 +40,8 @@
 //! slice loops instantiated under `#[target_feature(enable = "avx512f,avx512bw")]` (the
 //! compiler vectorizes them; not measured here: the development machine has no AVX-512);
 //! portable otherwise. The tests run the portable and the AVX2 paths against each other.
+//! These loops serve `to_dense` and row reads; attention itself dequantizes in registers
+//! ([`crate::simd::kv_rows`]), computing the same product `q·s` bit for bit.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
