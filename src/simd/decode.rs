@@ -334,6 +334,19 @@ unsafe fn pv<S: Simd, V: Rows, const R: usize, const NV: usize>(
     NV
 }
 
+/// Rows a row source prefetches ahead of the keys being scored (sources that know rows past
+/// the block: the KV cache's page rows).
+pub const SOURCE_AHEAD_ROWS: usize = 2;
+
+/// Asks the sources for the K and V rows [`SOURCE_AHEAD_ROWS`] after keys `[j, j + J)`.
+#[inline(always)]
+fn fetch_ahead<K: Rows, V: Rows>((k, v): (K, V), j: usize, count: usize) {
+    for x in j + SOURCE_AHEAD_ROWS..j + SOURCE_AHEAD_ROWS + count {
+        k.prefetch(x);
+        v.prefetch(x);
+    }
+}
+
 /// One strip of `R` rows over its keys.
 #[inline(always)]
 fn strip<S: Simd, K: Rows, V: Rows, const R: usize>(
@@ -352,6 +365,7 @@ fn strip<S: Simd, K: Rows, V: Rows, const R: usize>(
     unsafe {
         // Four keys at a time keep R·4 accumulators live: too many for 16 registers.
         while S::REGS >= 32 && j + 4 <= n {
+            fetch_ahead((k, v), sp.lo + j, 4);
             let sc = dots::<S, K, R, 4>(s, q, (k, sp.lo + j), d, &ahead);
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 4].copy_from_slice(&sc[r]);
@@ -359,6 +373,7 @@ fn strip<S: Simd, K: Rows, V: Rows, const R: usize>(
             j += 4;
         }
         while j + 2 <= n {
+            fetch_ahead((k, v), sp.lo + j, 2);
             let sc = dots::<S, K, R, 2>(s, q, (k, sp.lo + j), d, &ahead);
             for r in 0..R {
                 st.s[r * KB + j..r * KB + j + 2].copy_from_slice(&sc[r]);

@@ -41,6 +41,18 @@ pub trait Rows: Copy {
     unsafe fn get(row: Self::Row, c: usize) -> f32;
     /// Rows the source holds (the block's keys).
     fn rows(self) -> usize;
+    /// Asks the cache for row `j`, which may lie past the block (a row the source knows the
+    /// address of, or nothing). Addresses only: never dereferenced.
+    #[inline(always)]
+    fn prefetch(self, _j: usize) {}
+}
+
+/// Asks the cache for the `bytes` bytes at `p`, line by line.
+#[inline(always)]
+fn prefetch_bytes(p: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        super::decode::prefetch_line(p.wrapping_add(off));
+    }
 }
 
 /// f32 rows `p + j·stride`.
@@ -120,18 +132,23 @@ fn check_rows(offs: &[usize], head: usize, d: usize, len: usize) {
 }
 
 /// Cache rows of element `E`: row `j` starts at element `offs[j] + head·d` of the storage (the
-/// caller resolves the page table into `offs` once per block, for every head).
+/// caller resolves the page table into `offs` once per block, for every head). The block's
+/// keys are rows `j < n`; entries past `n` are rows further on, only ever prefetched.
 #[derive(Clone, Copy, Debug)]
 pub struct Slots<'a, E> {
     base: *const E,
     offs: &'a [usize],
+    n: usize,
+    d: usize,
 }
 
 impl<'a, E: Elem> Slots<'a, E> {
-    /// Rows `offs[j] + head·d` of `data` (rows of `d` elements); panics if one lies outside.
-    pub fn new(data: &'a [E], offs: &'a [usize], head: usize, d: usize) -> Self {
+    /// Rows `offs[j] + head·d` of `data` (rows of `d` elements), the first `n` of them the
+    /// block's keys; panics if one lies outside or `n > offs.len()`.
+    pub fn new(data: &'a [E], (offs, n): (&'a [usize], usize), head: usize, d: usize) -> Self {
         check_rows(offs, head, d, data.len());
-        Slots { base: data[(head * d).min(data.len())..].as_ptr(), offs }
+        assert!(n <= offs.len(), "block rows");
+        Slots { base: data[(head * d).min(data.len())..].as_ptr(), offs, n, d }
     }
 }
 
@@ -153,7 +170,13 @@ impl<E: Elem> Rows for Slots<'_, E> {
         unsafe { (*row.add(c)).to_f32() }
     }
     fn rows(self) -> usize {
-        self.offs.len()
+        self.n
+    }
+    #[inline(always)]
+    fn prefetch(self, j: usize) {
+        if let Some(&o) = self.offs.get(j) {
+            prefetch_bytes(self.base.wrapping_add(o) as *const u8, self.d * std::mem::size_of::<E>());
+        }
     }
 }
 
@@ -164,17 +187,20 @@ impl<E: Elem> Rows for Slots<'_, E> {
 pub struct Int8Slots<'a> {
     q: *const i8,
     offs: &'a [usize],
+    n: usize,
+    d: usize,
     steps: *const f32,
     nb: usize,
 }
 
 impl<'a> Int8Slots<'a> {
-    /// Panics if a row's codes lie outside `q` or `steps` holds fewer than `offs.len()` rows.
-    pub fn new(q: &'a [i8], offs: &'a [usize], head: usize, d: usize, steps: &'a [f32]) -> Self {
+    /// Rows as [`Slots::new`]'s; panics if a row's codes lie outside `q`, `n > offs.len()`, or
+    /// `steps` holds fewer than `n` rows.
+    pub fn new(q: &'a [i8], (offs, n): (&'a [usize], usize), head: usize, d: usize, steps: &'a [f32]) -> Self {
         let nb = d.div_ceil(QBLOCK);
         check_rows(offs, head, d, q.len());
-        assert!(steps.len() >= offs.len() * nb, "int8 steps of every row");
-        Int8Slots { q: q[(head * d).min(q.len())..].as_ptr(), offs, steps: steps.as_ptr(), nb }
+        assert!(n <= offs.len() && steps.len() >= n * nb, "int8 rows and their steps");
+        Int8Slots { q: q[(head * d).min(q.len())..].as_ptr(), offs, n, d, steps: steps.as_ptr(), nb }
     }
 }
 
@@ -197,7 +223,13 @@ impl Rows for Int8Slots<'_> {
         unsafe { f32::from(*q.add(c)) * *st.add(c / QBLOCK) }
     }
     fn rows(self) -> usize {
-        self.offs.len()
+        self.n
+    }
+    #[inline(always)]
+    fn prefetch(self, j: usize) {
+        if let Some(&o) = self.offs.get(j) {
+            prefetch_bytes(self.q.wrapping_add(o) as *const u8, self.d);
+        }
     }
 }
 
@@ -243,7 +275,8 @@ mod tests {
                 for (rows, lo, n) in [(1, 0, 1), (4, 0, KB), (3, 5, 27), (6, 2, KB)] {
                     // Two heads per token, tokens in a shuffled order (as a page table leaves them).
                     let (heads, head) = (2, 1);
-                    let offs: Vec<usize> = (0..n).map(|j| ((j * 7) % n) * heads * d).collect();
+                    // Two entries past the block: rows the kernel only prefetches.
+                    let offs: Vec<usize> = (0..n + 2).map(|j| ((j * 7) % n) * heads * d).collect();
                     let total = n * heads * d;
                     let nb = d.div_ceil(QBLOCK);
                     let x = normal_values(total, d as u64);
@@ -258,17 +291,21 @@ mod tests {
                     let kq = f32_rows(&|j, c| f32::from(codes[at(j, c)]) * sk[j * nb + c / QBLOCK]);
                     let vq = f32_rows(&|j, c| f32::from(codes[at(j, c)]) * sv[j * nb + c / QBLOCK]);
                     let int8 = Block::Int8(
-                        Int8Slots::new(&codes, &offs, head, d, sk),
-                        Int8Slots::new(&codes, &offs, head, d, sv),
+                        Int8Slots::new(&codes, (&offs, n), head, d, sk),
+                        Int8Slots::new(&codes, (&offs, n), head, d, sv),
                     );
                     let want = run(isa, Block::F32(KvBlock::contiguous(&kq, &vq, d)), d, rows, (lo, n));
                     assert_eq!(run(isa, int8, d, rows, (lo, n)), want, "int8 {isa} d={d} rows={rows} n={n}");
                     let wide = f32_rows(&|j, c| f32::from_bits(u32::from(bits[at(j, c)]) << 16));
-                    let bf16 = Block::SlotsBf16(Slots::new(&bits, &offs, head, d), Slots::new(&bits, &offs, head, d));
+                    let bf16 = Block::SlotsBf16(
+                        Slots::new(&bits, (&offs, n), head, d),
+                        Slots::new(&bits, (&offs, n), head, d),
+                    );
                     let want = run(isa, Block::F32(KvBlock::contiguous(&wide, &wide, d)), d, rows, (lo, n));
                     assert_eq!(run(isa, bf16, d, rows, (lo, n)), want, "bf16 {isa} d={d} rows={rows} n={n}");
                     let xs: Vec<f32> = (0..total).map(|i| x[i]).collect();
-                    let f32s = Block::SlotsF32(Slots::new(&xs, &offs, head, d), Slots::new(&xs, &offs, head, d));
+                    let f32s =
+                        Block::SlotsF32(Slots::new(&xs, (&offs, n), head, d), Slots::new(&xs, (&offs, n), head, d));
                     let plain = f32_rows(&|j, c| xs[at(j, c)]);
                     let want = run(isa, Block::F32(KvBlock::contiguous(&plain, &plain, d)), d, rows, (lo, n));
                     assert_eq!(run(isa, f32s, d, rows, (lo, n)), want, "f32 {isa} d={d} rows={rows} n={n}");
@@ -284,6 +321,6 @@ mod tests {
     #[should_panic(expected = "cache row outside its storage")]
     fn a_row_past_the_storage_is_refused() {
         let data = vec![0.0f32; 64];
-        let _ = Slots::new(&data, &[0, 64], 0, 8);
+        let _ = Slots::new(&data, (&[0, 64], 2), 0, 8);
     }
 }

@@ -443,8 +443,8 @@ impl Task<'_> {
                                 offs(&kr, ko);
                                 offs(&vr, vo);
                                 Block::SlotsBf16(
-                                    Slots::new(k.reinterpret_cast(), ko, 0, d),
-                                    Slots::new(v.reinterpret_cast(), vo, 0, d),
+                                    Slots::new(k.reinterpret_cast(), (ko, b1 - b0), 0, d),
+                                    Slots::new(v.reinterpret_cast(), (vo, b1 - b0), 0, d),
                                 )
                             }
                             _ => {
