@@ -40,14 +40,17 @@
 //! Measured (2 threads, H = 32/8, D = 128, on a 2-vCPU AVX2 EPYC without AVX-512; ratios
 //! from one run each, variants alternated rep by rep):
 //! - decode, 1 × 32768 keys (`examples/kvcache_speed.rs`, three runs, load average about 1.4):
-//!   paged 16 took 1.03–1.10× the time of contiguous, paged 256 1.00–1.03×; bf16 0.65–0.67×,
-//!   int8 0.63–0.78×: int8 decode 0.87–0.95× as fast as bf16 (target ≥ 1.7×); contiguous f32
-//!   read 48–55% of the streaming-read ceiling, bf16 36–41%, int8 19–23% (target ≥ 70%);
-//!   `flash-cpu` on plain (B, H_kv, N, D) f32 tensors 64–75%. Reading the pages in place
-//!   instead of staging f32 copies took 0.91–0.98× the time for f32, 0.81–0.84× for bf16 and
-//!   0.89–0.95× for int8 (two runs, both paths in one binary, alternated).
+//!   paged 16 took 0.86–0.89× the time of contiguous, paged 256 0.96–1.01×; bf16 0.54–0.61×,
+//!   int8 0.62–0.74× of f32's: int8 decode 0.82–0.86× as fast as bf16 (target ≥ 1.7×);
+//!   contiguous f32 read 47–65% of the streaming-read ceiling (paged 16: 54–74%), bf16
+//!   38–61%, int8 17–29% (target ≥ 70%; the ceiling itself swung between runs); `flash-cpu`
+//!   on plain (B, H_kv, N, D) f32 tensors 60–82%. Reading the pages in place instead of
+//!   staging f32 copies took 0.91–0.98× the time for f32, 0.81–0.84× for bf16 and 0.89–0.95×
+//!   for int8 (two runs, both paths in one binary, alternated); the kernel's own prefetch of
+//!   each head's rows two keys ahead then cut paged 16 f32 from 21.8–22.4 ms to 18.7–19.2 ms
+//!   (alternated binaries, two rounds).
 //! - Why int8 is not faster than bf16 here: both are bound by the arithmetic, not the memory
-//!   (bf16 reads 36–41% of the ceiling). Each K/V element feeds `group` = 4 FMAs; bf16 widens
+//!   (bf16 reads under two thirds of the ceiling). Each K/V element feeds `group` = 4 FMAs; bf16 widens
 //!   with integer shifts, off the FP pipes, while int8 needs a convert and a multiply by its
 //!   step on the FP pipes, about 1.5× bf16's FP work per element. The FMAs alone cap two AVX2
 //!   cores near 8 elements per cycle, about 20 GB/s of int8 at 2.4 GHz; so int8 can only pull
