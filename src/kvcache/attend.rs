@@ -284,14 +284,15 @@ impl PagedKv<'_> {
         let ahead = PREFETCH_AHEAD.div_ceil(2 * hkv * self.row_bytes()).max(1);
         let (slots, offs, steps) = (&mut scr.slots, &mut scr.offs, &mut scr.steps);
         for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
-            // Storage rows (head 0) of the block's keys; head h's row is `slot + h`.
+            // Storage rows (head 0) of the block's keys and of the rows the kernel prefetches
+            // past it; head h's row is `slot + h`, at element `slot·d + h·d`.
+            let keys = b1 - b0;
             slots.clear();
-            slots.extend((b0..b1).map(|j| ix.row_of(b, lp + j, 0)));
-            // And of the rows the kernel prefetches past the block.
+            slots.extend((b0..(b1 + kernel::SOURCE_AHEAD_ROWS).min(hi)).map(|j| ix.row_of(b, lp + j, 0)));
             offs.clear();
-            offs.extend((b0..(b1 + kernel::SOURCE_AHEAD_ROWS).min(hi)).map(|j| ix.row_of(b, lp + j, 0) * d));
+            offs.extend(slots.iter().map(|&t| t * d));
             if staged {
-                for (j, &row) in slots.iter().enumerate() {
+                for (j, &row) in slots[..keys].iter().enumerate() {
                     for h in 0..hkv {
                         let at = (h * KB + j) * d;
                         self.k.read_row(row + h, &mut kw[at..at + d]);
@@ -300,7 +301,7 @@ impl PagedKv<'_> {
                 }
             }
             block0.set(b0);
-            let nb = (b1 - b0) * d;
+            let nb = keys * d;
             // Rows `ahead` tokens on, asked for in the order they lie (token-major, all heads);
             // the kernel also asks for each head's rows a few keys on as it scores (the two
             // together beat either alone in alternated runs, most for paged 16 f32 and int8).
@@ -325,7 +326,7 @@ impl PagedKv<'_> {
                     score_mod: if modified { Some(&hook as &ScoreHook<'_>) } else { None },
                 };
                 let kb = h * KB * d;
-                let block = in_place((self.k, self.v), (slots, offs), h, d, steps)
+                let block = in_place((self.k, self.v), (&slots[..keys], offs), h, d, steps)
                     .unwrap_or_else(|| Block::F32(KvBlock::contiguous(&kw[kb..kb + nb], &vw[kb..kb + nb], d)));
                 kernel::run_block(isa, &mut st, block, strips);
             }
@@ -339,7 +340,8 @@ impl PagedKv<'_> {
     }
 }
 
-/// Head `h`'s rows `slots[j] + h` (at element offsets `offs[j] + h·d`) of `k` and `v` as the
+/// Head `h`'s rows `slots[j] + h` (at element offsets `offs[j] + h·d`; `offs` may run past the
+/// block's `slots.len()` keys, to rows the kernel only prefetches) of `k` and `v` as the
 /// kernel reads them in place: f32, bf16 widened and int8 dequantized in registers (its steps
 /// widened into `steps` first, K's then V's); `None` for f16, which is staged as f32.
 fn in_place<'a>(

@@ -448,6 +448,8 @@ pub fn process<S: Simd, K: Rows, V: Rows>(s: S, st: &mut DecodeState<'_>, kv: (K
 pub enum Block<'a> {
     /// f32 rows at strides (flash-cpu's tensors, or staged rows).
     F32(KvBlock<'a, f32>),
+    /// bf16 rows (bits) at strides, widened in registers.
+    Bf16(KvBlock<'a, u16>),
     /// Cache rows of f32.
     SlotsF32(Slots<'a, f32>, Slots<'a, f32>),
     /// Cache rows of bf16 (bits), widened in registers.
@@ -456,16 +458,20 @@ pub enum Block<'a> {
     Int8(Int8Slots<'a>, Int8Slots<'a>),
 }
 
-/// [`process`] for each form of [`Block`] (a [`Block::F32`] is checked here).
+/// The row sources of a strided block of `d`-element rows (checked here).
+#[inline(always)]
+fn strided<E>(kv: KvBlock<'_, E>, d: usize) -> (Strided<E>, Strided<E>) {
+    kv.check(d);
+    // SAFETY: `check` proved rows j < kv.n of d elements inside both slices.
+    unsafe { (Strided::new(kv.k.as_ptr(), kv.ks, kv.n), Strided::new(kv.v.as_ptr(), kv.vs, kv.n)) }
+}
+
+/// [`process`] for each form of [`Block`] (strided blocks are checked here).
 #[inline(always)]
 fn process_block<S: Simd>(s: S, st: &mut DecodeState<'_>, block: Block<'_>, strips: &[Strip]) {
     match block {
-        Block::F32(kv) => {
-            kv.check(st.d);
-            // SAFETY: `check` proved rows j < kv.n of d elements inside both slices.
-            let src = unsafe { (Strided::new(kv.k.as_ptr(), kv.ks, kv.n), Strided::new(kv.v.as_ptr(), kv.vs, kv.n)) };
-            process(s, st, src, strips)
-        }
+        Block::F32(kv) => process(s, st, strided(kv, st.d), strips),
+        Block::Bf16(kv) => process(s, st, strided(kv, st.d), strips),
         Block::SlotsF32(k, v) => process(s, st, (k, v), strips),
         Block::SlotsBf16(k, v) => process(s, st, (k, v), strips),
         Block::Int8(k, v) => process(s, st, (k, v), strips),

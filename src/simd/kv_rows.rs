@@ -1,7 +1,8 @@
 //! Where the decode kernel ([`super::decode`]) finds a block's K and V rows, and how `W` of a
 //! row's elements become f32 lanes.
 //!
-//! - [`Strided`]: f32 rows at a fixed stride: flash-cpu's tensors (any layout) read in place.
+//! - [`Strided`]: f32 or bf16 rows at a fixed stride: flash-cpu's tensors (any layout) read in
+//!   place, bf16 widened in registers.
 //! - [`Slots`]: rows of a KV cache addressed through a table of storage rows (paged or not),
 //!   f32 or bf16, the bf16 widened in registers (a shift: exact).
 //! - [`Int8Slots`]: int8 cache rows, each code widened and multiplied by its block's bf16 step
@@ -55,38 +56,38 @@ fn prefetch_bytes(p: *const u8, bytes: usize) {
     }
 }
 
-/// f32 rows `p + j·stride`.
+/// Rows `p + j·stride` of f32 or bf16 bits (tensors read in place, any row stride).
 #[derive(Clone, Copy, Debug)]
-pub struct Strided {
-    p: *const f32,
+pub struct Strided<E = f32> {
+    p: *const E,
     stride: usize,
     n: usize,
 }
 
-impl Strided {
+impl<E> Strided<E> {
     /// # Safety
     /// Rows `p + j·stride`, `j < n`, hold the columns the kernel reads (`d` of them).
-    pub(super) unsafe fn new(p: *const f32, stride: usize, n: usize) -> Self {
+    pub(super) unsafe fn new(p: *const E, stride: usize, n: usize) -> Self {
         Strided { p, stride, n }
     }
 }
 
-impl Rows for Strided {
-    type Row = *const f32;
+impl<E: Elem> Rows for Strided<E> {
+    type Row = *const E;
     #[inline(always)]
-    unsafe fn row(self, j: usize) -> *const f32 {
+    unsafe fn row(self, j: usize) -> *const E {
         // SAFETY: row j lies in the block (the caller's guarantee).
         unsafe { self.p.add(j * self.stride) }
     }
     #[inline(always)]
-    unsafe fn load<S: Simd>(s: S, row: *const f32, c: usize) -> S::V {
+    unsafe fn load<S: Simd>(s: S, row: *const E, c: usize) -> S::V {
         // SAFETY: columns c..c+W of the row exist (the caller's guarantee).
-        unsafe { s.load(row.add(c)) }
+        unsafe { E::load(s, row.add(c)) }
     }
     #[inline(always)]
-    unsafe fn get(row: *const f32, c: usize) -> f32 {
+    unsafe fn get(row: *const E, c: usize) -> f32 {
         // SAFETY: column c exists.
-        unsafe { *row.add(c) }
+        unsafe { (*row.add(c)).to_f32() }
     }
     fn rows(self) -> usize {
         self.n
@@ -142,7 +143,7 @@ pub struct Slots<'a, E> {
     d: usize,
 }
 
-impl<'a, E: Elem> Slots<'a, E> {
+impl<'a, E> Slots<'a, E> {
     /// Rows `offs[j] + head·d` of `data` (rows of `d` elements), the first `n` of them the
     /// block's keys; panics if one lies outside or `n > offs.len()`.
     pub fn new(data: &'a [E], (offs, n): (&'a [usize], usize), head: usize, d: usize) -> Self {
@@ -150,14 +151,32 @@ impl<'a, E: Elem> Slots<'a, E> {
         assert!(n <= offs.len(), "block rows");
         Slots { base: data[(head * d).min(data.len())..].as_ptr(), offs, n, d }
     }
+
+    /// The first element of row `j`.
+    ///
+    /// # Safety
+    /// `j < offs.len()`.
+    #[inline(always)]
+    unsafe fn at(self, j: usize) -> *const E {
+        // SAFETY: j < offs.len() (the caller's guarantee); the row was checked by `new`.
+        unsafe { self.base.add(*self.offs.get_unchecked(j)) }
+    }
+
+    /// Asks the cache for row `j`'s `d` elements, when the table knows row `j`.
+    #[inline(always)]
+    fn prefetch_row(self, j: usize) {
+        if let Some(&o) = self.offs.get(j) {
+            prefetch_bytes(self.base.wrapping_add(o) as *const u8, self.d * std::mem::size_of::<E>());
+        }
+    }
 }
 
 impl<E: Elem> Rows for Slots<'_, E> {
     type Row = *const E;
     #[inline(always)]
     unsafe fn row(self, j: usize) -> *const E {
-        // SAFETY: j < offs.len() (the caller's guarantee); the row was checked by `new`.
-        unsafe { self.base.add(*self.offs.get_unchecked(j)) }
+        // SAFETY: j below the block's rows ≤ offs.len() (the caller's guarantee).
+        unsafe { self.at(j) }
     }
     #[inline(always)]
     unsafe fn load<S: Simd>(s: S, row: *const E, c: usize) -> S::V {
@@ -174,9 +193,7 @@ impl<E: Elem> Rows for Slots<'_, E> {
     }
     #[inline(always)]
     fn prefetch(self, j: usize) {
-        if let Some(&o) = self.offs.get(j) {
-            prefetch_bytes(self.base.wrapping_add(o) as *const u8, self.d * std::mem::size_of::<E>());
-        }
+        self.prefetch_row(j)
     }
 }
 
@@ -185,10 +202,7 @@ impl<E: Elem> Rows for Slots<'_, E> {
 /// that each vector's step is one broadcast load.
 #[derive(Clone, Copy, Debug)]
 pub struct Int8Slots<'a> {
-    q: *const i8,
-    offs: &'a [usize],
-    n: usize,
-    d: usize,
+    codes: Slots<'a, i8>,
     steps: *const f32,
     nb: usize,
 }
@@ -198,9 +212,9 @@ impl<'a> Int8Slots<'a> {
     /// `steps` holds fewer than `n` rows.
     pub fn new(q: &'a [i8], (offs, n): (&'a [usize], usize), head: usize, d: usize, steps: &'a [f32]) -> Self {
         let nb = d.div_ceil(QBLOCK);
-        check_rows(offs, head, d, q.len());
-        assert!(n <= offs.len() && steps.len() >= n * nb, "int8 rows and their steps");
-        Int8Slots { q: q[(head * d).min(q.len())..].as_ptr(), offs, n, d, steps: steps.as_ptr(), nb }
+        let codes = Slots::new(q, (offs, n), head, d);
+        assert!(steps.len() >= n * nb, "int8 steps of every row");
+        Int8Slots { codes, steps: steps.as_ptr(), nb }
     }
 }
 
@@ -208,8 +222,9 @@ impl Rows for Int8Slots<'_> {
     type Row = (*const i8, *const f32);
     #[inline(always)]
     unsafe fn row(self, j: usize) -> Self::Row {
-        // SAFETY: j < offs.len(); the row's codes and steps were checked by `new`.
-        unsafe { (self.q.add(*self.offs.get_unchecked(j)), self.steps.add(j * self.nb)) }
+        // SAFETY: j below the block's rows (the caller's guarantee); the row's codes and steps
+        // were checked by `new`.
+        unsafe { (self.codes.at(j), self.steps.add(j * self.nb)) }
     }
     #[inline(always)]
     unsafe fn load<S: Simd>(s: S, (q, st): Self::Row, c: usize) -> S::V {
@@ -223,13 +238,11 @@ impl Rows for Int8Slots<'_> {
         unsafe { f32::from(*q.add(c)) * *st.add(c / QBLOCK) }
     }
     fn rows(self) -> usize {
-        self.n
+        self.codes.n
     }
     #[inline(always)]
     fn prefetch(self, j: usize) {
-        if let Some(&o) = self.offs.get(j) {
-            prefetch_bytes(self.q.wrapping_add(o) as *const u8, self.d);
-        }
+        self.codes.prefetch_row(j)
     }
 }
 
@@ -303,18 +316,24 @@ mod tests {
                     );
                     let want = run(isa, Block::F32(KvBlock::contiguous(&wide, &wide, d)), d, rows, (lo, n));
                     assert_eq!(run(isa, bf16, d, rows, (lo, n)), want, "bf16 {isa} d={d} rows={rows} n={n}");
+                    // bf16 at a stride (flash-cpu's (B, N, H_kv, D) tensors), in token order.
+                    let (base, stride) = (head * d, heads * d);
+                    let strided = Block::Bf16(KvBlock::rows(&bits, base, stride, &bits, base, stride, d, (0, n)));
+                    let wide = f32_rows(&|j, c| f32::from_bits(u32::from(bits[base + j * stride + c]) << 16));
+                    let want = run(isa, Block::F32(KvBlock::contiguous(&wide, &wide, d)), d, rows, (lo, n));
+                    assert_eq!(run(isa, strided, d, rows, (lo, n)), want, "strided bf16 {isa} d={d} rows={rows} n={n}");
                     let xs: Vec<f32> = (0..total).map(|i| x[i]).collect();
                     let f32s =
                         Block::SlotsF32(Slots::new(&xs, (&offs, n), head, d), Slots::new(&xs, (&offs, n), head, d));
                     let plain = f32_rows(&|j, c| xs[at(j, c)]);
                     let want = run(isa, Block::F32(KvBlock::contiguous(&plain, &plain, d)), d, rows, (lo, n));
                     assert_eq!(run(isa, f32s, d, rows, (lo, n)), want, "f32 {isa} d={d} rows={rows} n={n}");
-                    checked += 3;
+                    checked += 4;
                 }
             }
         }
         // The portable path and at least the ISA the CPU reports best.
-        assert!(checked >= 3 * 16 * Isa::available().len().max(1), "{checked}");
+        assert!(checked >= 4 * 16 * Isa::available().len().max(1), "{checked}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::lse::merge_partials;
 use crate::problem::{DType, Problem};
 use crate::row_layout::{HeadRows, Operand};
 use crate::simd::Isa;
-use crate::simd::decode::{self as kernel, Ahead, Block, DecodeState, KB, KvBlock, RB, Slots, Strip};
+use crate::simd::decode::{self as kernel, Ahead, Block, DecodeState, KB, KvBlock, RB, Strip};
 use crate::simd::flash::{finish_rows, padded_dim};
 use crate::tensor::TensorRef;
 use half::slice::HalfFloatSliceExt;
@@ -108,9 +108,6 @@ struct Scratch {
     s: Vec<f32>,
     kw: Vec<f32>,
     vw: Vec<f32>,
-    /// Element offsets of a block's K and V rows (bf16 read in place).
-    koffs: Vec<usize>,
-    voffs: Vec<usize>,
     ranges: Vec<(usize, usize)>,
     strips: Vec<Strip>,
 }
@@ -423,15 +420,11 @@ impl Task<'_> {
                     l: &mut scr.l,
                     s: &mut scr.s,
                 };
-                let (kw, vw, ko, vo) = (&mut scr.kw, &mut scr.vw, &mut scr.koffs, &mut scr.voffs);
+                let (kw, vw) = (&mut scr.kw, &mut scr.vw);
                 for_blocks(&scr.ranges, (lo, hi), &mut scr.strips, |strips, b0, b1| {
                     for h in 0..nh {
                         let (kr, vr) = self.kv_rows(h);
                         let mut st = heads.state(h);
-                        let offs = |r: &HeadRows<'_>, o: &mut Vec<usize>| {
-                            o.clear();
-                            o.extend((b0..b1).map(|j| r.base + j * r.stride));
-                        };
                         let kv = match (self.args.k(), self.args.v()) {
                             (TensorRef::F32(k), TensorRef::F32(v)) => {
                                 st.ahead = self.ahead((k, kr), (v, vr), b0, hi);
@@ -440,12 +433,11 @@ impl Task<'_> {
                             // Widened in registers, read where the rows lie (any stride).
                             (TensorRef::BF16(k), TensorRef::BF16(v)) => {
                                 prefetch_ahead(&[kr, vr], b0, b1, d, hi);
-                                offs(&kr, ko);
-                                offs(&vr, vo);
-                                Block::SlotsBf16(
-                                    Slots::new(k.reinterpret_cast(), (ko, b1 - b0), 0, d),
-                                    Slots::new(v.reinterpret_cast(), (vo, b1 - b0), 0, d),
-                                )
+                                Block::Bf16(self.block(
+                                    (k.reinterpret_cast(), kr),
+                                    (v.reinterpret_cast(), vr),
+                                    (b0, b1),
+                                ))
                             }
                             _ => {
                                 prefetch_ahead(&[kr, vr], b0, b1, d, hi);
