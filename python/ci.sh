@@ -4,12 +4,14 @@
 #    pytest and NumPy only: the NumPy tests run, the torch tests skip (and `import attnkit` must
 #    not import torch);
 # 2. `pip install ./python`, as a user would, into another venv (import check only).
-# When the PyTorch environment of ../shared/peers exists (~/.cache/attnkit-peers, made by
-# `bash ../shared/peers/setup.sh`; ~6 GB, so CI does not install it), the same wheel's suite
-# runs there too: FlashAttention's interface, SDPA, gradients, torch.compile, opcheck.
-# Without it those tests are skipped and this script says so; ATTNKIT_REQUIRE_TORCH=1 makes
-# that a failure. Reuses attnkit's target/ (same release profile), so the dependencies
-# `cargo test --release` compiled are not compiled again.
+# 3. the same wheel's suite again with PyTorch: FlashAttention's interface, SDPA, gradients,
+#    torch.compile, opcheck, and `python -m attnkit.bench --quick`. The PyTorch environment is
+#    the one of ../shared/peers (~/.cache/attnkit-peers, torch 2.15.0 and NumPy from PyPI,
+#    5.4 GB; made here when missing, 2 min 51 s measured on the 2-core machine, reused after).
+#    ATTNKIT_NO_TORCH=1 skips making it (the torch tests are then skipped, and this script says
+#    so); ATTNKIT_REQUIRE_TORCH=1 (set by .ci/run) makes a missing torch a failure.
+# Reuses attnkit's target/ (same release profile), so the dependencies `cargo test --release`
+# compiled are not compiled again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -32,7 +34,13 @@ python3 -m venv "$tmp/venv"
 "$tmp/build/bin/pip" install -q ./python
 "$tmp/build/bin/python" -c 'import attnkit; print("pip install ./python:", attnkit.__file__)'
 
-peers="${ATTNKIT_PEERS_VENV:-$HOME/.cache/attnkit-peers}/bin/python"
+peers_venv="${ATTNKIT_PEERS_VENV:-$HOME/.cache/attnkit-peers}"
+peers="$peers_venv/bin/python"
+if [ "${ATTNKIT_NO_TORCH:-0}" != 1 ] && ! { [ -x "$peers" ] && "$peers" -c 'import torch, numpy' 2>/dev/null; }; then
+  echo "== making the PyTorch environment $peers_venv (torch 2.15.0, numpy; ~3 min, 5.4 GB)"
+  python3 -m venv "$peers_venv"
+  "$peers" -m pip install -q "setuptools>=77" numpy torch==2.15.0  # as ../shared/peers/setup.sh
+fi
 if [ -x "$peers" ] && "$peers" -c 'import torch' 2>/dev/null; then
   echo "== python tests again with torch ($("$peers" -c 'import torch; print(torch.__version__)'))"
   "$peers" -m pip install -q --target "$tmp/side" pytest
